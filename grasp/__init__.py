@@ -1,0 +1,1 @@
+"""The grasp domain: models, grasp geometry and metric, datasets, simulation, training."""

@@ -1,0 +1,94 @@
+"""Checkpoints that load with ``torch.load(weights_only=True)``: tensors plus plain data.
+
+A checkpoint holds the registry name of the model, its state dict, the configuration that
+made it and its metrics, so that a study can rebuild the teacher without trusting pickles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from grasp.models import get_model, list_models
+
+__all__ = ["FORMAT", "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+
+FORMAT = "ggopt-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or does not fit its model; names the file."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model and what was stored beside it."""
+
+    path: Path
+    model_name: str
+    model: nn.Module
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, model_name: str,
+                    config: dict[str, Any] | None = None,
+                    metrics: dict[str, Any] | None = None) -> Path:
+    """Writes atomically (temporary file, then rename) so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "model": model_name,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": dict(config or {}),
+        "metrics": dict(metrics or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, model_name: str | None = None) -> Checkpoint:
+    """Loads a checkpoint safely and rebuilds its model.
+
+    Args:
+        path: The ``.pt`` file.
+        model_name: If given, the model the caller expects; a checkpoint of another model
+            is an error rather than a silent surprise.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc}).") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not a ggopt checkpoint (expected format {FORMAT!r}, got "
+            f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r})."
+        )
+    stored = payload["model"]
+    if stored not in list_models():
+        raise CheckpointError(
+            f"{path}: model {stored!r} is not registered; valid names are: "
+            f"{', '.join(list_models())}."
+        )
+    if model_name is not None and model_name != stored:
+        raise CheckpointError(
+            f"{path}: checkpoint holds model {stored!r}, but {model_name!r} was asked for."
+        )
+    model = get_model(stored)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise CheckpointError(f"{path}: weights do not fit model {stored!r}: {first}") from None
+    model.eval()
+    return Checkpoint(path, stored, model, payload.get("config", {}), payload.get("metrics", {}))

@@ -1,0 +1,44 @@
+"""Grasp datasets: Cornell, Jacquard (and the simulated dataset, written in Jacquard format)."""
+
+from pathlib import Path
+
+from grasp.data.base import (
+    DatasetFileError,
+    GraspDataset,
+    GraspSubset,
+    Sample,
+    normalise_depth,
+    read_depth,
+    split,
+)
+from grasp.data.cornell import CornellDataset, read_cornell_grasps
+from grasp.data.jacquard import JacquardDataset, read_jacquard_grasps
+
+__all__ = [
+    "DATASET_FORMATS",
+    "CornellDataset",
+    "DatasetFileError",
+    "GraspDataset",
+    "GraspSubset",
+    "JacquardDataset",
+    "Sample",
+    "load_dataset",
+    "normalise_depth",
+    "read_cornell_grasps",
+    "read_depth",
+    "read_jacquard_grasps",
+    "split",
+]
+
+DATASET_FORMATS = {"cornell": CornellDataset, "jacquard": JacquardDataset}
+
+
+def load_dataset(fmt: str, root: str | Path, output_size: int = 300, **kwargs) -> GraspDataset:
+    """A dataset by format name (``cornell`` or ``jacquard``; the simulator writes Jacquard)."""
+    try:
+        cls = DATASET_FORMATS[fmt]
+    except KeyError:
+        raise ValueError(
+            f"Unknown dataset format {fmt!r}; valid formats are: {', '.join(DATASET_FORMATS)}."
+        ) from None
+    return cls(root, output_size=output_size, **kwargs)

@@ -1,0 +1,216 @@
+"""What every grasp dataset shares: framing to a square input, normalisation, augmentation,
+seeded image-wise and object-wise splits.
+
+A dataset is a list of samples (depth file, grasp file, object id) whose grasp files are
+parsed when the dataset is built, so a malformed file stops the run before training starts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from skimage.transform import resize
+from torch.utils.data import Dataset
+
+from grasp.rectangles import Grasp, grasp_maps
+
+__all__ = [
+    "DatasetFileError",
+    "GraspDataset",
+    "GraspSubset",
+    "Sample",
+    "normalise_depth",
+    "read_depth",
+    "split",
+]
+
+
+class DatasetFileError(ValueError):
+    """A dataset file is missing or malformed; the message names the file (and line)."""
+
+    def __init__(self, path: Path | str, problem: str, line: int | None = None) -> None:
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {problem}")
+        self.path = Path(path)
+        self.line = line
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset: its depth file, its ground-truth grasps and its object."""
+
+    depth_path: Path
+    grasp_path: Path
+    grasps: tuple[Grasp, ...]
+    object_id: str | None
+
+
+def read_depth(path: Path) -> np.ndarray:
+    """A depth image in metres as float32; missing pixels (NaN, inf) take the median depth."""
+    try:
+        depth = np.asarray(tifffile.imread(path), dtype=np.float32)
+    except FileNotFoundError:
+        raise DatasetFileError(path, "depth image not found") from None
+    except Exception as exc:  # tifffile raises several types for a corrupt file
+        raise DatasetFileError(path, f"cannot read depth image ({exc})") from None
+    if depth.ndim != 2:
+        raise DatasetFileError(path, f"depth image must be 2-D, got shape {depth.shape}")
+    bad = ~np.isfinite(depth)
+    if bad.all():
+        raise DatasetFileError(path, "depth image has no finite pixel")
+    if bad.any():
+        depth[bad] = np.median(depth[~bad])
+    return depth
+
+
+def normalise_depth(depth: np.ndarray) -> np.ndarray:
+    """GG-CNN's input normalisation: ``clip(depth - mean, -1, 1)``."""
+    return np.clip(depth - depth.mean(), -1.0, 1.0).astype(np.float32)
+
+
+def _rotate(depth: np.ndarray, grasps: Sequence[Grasp], k: int) -> tuple[np.ndarray, list[Grasp]]:
+    """Rotates image and grasps by ``k`` quarter turns counter-clockwise (exact, no resampling)."""
+    size = depth.shape[0]
+    out = list(grasps)
+    for _ in range(k % 4):
+        out = [Grasp((size - 1 - g.center[1], g.center[0]), g.angle + math.pi / 2, g.length,
+                     g.width) for g in out]
+    return np.ascontiguousarray(np.rot90(depth, k)), out
+
+
+def _zoom(depth: np.ndarray, grasps: Sequence[Grasp], zoom: float
+          ) -> tuple[np.ndarray, list[Grasp]]:
+    """Zooms in on the centre: keeps the central ``zoom`` fraction and scales it back up."""
+    size = depth.shape[0]
+    crop = max(1, round(size * zoom))
+    if crop == size:
+        return depth, list(grasps)
+    top = (size - crop) // 2
+    scale = size / crop
+    depth = resize(depth[top:top + crop, top:top + crop], (size, size), order=1,
+                   preserve_range=True, anti_aliasing=False).astype(np.float32)
+    out = [Grasp(((g.center[0] - top) * scale, (g.center[1] - top) * scale), g.angle,
+                 g.length * scale, g.width * scale) for g in grasps]
+    return depth, out
+
+
+class GraspDataset(Dataset):
+    """Base class: subclasses find their samples and frame each image to ``output_size``.
+
+    Items are ``(x, y, index)``: ``x`` the normalised depth [1, S, S], ``y`` the four target
+    maps [4, S, S]. Use :meth:`subset` for augmented training views and held-out views.
+    """
+
+    def __init__(self, samples: Sequence[Sample], output_size: int = 300) -> None:
+        if output_size < 8:
+            raise ValueError(f"`output_size >= 8` must hold, but got {output_size=}.")
+        self.samples = list(samples)
+        self.output_size = output_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def frame(self, index: int) -> tuple[np.ndarray, list[Grasp]]:
+        """Depth in metres and grasps, both in the S x S input frame (subclass rule)."""
+        raise NotImplementedError
+
+    def example(self, index: int, rotation: int = 0, zoom: float = 1.0
+                ) -> tuple[np.ndarray, list[Grasp]]:
+        """The normalised input and its grasps after an optional rotation and zoom."""
+        depth, grasps = self.frame(index)
+        depth, grasps = _rotate(depth, grasps, rotation)
+        depth, grasps = _zoom(depth, grasps, zoom)
+        return normalise_depth(depth), grasps
+
+    def ground_truth(self, index: int) -> list[Grasp]:
+        """Grasps of an image in the un-augmented input frame, for evaluation."""
+        return self.frame(index)[1]
+
+    def item(self, index: int, rotation: int = 0, zoom: float = 1.0):
+        x, grasps = self.example(index, rotation, zoom)
+        y = grasp_maps(grasps, x.shape)
+        return torch.from_numpy(x)[None], torch.from_numpy(y), index
+
+    def __getitem__(self, index: int):
+        return self.item(index)
+
+    def subset(self, indices: Sequence[int], augment: bool = False) -> GraspSubset:
+        return GraspSubset(self, indices, augment)
+
+
+class GraspSubset(Dataset):
+    """A view on some images of a dataset, optionally with GG-CNN's augmentation: a random
+    rotation by a multiple of 90° and a random zoom in [0.5, 1]. Randomness comes from torch's
+    generator, so ``torch.manual_seed`` (or a seeded DataLoader) makes it reproducible."""
+
+    def __init__(self, dataset: GraspDataset, indices: Sequence[int], augment: bool = False
+                 ) -> None:
+        self.dataset = dataset
+        self.indices = list(indices)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        index = self.indices[i]
+        if not self.augment:
+            return self.dataset.item(index)
+        rotation = int(torch.randint(0, 4, ()).item())
+        zoom = 0.5 + 0.5 * float(torch.rand(()).item())
+        return self.dataset.item(index, rotation, zoom)
+
+    def ground_truth(self, i: int) -> list[Grasp]:
+        return self.dataset.ground_truth(self.indices[i])
+
+
+def split(
+    dataset: GraspDataset,
+    by: str = "image",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> dict[str, list[int]]:
+    """Seeded train / val / test index lists, image-wise or object-wise.
+
+    Object-wise puts every image of an object in the same split, so held-out images show
+    objects never seen in training (the harder, more honest number).
+    """
+    if by not in ("image", "object"):
+        raise ValueError(f"`by` must be 'image' or 'object', but got {by!r}.")
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"`0 <= {name} < 1` must hold, but got {value}.")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"`val_fraction + test_fraction < 1` must hold, but got "
+            f"{val_fraction} + {test_fraction}."
+        )
+    if by == "image":
+        keys = [str(i) for i in range(len(dataset))]
+    else:
+        missing = [s.grasp_path for s in dataset.samples if s.object_id is None]
+        if missing:
+            raise ValueError(
+                f"An object-wise split needs an object id for every image; {missing[0]} has "
+                f"none (for Cornell, pass `objects_file`)."
+            )
+        keys = [s.object_id for s in dataset.samples]
+    groups = sorted(set(keys))
+    order = np.random.default_rng(seed).permutation(len(groups))
+    n_val = round(len(groups) * val_fraction)
+    n_test = round(len(groups) * test_fraction)
+    group_split = {}
+    for rank, g in enumerate(order):
+        name = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+        group_split[groups[g]] = name
+    out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for i, key in enumerate(keys):
+        out[group_split[key]].append(i)
+    return out

@@ -1,0 +1,117 @@
+"""The Cornell grasping dataset: ``*/pcdNNNNcpos.txt`` rectangles and ``pcdNNNNd.tiff`` depth.
+
+A rectangle is four lines ``x y`` (column, row), the first edge along the gripper opening.
+Each 640x480 image is cropped to ``output_size`` around the centre of its grasps, as GG-CNN
+does. The real dataset has a few rectangles with NaN corners: by default they are errors
+naming the file and line; ``strict=False`` skips them with a warning instead.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from grasp.data.base import DatasetFileError, GraspDataset, Sample, read_depth
+from grasp.rectangles import Grasp
+
+__all__ = ["CornellDataset", "read_cornell_grasps"]
+
+
+def read_cornell_grasps(path: Path, strict: bool = True) -> list[Grasp]:
+    """Parses a ``cpos.txt`` file; errors name the file and the 1-based line."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise DatasetFileError(path, f"cannot read grasp file ({exc.strerror})") from None
+    points: list[tuple[int, list[float]]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 2:
+            raise DatasetFileError(path, f"expected 2 fields 'x y', got {len(fields)}: {line!r}",
+                                   number)
+        try:
+            x, y = (float(f) for f in fields)
+        except ValueError:
+            raise DatasetFileError(path, f"not a number: {line!r}", number) from None
+        points.append((number, [y, x]))
+    if len(points) % 4:
+        raise DatasetFileError(
+            path, f"a rectangle is 4 lines, but the file has {len(points)} corner lines")
+    grasps = []
+    for start in range(0, len(points), 4):
+        corners = [p for _, p in points[start:start + 4]]
+        bad = [n for n, p in points[start:start + 4] if not all(map(math.isfinite, p))]
+        if bad:
+            if strict:
+                raise DatasetFileError(path, "rectangle corner is not finite (NaN or inf)", bad[0])
+            warnings.warn(f"{path}:{bad[0]}: skipping a rectangle with a non-finite corner",
+                          stacklevel=2)
+            continue
+        grasps.append(Grasp.from_corners(corners))
+    if not grasps:
+        raise DatasetFileError(path, "no grasp rectangle in file")
+    return grasps
+
+
+def _read_objects(path: Path) -> dict[int, str]:
+    """Cornell's image -> object table: lines starting ``<image number> <object id>``."""
+    table = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            table[int(fields[0])] = fields[1]
+        except (ValueError, IndexError):
+            raise DatasetFileError(path, f"expected '<image> <object> ...', got {line!r}",
+                                   number) from None
+    return table
+
+
+class CornellDataset(GraspDataset):
+    """Cornell images under ``root``; ``objects_file`` enables object-wise splits."""
+
+    def __init__(self, root: str | Path, output_size: int = 300, strict: bool = True,
+                 objects_file: str | Path | None = None) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetFileError(root, "dataset folder not found")
+        files = sorted(root.glob("*/pcd*cpos.txt"))
+        if not files:
+            raise DatasetFileError(root, "no Cornell grasp files matching '*/pcd*cpos.txt'")
+        objects = _read_objects(Path(objects_file)) if objects_file else None
+        samples = []
+        for grasp_path in files:
+            depth_path = grasp_path.with_name(grasp_path.name.replace("cpos.txt", "d.tiff"))
+            if not depth_path.is_file():
+                raise DatasetFileError(depth_path, f"depth image for {grasp_path.name} not found")
+            object_id = None
+            if objects is not None:
+                image = int(re.search(r"pcd(\d+)", grasp_path.name).group(1))
+                if image not in objects:
+                    raise DatasetFileError(objects_file, f"no object for image {image}")
+                object_id = objects[image]
+            samples.append(Sample(depth_path, grasp_path,
+                                  tuple(read_cornell_grasps(grasp_path, strict)), object_id))
+        super().__init__(samples, output_size)
+
+    def frame(self, index: int) -> tuple[np.ndarray, list[Grasp]]:
+        sample = self.samples[index]
+        depth = read_depth(sample.depth_path)
+        size = self.output_size
+        height, width = depth.shape
+        if height < size or width < size:
+            raise DatasetFileError(sample.depth_path,
+                                   f"image {depth.shape} is smaller than the {size}px crop")
+        centre = np.mean([g.center for g in sample.grasps], axis=0)
+        top = int(np.clip(round(centre[0]) - size // 2, 0, height - size))
+        left = int(np.clip(round(centre[1]) - size // 2, 0, width - size))
+        grasps = [Grasp((g.center[0] - top, g.center[1] - left), g.angle, g.length, g.width)
+                  for g in sample.grasps]
+        return depth[top:top + size, left:left + size].copy(), grasps

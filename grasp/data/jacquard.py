@@ -1,0 +1,87 @@
+"""The Jacquard dataset layout, also written by ggopt's simulator.
+
+Each image is ``<name>_perfect_depth.tiff`` beside ``<name>_grasps.txt``, whose lines are
+``x;y;theta;w;h``: centre (column, row) in pixels, angle in degrees (clockwise on screen,
+so it is negated here), opening ``w`` and jaw size ``h``. Images (1024x1024 in the real
+dataset) are rescaled to ``output_size``. The object of an image is its folder, as in
+Jacquard, where every folder holds the views of one object.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from skimage.transform import resize
+
+from grasp.data.base import DatasetFileError, GraspDataset, Sample, read_depth
+from grasp.rectangles import Grasp
+
+__all__ = ["DEPTH_SUFFIX", "GRASPS_SUFFIX", "JacquardDataset", "read_jacquard_grasps"]
+
+GRASPS_SUFFIX = "_grasps.txt"
+DEPTH_SUFFIX = "_perfect_depth.tiff"
+
+
+def read_jacquard_grasps(path: Path) -> list[Grasp]:
+    """Parses a ``_grasps.txt`` file; errors name the file and the 1-based line."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise DatasetFileError(path, f"cannot read grasp file ({exc.strerror})") from None
+    grasps = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = line.strip().split(";")
+        if len(fields) != 5:
+            raise DatasetFileError(
+                path, f"expected 5 fields 'x;y;theta;w;h', got {len(fields)}: {line!r}", number)
+        try:
+            x, y, theta, w, h = (float(f) for f in fields)
+        except ValueError:
+            raise DatasetFileError(path, f"not a number: {line!r}", number) from None
+        if not all(map(math.isfinite, (x, y, theta, w, h))):
+            raise DatasetFileError(path, f"value is not finite (NaN or inf): {line!r}", number)
+        if w <= 0 or h <= 0:
+            raise DatasetFileError(path, f"w and h must be > 0, got w={w}, h={h}", number)
+        grasps.append(Grasp((y, x), -math.radians(theta), w, h))
+    if not grasps:
+        raise DatasetFileError(path, "no grasp in file")
+    return grasps
+
+
+class JacquardDataset(GraspDataset):
+    """Every ``*_grasps.txt`` under ``root`` (recursively) with its perfect depth image."""
+
+    def __init__(self, root: str | Path, output_size: int = 300) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetFileError(root, "dataset folder not found")
+        files = sorted(root.rglob(f"*{GRASPS_SUFFIX}"))
+        if not files:
+            raise DatasetFileError(root, f"no Jacquard grasp files matching '**/*{GRASPS_SUFFIX}'")
+        samples = []
+        for grasp_path in files:
+            stem = grasp_path.name[: -len(GRASPS_SUFFIX)]
+            depth_path = grasp_path.with_name(stem + DEPTH_SUFFIX)
+            if not depth_path.is_file():
+                raise DatasetFileError(depth_path, f"depth image for {grasp_path.name} not found")
+            object_id = str(grasp_path.parent.relative_to(root))
+            samples.append(Sample(depth_path, grasp_path,
+                                  tuple(read_jacquard_grasps(grasp_path)), object_id))
+        super().__init__(samples, output_size)
+
+    def frame(self, index: int) -> tuple[np.ndarray, list[Grasp]]:
+        sample = self.samples[index]
+        depth = read_depth(sample.depth_path)
+        height, width = depth.shape
+        if height != width:
+            raise DatasetFileError(sample.depth_path,
+                                   f"Jacquard images are square, got {height}x{width}")
+        scale = self.output_size / height
+        if scale != 1.0:
+            depth = resize(depth, (self.output_size,) * 2, order=1, preserve_range=True,
+                           anti_aliasing=scale < 1).astype(np.float32)
+        return depth, [g.scaled(scale) for g in sample.grasps]

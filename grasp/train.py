@@ -1,0 +1,262 @@
+"""Training and recovery fine-tuning, with an optional teacher for distillation.
+
+The same loop trains the baselines (``ggopt train``) and recovers a compressed student in a
+study: the loss is GG-CNN's sum of four map MSEs against the ground truth, blended with the
+MSE between student and teacher maps when a teacher is given. ``max_steps`` bounds the work
+for a study's recovery budget.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+from torch.utils.data import DataLoader
+
+from grasp.data.base import GraspSubset
+from grasp.rectangles import maps_match
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "distillation_loss",
+    "evaluate",
+    "ggcnn_loss",
+    "predict_maps",
+    "train",
+]
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. ``distill_weight`` is the teacher term's share of the loss (0..1)."""
+
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    distill_weight: float = 0.5
+    max_steps: int | None = None
+    seed: int = 0
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        rules = [
+            ("epochs >= 1", self.epochs >= 1, self.epochs),
+            ("batch_size >= 1", self.batch_size >= 1, self.batch_size),
+            ("lr > 0", self.lr > 0 and math.isfinite(self.lr), self.lr),
+            ("0 <= distill_weight <= 1", 0 <= self.distill_weight <= 1, self.distill_weight),
+            ("max_steps >= 1", self.max_steps is None or self.max_steps >= 1, self.max_steps),
+            ("workers >= 0", self.workers >= 0, self.workers),
+        ]
+        for rule, ok, value in rules:
+            if not ok:
+                raise ValueError(f"`{rule}` must hold, but got {value!r}.")
+
+
+@dataclass
+class TrainResult:
+    """Per-epoch history and the best validation accuracy (its weights are in the model)."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val_accuracy: float = float("nan")
+    best_epoch: int = -1
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def ggcnn_loss(pred: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Sum of the MSEs of the four maps (pos, cos, sin, width), as in GG-CNN."""
+    return sum(F.mse_loss(p, target[:, i:i + 1]) for i, p in enumerate(pred))
+
+
+def distillation_loss(pred: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
+                      ) -> torch.Tensor:
+    """Sum of the MSEs between the student's and the teacher's four maps."""
+    return sum(F.mse_loss(p, t) for p, t in zip(pred, teacher, strict=True))
+
+
+def predict_maps(model: nn.Module) -> Predictor:
+    """Wraps a torch model as a predictor: [B, 1, S, S] -> [B, 4, S, S], no gradients."""
+
+    @torch.no_grad()
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(model(x), dim=1)
+
+    return predict
+
+
+def evaluate(predict: Predictor, data: GraspSubset, batch_size: int = 8) -> float:
+    """IoU grasp-match rate of ``predict`` over ``data`` (un-augmented images).
+
+    Takes a predictor, not a model, so that any deployable artifact (ONNX, int8) is scored
+    on its own outputs.
+    """
+    if len(data) == 0:
+        raise ValueError("Cannot evaluate on an empty split.")
+    hits = 0
+    for start in range(0, len(data), batch_size):
+        items = [data.dataset.item(data.indices[i]) for i in
+                 range(start, min(start + batch_size, len(data)))]
+        maps = predict(torch.stack([x for x, _, _ in items])).float().cpu().numpy()
+        for (_, _, index), m in zip(items, maps, strict=True):
+            hits += maps_match(m, data.dataset.ground_truth(index))
+    return hits / len(data)
+
+
+def train(
+    model: nn.Module,
+    train_data: GraspSubset,
+    val_data: GraspSubset | None,
+    config: TrainConfig,
+    teacher: nn.Module | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Trains ``model`` in place and leaves it holding its best-validation weights.
+
+    Args:
+        on_epoch: Called after each epoch with (epoch, metrics), e.g. to log to MLflow.
+        progress: Show a progress bar (set False inside a study, which has its own display).
+    """
+    if len(train_data) == 0:
+        raise ValueError("Cannot train on an empty split.")
+    console = console or Console(stderr=True)
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    loader = DataLoader(train_data, batch_size=config.batch_size, shuffle=True,
+                        num_workers=config.workers, generator=generator, drop_last=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    if teacher is not None:
+        teacher.eval()
+    alpha = config.distill_weight if teacher is not None else 0.0
+    result = TrainResult()
+    best_state = None
+    started = time.perf_counter()
+    steps_per_epoch = len(loader)
+    total = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
+        task = bar.add_task("training", total=total, loss=float("nan"))
+        for epoch in range(config.epochs):
+            model.train()
+            losses = []
+            for x, y, _ in loader:
+                pred = model(x)
+                loss = ggcnn_loss(pred, y)
+                if teacher is not None:
+                    with torch.no_grad():
+                        taught = teacher(x)
+                    loss = (1 - alpha) * loss + alpha * distillation_loss(pred, taught)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                result.steps += 1
+                bar.update(task, advance=1, loss=float(np.mean(losses[-20:])),
+                           description=f"epoch {epoch + 1}/{config.epochs}")
+                if config.max_steps is not None and result.steps >= config.max_steps:
+                    break
+            metrics = {"train_loss": float(np.mean(losses))}
+            if val_data is not None and len(val_data):
+                model.eval()
+                metrics["val_accuracy"] = evaluate(predict_maps(model), val_data,
+                                                   config.batch_size)
+                # Ties go to the later epoch: same accuracy, more training.
+                best = result.best_val_accuracy
+                if math.isnan(best) or metrics["val_accuracy"] >= best:
+                    result.best_val_accuracy = metrics["val_accuracy"]
+                    result.best_epoch = epoch
+                    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            result.history.append(metrics)
+            if progress:
+                shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                console.print(f"epoch {epoch + 1}/{config.epochs}  {shown}")
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+            if config.max_steps is not None and result.steps >= config.max_steps:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+
+@dataclass(frozen=True)
+class BaselineJob:
+    """Everything ``ggopt train`` needs; stored in the checkpoint so a model can be remade."""
+
+    dataset: str
+    dataset_format: str = "jacquard"
+    model: str = "ggcnn"
+    split_by: str = "object"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    output_size: int = 300
+    teacher: str | None = None
+    out: str = "checkpoints/ggcnn.pt"
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "ggopt-train"
+
+
+def train_baseline(job: BaselineJob, config: TrainConfig, console: Console | None = None
+                   ) -> tuple[Path, dict[str, float]]:
+    """Trains a model on a dataset, scores it on the held-out test split, saves a checkpoint
+    and logs the run to MLflow. Input is checked before any training starts."""
+    import mlflow
+
+    from grasp.checkpoints import load_checkpoint, save_checkpoint
+    from grasp.data import load_dataset, split
+    from grasp.models import get_model
+    from grasp.urls import redact_url
+
+    console = console or Console(stderr=True)
+    model = get_model(job.model)
+    dataset = load_dataset(job.dataset_format, job.dataset, output_size=job.output_size)
+    parts = split(dataset, job.split_by, job.val_fraction, job.test_fraction, config.seed)
+    if not parts["train"]:
+        raise ValueError(f"{job.dataset}: the train split is empty ({len(dataset)} images).")
+    teacher = load_checkpoint(job.teacher).model if job.teacher else None
+    console.print(
+        f"{job.model}: {len(parts['train'])} train / {len(parts['val'])} val / "
+        f"{len(parts['test'])} test images ({job.split_by}-wise split) from {job.dataset}"
+    )
+    mlflow.set_tracking_uri(job.tracking_uri)
+    mlflow.set_experiment(job.experiment)
+    params = {**{f"job.{k}": v for k, v in vars(job).items() if k != "tracking_uri"},
+              **{f"train.{k}": v for k, v in vars(config).items()}}
+    with mlflow.start_run(run_name=f"train-{job.model}"):
+        mlflow.log_params(params)
+        result = train(
+            model, dataset.subset(parts["train"], augment=True),
+            dataset.subset(parts["val"]) if parts["val"] else None, config, teacher=teacher,
+            on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch), console=console,
+        )
+        metrics = {"best_val_accuracy": result.best_val_accuracy,
+                   "best_epoch": float(result.best_epoch), "train_seconds": result.seconds}
+        if parts["test"]:
+            metrics["test_accuracy"] = evaluate(predict_maps(model), dataset.subset(parts["test"]),
+                                                config.batch_size)
+        path = save_checkpoint(job.out, model, job.model,
+                               config={"job": vars(job), "train": vars(config)}, metrics=metrics)
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(path))
+    console.print(f"saved {path}  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    console.print(f"MLflow run logged to {redact_url(job.tracking_uri)}")
+    return path, metrics

@@ -1,0 +1,1 @@
+"""What a trial is scored on, measured on the deployable artifact."""

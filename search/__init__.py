@@ -1,0 +1,1 @@
+"""Orchestration: study configuration, the Optuna study, MLflow tracking, Pareto, CLI."""

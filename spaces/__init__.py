@@ -1,0 +1,1 @@
+"""What a trial may change: one module per compression knob."""

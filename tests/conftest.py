@@ -1,0 +1,77 @@
+"""Fixtures: tiny datasets written in the real Jacquard and Cornell formats.
+
+Each scene is a flat table at 1 m with one box on it; the labelled grasps close across the
+box's short side. That is enough structure for a small network to learn within seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from grasp.rectangles import Grasp
+
+
+def box_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, list[Grasp]]:
+    """A depth image (metres) of one box on a table and grasps across the box."""
+    scale = min(height, width) / 192
+    depth = np.full((height, width), 1.0, np.float32)
+    r0 = rng.uniform(0.35, 0.65) * height
+    c0 = rng.uniform(0.35, 0.65) * width
+    phi = rng.uniform(-math.pi / 2, math.pi / 2)  # direction of the box's long side
+    long_side, short_side = rng.uniform(40, 70) * scale, rng.uniform(14, 22) * scale
+    rows, cols = np.mgrid[0:height, 0:width]
+    # Coordinates along (u) and across (v) the box, with rows growing downwards.
+    u = (cols - c0) * math.cos(phi) - (rows - r0) * math.sin(phi)
+    v = (cols - c0) * math.sin(phi) + (rows - r0) * math.cos(phi)
+    depth[(np.abs(u) <= long_side / 2) & (np.abs(v) <= short_side / 2)] = 0.95
+    grasps = []
+    for t in np.linspace(-0.3, 0.3, 3) * long_side:
+        center = (r0 - t * math.sin(phi), c0 + t * math.cos(phi))
+        grasps.append(Grasp(center, phi + math.pi / 2, short_side * 1.8, 10 * scale))
+    return depth, grasps
+
+
+def write_jacquard(root: Path, objects: int = 4, views: int = 3, size: int = 192,
+                   seed: int = 0) -> Path:
+    """Writes ``objects`` folders with ``views`` images each, in Jacquard's file format."""
+    rng = np.random.default_rng(seed)
+    for o in range(objects):
+        folder = root / f"object{o:03d}"
+        folder.mkdir(parents=True)
+        for v in range(views):
+            depth, grasps = box_scene(rng, size, size)
+            stem = folder / f"{v}_object{o:03d}"
+            tifffile.imwrite(f"{stem}_perfect_depth.tiff", depth)
+            lines = [f"{g.center[1]:.3f};{g.center[0]:.3f};{-math.degrees(g.angle):.3f};"
+                     f"{g.length:.3f};{g.width:.3f}" for g in grasps]
+            Path(f"{stem}_grasps.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_cornell(root: Path, images: int = 3, seed: int = 0) -> Path:
+    """Writes ``images`` 480x640 Cornell images in one numbered folder."""
+    rng = np.random.default_rng(seed)
+    folder = root / "01"
+    folder.mkdir(parents=True)
+    for i in range(images):
+        depth, grasps = box_scene(rng, 480, 640)
+        number = 100 + i
+        tifffile.imwrite(folder / f"pcd{number:04d}d.tiff", depth)
+        lines = [f"{c:.2f} {r:.2f}" for g in grasps for r, c in g.corners()]
+        (folder / f"pcd{number:04d}cpos.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def jacquard_root(tmp_path: Path) -> Path:
+    return write_jacquard(tmp_path / "jacquard")
+
+
+@pytest.fixture
+def cornell_root(tmp_path: Path) -> Path:
+    return write_cornell(tmp_path / "cornell")

@@ -1,0 +1,188 @@
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from grasp.data import (
+    CornellDataset,
+    DatasetFileError,
+    JacquardDataset,
+    load_dataset,
+    read_jacquard_grasps,
+    split,
+)
+
+
+def test_jacquard_reads_back_what_was_written(jacquard_root):
+    ds = JacquardDataset(jacquard_root, output_size=96)
+    assert len(ds) == 12
+    x, y, index = ds[0]
+    assert x.shape == (1, 96, 96) and y.shape == (4, 96, 96) and index == 0
+    assert x.min() >= -1 and x.max() <= 1 and abs(float(x.mean())) < 1e-5
+    assert y[0].sum() > 0  # some grasp pixels
+    assert {s.object_id for s in ds.samples} == {f"object{o:03d}" for o in range(4)}
+    # The 192px images are scaled by one half, grasps with them.
+    raw = read_jacquard_grasps(ds.samples[0].grasp_path)
+    assert ds.ground_truth(0)[0].length == pytest.approx(raw[0].length / 2)
+
+
+def test_jacquard_line_convention(tmp_path):
+    path = tmp_path / "a_grasps.txt"
+    path.write_text("50;40;30;20;10\n")
+    (g,) = read_jacquard_grasps(path)
+    assert g.center == (40.0, 50.0)
+    assert g.angle == pytest.approx(-math.radians(30))
+    assert (g.length, g.width) == (20.0, 10.0)
+
+
+def test_cornell_crops_around_the_grasps(cornell_root):
+    ds = CornellDataset(cornell_root, output_size=300)
+    assert len(ds) == 3
+    depth, grasps = ds.frame(0)
+    assert depth.shape == (300, 300)
+    centre = np.mean([g.center for g in grasps], axis=0)
+    raw_centre = np.mean([g.center for g in ds.samples[0].grasps], axis=0)
+    assert np.all(np.abs(centre - 150) <= np.maximum(1, np.abs(raw_centre - centre)))
+    # The box (0.95 m) lies under the grasps inside the crop.
+    r, c = (round(v) for v in grasps[1].center)
+    assert depth[r, c] == pytest.approx(0.95)
+
+
+def test_rotation_moves_maps_with_the_image(jacquard_root):
+    ds = JacquardDataset(jacquard_root, output_size=96)
+    x0, y0, _ = ds.item(0)
+    x1, y1, _ = ds.item(0, rotation=1)
+    assert torch.allclose(x1[0], torch.rot90(x0[0], 1))
+    pos0, pos1 = torch.rot90(y0[0], 1) > 0, y1[0] > 0
+    overlap = (pos0 & pos1).sum() / (pos0 | pos1).sum()
+    assert overlap > 0.85
+    # A quarter turn adds 90 degrees: cos 2θ changes sign.
+    both = pos0 & pos1
+    assert torch.allclose(y1[1][both], -torch.rot90(y0[1], 1)[both], atol=1e-5)
+
+
+def test_zoom_scales_grasps(jacquard_root):
+    ds = JacquardDataset(jacquard_root, output_size=96)
+    _, plain = ds.example(0)
+    _, zoomed = ds.example(0, zoom=0.5)
+    assert zoomed[0].length == pytest.approx(2 * plain[0].length)
+    assert zoomed[0].center == pytest.approx(tuple(2 * (np.array(plain[0].center) - 24)))
+
+
+def test_augmented_subset_is_seeded(jacquard_root):
+    ds = JacquardDataset(jacquard_root, output_size=96)
+    sub = ds.subset(range(len(ds)), augment=True)
+    torch.manual_seed(3)
+    a = [sub[i][0] for i in range(4)]
+    torch.manual_seed(3)
+    b = [sub[i][0] for i in range(4)]
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("by", ["image", "object"])
+def test_splits_are_seeded_disjoint_and_complete(jacquard_root, by):
+    ds = JacquardDataset(jacquard_root, output_size=96)
+    parts = split(ds, by, val_fraction=0.25, test_fraction=0.25, seed=1)
+    assert parts == split(ds, by, val_fraction=0.25, test_fraction=0.25, seed=1)
+    every = parts["train"] + parts["val"] + parts["test"]
+    assert sorted(every) == list(range(len(ds)))
+    assert all(parts.values())
+    if by == "object":
+        objects = {k: {ds.samples[i].object_id for i in v} for k, v in parts.items()}
+        assert not objects["train"] & (objects["val"] | objects["test"])
+        assert not objects["val"] & objects["test"]
+
+
+def test_split_rejects_bad_fractions(jacquard_root):
+    ds = JacquardDataset(jacquard_root, output_size=96)
+    with pytest.raises(ValueError, match=r"val_fraction \+ test_fraction < 1"):
+        split(ds, "image", 0.6, 0.5)
+    with pytest.raises(ValueError, match="'pixel'"):
+        split(ds, "pixel")
+
+
+def test_cornell_object_split_needs_objects_file(cornell_root, tmp_path):
+    with pytest.raises(ValueError, match="objects_file"):
+        split(CornellDataset(cornell_root), "object")
+    objects = tmp_path / "z.txt"
+    objects.write_text("100 a\n101 a\n102 b\n")
+    ds = CornellDataset(cornell_root, objects_file=objects)
+    assert [s.object_id for s in ds.samples] == ["a", "a", "b"]
+
+
+def _first_grasp_file(root: Path) -> Path:
+    return sorted(root.rglob("*_grasps.txt"))[0]
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [("1;2;nan;4;5", "not finite"), ("1;2;3;4", "expected 5 fields"),
+     ("1;2;x;4;5", "not a number"), ("1;2;3;0;5", "must be > 0")],
+    ids=["nan", "fields", "text", "zero-width"],
+)
+def test_malformed_jacquard_line_names_file_and_line(jacquard_root, line, problem):
+    path = _first_grasp_file(jacquard_root)
+    path.write_text(path.read_text() + line + "\n")
+    with pytest.raises(DatasetFileError, match=problem) as info:
+        JacquardDataset(jacquard_root)
+    assert f"{path}:4:" in str(info.value)
+
+
+def test_missing_depth_file_is_named(jacquard_root):
+    path = _first_grasp_file(jacquard_root)
+    depth = path.with_name(path.name.replace("_grasps.txt", "_perfect_depth.tiff"))
+    depth.unlink()
+    with pytest.raises(DatasetFileError, match=f"{depth}.*not found"):
+        JacquardDataset(jacquard_root)
+
+
+def test_corrupt_depth_file_is_named(jacquard_root):
+    ds = JacquardDataset(jacquard_root, output_size=96)
+    ds.samples[0].depth_path.write_bytes(b"not a tiff")
+    with pytest.raises(DatasetFileError, match=str(ds.samples[0].depth_path)):
+        ds[0]
+
+
+def test_empty_folder_is_an_error(tmp_path):
+    with pytest.raises(DatasetFileError, match="no Jacquard grasp files"):
+        JacquardDataset(tmp_path)
+    with pytest.raises(DatasetFileError, match="not found"):
+        CornellDataset(tmp_path / "nope")
+
+
+def test_cornell_nan_corner_names_line_or_is_skipped(cornell_root):
+    path = sorted(cornell_root.rglob("*cpos.txt"))[0]
+    lines = path.read_text().splitlines()
+    lines[5] = "NaN NaN"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetFileError, match=f"{path}:6: .*not finite"):
+        CornellDataset(cornell_root)
+    with pytest.warns(UserWarning, match=f"{path}:6"):
+        ds = CornellDataset(cornell_root, strict=False)
+    assert len(ds.samples[0].grasps) == 2
+
+
+def test_cornell_incomplete_rectangle(cornell_root):
+    path = sorted(cornell_root.rglob("*cpos.txt"))[0]
+    path.write_text(path.read_text() + "1.0 2.0\n")
+    with pytest.raises(DatasetFileError, match=r"4 lines.*13 corner lines"):
+        CornellDataset(cornell_root)
+
+
+def test_missing_pixels_take_the_median(tmp_path):
+    root = tmp_path / "j" / "o"
+    root.mkdir(parents=True)
+    depth = np.full((32, 32), 0.8, np.float32)
+    depth[3, 3] = np.nan
+    tifffile.imwrite(root / "0_o_perfect_depth.tiff", depth)
+    (root / "0_o_grasps.txt").write_text("16;16;0;10;5\n")
+    x, _, _ = JacquardDataset(tmp_path / "j", output_size=32)[0]
+    assert torch.isfinite(x).all()
+
+
+def test_unknown_format_lists_valid_ones(jacquard_root):
+    with pytest.raises(ValueError, match=r"'coco'.*cornell, jacquard"):
+        load_dataset("coco", jacquard_root)

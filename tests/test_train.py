@@ -1,0 +1,142 @@
+import mlflow
+import pytest
+import torch
+
+from grasp.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from grasp.data import JacquardDataset, split
+from grasp.models import get_model
+from grasp.train import TrainConfig, distillation_loss, evaluate, ggcnn_loss, train
+from search.cli import main
+
+SIZE = 96
+
+
+@pytest.fixture
+def dataset(jacquard_root):
+    return JacquardDataset(jacquard_root, output_size=SIZE)
+
+
+def _fixed_batch(ds):
+    items = [ds.item(i) for i in range(len(ds))]
+    return torch.stack([x for x, _, _ in items]), torch.stack([y for _, y, _ in items])
+
+
+def test_training_lowers_the_loss(dataset):
+    torch.manual_seed(0)
+    model = get_model("ggcnn")
+    x, y = _fixed_batch(dataset)
+    with torch.no_grad():
+        before = float(ggcnn_loss(model(x), y))
+    result = train(model, dataset.subset(range(len(dataset)), augment=True), None,
+                   TrainConfig(epochs=6, batch_size=4, lr=3e-3), progress=False)
+    with torch.no_grad():
+        after = float(ggcnn_loss(model(x), y))
+    assert result.steps == 18
+    assert after < 0.7 * before
+
+
+def test_distillation_pulls_the_student_to_the_teacher(dataset):
+    torch.manual_seed(1)
+    teacher, student = get_model("ggcnn").eval(), get_model("ggcnn")
+    x, _ = _fixed_batch(dataset)
+    with torch.no_grad():
+        before = float(distillation_loss(student(x), teacher(x)))
+    train(student, dataset.subset(range(len(dataset))), None,
+          TrainConfig(epochs=4, batch_size=4, lr=3e-3, distill_weight=1.0),
+          teacher=teacher, progress=False)
+    with torch.no_grad():
+        after = float(distillation_loss(student(x), teacher(x)))
+    assert after < 0.5 * before
+
+
+def test_max_steps_bounds_the_work(dataset):
+    result = train(get_model("ggcnn2"), dataset.subset(range(len(dataset))), None,
+                   TrainConfig(epochs=5, batch_size=2, max_steps=3), progress=False)
+    assert result.steps == 3
+
+
+def test_validation_keeps_the_best_epoch(dataset):
+    parts = split(dataset, "object", 0.25, 0.0)
+    result = train(get_model("ggcnn"), dataset.subset(parts["train"], augment=True),
+                   dataset.subset(parts["val"]), TrainConfig(epochs=3, batch_size=4),
+                   progress=False)
+    accuracies = [h["val_accuracy"] for h in result.history]
+    assert result.best_val_accuracy == max(accuracies)
+    assert result.best_epoch == max(i for i, a in enumerate(accuracies) if a == max(accuracies))
+
+
+def test_perfect_predictor_scores_one_and_empty_scores_zero(dataset):
+    sub = dataset.subset(range(len(dataset)))
+
+    def oracle(x):
+        return torch.stack([dataset.item(i)[1] for i in range(len(x))])
+
+    def blank(x):
+        return torch.zeros(len(x), 4, SIZE, SIZE)
+
+    oracle_hits = evaluate(lambda x: oracle(x), dataset.subset([0]))
+    assert oracle_hits == 1.0
+    assert evaluate(blank, sub) == 0.0
+
+
+def test_config_rules_name_the_value():
+    with pytest.raises(ValueError, match=r"`0 <= distill_weight <= 1` must hold, but got 1.5"):
+        TrainConfig(distill_weight=1.5)
+    with pytest.raises(ValueError, match="epochs >= 1"):
+        TrainConfig(epochs=0)
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path):
+    model = get_model("ggcnn2").eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, "ggcnn2", {"a": 1}, {"acc": 0.5})
+    payload = torch.load(path, weights_only=True)
+    assert payload["model"] == "ggcnn2"
+    ckpt = load_checkpoint(path)
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(model(x), ckpt.model(x), strict=True))
+    assert ckpt.config == {"a": 1} and ckpt.metrics == {"acc": 0.5}
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", get_model("ggcnn"), "ggcnn")
+    with pytest.raises(CheckpointError, match=rf"{path}: checkpoint holds model 'ggcnn'"):
+        load_checkpoint(path, model_name="ggcnn2")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=rf"{bad}: not a readable checkpoint"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "none.pt")
+    wrong = tmp_path / "wrong.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["model"] = "ggcnn2"
+    torch.save(payload, wrong)
+    with pytest.raises(CheckpointError, match=rf"{wrong}: weights do not fit model 'ggcnn2'"):
+        load_checkpoint(wrong)
+
+
+def test_cli_train_writes_checkpoint_and_mlflow_run(jacquard_root, tmp_path, capsys):
+    out = tmp_path / "ckpt" / "ggcnn.pt"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["train", str(jacquard_root), "--output-size", str(SIZE), "--epochs", "2",
+                 "--batch-size", "4", "--val-fraction", "0.25", "--test-fraction", "0.25",
+                 "--out", str(out), "--tracking-uri", uri, "--experiment", "t"])
+    assert code == 0
+    ckpt = load_checkpoint(out, model_name="ggcnn")
+    assert 0.0 <= ckpt.metrics["test_accuracy"] <= 1.0
+    assert ckpt.config["job"]["split_by"] == "object"
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["t"])
+    assert len(runs) == 1
+    assert "metrics.best_val_accuracy" in runs.columns
+    assert runs["params.job.model"][0] == "ggcnn"
+
+
+def test_cli_bad_input_is_one_line_without_traceback(tmp_path, capsys):
+    code = main(["train", str(tmp_path / "missing"), "--tracking-uri",
+                 f"sqlite:///{tmp_path / 'm.db'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "missing: dataset folder not found" in err
+    assert "Traceback" not in err
