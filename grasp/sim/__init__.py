@@ -1,0 +1,1 @@
+"""Simulated grasp data and grasp trials in pybullet (scenes, gripper, candidates)."""
