@@ -28,8 +28,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--split", dest="split_by", default="object", choices=["object", "image"],
-                   help="object-wise (held-out objects, default) or image-wise split")
+    p.add_argument("--split", dest="split_by", default="object",
+                   choices=["object", "image", "preset"],
+                   help="object-wise (held-out objects, default), image-wise, or the "
+                        "dataset's own train/ val/ test/ folders (simulated data)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--output-size", type=int, default=300, help="input size in pixels")
@@ -59,11 +61,36 @@ def _run_train(args: argparse.Namespace) -> None:
     train_baseline(job, config, console=console)
 
 
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="make grasp datasets")
+    data = p.add_subparsers(dest="data_command", required=True, metavar="SOURCE")
+    s = data.add_parser(
+        "sim", help="simulate scenes and label grasps by simulated grasp trials (pybullet)",
+        description="Render tabletop scenes of pybullet's random objects and label antipodal "
+                    "grasp candidates by executing them with a simulated parallel-jaw "
+                    "gripper. Writes Jacquard format under OUT/{train,val,test}/ (split "
+                    "object-wise); an interrupted run resumes where it stopped.")
+    s.add_argument("--scenes", type=int, required=True, help="number of scenes")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--candidates-per-object", type=int, default=8)
+    s.set_defaults(run=_run_data_sim)
+
+
+def _run_data_sim(args: argparse.Namespace) -> None:
+    from grasp.sim.generate import generate_dataset
+
+    generate_dataset(args.out, args.scenes, workers=args.workers, seed=args.seed,
+                     per_object=args.candidates_per_object, console=console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ggopt",
         description="Find the best compressed GG-CNN grasp detectors for a robot computer.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data(sub)
     _add_train(sub)
     return parser
 

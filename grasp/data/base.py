@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from grasp.rectangles import Grasp, grasp_maps
 
 __all__ = [
+    "SPLIT_KINDS",
     "DatasetFileError",
     "GraspDataset",
     "GraspSubset",
@@ -29,6 +30,9 @@ __all__ = [
     "read_depth",
     "split",
 ]
+
+
+SPLIT_KINDS = ("image", "object", "preset")
 
 
 class DatasetFileError(ValueError):
@@ -49,6 +53,7 @@ class Sample:
     grasp_path: Path
     grasps: tuple[Grasp, ...]
     object_id: str | None
+    preset_split: str | None = None
 
 
 def read_depth(path: Path) -> np.ndarray:
@@ -144,10 +149,30 @@ class GraspDataset(Dataset):
         return GraspSubset(self, indices, augment)
 
 
+#: Sensor effects added to augmented inputs (simulated depth is perfect, real depth is not):
+#: Gaussian noise in metres, and up to this many holes of missing depth per image.
+DEPTH_NOISE_M = 0.002
+MAX_DEPTH_HOLES = 4
+
+
+def _sensor_effects(x: torch.Tensor) -> torch.Tensor:
+    """Noise and holes (set to the mean depth, as after inpainting) on a normalised input."""
+    x = x + DEPTH_NOISE_M * torch.randn_like(x)
+    size = x.shape[-1]
+    rows = torch.arange(size)[:, None]
+    cols = torch.arange(size)[None, :]
+    for _ in range(int(torch.randint(0, MAX_DEPTH_HOLES + 1, ()).item())):
+        r, c = torch.randint(0, size, (2,)).tolist()
+        radius = size * (0.01 + 0.03 * float(torch.rand(()).item()))
+        x[..., (rows - r) ** 2 + (cols - c) ** 2 <= radius**2] = 0.0
+    return x.clamp_(-1.0, 1.0)
+
+
 class GraspSubset(Dataset):
-    """A view on some images of a dataset, optionally with GG-CNN's augmentation: a random
-    rotation by a multiple of 90° and a random zoom in [0.5, 1]. Randomness comes from torch's
-    generator, so ``torch.manual_seed`` (or a seeded DataLoader) makes it reproducible."""
+    """A view on some images of a dataset, optionally with augmentation: GG-CNN's random
+    rotation by a multiple of 90° and zoom in [0.5, 1], plus depth noise and holes.
+    Randomness comes from torch's generator, so ``torch.manual_seed`` (or a seeded
+    DataLoader) makes it reproducible."""
 
     def __init__(self, dataset: GraspDataset, indices: Sequence[int], augment: bool = False
                  ) -> None:
@@ -164,7 +189,8 @@ class GraspSubset(Dataset):
             return self.dataset.item(index)
         rotation = int(torch.randint(0, 4, ()).item())
         zoom = 0.5 + 0.5 * float(torch.rand(()).item())
-        return self.dataset.item(index, rotation, zoom)
+        x, y, index = self.dataset.item(index, rotation, zoom)
+        return _sensor_effects(x), y, index
 
     def ground_truth(self, i: int) -> list[Grasp]:
         return self.dataset.ground_truth(self.indices[i])
@@ -177,13 +203,21 @@ def split(
     test_fraction: float = 0.1,
     seed: int = 0,
 ) -> dict[str, list[int]]:
-    """Seeded train / val / test index lists, image-wise or object-wise.
+    """Seeded train / val / test index lists: image-wise, object-wise or preset.
 
     Object-wise puts every image of an object in the same split, so held-out images show
-    objects never seen in training (the harder, more honest number).
+    objects never seen in training (the harder, more honest number). Preset takes the
+    dataset's own ``train/``, ``val/``, ``test/`` folders (the simulator splits object-wise).
     """
-    if by not in ("image", "object"):
-        raise ValueError(f"`by` must be 'image' or 'object', but got {by!r}.")
+    if by not in SPLIT_KINDS:
+        raise ValueError(f"`by` must be one of {', '.join(SPLIT_KINDS)}, but got {by!r}.")
+    if by == "preset":
+        missing = [s.grasp_path for s in dataset.samples if s.preset_split is None]
+        if missing:
+            raise ValueError(f"A preset split needs every image under train/, val/ or test/; "
+                             f"{missing[0]} is not.")
+        return {name: [i for i, s in enumerate(dataset.samples) if s.preset_split == name]
+                for name in ("train", "val", "test")}
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"`0 <= {name} < 1` must hold, but got {value}.")

@@ -4,7 +4,8 @@ Each image is ``<name>_perfect_depth.tiff`` beside ``<name>_grasps.txt``, whose 
 ``x;y;theta;w;h``: centre (column, row) in pixels, angle in degrees (clockwise on screen,
 so it is negated here), opening ``w`` and jaw size ``h``. Images (1024x1024 in the real
 dataset) are rescaled to ``output_size``. The object of an image is its folder, as in
-Jacquard, where every folder holds the views of one object.
+Jacquard, where every folder holds the views of one object. Images under top-level
+``train/``, ``val/`` or ``test/`` folders (as the simulator writes) carry that preset split.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from grasp.rectangles import Grasp
 __all__ = ["DEPTH_SUFFIX", "GRASPS_SUFFIX", "JacquardDataset", "read_jacquard_grasps"]
 
 GRASPS_SUFFIX = "_grasps.txt"
+PRESET = {("train",), ("val",), ("test",)}
 DEPTH_SUFFIX = "_perfect_depth.tiff"
 
 
@@ -68,9 +70,11 @@ class JacquardDataset(GraspDataset):
             depth_path = grasp_path.with_name(stem + DEPTH_SUFFIX)
             if not depth_path.is_file():
                 raise DatasetFileError(depth_path, f"depth image for {grasp_path.name} not found")
-            object_id = str(grasp_path.parent.relative_to(root))
+            relative = grasp_path.parent.relative_to(root)
+            preset = relative.parts[0] if relative.parts[:1] in PRESET else None
             samples.append(Sample(depth_path, grasp_path,
-                                  tuple(read_jacquard_grasps(grasp_path)), object_id))
+                                  tuple(read_jacquard_grasps(grasp_path)), str(relative),
+                                  preset))
         super().__init__(samples, output_size)
 
     def frame(self, index: int) -> tuple[np.ndarray, list[Grasp]]:
