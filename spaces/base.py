@@ -1,0 +1,94 @@
+"""What every knob shares: a frozen config that round-trips through a dict, a registry,
+and the addressing of layers by their stable names.
+
+A knob's ``suggest(trial, model)`` declares Optuna parameters named ``<knob>.<layer>...``
+and returns its config; ``apply(model, config)`` returns a new model and depends only on
+its arguments, so a trial can be rebuilt from ``trial.params`` alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import optuna
+from torch import nn
+
+__all__ = [
+    "Knob",
+    "KnobConfig",
+    "KnobError",
+    "get_knob",
+    "layers_of",
+    "list_knobs",
+    "register_knob",
+    "replace_module",
+]
+
+
+class KnobError(ValueError):
+    """A knob config does not fit a model: the message names the layer, rule and value."""
+
+
+@dataclass(frozen=True)
+class KnobConfig:
+    """Base of knob configs: plain data, round-trips through :meth:`to_dict`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KnobConfig:
+        raise NotImplementedError
+
+
+class Knob(Protocol):
+    name: ClassVar[str]
+
+    def suggest(self, trial: optuna.Trial, model: nn.Module) -> KnobConfig: ...
+
+    def from_params(self, params: dict[str, Any], model: nn.Module) -> KnobConfig: ...
+
+    def apply(self, model: nn.Module, config: KnobConfig) -> nn.Module: ...
+
+
+_KNOBS: dict[str, Knob] = {}
+
+
+def register_knob(knob: Knob) -> Knob:
+    if knob.name in _KNOBS:
+        raise ValueError(f"A knob named {knob.name!r} is already registered.")
+    _KNOBS[knob.name] = knob
+    return knob
+
+
+def list_knobs() -> list[str]:
+    return sorted(_KNOBS)
+
+
+def get_knob(name: str) -> Knob:
+    try:
+        return _KNOBS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown knob {name!r}; valid knobs are: {', '.join(list_knobs())}."
+        ) from None
+
+
+def layers_of(model: nn.Module, kinds: tuple[type, ...], exclude: Iterable[str] = ()
+              ) -> list[str]:
+    """Names of the model's direct child layers of the given types, in model order."""
+    skip = set(exclude)
+    return [name for name, m in model.named_children() if isinstance(m, kinds)
+            and name not in skip]
+
+
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    setattr(model, name, module)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy, so ``apply`` never changes its argument."""
+    return copy.deepcopy(model)

@@ -1,0 +1,201 @@
+"""Per decoder layer: ConvTranspose2d -> sub-pixel convolution (exact) or resize + conv.
+
+Runtimes quantise convolutions but leave ConvTranspose2d in float (ONNX Runtime and the
+X86 Inductor quantizer alike), and GG-CNN's transposed convs hold most of its MACs, so
+without this rewrite int8 buys little. The sub-pixel form (one conv with ``s*s`` times the
+output channels, then PixelShuffle) computes exactly the same function, so nothing is lost
+before fine-tuning; resize + conv is cheaper again but only approximate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import optuna
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spaces.base import KnobConfig, KnobError, copy_model, layers_of, register_knob
+
+__all__ = ["MODES", "ResizeConv2d", "SubPixelConv2d", "UpsampleConfig", "UpsampleKnob"]
+
+MODES = ("keep", "subpixel", "nearest", "bilinear")
+
+
+def _phase_taps(k: int, s: int, p: int) -> list[tuple[int, int, int]]:
+    """For each output phase r: (first tap t0, input offset d, number of taps n), from
+    y[s*q + r] = sum_j x[q + d - j] * w[t0 + j*s]."""
+    out = []
+    for r in range(s):
+        t0, d = (r + p) % s, (r + p) // s
+        out.append((t0, d, len(range(t0, k, s))))
+    return out
+
+
+class SubPixelConv2d(nn.Module):
+    """A ConvTranspose2d rewritten as pad -> conv -> PixelShuffle -> crop, exactly."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int],
+                 stride: int, pad: tuple[int, int, int, int], crop: tuple[int, int],
+                 out_size_offset: tuple[int, int]) -> None:
+        super().__init__()
+        self.pad = nn.ZeroPad2d(pad)
+        self.conv = nn.Conv2d(in_channels, out_channels * stride * stride, kernel)
+        self.shuffle = nn.PixelShuffle(stride)
+        self.stride = stride
+        self.crop = crop
+        self.out_size_offset = out_size_offset  # output size = input size * s + offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        y = self.shuffle(self.conv(self.pad(x)))
+        top, left = self.crop
+        out_h = h * self.stride + self.out_size_offset[0]
+        out_w = w * self.stride + self.out_size_offset[1]
+        return y[..., top:top + out_h, left:left + out_w]
+
+    @classmethod
+    def from_conv_transpose(cls, layer: nn.ConvTranspose2d, name: str = "layer"
+                            ) -> SubPixelConv2d:
+        """Builds the exact equivalent of ``layer`` (square stride, no dilation or groups)."""
+        sh, sw = layer.stride
+        if sh != sw:
+            raise KnobError(f"upsample.{name}: needs a square stride, got {layer.stride}.")
+        if layer.dilation != (1, 1) or layer.groups != 1:
+            raise KnobError(f"upsample.{name}: needs dilation 1 and groups 1, got "
+                            f"dilation={layer.dilation}, groups={layer.groups}.")
+        s = sh
+        weight = layer.weight.detach()  # [in, out, kh, kw]
+        c_in, c_out, kh, kw = weight.shape
+        axes = []
+        for k, p, op in ((kh, layer.padding[0], layer.output_padding[0]),
+                         (kw, layer.padding[1], layer.output_padding[1])):
+            taps = _phase_taps(k, s, p)
+            e_min = min(d - n + 1 for _, d, n in taps)
+            e_max = max(d for _, d, _ in taps)
+            # Output length is L*s + offset; the phases need Q = ceil(out / s) positions.
+            offset = -s - 2 * p + k + op
+            axes.append((k, taps, e_min, e_max, offset))
+        kernel = [e_max - e_min + 1 for _, _, e_min, e_max, _ in axes]
+        new = torch.zeros(c_out, s, s, c_in, kernel[0], kernel[1], dtype=weight.dtype)
+        (_, taps_h, emin_h, _, _), (_, taps_w, emin_w, _, _) = axes
+        for rh, (t0h, dh, nh) in enumerate(taps_h):
+            for rw, (t0w, dw, nw) in enumerate(taps_w):
+                for jh in range(nh):
+                    for jw in range(nw):
+                        mh, mw = dh - jh - emin_h, dw - jw - emin_w
+                        new[:, rh, rw, :, mh, mw] = weight[:, :, t0h + jh * s,
+                                                           t0w + jw * s].T
+        # Padding: left so that offset e_min is reachable; right generously (the crop trims).
+        pads, crops = [], []
+        for _, _, e_min, e_max, offset in axes:
+            left = max(0, -e_min)
+            extra_q = -(-offset // s) if offset > 0 else 0  # ceil(offset / s)
+            right = max(0, e_max + extra_q)
+            pads.append((left, right))
+            crops.append((left + e_min) * s)
+        module = cls(c_in, c_out, tuple(kernel), s,
+                     (pads[1][0], pads[1][1], pads[0][0], pads[0][1]), tuple(crops),
+                     (axes[0][4], axes[1][4]))
+        with torch.no_grad():
+            module.conv.weight.copy_(new.reshape(c_out * s * s, c_in, *kernel))
+            bias = layer.bias.detach() if layer.bias is not None else torch.zeros(c_out)
+            module.conv.bias.copy_(bias.repeat_interleave(s * s))
+        return module
+
+
+class ResizeConv2d(nn.Module):
+    """Resize by the stride (nearest or bilinear), then a stride-1 conv of the same kernel,
+    padded so that the output size equals the transposed conv's."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int,
+                 size_offset: int, mode: str) -> None:
+        super().__init__()
+        total = size_offset + kernel - 1
+        self.pad = nn.ZeroPad2d((total // 2, total - total // 2, total // 2,
+                                 total - total // 2))
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel)
+        self.stride = stride
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kwargs = {"align_corners": False} if self.mode == "bilinear" else {}
+        x = F.interpolate(x, scale_factor=self.stride, mode=self.mode, **kwargs)
+        return self.conv(self.pad(x))
+
+    @classmethod
+    def from_conv_transpose(cls, layer: nn.ConvTranspose2d, mode: str, name: str = "layer"
+                            ) -> ResizeConv2d:
+        """Initialised from the transposed conv (flipped kernel, scaled by 1/s²): close to
+        the dense layer, not exact, so recovery fine-tuning has a good start."""
+        (s, _), (k, kw) = layer.stride, layer.kernel_size
+        if k != kw or layer.stride[0] != layer.stride[1]:
+            raise KnobError(f"upsample.{name}: needs square kernel and stride, got "
+                            f"kernel={layer.kernel_size}, stride={layer.stride}.")
+        offset = -s - 2 * layer.padding[0] + k + layer.output_padding[0]
+        module = cls(layer.in_channels, layer.out_channels, k, s, offset, mode)
+        with torch.no_grad():
+            weight = layer.weight.detach().transpose(0, 1).flip(2, 3) / (s * s)
+            module.conv.weight.copy_(weight)
+            if layer.bias is not None:
+                module.conv.bias.copy_(layer.bias.detach())
+        return module
+
+
+@dataclass(frozen=True)
+class UpsampleConfig(KnobConfig):
+    """Mode per transposed-conv layer; layers not listed are kept."""
+
+    modes: tuple[tuple[str, str], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f"upsample.{layer}": mode for layer, mode in self.modes}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UpsampleConfig:
+        return cls(tuple((k.split(".", 1)[1], v) for k, v in sorted(data.items())
+                         if k.startswith("upsample.")))
+
+
+class UpsampleKnob:
+    name: ClassVar[str] = "upsample"
+
+    def __init__(self, modes: tuple[str, ...] = MODES, exclude: tuple[str, ...] = ()) -> None:
+        bad = [m for m in modes if m not in MODES]
+        if bad:
+            raise KnobError(f"upsample: unknown mode {bad[0]!r}; valid modes are: "
+                            f"{', '.join(MODES)}.")
+        self.modes, self.exclude = tuple(modes), tuple(exclude)
+
+    def layers(self, model: nn.Module) -> list[str]:
+        return layers_of(model, (nn.ConvTranspose2d,), self.exclude)
+
+    def suggest(self, trial: optuna.Trial, model: nn.Module) -> UpsampleConfig:
+        return UpsampleConfig(tuple(
+            (layer, trial.suggest_categorical(f"upsample.{layer}", self.modes))
+            for layer in self.layers(model)))
+
+    def from_params(self, params: dict[str, Any], model: nn.Module) -> UpsampleConfig:
+        return UpsampleConfig.from_dict(params)
+
+    def apply(self, model: nn.Module, config: UpsampleConfig) -> nn.Module:
+        model = copy_model(model)
+        for layer, mode in config.modes:
+            module = getattr(model, layer, None)
+            if not isinstance(module, nn.ConvTranspose2d):
+                raise KnobError(f"upsample.{layer}: not a ConvTranspose2d layer of "
+                                f"{type(model).__name__} (got {type(module).__name__}); "
+                                f"valid layers: {', '.join(self.layers(model))}.")
+            if mode not in MODES:
+                raise KnobError(f"upsample.{layer}: mode must be one of {', '.join(MODES)}, "
+                                f"but got {mode!r}.")
+            if mode == "subpixel":
+                setattr(model, layer, SubPixelConv2d.from_conv_transpose(module, layer))
+            elif mode != "keep":
+                setattr(model, layer, ResizeConv2d.from_conv_transpose(module, mode, layer))
+        return model
+
+
+register_knob(UpsampleKnob())
