@@ -38,6 +38,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", default=None, help="checkpoint to distil from")
     p.add_argument("--distill-weight", type=float, default=0.5,
                    help="share of the teacher term in the loss (0..1; default 0.5)")
+    p.add_argument("--input-gain", type=float, default=1.0,
+                   help="optimise the first layer as if the depth input were this many times "
+                        "larger (simulated depth spans only cm; e.g. 20); the model is unchanged")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
     p.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/MODEL.pt)")
@@ -51,7 +54,7 @@ def _run_train(args: argparse.Namespace) -> None:
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          distill_weight=args.distill_weight, max_steps=args.max_steps,
-                         seed=args.seed, workers=args.workers)
+                         seed=args.seed, workers=args.workers, input_gain=args.input_gain)
     job = BaselineJob(
         dataset=args.dataset, dataset_format=args.dataset_format, model=args.model,
         split_by=args.split_by, val_fraction=args.val_fraction,

@@ -140,3 +140,19 @@ def test_cli_bad_input_is_one_line_without_traceback(tmp_path, capsys):
     assert code == 2
     assert "missing: dataset folder not found" in err
     assert "Traceback" not in err
+
+
+def test_input_gain_scales_the_first_layer_only(dataset):
+    torch.manual_seed(0)
+    model = get_model("ggcnn")
+    before = model.conv1.weight.detach().clone()
+    other = model.conv2.weight.detach().clone()
+    from grasp.train import _optimizer
+
+    optimizer = _optimizer(model, TrainConfig(input_gain=20.0, lr=1e-3))
+    assert torch.allclose(model.conv1.weight, 20 * before)
+    assert torch.equal(model.conv2.weight, other)
+    lrs = sorted(group["lr"] for group in optimizer.param_groups)
+    assert lrs == pytest.approx([1e-3, 2e-2])
+    with pytest.raises(ValueError, match="input_gain > 0"):
+        TrainConfig(input_gain=0.0)
