@@ -15,9 +15,28 @@ from torch import nn
 
 from grasp.models import get_model, list_models
 
-__all__ = ["FORMAT", "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "Checkpoint",
+    "CheckpointError",
+    "baseline_path",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT = "ggopt-checkpoint/1"
+#: Baselines shipped inside the package (trained on the simulated dataset).
+SHIPPED = Path(__file__).parent / "checkpoints"
+
+
+def baseline_path(model_name: str) -> Path:
+    """The shipped baseline checkpoint of a model: no download needed."""
+    path = SHIPPED / f"{model_name}.pt"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in SHIPPED.glob("*.pt"))
+        raise CheckpointError(f"{path}: no shipped baseline for {model_name!r}; shipped: "
+                              f"{', '.join(shipped) or 'none'}.")
+    return path
 
 
 class CheckpointError(ValueError):

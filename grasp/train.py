@@ -143,6 +143,7 @@ def train(
     config: TrainConfig,
     teacher: nn.Module | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_best: Callable[[int, dict[str, float]], None] | None = None,
     console: Console | None = None,
     progress: bool = True,
 ) -> TrainResult:
@@ -150,6 +151,8 @@ def train(
 
     Args:
         on_epoch: Called after each epoch with (epoch, metrics), e.g. to log to MLflow.
+        on_best: Called when validation accuracy reaches a new best, while the model holds
+            those weights, e.g. to save a checkpoint so that a crash loses nothing.
         progress: Show a progress bar (set False inside a study, which has its own display).
     """
     if len(train_data) == 0:
@@ -204,6 +207,8 @@ def train(
                     result.best_val_accuracy = metrics["val_accuracy"]
                     result.best_epoch = epoch
                     best_state = {k: v.clone() for k, v in model.state_dict().items()}
+                    if on_best is not None:
+                        on_best(epoch, metrics)
             result.history.append(metrics)
             if progress:
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
@@ -263,20 +268,27 @@ def train_baseline(job: BaselineJob, config: TrainConfig, console: Console | Non
     mlflow.set_experiment(job.experiment)
     params = {**{f"job.{k}": v for k, v in vars(job).items() if k != "tracking_uri"},
               **{f"train.{k}": v for k, v in vars(config).items()}}
+    saved = {"job": vars(job), "train": vars(config)}
+
+    def save_best(epoch: int, m: dict[str, float]) -> None:
+        save_checkpoint(job.out, model, job.model, config=saved,
+                        metrics={"best_val_accuracy": m["val_accuracy"],
+                                 "best_epoch": float(epoch), "partial": 1.0})
+
     with mlflow.start_run(run_name=f"train-{job.model}"):
         mlflow.log_params(params)
         result = train(
             model, dataset.subset(parts["train"], augment=True),
             dataset.subset(parts["val"]) if parts["val"] else None, config, teacher=teacher,
-            on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch), console=console,
+            on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch), on_best=save_best,
+            console=console,
         )
         metrics = {"best_val_accuracy": result.best_val_accuracy,
                    "best_epoch": float(result.best_epoch), "train_seconds": result.seconds}
         if parts["test"]:
             metrics["test_accuracy"] = evaluate(predict_maps(model), dataset.subset(parts["test"]),
                                                 config.batch_size)
-        path = save_checkpoint(job.out, model, job.model,
-                               config={"job": vars(job), "train": vars(config)}, metrics=metrics)
+        path = save_checkpoint(job.out, model, job.model, config=saved, metrics=metrics)
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(path))
     console.print(f"saved {path}  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

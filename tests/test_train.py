@@ -156,3 +156,14 @@ def test_input_gain_scales_the_first_layer_only(dataset):
     assert lrs == pytest.approx([1e-3, 2e-2])
     with pytest.raises(ValueError, match="input_gain > 0"):
         TrainConfig(input_gain=0.0)
+
+
+def test_best_epochs_are_reported_as_they_happen(dataset):
+    parts = split(dataset, "object", 0.25, 0.0)
+    seen = []
+    result = train(get_model("ggcnn"), dataset.subset(parts["train"]),
+                   dataset.subset(parts["val"]), TrainConfig(epochs=3, batch_size=4),
+                   on_best=lambda epoch, m: seen.append((epoch, m["val_accuracy"])),
+                   progress=False)
+    assert seen and seen[-1] == (result.best_epoch, result.best_val_accuracy)
+    assert [a for _, a in seen] == sorted(a for _, a in seen)
