@@ -24,7 +24,6 @@ __all__ = [
     "layers_of",
     "list_knobs",
     "register_knob",
-    "replace_module",
 ]
 
 
@@ -83,10 +82,6 @@ def layers_of(model: nn.Module, kinds: tuple[type, ...], exclude: Iterable[str] 
     skip = set(exclude)
     return [name for name, m in model.named_children() if isinstance(m, kinds)
             and name not in skip]
-
-
-def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    setattr(model, name, module)
 
 
 def copy_model(model: nn.Module) -> nn.Module:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pybullet as pb
 import torch
 from rich.console import Console
 from rich.progress import Progress
@@ -111,7 +112,5 @@ def evaluate_in_sim(policy: Policy, scenes: int = 100, split: str = "test",
                     successes += execute_grasp(client, scene, pose_from_grasp(grasp, depth))
                 bar.update(task, advance=1)
     finally:
-        import pybullet as pb
-
         pb.disconnect(client)
     return SimResult(successes, scenes)
