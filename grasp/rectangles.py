@@ -29,6 +29,7 @@ __all__ = [
     "MAX_WIDTH_PX",
     "Grasp",
     "angle_difference",
+    "best_grasp",
     "detect_grasps",
     "grasp_maps",
     "grasp_match",
@@ -212,8 +213,17 @@ def detect_grasps(
     return grasps
 
 
+def best_grasp(quality: np.ndarray, angle: np.ndarray, opening: np.ndarray) -> Grasp:
+    """The single grasp a robot would execute: the best peak, or the quality map's maximum
+    when no peak clears GG-CNN's 0.2 threshold (a weak but correct model still scores)."""
+    found = detect_grasps(quality, angle, opening, n=1)
+    if found:
+        return found[0]
+    r, c = np.unravel_index(int(np.argmax(quality)), quality.shape)
+    length = float(opening[r, c])
+    return Grasp((float(r), float(c)), float(angle[r, c]), length, length / 2)
+
+
 def maps_match(maps: np.ndarray, truths: Sequence[Grasp]) -> bool:
     """The IoU grasp-match outcome for one image's four raw output maps ([4, H, W])."""
-    quality, angle, opening = post_process(*maps)
-    found = detect_grasps(quality, angle, opening, n=1)
-    return bool(found) and grasp_match(found[0], truths)
+    return grasp_match(best_grasp(*post_process(*maps)), truths)

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from grasp.data.base import normalise_depth
-from grasp.rectangles import Grasp, detect_grasps, post_process
+from grasp.rectangles import Grasp, best_grasp, post_process
 from grasp.sim.candidates import random_candidates
 from grasp.sim.generate import scene_seed
 from grasp.sim.gripper import execute_grasp, pose_from_grasp
@@ -70,8 +70,7 @@ def model_policy(predict: Callable[[torch.Tensor], torch.Tensor]) -> Policy:
     def policy(depth: np.ndarray, mask: np.ndarray) -> Grasp | None:
         x = torch.from_numpy(normalise_depth(depth))[None, None]
         maps = predict(x).float().cpu().numpy()[0]
-        found = detect_grasps(*post_process(*maps), n=1)
-        return found[0] if found else None
+        return best_grasp(*post_process(*maps))
 
     return policy
 
