@@ -29,6 +29,9 @@ class _Heads(nn.Module):
             setattr(self, name, nn.Conv2d(channels, 1, kernel_size=kernel_size))
 
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        fused = getattr(self, "fused_heads", None)
+        if fused is not None:  # set by grasp.artifact: one conv, all four maps
+            return (fused(x),)
         return tuple(getattr(self, name)(x) for name in HEAD_NAMES)
 
 

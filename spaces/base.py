@@ -53,10 +53,11 @@ class Knob(Protocol):
     def apply(self, model: nn.Module, config: KnobConfig) -> nn.Module: ...
 
 
-_KNOBS: dict[str, Knob] = {}
+_KNOBS: dict[str, type] = {}
 
 
-def register_knob(knob: Knob) -> Knob:
+def register_knob(knob: type) -> type:
+    """Registers a knob class under its ``name`` (usable as a class decorator)."""
     if knob.name in _KNOBS:
         raise ValueError(f"A knob named {knob.name!r} is already registered.")
     _KNOBS[knob.name] = knob
@@ -67,13 +68,18 @@ def list_knobs() -> list[str]:
     return sorted(_KNOBS)
 
 
-def get_knob(name: str) -> Knob:
+def get_knob(name: str, **options: Any) -> Knob:
+    """A knob by name, set up with a study's options (e.g. ``exclude``, ``max_ratio``)."""
     try:
-        return _KNOBS[name]
+        cls = _KNOBS[name]
     except KeyError:
-        raise ValueError(
+        raise KnobError(
             f"Unknown knob {name!r}; valid knobs are: {', '.join(list_knobs())}."
         ) from None
+    try:
+        return cls(**options)
+    except TypeError as error:
+        raise KnobError(f"{name}: bad options {sorted(options)}: {error}") from None
 
 
 def layers_of(model: nn.Module, kinds: tuple[type, ...], exclude: Iterable[str] = ()

@@ -198,4 +198,4 @@ class UpsampleKnob:
         return model
 
 
-register_knob(UpsampleKnob())
+register_knob(UpsampleKnob)

@@ -1,0 +1,28 @@
+"""Accuracy: the IoU grasp-match rate on held-out images, from the artifact's own outputs.
+
+An int8 artifact is scored on its int8 outputs, never on the fp32 model it came from.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from grasp.artifact import Artifact
+from grasp.train import evaluate
+from objectives.base import Context, register_objective
+
+__all__ = ["Accuracy"]
+
+
+@register_objective
+class Accuracy:
+    name: ClassVar[str] = "accuracy"
+    direction: ClassVar[str] = "maximize"
+
+    def __call__(self, artifact: Artifact, ctx: Context) -> float:
+        if ctx.eval_data is None or len(ctx.eval_data) == 0:
+            raise ValueError("accuracy: the context holds no held-out images to score on.")
+        value = evaluate(artifact.predictor(threads=max(ctx.threads, 1)), ctx.eval_data,
+                         batch_size=8)
+        ctx.details["accuracy_images"] = len(ctx.eval_data)
+        return value

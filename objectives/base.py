@@ -1,0 +1,58 @@
+"""What every objective shares: a name, a direction, and a measurement of an Artifact.
+
+An objective takes the deployable artifact, never a torch module, so that accuracy, size
+and latency all describe the same file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from grasp.artifact import Artifact
+
+__all__ = ["Context", "Objective", "get_objective", "list_objectives", "register_objective"]
+
+
+@dataclass
+class Context:
+    """What measuring needs besides the artifact: the held-out images and timing settings.
+
+    ``eval_data`` is a ``GraspSubset`` (the study's validation split). ``details`` collects
+    the secondary numbers each measurement reports (p90, CV, fingerprint...).
+    """
+
+    eval_data: Any = None
+    threads: int = 1
+    warmup: int = 10
+    runs: int = 50
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Objective(Protocol):
+    name: ClassVar[str]
+    direction: ClassVar[str]  # "maximize" or "minimize"
+
+    def __call__(self, artifact: Artifact, ctx: Context) -> float: ...
+
+
+_OBJECTIVES: dict[str, type] = {}
+
+
+def register_objective(cls: type) -> type:
+    if cls.name in _OBJECTIVES:
+        raise ValueError(f"An objective named {cls.name!r} is already registered.")
+    _OBJECTIVES[cls.name] = cls
+    return cls
+
+
+def list_objectives() -> list[str]:
+    return sorted(_OBJECTIVES)
+
+
+def get_objective(name: str) -> Objective:
+    try:
+        return _OBJECTIVES[name]()
+    except KeyError:
+        raise ValueError(f"Unknown objective {name!r}; valid objectives are: "
+                         f"{', '.join(list_objectives())}.") from None

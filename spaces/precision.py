@@ -1,0 +1,174 @@
+"""The numeric precision of the shipped model: builds the deployable Artifact.
+
+fp32 is the exported ONNX file; fp16 stores weights and computes in half precision (inputs
+and outputs stay fp32); int8 is ONNX Runtime static QDQ quantization: per-channel int8
+weights, uint8 activations calibrated on training images (never validation images).
+
+Not offered: keeping single layers in float inside an int8 model. ONNX Runtime's optimiser
+re-quantizes an excluded conv's float weights whenever its neighbours are quantized (seen
+with onnxruntime 1.31), so the file would not run what it claims.
+
+ConvTranspose2d is not run in int8 by ONNX Runtime: :func:`int8_layers` reports which layers
+really were quantized, so the upsample knob's sub-pixel rewrite is what lets int8 pay off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import optuna
+import torch
+from torch import nn
+
+from grasp.artifact import INPUT_NAME, PRECISIONS, Artifact, ArtifactError, export_onnx
+from spaces.base import KnobConfig, KnobError, register_knob
+
+__all__ = ["PrecisionConfig", "PrecisionKnob", "build_artifact", "int8_layers"]
+
+@dataclass(frozen=True)
+class PrecisionConfig(KnobConfig):
+    """The precision the artifact computes in."""
+
+    precision: str = "fp32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"precision": self.precision}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrecisionConfig:
+        return cls(str(data.get("precision", "fp32")))
+
+
+class _Calibration:
+    """ONNX Runtime's calibration reader over training images, one at a time (batch 1)."""
+
+    def __init__(self, images: Iterable[torch.Tensor]) -> None:
+        self._images = iter(images)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        image = next(self._images, None)
+        if image is None:
+            return None
+        return {INPUT_NAME: image.reshape(1, 1, *image.shape[-2:]).numpy().astype(np.float32)}
+
+
+def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
+                   calibration: Sequence[torch.Tensor] = (), input_size: int = 300,
+                   device: str = "cpu") -> Artifact:
+    """Exports ``model`` at ``config.precision`` to ``path`` (an .onnx file)."""
+    if config.precision not in PRECISIONS:
+        raise KnobError(f"precision: must be one of {', '.join(PRECISIONS)}, "
+                        f"got {config.precision!r}.")
+    path = Path(path)
+    if config.precision == "fp32":
+        export_onnx(model, path, input_size)
+        return Artifact(path, precision="fp32", input_size=input_size, device=device)
+    fp32 = export_onnx(model, path.with_suffix(".fp32.onnx"), input_size)
+    try:
+        if config.precision == "fp16":
+            import onnx
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True),
+                      str(path))
+        else:
+            if not calibration:
+                raise KnobError("precision: int8 needs calibration images (training images).")
+            from onnxruntime.quantization import (
+                CalibrationMethod,
+                QuantFormat,
+                QuantType,
+                quantize_static,
+            )
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            prepared = path.with_suffix(".pre.onnx")
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            quantize_static(
+                str(prepared), str(path), _Calibration(calibration),
+                quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
+            prepared.unlink(missing_ok=True)
+    finally:
+        fp32.unlink(missing_ok=True)
+    return Artifact(path, precision=config.precision, input_size=input_size, device=device)
+
+
+def int8_layers(artifact: Artifact) -> list[str]:
+    """The top-level layers that really compute in int8 on ONNX Runtime's CPU provider.
+
+    A QDQ file marks every quantized weight, but only the kernels the runtime fuses into
+    integer ops (QLinearConv) run in int8; the rest dequantize and run in float (e.g.
+    ConvTranspose). So this reads the runtime's own optimised graph.
+    """
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(str(artifact.path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+    layers = []
+    for node in graph.node:
+        if node.op_type in ("QLinearConv", "ConvInteger", "QLinearConvTranspose"):
+            parts = node.name.split("/")
+            layer = parts[2] if len(parts) > 2 and parts[1] == "model" else node.name
+            if layer not in layers:
+                layers.append(layer)
+    return layers
+
+
+class PrecisionKnob:
+    """Parameter: ``precision`` (one of the study's precisions).
+
+    Unlike the structural knobs it does not change the model: :meth:`build` turns the final
+    model into the Artifact that every objective measures.
+    """
+
+    name: ClassVar[str] = "precision"
+
+    def __init__(self, precisions: tuple[str, ...] = PRECISIONS) -> None:
+        bad = [p for p in precisions if p not in PRECISIONS]
+        if bad or not precisions:
+            raise KnobError(f"precision.precisions: each must be one of {PRECISIONS}, "
+                            f"got {list(precisions)}.")
+        self.precisions = tuple(precisions)
+
+    def suggest(self, trial: optuna.Trial, model: nn.Module) -> PrecisionConfig:
+        return PrecisionConfig(trial.suggest_categorical("precision", self.precisions))
+
+    def from_params(self, params: dict[str, Any], model: nn.Module) -> PrecisionConfig:
+        return PrecisionConfig(str(params.get("precision", self.precisions[0])))
+
+    def apply(self, model: nn.Module, config: PrecisionConfig) -> nn.Module:
+        """Checks the config; the model is unchanged (precision is applied by :meth:`build`)."""
+        if config.precision not in self.precisions:
+            raise KnobError(f"precision: must be one of {', '.join(self.precisions)}, "
+                            f"got {config.precision!r}.")
+        return model
+
+    def build(self, model: nn.Module, config: PrecisionConfig, path: str | Path,
+              calibration: Sequence[torch.Tensor] = (), input_size: int = 300,
+              device: str = "cpu") -> Artifact:
+        self.apply(model, config)
+        try:
+            return build_artifact(model, config, path, calibration, input_size, device)
+        except (ArtifactError, KnobError):
+            raise
+        except Exception as error:  # exporters and quantizers raise untyped errors
+            raise KnobError(f"precision: building the {config.precision} artifact failed: "
+                            f"{error}") from error
+
+
+register_knob(PrecisionKnob)

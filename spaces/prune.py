@@ -1,0 +1,116 @@
+"""Per-layer structured channel pruning with torch-pruning's DepGraph.
+
+DepGraph removes each pruned output channel everywhere it is coupled (the next layer's
+inputs, transposed convs included), so the result is a physically smaller dense model, not
+a masked one. The four 1-channel heads are never pruned: their outputs are the grasp maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import optuna
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from spaces.base import KnobConfig, KnobError, copy_model, layers_of, register_knob
+
+__all__ = ["CRITERIA", "PruneConfig", "PruneKnob"]
+
+CRITERIA = ("l1", "l2")
+HEADS = ("pos_output", "cos_output", "sin_output", "width_output")
+ROUND_TO = (1, 4, 8)
+MAX_RATIO = 0.9
+
+
+@dataclass(frozen=True)
+class PruneConfig(KnobConfig):
+    """``ratios``: (layer, fraction of its output channels to remove), 0 <= ratio < 1."""
+
+    ratios: tuple[tuple[str, float], ...] = ()
+    criterion: str = "l2"
+    round_to: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ratios": dict(self.ratios), "criterion": self.criterion,
+                "round_to": self.round_to}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
+        return cls(tuple((k, float(v)) for k, v in dict(data.get("ratios", {})).items()),
+                   str(data.get("criterion", "l2")), int(data.get("round_to", 1)))
+
+
+def _importance(criterion: str) -> tp.importance.Importance:
+    return tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
+
+
+class PruneKnob:
+    """Parameters: ``prune.<layer>.ratio`` per prunable layer, ``prune.criterion``,
+    ``prune.round_to``."""
+
+    name: ClassVar[str] = "prune"
+
+    def __init__(self, max_ratio: float = MAX_RATIO, exclude: tuple[str, ...] = ()) -> None:
+        if not 0 < max_ratio < 1:
+            raise KnobError(f"prune: `0 < max_ratio < 1` must hold, but got {max_ratio!r}.")
+        self.max_ratio = max_ratio
+        self.exclude = tuple(exclude)
+
+    def layers(self, model: nn.Module) -> list[str]:
+        """Plain convolutions outside the heads (layers rewritten by earlier knobs are
+        pruned only through their coupling with these)."""
+        return layers_of(model, (nn.Conv2d, nn.ConvTranspose2d), (*HEADS, *self.exclude))
+
+    def suggest(self, trial: optuna.Trial, model: nn.Module) -> PruneConfig:
+        ratios = tuple((layer, trial.suggest_float(f"prune.{layer}.ratio", 0.0, self.max_ratio,
+                                                   step=0.05))
+                       for layer in self.layers(model))
+        criterion = trial.suggest_categorical("prune.criterion", CRITERIA)
+        round_to = trial.suggest_categorical("prune.round_to", ROUND_TO)
+        return PruneConfig(ratios, criterion, round_to)
+
+    def from_params(self, params: dict[str, Any], model: nn.Module) -> PruneConfig:
+        return PruneConfig(
+            tuple((layer, float(params[f"prune.{layer}.ratio"])) for layer in self.layers(model)),
+            str(params["prune.criterion"]), int(params["prune.round_to"]))
+
+    def apply(self, model: nn.Module, config: PruneConfig) -> nn.Module:
+        if config.criterion not in CRITERIA:
+            raise KnobError(f"prune.criterion: must be one of {CRITERIA}, got "
+                            f"{config.criterion!r}.")
+        if config.round_to < 1:
+            raise KnobError(f"prune.round_to: `round_to >= 1` must hold, got {config.round_to}.")
+        children = dict(model.named_children())
+        for layer, ratio in config.ratios:
+            if layer in HEADS:
+                raise KnobError(f"prune.{layer}: the grasp-map heads are never pruned.")
+            if not isinstance(children.get(layer), nn.Conv2d | nn.ConvTranspose2d):
+                raise KnobError(f"prune.{layer}: not a convolution of this model; prunable "
+                                f"layers are {', '.join(self.layers(model))}.")
+            if not 0 <= ratio < 1:
+                raise KnobError(f"prune.{layer}.ratio: `0 <= ratio < 1` must hold, got {ratio}.")
+        pruned = copy_model(model).eval()
+        if not any(ratio > 0 for _, ratio in config.ratios):
+            return pruned
+        modules = dict(pruned.named_children())
+        ratio_of = {modules[layer]: ratio for layer, ratio in config.ratios}
+        # Everything not named keeps its channels: heads, excluded and rewritten layers.
+        ignored = [m for m in pruned.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)
+                   and m not in ratio_of]
+        pruner = tp.pruner.MetaPruner(
+            pruned, torch.randn(1, 1, 64, 64), importance=_importance(config.criterion),
+            pruning_ratio=0.0, pruning_ratio_dict=ratio_of, ignored_layers=ignored,
+            round_to=config.round_to if config.round_to > 1 else None,
+            output_transform=lambda out: sum(o.sum() for o in out),
+        )
+        pruner.step()
+        for (layer, ratio), module in zip(config.ratios, ratio_of, strict=True):
+            if module.out_channels < 1:
+                raise KnobError(f"prune.{layer}.ratio: {ratio} leaves no channel.")
+        return pruned
+
+
+register_knob(PruneKnob)

@@ -1,0 +1,182 @@
+"""Conformance tests that every registered knob passes, plus each knob's own promises."""
+
+import optuna
+import pytest
+import torch
+from torch import nn
+
+from grasp.models import get_model, list_models
+from spaces import ORDER, KnobError, get_knob, list_knobs
+from spaces.depthwise import DepthwiseConfig, depthwise_separable
+from spaces.lowrank import LowRankConfig, tucker2
+from spaces.precision import PrecisionConfig, int8_layers
+from spaces.prune import PruneConfig
+from spaces.upsample import UpsampleConfig
+
+SIZE = 96  # GG-CNN maps back to its input size for multiples of 12 (300 too)
+STRUCTURAL = [k for k in ORDER if k != "precision"]
+
+
+def _params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def _transposed(model):
+    return sum(isinstance(m, nn.ConvTranspose2d) for m in model.modules())
+
+
+def compressing_config(name, model):
+    """A setting of each structural knob that must make the model cheaper, and the measure
+    in which it does."""
+    knob = get_knob(name)
+    layers = knob.layers(model)
+    if name == "prune":
+        return PruneConfig(tuple((layer, 0.5) for layer in layers)), _params
+    if name == "lowrank":
+        return LowRankConfig(tuple((layer, 0.25, 0.25) for layer in layers)), _params
+    if name == "depthwise":
+        return DepthwiseConfig(tuple(layers)), _params
+    if name == "upsample":  # what int8 cannot run: transposed convs
+        return UpsampleConfig(tuple((layer, "subpixel") for layer in layers)), _transposed
+    raise AssertionError(f"no compressing config for knob {name!r}: add one here")
+
+
+def test_every_knob_is_registered_in_the_composition_order():
+    assert sorted(ORDER) == list_knobs()
+
+
+@pytest.mark.parametrize("model_name", list_models(), ids=str)
+@pytest.mark.parametrize("name", STRUCTURAL, ids=str)
+def test_knob_keeps_output_shapes_and_shrinks(name, model_name):
+    model = get_model(model_name).eval()
+    config, measure = compressing_config(name, model)
+    out = get_knob(name).apply(model, config)
+    with torch.no_grad():
+        maps = out(torch.randn(2, 1, SIZE, SIZE))
+    assert [m.shape for m in maps] == [(2, 1, SIZE, SIZE)] * 4
+    assert measure(out) < measure(model)
+    assert measure(get_model(model_name)) == measure(model)  # the argument is untouched
+
+
+@pytest.mark.parametrize("model_name", list_models(), ids=str)
+@pytest.mark.parametrize("name", ORDER, ids=str)
+def test_rebuilding_from_trial_params_gives_the_same_model(name, model_name):
+    model = get_model(model_name).eval()
+    knob = get_knob(name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
+    for _ in range(3):
+        trial = study.ask()
+        config = knob.suggest(trial, model)
+        assert all(key.split(".")[0] == name for key in trial.params)
+        assert knob.from_params(trial.params, model) == config
+        assert type(config).from_dict(config.to_dict()) == config
+        first, again = knob.apply(model, config), knob.apply(model, config)
+        x = torch.randn(1, 1, SIZE, SIZE)
+        with torch.no_grad():
+            for a, b in zip(first(x), again(x), strict=True):
+                assert torch.equal(a, b)
+        study.tell(trial, 0.0)
+
+
+@pytest.mark.parametrize("kind", [nn.Conv2d, nn.ConvTranspose2d], ids=lambda k: k.__name__)
+def test_lowrank_at_full_rank_matches_the_dense_layer(kind):
+    torch.manual_seed(0)
+    kwargs = {"output_padding": 1} if kind is nn.ConvTranspose2d else {}
+    dense = kind(6, 10, 5, stride=2, padding=2, **kwargs)
+    x = torch.randn(2, 6, 17, 17)
+    with torch.no_grad():
+        assert torch.allclose(tucker2(dense, 6, 10)(x), dense(x), atol=1e-4)
+        low = tucker2(dense, 2, 3)(x)
+        assert not torch.allclose(low, dense(x), atol=1e-2)  # the check can fail
+
+
+@pytest.mark.parametrize("kind", [nn.Conv2d, nn.ConvTranspose2d], ids=lambda k: k.__name__)
+def test_depthwise_fit_is_exact_when_the_weights_are_separable(kind):
+    torch.manual_seed(0)
+    kwargs = {"output_padding": 1} if kind is nn.ConvTranspose2d else {}
+    dense = kind(4, 6, 3, stride=2, padding=1, **kwargs)
+    with torch.no_grad():  # every input channel's kernel slice is rank 1
+        spatial, mix = torch.randn(4, 1, 3, 3), torch.randn(4, 6, 1, 1)
+        weight = mix * spatial  # [in, out, k, k]
+        dense.weight.copy_(weight if kind is nn.ConvTranspose2d else weight.transpose(0, 1))
+    x = torch.randn(2, 4, 15, 15)
+    with torch.no_grad():
+        assert torch.allclose(depthwise_separable(dense)(x), dense(x), atol=1e-4)
+
+
+@pytest.mark.parametrize(("name", "config", "message"), [
+    ("prune", PruneConfig((("conv2", 1.0),)), r"prune.conv2.ratio.*1.0"),
+    ("prune", PruneConfig((("pos_output", 0.5),)), r"prune.pos_output: .*never pruned"),
+    ("prune", PruneConfig((("conv9", 0.5),)), r"prune.conv9: .*conv1"),
+    ("lowrank", LowRankConfig((("conv2", 0.0, 0.5),)), r"lowrank.conv2.rank_in.*0.0"),
+    ("lowrank", LowRankConfig((("convt9", 0.5, 0.5),)), r"lowrank.convt9: .*convt1"),
+    ("depthwise", DepthwiseConfig(("conv9",)), r"depthwise.conv9: .*conv2"),
+    ("upsample", UpsampleConfig((("conv1", "subpixel"),)), r"upsample.conv1: .*convt1"),
+    ("precision", PrecisionConfig("int4"), r"precision: .*'int4'"),
+], ids=lambda v: v if isinstance(v, str) and " " not in v and "\\" not in v else None)
+def test_bad_configs_name_the_layer_and_value(name, config, message):
+    with pytest.raises(KnobError, match=message):
+        get_knob(name).apply(get_model("ggcnn"), config)
+
+
+def test_unknown_knob_lists_the_valid_ones():
+    with pytest.raises(KnobError, match="valid knobs are: depthwise, lowrank"):
+        get_knob("quantum")
+    with pytest.raises(KnobError, match=r"prune: .*0 < max_ratio < 1.*1.5"):
+        get_knob("prune", max_ratio=1.5)
+
+
+def test_excluded_layers_are_not_offered():
+    model = get_model("ggcnn")
+    for name in STRUCTURAL:
+        assert "conv2" not in get_knob(name, exclude=("conv2",)).layers(model)
+
+
+def test_pruning_makes_the_layers_physically_smaller_but_never_the_heads():
+    model = get_model("ggcnn")
+    pruned = get_knob("prune").apply(model, PruneConfig((("conv1", 0.5), ("convt3", 0.75))))
+    assert pruned.conv1.out_channels == 16 and pruned.conv2.in_channels == 16
+    assert pruned.convt3.out_channels == 8 and pruned.pos_output.in_channels == 8
+    assert all(getattr(pruned, h).out_channels == 1 for h in
+               ("pos_output", "cos_output", "sin_output", "width_output"))
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return [torch.rand(1, SIZE, SIZE) * 0.02 for _ in range(4)]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_lower_precision_artifacts_are_smaller_and_close(precision, calibration, tmp_path):
+    model = get_model("ggcnn").eval()
+    knob = get_knob("precision")
+    fp32 = knob.build(model, PrecisionConfig("fp32"), tmp_path / "fp32.onnx", input_size=SIZE)
+    low = knob.build(model, PrecisionConfig(precision), tmp_path / f"{precision}.onnx",
+                     calibration, input_size=SIZE)
+    assert low.size_bytes < 0.6 * fp32.size_bytes
+    x = torch.stack(calibration)
+    reference = fp32.predictor()(x)
+    assert torch.allclose(low.predictor()(x), reference, atol=0.05 * reference.abs().max())
+    with torch.no_grad():  # the fp32 artifact is the model itself, heads fused
+        assert torch.allclose(reference, torch.cat(model(x), 1), atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["fp32.onnx",
+                                                                  f"{precision}.onnx"])
+
+
+def test_int8_runs_transposed_convs_only_after_the_subpixel_rewrite(calibration, tmp_path):
+    model = get_model("ggcnn").eval()
+    knob = get_knob("precision")
+    plain = knob.build(model, PrecisionConfig("int8"), tmp_path / "a.onnx", calibration, SIZE)
+    assert int8_layers(plain) == ["conv1", "conv2", "conv3", "fused_heads"]
+    upsample = get_knob("upsample")
+    rewritten = upsample.apply(model, UpsampleConfig(
+        tuple((layer, "subpixel") for layer in upsample.layers(model))))
+    sub = knob.build(rewritten, PrecisionConfig("int8"), tmp_path / "b.onnx", calibration, SIZE)
+    assert int8_layers(sub) == ["conv1", "conv2", "conv3", "convt1", "convt2", "convt3",
+                                "fused_heads"]
+
+
+def test_int8_needs_calibration_images(tmp_path):
+    with pytest.raises(KnobError, match="calibration"):
+        get_knob("precision").build(get_model("ggcnn"), PrecisionConfig("int8"),
+                                    tmp_path / "a.onnx", input_size=SIZE)
