@@ -57,6 +57,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     input_gain: float = 1.0
+    pos_weight: float = 1.0
 
     def __post_init__(self) -> None:
         rules = [
@@ -67,6 +68,7 @@ class TrainConfig:
             ("max_steps >= 1", self.max_steps is None or self.max_steps >= 1, self.max_steps),
             ("workers >= 0", self.workers >= 0, self.workers),
             ("input_gain > 0", self.input_gain > 0, self.input_gain),
+            ("pos_weight >= 1", self.pos_weight >= 1, self.pos_weight),
         ]
         for rule, ok, value in rules:
             if not ok:
@@ -84,9 +86,19 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def ggcnn_loss(pred: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-    """Sum of the MSEs of the four maps (pos, cos, sin, width), as in GG-CNN."""
-    return sum(F.mse_loss(p, target[:, i:i + 1]) for i, p in enumerate(pred))
+def ggcnn_loss(pred: Sequence[torch.Tensor], target: torch.Tensor, pos_weight: float = 1.0
+               ) -> torch.Tensor:
+    """Sum of the MSEs of the four maps (pos, cos, sin, width), as in GG-CNN.
+
+    ``pos_weight`` > 1 weighs pixels inside a good grasp that much more: when good grasps
+    cover only 1-3 % of the image (simulated scenes), the plain MSE is minimised by an
+    all-zero quality map and training stalls there. 1 is GG-CNN's loss.
+    """
+    if pos_weight == 1.0:
+        return sum(F.mse_loss(p, target[:, i:i + 1]) for i, p in enumerate(pred))
+    weight = 1.0 + (pos_weight - 1.0) * target[:, :1]
+    weight = weight / weight.mean()
+    return sum((weight * (p - target[:, i:i + 1]) ** 2).mean() for i, p in enumerate(pred))
 
 
 def distillation_loss(pred: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
@@ -182,7 +194,7 @@ def train(
             losses = []
             for x, y, _ in loader:
                 pred = model(x)
-                loss = ggcnn_loss(pred, y)
+                loss = ggcnn_loss(pred, y, config.pos_weight)
                 if teacher is not None:
                     with torch.no_grad():
                         taught = teacher(x)

@@ -41,6 +41,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-gain", type=float, default=1.0,
                    help="optimise the first layer as if the depth input were this many times "
                         "larger (simulated depth spans only cm; e.g. 20); the model is unchanged")
+    p.add_argument("--pos-weight", type=float, default=1.0,
+                   help="weigh pixels inside good grasps this much more in the loss (sparse "
+                        "labels: e.g. 10; default 1, GG-CNN's loss)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
     p.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/MODEL.pt)")
@@ -54,7 +57,8 @@ def _run_train(args: argparse.Namespace) -> None:
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          distill_weight=args.distill_weight, max_steps=args.max_steps,
-                         seed=args.seed, workers=args.workers, input_gain=args.input_gain)
+                         seed=args.seed, workers=args.workers, input_gain=args.input_gain,
+                         pos_weight=args.pos_weight)
     job = BaselineJob(
         dataset=args.dataset, dataset_format=args.dataset_format, model=args.model,
         split_by=args.split_by, val_fraction=args.val_fraction,
@@ -88,6 +92,116 @@ def _run_data_sim(args: argparse.Namespace) -> None:
                      per_object=args.candidates_per_object, console=console)
 
 
+def _study_args(p: argparse.ArgumentParser, tracking: bool = True) -> None:
+    p.add_argument("study", help="study file (TOML), e.g. studies/quickstart.toml")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL, overriding the study file's")
+    if tracking:
+        p.add_argument("--tracking-uri", default=None,
+                       help="MLflow tracking URI, overriding the study file's")
+
+
+def _config(args: argparse.Namespace, **more):
+    from search.config import load_study_config
+
+    overrides = {"storage": args.storage,
+                 "tracking_uri": getattr(args, "tracking_uri", None), **more}
+    return load_study_config(args.study, overrides)
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search", help="run (or resume) a compression study",
+        description="Run the study in a study file: each trial compresses the base model, "
+                    "recovers accuracy by distillation, builds the deployable artifact and "
+                    "measures its accuracy, size and latency. Running it again resumes it.")
+    _study_args(p)
+    p.add_argument("--n-trials", type=int, default=None,
+                   help="total number of finished trials to reach (overrides the file)")
+    p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    p.set_defaults(run=_run_search)
+
+
+def _run_search(args: argparse.Namespace) -> None:
+    from search.pareto import front_table
+    from search.study import run_study
+
+    if args.n_trials is not None and args.n_trials < 1:
+        raise ValueError(f"--n-trials: must be >= 1, got {args.n_trials}.")
+    config = _config(args, n_trials=args.n_trials, timeout=args.timeout)
+    study = run_study(config, console)
+    console.print(front_table(study, config.objectives))
+    console.print(f"next: ggopt pareto {config.path} · ggopt export {config.path} --trial N "
+                  f"--out DIR · mlflow ui --backend-store-uri {config.tracking_uri}")
+
+
+def _add_pareto(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pareto", help="show a study's feasible Pareto front",
+                       description="The feasible Pareto front of a study as a table, with "
+                                   "the uncompressed baseline and ratios against it.")
+    _study_args(p, tracking=False)
+    p.add_argument("--json", action="store_true", help="print the front as JSON on stdout")
+    p.set_defaults(run=_run_pareto)
+
+
+def _run_pareto(args: argparse.Namespace) -> None:
+    import json
+
+    from search.pareto import front_rows, front_table
+    from search.study import load_study
+
+    config = _config(args)
+    study = load_study(config)
+    if args.json:
+        print(json.dumps(front_rows(study, config.objectives), indent=2))
+    else:
+        Console(width=max(Console().width, 120)).print(front_table(study, config.objectives))
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export one trial's artifact with its model card",
+                       description="Write a trial's deployable artifact, its knob config and a "
+                                   "model card to DIR, and register it in MLflow's registry.")
+    _study_args(p)
+    p.add_argument("--trial", type=int, required=True, help="trial number (see ggopt pareto)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-register", action="store_true", help="skip the MLflow model registry")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from search.pareto import export_trial
+    from search.study import load_study
+
+    config = _config(args)
+    out = export_trial(load_study(config), config, args.trial, Path(args.out),
+                       register=not args.no_register)
+    console.print(f"exported trial {args.trial} to {out}")
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write a study's plots and HTML report",
+                       description="PNG plots and an HTML page: the Pareto front, the "
+                                   "hypervolume over trials, and per layer what each front "
+                                   "model changed.")
+    _study_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(run=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from search.pareto import write_report
+    from search.study import load_study
+
+    config = _config(args)
+    page = write_report(load_study(config), config, Path(args.out))
+    console.print(f"report written to {page}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ggopt",
@@ -95,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_data(sub)
     _add_train(sub)
+    _add_search(sub)
+    _add_pareto(sub)
+    _add_export(sub)
+    _add_report(sub)
     return parser
 
 

@@ -1,0 +1,346 @@
+"""A study file (TOML), validated field by field before any work starts.
+
+Every error names the file, the key, the rule and the value, e.g.
+``studies/x.toml: [recovery] steps: must be an integer >= 0, got -3``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grasp.artifact import PRECISIONS, RUNTIMES
+
+__all__ = ["SAMPLERS", "Constraint", "StudyConfig", "StudyConfigError", "load_study_config"]
+
+VERSION = 1
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+OBJECTIVES = ("accuracy", "size", "latency")
+KNOBS = ("upsample", "depthwise", "lowrank", "prune", "precision")
+_CONSTRAINT = re.compile(
+    r"^\s*(?P<objective>accuracy|size|latency)\s*(?P<op><=|>=)\s*"
+    r"(?:(?P<baseline>baseline)\s*(?:(?P<sign>[+-])\s*(?P<offset>[0-9.eE+-]+))?"
+    r"|(?P<value>[0-9.eE+-]+))\s*$")
+
+
+class StudyConfigError(ValueError):
+    """A study file breaks a rule; the message names the file, key, rule and value."""
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``objective op bound`` where bound is a number or ``baseline ± offset``.
+
+    Units: accuracy as a fraction (0.01 = 1 pp), size in bytes, latency in ms.
+    """
+
+    objective: str
+    op: str
+    value: float = 0.0
+    relative: bool = False
+    text: str = ""
+
+    def bound(self, baseline: dict[str, float]) -> float:
+        return baseline[self.objective] + self.value if self.relative else self.value
+
+    def violation(self, values: dict[str, float], baseline: dict[str, float]) -> float:
+        """Optuna's convention: <= 0 is feasible, > 0 is by how much it is violated."""
+        v, b = values[self.objective], self.bound(baseline)
+        return v - b if self.op == "<=" else b - v
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    path: Path
+    name: str
+    model: str = "ggcnn"
+    checkpoint: str = "baseline"
+    data_format: str = "jacquard"
+    data_root: str = "data/sim"
+    split: str = "preset"
+    output_size: int = 300
+    eval_images: int = 0
+    calibration_images: int = 16
+    knobs: tuple[str, ...] = KNOBS
+    knob_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recovery_steps: int = 40
+    recovery_batch_size: int = 4
+    recovery_lr: float = 5e-4
+    distill_weight: float = 0.5
+    gate_steps: int = 0
+    gate_margin: float = 0.2
+    objectives: tuple[str, ...] = OBJECTIVES
+    constraints: tuple[Constraint, ...] = ()
+    runtime: str = "onnxruntime"
+    device: str = "cpu"
+    threads: int = 1
+    warmup: int = 10
+    runs: int = 50
+    sampler: str = "tpe"
+    seed: int = 0
+    n_trials: int | None = 20
+    timeout: float | None = None
+    storage: str = "sqlite:///ggopt.db"
+    artifacts_dir: str = "ggopt-artifacts"
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "ggopt"
+
+    def checkpoint_path(self) -> Path:
+        from grasp.checkpoints import baseline_path
+
+        return baseline_path(self.model) if self.checkpoint == "baseline" else Path(
+            self.checkpoint)
+
+
+class _Reader:
+    """Takes typed values out of one TOML table, naming the file and key on any error."""
+
+    def __init__(self, path: Path, table: dict[str, Any], section: str) -> None:
+        self.path, self.table, self.section, self.used = path, table, section, set()
+
+    def fail(self, key: str, rule: str, value: Any) -> StudyConfigError:
+        where = f"[{self.section}] {key}" if self.section else key
+        return StudyConfigError(f"{self.path}: {where}: {rule}, got {value!r}.")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any, rule: str,
+            check: Any = None) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        is_bool = isinstance(value, bool)
+        if not isinstance(value, kinds) or (is_bool and bool not in kinds):
+            raise self.fail(key, rule, value)
+        if float in kinds and isinstance(value, int) and not is_bool:
+            value = float(value)
+        if check is not None and not check(value):
+            raise self.fail(key, rule, value)
+        return value
+
+    def done(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise self.fail(unknown[0], f"unknown key (valid keys: {', '.join(sorted(self.used))})",
+                            self.table[unknown[0]])
+
+
+def _table(path: Path, data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise StudyConfigError(f"{path}: [{key}]: must be a table, got {value!r}.")
+    return value
+
+
+def _parse_constraint(path: Path, text: Any) -> Constraint:
+    match = _CONSTRAINT.match(text) if isinstance(text, str) else None
+    if not match:
+        raise StudyConfigError(
+            f"{path}: constraints: each must read `OBJECTIVE <=|>= NUMBER` or "
+            f"`OBJECTIVE <=|>= baseline [+|-] NUMBER` with OBJECTIVE one of "
+            f"{', '.join(OBJECTIVES)}, got {text!r}.")
+    try:
+        if match["baseline"]:
+            offset = float(match["offset"] or 0.0)
+            value = -offset if match["sign"] == "-" else offset
+        else:
+            value = float(match["value"])
+    except ValueError:
+        raise StudyConfigError(f"{path}: constraints: not a number in {text!r}.") from None
+    return Constraint(match["objective"], match["op"], value, bool(match["baseline"]), text)
+
+
+def _check_storage(path: Path, key: str, url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except ArgumentError:
+        from grasp.urls import redact_url
+
+        raise StudyConfigError(f"{path}: {key}: must be a database URL such as "
+                               f"sqlite:///ggopt.db, got {redact_url(url)!r}.") from None
+
+
+def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Reads and validates a study file; ``overrides`` (from the CLI) replace fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyConfigError(f"{path}: study file not found.")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise StudyConfigError(f"{path}: not valid TOML: {error}.") from None
+
+    top = _Reader(path, data, "")
+    version = top.get("version", int, VERSION, f"must be {VERSION}", lambda v: v == VERSION)
+    del version
+    name = top.get("name", str, None, "must be a non-empty name of letters, digits, - and _",
+                   lambda v: re.fullmatch(r"[A-Za-z0-9_-]+", v))
+    if name is None:
+        raise top.fail("name", "is required", None)
+    constraints = top.get("constraints", list, [], "must be a list of strings")
+    for section in ("model", "data", "knobs", "recovery", "objectives", "runtime", "search",
+                    "tracking"):
+        top.get(section, dict, {}, "must be a table")
+    top.done()
+
+    model = _Reader(path, _table(path, data, "model"), "model")
+    from grasp.models import list_models
+
+    model_name = model.get("name", str, "ggcnn", f"must be one of {list_models()}",
+                           lambda v: v in list_models())
+    checkpoint = model.get("checkpoint", str, "baseline",
+                           "must be `baseline` (the shipped one) or a checkpoint path")
+    model.done()
+
+    d = _Reader(path, _table(path, data, "data"), "data")
+    data_format = d.get("format", str, "jacquard", "must be jacquard or cornell",
+                        lambda v: v in ("jacquard", "cornell"))
+    root = d.get("root", str, "data/sim", "must be a dataset folder")
+    split = d.get("split", str, "preset", "must be preset, object or image",
+                  lambda v: v in ("preset", "object", "image"))
+    output_size = d.get("output_size", int, 300, "must be an integer multiple of 12, >= 96",
+                        lambda v: v >= 96 and v % 12 == 0)
+    eval_images = d.get("eval_images", int, 0, "must be an integer >= 0 (0: all)",
+                        lambda v: v >= 0)
+    calibration = d.get("calibration_images", int, 16, "must be an integer >= 1",
+                        lambda v: v >= 1)
+    d.done()
+
+    k = _Reader(path, _table(path, data, "knobs"), "knobs")
+    enabled = k.get("enabled", list, list(KNOBS), f"must be a list of knobs from {KNOBS}",
+                    lambda v: all(isinstance(x, str) for x in v))
+    for knob in enabled:
+        if knob not in KNOBS:
+            raise k.fail("enabled", f"unknown knob {knob!r}; valid knobs are {', '.join(KNOBS)}",
+                         enabled)
+    options = {}
+    for knob in KNOBS:
+        table = k.get(knob, dict, {}, "must be a table of that knob's options")
+        options[knob] = _knob_options(path, knob, table, model_name)
+    k.done()
+
+    r = _Reader(path, _table(path, data, "recovery"), "recovery")
+    nonneg = "must be an integer >= 0"
+    steps = r.get("steps", int, 40, nonneg, lambda v: v >= 0)
+    batch = r.get("batch_size", int, 4, "must be an integer >= 1", lambda v: v >= 1)
+    lr = r.get("lr", float, 5e-4, "must be a number > 0", lambda v: v > 0)
+    distill = r.get("distill_weight", float, 0.5, "must be in [0, 1]", lambda v: 0 <= v <= 1)
+    gate_steps = r.get("gate_steps", int, 0, nonneg + " and < steps",
+                       lambda v: v >= 0 and (v == 0 or v < steps))
+    gate_margin = r.get("gate_margin", float, 0.2, "must be in [0, 1]", lambda v: 0 <= v <= 1)
+    r.done()
+
+    o = _Reader(path, _table(path, data, "objectives"), "objectives")
+    names = o.get("names", list, list(OBJECTIVES), f"must be a non-empty list from {OBJECTIVES}",
+                  lambda v: v and all(x in OBJECTIVES for x in v) and len(set(v)) == len(v))
+    o.done()
+    parsed = tuple(_parse_constraint(path, c) for c in constraints)
+
+    rt = _Reader(path, _table(path, data, "runtime"), "runtime")
+    runtime = rt.get("name", str, "onnxruntime", f"must be one of {RUNTIMES}",
+                     lambda v: v in RUNTIMES)
+    device = rt.get("device", str, "cpu", "must be cpu or cuda", lambda v: v in ("cpu", "cuda"))
+    threads = rt.get("threads", int, 1, "must be an integer >= 1", lambda v: v >= 1)
+    warmup = rt.get("warmup", int, 10, nonneg, lambda v: v >= 0)
+    runs = rt.get("runs", int, 50, "must be an integer >= 3", lambda v: v >= 3)
+    rt.done()
+
+    s = _Reader(path, _table(path, data, "search"), "search")
+    sampler = s.get("sampler", str, "tpe", f"must be one of {', '.join(SAMPLERS)}",
+                    lambda v: v in SAMPLERS)
+    seed = s.get("seed", int, 0, nonneg, lambda v: v >= 0)
+    n_trials = s.get("n_trials", int, 20, "must be an integer >= 1", lambda v: v >= 1)
+    timeout = s.get("timeout", float, None, "must be a number of seconds > 0", lambda v: v > 0)
+    storage = s.get("storage", str, "sqlite:///ggopt.db", "must be a database URL")
+    artifacts = s.get("artifacts_dir", str, "ggopt-artifacts", "must be a folder path")
+    s.done()
+
+    t = _Reader(path, _table(path, data, "tracking"), "tracking")
+    tracking_uri = t.get("uri", str, "sqlite:///mlflow.db", "must be an MLflow tracking URI")
+    experiment = t.get("experiment", str, "ggopt", "must be a non-empty string", bool)
+    t.done()
+
+    fields = dict(
+        path=path, name=name, model=model_name, checkpoint=checkpoint, data_format=data_format,
+        data_root=root, split=split, output_size=output_size, eval_images=eval_images,
+        calibration_images=calibration, knobs=tuple(x for x in KNOBS if x in enabled),
+        knob_options=options, recovery_steps=steps, recovery_batch_size=batch,
+        recovery_lr=lr, distill_weight=distill, gate_steps=gate_steps, gate_margin=gate_margin,
+        objectives=tuple(names), constraints=parsed, runtime=runtime, device=device,
+        threads=threads, warmup=warmup, runs=runs, sampler=sampler, seed=seed,
+        n_trials=n_trials, timeout=timeout, storage=storage, artifacts_dir=artifacts,
+        tracking_uri=tracking_uri, experiment=experiment,
+    )
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            fields[key] = value
+    _check_storage(path, "[search] storage", fields["storage"])
+    config = StudyConfig(**fields)
+    _check_inputs(config)
+    return config
+
+
+_KNOB_OPTIONS: dict[str, dict[str, tuple[type, str, Any]]] = {
+    "prune": {"max_ratio": (float, "must be in (0, 1)", lambda v: 0 < v < 1)},
+    "lowrank": {"fractions": (list, "must be a non-empty list of numbers in (0, 1]",
+                              lambda v: v and all(isinstance(x, int | float)
+                                                  and not isinstance(x, bool) and 0 < x <= 1
+                                                  for x in v))},
+    "depthwise": {},
+    "upsample": {"modes": (list, "must be a non-empty list from keep, subpixel, nearest, "
+                           "bilinear", lambda v: v and all(
+                               x in ("keep", "subpixel", "nearest", "bilinear") for x in v))},
+    "precision": {"precisions": (list, f"must be a non-empty list from {PRECISIONS}",
+                                 lambda v: v and all(x in PRECISIONS for x in v))},
+}
+
+
+def _knob_options(path: Path, knob: str, table: dict[str, Any], model_name: str
+                  ) -> dict[str, Any]:
+    reader = _Reader(path, table, f"knobs.{knob}")
+    options: dict[str, Any] = {}
+    for key, (kind, rule, check) in _KNOB_OPTIONS[knob].items():
+        if key in table:
+            value = reader.get(key, kind, None, rule, check)
+            options[key] = tuple(value) if isinstance(value, list) else value
+    if knob != "precision":
+        exclude = reader.get("exclude", list, [], "must be a list of layer names")
+        if exclude:
+            from grasp.models import get_model
+
+            layers = [n for n, _ in get_model(model_name).named_children()]
+            for layer in exclude:
+                if layer not in layers:
+                    raise reader.fail("exclude", f"unknown layer {layer!r} of {model_name} "
+                                      f"(layers: {', '.join(layers)})", exclude)
+            options["exclude"] = tuple(exclude)
+    reader.done()
+    return options
+
+
+def _check_inputs(config: StudyConfig) -> None:
+    """The checkpoint and dataset exist and fit, so no trial is wasted on bad input."""
+    from grasp.checkpoints import CheckpointError, load_checkpoint
+
+    path = config.path
+    checkpoint = config.checkpoint_path()
+    if not checkpoint.is_file():
+        raise StudyConfigError(f"{path}: [model] checkpoint: file not found, got "
+                               f"{str(checkpoint)!r}.")
+    try:
+        load_checkpoint(checkpoint, config.model)
+    except CheckpointError as error:
+        raise StudyConfigError(f"{path}: [model] checkpoint: {error}") from None
+    root = Path(config.data_root)
+    if not root.is_dir():
+        raise StudyConfigError(f"{path}: [data] root: dataset folder not found, got "
+                               f"{config.data_root!r} (make one with `ggopt data sim`).")
+    if not any(root.iterdir()):
+        raise StudyConfigError(f"{path}: [data] root: dataset folder is empty, got "
+                               f"{config.data_root!r}.")

@@ -1,0 +1,283 @@
+"""The feasible Pareto front, its table and plots, export of a chosen trial, the report.
+
+Feasibility is read from each trial's stored constraint violations (<= 0 is feasible), so
+the front is the same whichever sampler ran the study.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.table import Table
+
+from search.config import StudyConfig
+
+__all__ = ["export_trial", "feasible_front", "front_rows", "front_table", "hypervolume_history",
+           "plot_front", "refresh_front", "write_report"]
+
+SIGN = {"accuracy": -1.0, "size": 1.0, "latency": 1.0}  # minimisation form
+
+
+def _values(trial: FrozenTrial) -> dict[str, float]:
+    return trial.user_attrs["values"]
+
+
+def _feasible(trial: FrozenTrial) -> bool:
+    return all(v <= 0 for v in trial.user_attrs.get("constraints", []))
+
+
+def _dominates(a: dict[str, float], b: dict[str, float], objectives: tuple[str, ...]) -> bool:
+    sa = [SIGN[o] * a[o] for o in objectives]
+    sb = [SIGN[o] * b[o] for o in objectives]
+    return all(x <= y for x, y in zip(sa, sb, strict=True)) and sa != sb
+
+
+def feasible_front(study: optuna.Study, objectives: tuple[str, ...]) -> list[FrozenTrial]:
+    """Complete, feasible, non-dominated trials, fastest first."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "values" in t.user_attrs and _feasible(t)]
+    front = [t for t in done if not any(_dominates(_values(o), _values(t), objectives)
+                                        for o in done if o is not t)]
+    return sorted(front, key=lambda t: _values(t)["latency"])
+
+
+def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[str, Any]]:
+    base = study.user_attrs.get("baseline", {})
+    rows = []
+    for t in feasible_front(study, objectives):
+        v = _values(t)
+        rows.append({
+            "trial": t.number, "precision": t.user_attrs.get("precision"),
+            "accuracy": v["accuracy"], "size_bytes": v["size"], "latency_ms": v["latency"],
+            "accuracy_change_pp": 100 * (v["accuracy"] - base.get("accuracy", np.nan)),
+            "speedup": base.get("latency", np.nan) / v["latency"],
+            "size_reduction": base.get("size", np.nan) / v["size"],
+            "macs": t.user_attrs.get("extra", {}).get("macs"),
+        })
+    return rows
+
+
+def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
+    base = study.user_attrs.get("baseline", {})
+    table = Table(title=f"{study.study_name}: feasible Pareto front "
+                        f"({len(study.trials)} trials)")
+    for col in ("trial", "precision", "accuracy", "Δ acc (pp)", "size kB", "size ÷",
+                "latency ms", "speed-up", "MMACs"):
+        table.add_column(col, justify="right")
+    if base:
+        table.add_row("baseline", f"fp32 {base.get('variant', '')}", f"{base['accuracy']:.3f}",
+                      "0.0", f"{base['size'] / 1e3:.1f}", "1.0", f"{base['latency']:.2f}", "1.00",
+                      f"{base.get('macs', 0) / 1e6:.0f}", style="dim")
+    for r in front_rows(study, objectives):
+        table.add_row(str(r["trial"]), str(r["precision"]), f"{r['accuracy']:.3f}",
+                      f"{r['accuracy_change_pp']:+.1f}", f"{r['size_bytes'] / 1e3:.1f}",
+                      f"{r['size_reduction']:.1f}", f"{r['latency_ms']:.2f}",
+                      f"{r['speedup']:.2f}", f"{(r['macs'] or 0) / 1e6:.0f}")
+    return table
+
+
+def plot_front(study: optuna.Study, objectives: tuple[str, ...], path: Path) -> Path:
+    """Accuracy vs latency of every complete trial, size as colour, the front joined."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "values" in t.user_attrs]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    if done:
+        lat = [_values(t)["latency"] for t in done]
+        acc = [_values(t)["accuracy"] for t in done]
+        size = [_values(t)["size"] / 1e3 for t in done]
+        marks = ["o" if _feasible(t) else "x" for t in done]
+        for m in ("o", "x"):
+            idx = [i for i, k in enumerate(marks) if k == m]
+            if idx:
+                sc = ax.scatter([lat[i] for i in idx], [acc[i] for i in idx],
+                                c=[size[i] for i in idx], cmap="viridis", marker=m,
+                                vmin=min(size), vmax=max(size),
+                                label="feasible" if m == "o" else "infeasible")
+        fig.colorbar(sc, ax=ax, label="artifact size (kB)")
+        front = feasible_front(study, objectives)
+        if front:
+            ax.plot([_values(t)["latency"] for t in front], [_values(t)["accuracy"] for t in front],
+                    "-", color="crimson", lw=1, label="feasible front")
+    base = study.user_attrs.get("baseline")
+    if base:
+        ax.scatter([base["latency"]], [base["accuracy"]], marker="*", s=160, color="black",
+                   label="uncompressed baseline")
+    ax.set_xlabel("latency (ms, median, measured)")
+    ax.set_ylabel("IoU grasp-match accuracy (held-out)")
+    ax.set_title(study.study_name)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def hypervolume_history(study: optuna.Study, objectives: tuple[str, ...]) -> list[float]:
+    """Hypervolume of the feasible front after each trial, in normalised units (accuracy
+    as is, size and latency relative to the baseline), reference point (0, 2, 2)."""
+    from optuna._hypervolume import compute_hypervolume
+
+    base = study.user_attrs.get("baseline", {})
+    scale = {"accuracy": 1.0, "size": base.get("size", 1.0), "latency": base.get("latency", 1.0)}
+    ref = np.array([0.0 if o == "accuracy" else 2.0 for o in objectives]) * \
+        np.array([SIGN[o] for o in objectives])
+    points, history = [], []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if t.state == TrialState.COMPLETE and "values" in t.user_attrs and _feasible(t):
+            p = np.array([SIGN[o] * _values(t)[o] / scale[o] for o in objectives])
+            if np.all(p < ref):
+                points.append(p)
+        history.append(float(compute_hypervolume(np.array(points), ref)) if points else 0.0)
+    return history
+
+
+def refresh_front(study: optuna.Study, config: StudyConfig, tracker: Any, folder: Path) -> None:
+    png = plot_front(study, config.objectives, folder / "pareto.png")
+    tracker.log_front(png, front_rows(study, config.objectives))
+
+
+def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Path,
+                 register: bool = True) -> Path:
+    """Writes the trial's artifact, its knob config and a model card; registers the model
+    in the MLflow model registry."""
+    from search.study import copy_artifact, dump_json
+
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise ValueError(f"study {study.study_name!r} has no trial {number} "
+                         f"(trials 0..{max(trials, default=-1)}).")
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE:
+        raise ValueError(f"trial {number} is {trial.state.name}, not COMPLETE: nothing to "
+                         f"export.")
+    model_path = copy_artifact(trial, out)
+    dump_json(out / "config.json", {"study": study.study_name, "trial": number,
+                                    "params": trial.params})
+    v, base = _values(trial), study.user_attrs.get("baseline", {})
+    fp = trial.user_attrs.get("fingerprint", {})
+    card = [
+        f"# {study.study_name} — trial {number}", "",
+        f"Model `{config.model}` compressed by ggopt; file `model.onnx` "
+        f"({trial.user_attrs.get('precision')}, input `depth` [B,1,{config.output_size},"
+        f"{config.output_size}], output `maps` [B,4,...]: quality, cos 2θ, sin 2θ, width/150).",
+        "", "| objective | this model | uncompressed baseline |", "|---|---|---|",
+        f"| IoU grasp-match accuracy (held-out) | {v['accuracy']:.3f} | "
+        f"{base.get('accuracy', float('nan')):.3f} |",
+        f"| size (bytes of model.onnx) | {v['size']:.0f} | {base.get('size', float('nan')):.0f} |",
+        f"| latency (median ms, batch 1, {fp.get('threads')} thread) | {v['latency']:.2f} | "
+        f"{base.get('latency', float('nan')):.2f} |", "",
+        "All three numbers were measured on this file. Latency was measured on: "
+        f"{fp.get('cpu')} ({fp.get('cores')} cores), {fp.get('runtime')} "
+        f"{fp.get('runtime_version')}, {fp.get('device')}.", "",
+        f"Study file: `{config.path}`; storage: study `{study.study_name}`.", "",
+        "Knob parameters:", "", "```json", json.dumps(trial.params, indent=2), "```", ""]
+    (out / "MODEL_CARD.md").write_text("\n".join(card))
+    if register:
+        _register(trial, config, model_path, study)
+    return out
+
+
+def _register(trial: FrozenTrial, config: StudyConfig, model_path: Path,
+              study: optuna.Study) -> None:
+    import mlflow
+    import onnx
+
+    mlflow.set_tracking_uri(config.tracking_uri)
+    mlflow.set_experiment(config.experiment)
+    name = f"{study.study_name}-{config.model}"
+    with mlflow.start_run(run_name=f"export-trial-{trial.number}",
+                          tags={"ggopt.study": study.study_name,
+                                "ggopt.trial": str(trial.number),
+                                "mlflow.parentRunId": study.user_attrs.get(
+                                    "mlflow_parent_run_id", "")}):
+        mlflow.log_metrics({"accuracy": _values(trial)["accuracy"],
+                            "size_bytes": _values(trial)["size"],
+                            "latency_ms": _values(trial)["latency"]})
+        mlflow.onnx.log_model(onnx.load(str(model_path)), name="model",
+                              registered_model_name=name, save_as_external_data=False)
+
+
+def write_report(study: optuna.Study, config: StudyConfig, out: Path) -> Path:
+    """PNG plots and one HTML page: the front, hypervolume over trials, and per layer what
+    each front model changed."""
+    out.mkdir(parents=True, exist_ok=True)
+    plot_front(study, config.objectives, out / "pareto.png")
+    history = hypervolume_history(study, config.objectives)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    ax.plot(range(len(history)), history, drawstyle="steps-post")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("hypervolume (feasible front)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "hypervolume.png")
+    plt.close(fig)
+    front = feasible_front(study, config.objectives)
+    _plot_layers(front, out / "layers.png")
+    rows = "".join(
+        f"<tr><td>{r['trial']}</td><td>{r['precision']}</td><td>{r['accuracy']:.3f}</td>"
+        f"<td>{r['accuracy_change_pp']:+.1f}</td><td>{r['size_bytes'] / 1e3:.1f}</td>"
+        f"<td>{r['size_reduction']:.1f}×</td><td>{r['latency_ms']:.2f}</td>"
+        f"<td>{r['speedup']:.2f}×</td></tr>" for r in front_rows(study, config.objectives))
+    base = study.user_attrs.get("baseline", {})
+    variant = html.escape(str(base.get("variant")))
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>{html.escape(study.study_name)}</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:0 .8em;
+text-align:right}}</style></head><body>
+<h1>{html.escape(study.study_name)}</h1>
+<p>{len(study.trials)} trials; baseline (uncompressed, fp32, {variant}):
+accuracy {base.get('accuracy', float('nan')):.3f}, {base.get('size', 0) / 1e3:.1f} kB,
+{base.get('latency', float('nan')):.2f} ms. All numbers are measured on the exported artifact.</p>
+<h2>Feasible Pareto front</h2><table><tr><th>trial</th><th>precision</th><th>accuracy</th>
+<th>Δ pp</th><th>kB</th><th>smaller</th><th>ms</th><th>faster</th></tr>{rows}</table>
+<img src="pareto.png"><h2>Hypervolume</h2><img src="hypervolume.png">
+<h2>What each front model changed, per layer</h2><img src="layers.png"></body></html>"""
+    (out / "index.html").write_text(page)
+    return out / "index.html"
+
+
+def _plot_layers(front: list[FrozenTrial], path: Path) -> None:
+    """A grid: front models × layers, showing the kept fraction of each layer's channels
+    (prune), and marking factorised (L), depthwise (D) and rewritten decoder (S/N/B) layers."""
+    layers: list[str] = []
+    for t in front:
+        for key in t.params:
+            parts = key.split(".")
+            if parts[0] in ("prune", "lowrank", "depthwise", "upsample") and len(parts) > 1 \
+                    and parts[1] not in ("criterion", "round_to") and parts[1] not in layers:
+                layers.append(parts[1])
+    fig, ax = plt.subplots(figsize=(max(4, len(layers) * 0.8), max(2, len(front) * 0.5 + 1)),
+                           dpi=110)
+    grid = np.ones((max(len(front), 1), max(len(layers), 1)))
+    for i, t in enumerate(front):
+        for j, layer in enumerate(layers):
+            grid[i, j] = 1.0 - float(t.params.get(f"prune.{layer}.ratio", 0.0))
+            marks = ""
+            if t.params.get(f"lowrank.{layer}"):
+                marks += "L"
+            if t.params.get(f"depthwise.{layer}"):
+                marks += "D"
+            mode = t.params.get(f"upsample.{layer}", "keep")
+            marks += {"subpixel": "S", "nearest": "N", "bilinear": "B"}.get(mode, "")
+            ax.text(j, i, marks, ha="center", va="center", fontsize=8, color="white")
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="magma", aspect="auto")
+    ax.set_xticks(range(len(layers)), layers, rotation=45)
+    ax.set_yticks(range(len(front)), [f"trial {t.number} ({t.user_attrs.get('precision')})"
+                                      for t in front])
+    fig.colorbar(im, ax=ax, label="channels kept")
+    ax.set_title("L lowrank · D depthwise · S/N/B sub-pixel/nearest/bilinear decoder")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,435 @@
+"""The Optuna study: sampler, storage, the trial pipeline, constraints, failures.
+
+A trial: the knobs suggest and apply in order (upsample -> depthwise -> lowrank -> prune) to
+a copy of the base model; recovery fine-tunes the student by distillation from the base
+model (with an early gate that prunes hopeless trials); precision builds the artifact; each
+objective measures that artifact. Constraints are Optuna constraints (violation > 0 is
+infeasible), so the feasible front is what ``ggopt pareto`` shows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from torch import nn
+
+from grasp.artifact import Artifact
+from grasp.checkpoints import load_checkpoint
+from grasp.data import load_dataset, split
+from grasp.train import TrainConfig, evaluate, predict_maps, train
+from grasp.urls import redact_url
+from objectives import Context, count_macs, count_params, device_fingerprint, get_objective
+from objectives.latency import fingerprint_key
+from search.config import StudyConfig
+from spaces import ORDER, KnobConfig, get_knob
+
+__all__ = ["StudySetup", "build_trial_model", "load_study", "prepare", "run_study"]
+
+DIRECTIONS = {"accuracy": "maximize", "size": "minimize", "latency": "minimize"}
+METRIC_NAMES = {"accuracy": "accuracy", "size": "size_bytes", "latency": "latency_ms"}
+STRUCTURAL = tuple(k for k in ORDER if k != "precision")
+
+
+@dataclass
+class StudySetup:
+    """Everything loaded once per worker: the base model, the data, the knobs."""
+
+    config: StudyConfig
+    base: nn.Module
+    train_data: Any
+    eval_data: Any
+    calibration: list[torch.Tensor]
+    knobs: dict[str, Any]
+    pos_weight: float = 1.0
+    baseline: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(config: StudyConfig, console: Console | None = None) -> StudySetup:
+    console = console or Console(stderr=True)
+    checkpoint = load_checkpoint(config.checkpoint_path(), config.model)
+    dataset = load_dataset(config.data_format, config.data_root, output_size=config.output_size)
+    parts = split(dataset, config.split, 0.1, 0.1, config.seed)
+    if not parts["train"] or not parts["val"]:
+        raise ValueError(f"{config.data_root}: the study needs train and val images, got "
+                         f"{len(parts['train'])} train / {len(parts['val'])} val.")
+    val = parts["val"][:config.eval_images] if config.eval_images else parts["val"]
+    # int8 calibration uses training images only, never the images accuracy is scored on.
+    calibration = [dataset.item(i)[0] for i in parts["train"][:config.calibration_images]]
+    knobs = {name: get_knob(name, **config.knob_options.get(name, {})) for name in config.knobs}
+    trained = checkpoint.config.get("train", {}) if isinstance(checkpoint.config, dict) else {}
+    console.print(f"[bold]{config.name}[/]: {config.model} from {checkpoint.path}; "
+                  f"{len(parts['train'])} train / {len(val)} held-out images; knobs "
+                  f"{', '.join(config.knobs)}")
+    return StudySetup(config, checkpoint.model.eval(), dataset.subset(parts["train"],
+                      augment=True), dataset.subset(val), calibration, knobs,
+                      float(trained.get("pos_weight", 1.0)))
+
+
+def _sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
+    """Seeded; constraints reach the samplers through ``trial.set_constraint``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if config.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=config.seed, multivariate=True, group=True,
+                                              n_startup_trials=8)
+        if config.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=config.seed, population_size=16)
+        if config.sampler == "gp":
+            return optuna.samplers.GPSampler(seed=config.seed)
+        return optuna.samplers.RandomSampler(seed=config.seed)
+
+
+def _storage(url: str) -> RDBStorage:
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=30, grace_period=120,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                  max_retry=1))
+    except Exception as error:  # sqlalchemy raises many kinds
+        raise ValueError(f"storage {redact_url(url)!r} cannot be opened: "
+                         f"{type(error).__name__}: {str(error).splitlines()[0]}") from None
+
+
+def load_study(config: StudyConfig, create: bool = False) -> optuna.Study:
+    storage = _storage(config.storage)
+    if not create:
+        try:
+            return optuna.load_study(study_name=config.name, storage=storage,
+                                     sampler=_sampler(config))
+        except KeyError:
+            raise ValueError(f"no study named {config.name!r} in {redact_url(config.storage)}; "
+                             f"run `ggopt search {config.path}` first.") from None
+    study = optuna.create_study(
+        study_name=config.name, storage=storage, sampler=_sampler(config), load_if_exists=True,
+        directions=[DIRECTIONS[o] for o in config.objectives])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([METRIC_NAMES[o] for o in config.objectives])
+    return study
+
+
+def build_trial_model(setup: StudySetup, trial: optuna.Trial | None = None,
+                      params: dict[str, Any] | None = None
+                      ) -> tuple[nn.Module, dict[str, KnobConfig]]:
+    """Applies the enabled knobs in order, suggesting (``trial``) or rebuilding (``params``)."""
+    model = setup.base
+    configs: dict[str, KnobConfig] = {}
+    for name in ORDER:
+        knob = setup.knobs.get(name)
+        if knob is None:
+            continue
+        config = knob.suggest(trial, model) if trial is not None else knob.from_params(
+            params or {}, model)
+        configs[name] = config
+        model = knob.apply(model, config)
+    return model, configs
+
+
+def _changed(configs: dict[str, KnobConfig]) -> bool:
+    """Whether any structural knob did something that changes the function computed."""
+    for name, config in configs.items():
+        data = config.to_dict()
+        if name == "upsample" and any(m not in ("keep", "subpixel") for m in data.values()):
+            return True
+        if name == "prune" and any(r > 0 for r in data["ratios"].values()):
+            return True
+        if name == "lowrank" and data["ranks"]:
+            return True
+        if name == "depthwise" and data["layers"]:
+            return True
+    return False
+
+
+def _precision(setup: StudySetup, configs: dict[str, KnobConfig]) -> Any:
+    from spaces.precision import PrecisionConfig
+
+    return configs.get("precision", PrecisionConfig("fp32"))
+
+
+def _measure(setup: StudySetup, artifact: Artifact) -> tuple[dict[str, float], dict[str, Any]]:
+    c = setup.config
+    ctx = Context(setup.eval_data, c.threads, c.warmup, c.runs)
+    values = {name: get_objective(name)(artifact, ctx)
+              for name in ("accuracy", "size", "latency")}
+    return values, ctx.details
+
+
+def measure_baseline(setup: StudySetup, folder: Path, console: Console) -> dict[str, Any]:
+    """The uncompressed model on its fastest exact form: plain, or with every transposed
+    conv rewritten as sub-pixel conv (exact), whichever runs faster here."""
+    from spaces.precision import PrecisionConfig, build_artifact
+    from spaces.upsample import UpsampleConfig, UpsampleKnob
+
+    variants = {"plain": setup.base}
+    upsample = UpsampleKnob()
+    layers = upsample.layers(setup.base)
+    if layers:
+        variants["subpixel"] = upsample.apply(
+            setup.base, UpsampleConfig(tuple((layer, "subpixel") for layer in layers)))
+    best: dict[str, Any] = {}
+    for name, model in variants.items():
+        artifact = build_artifact(model, PrecisionConfig("fp32"), folder / f"baseline-{name}.onnx",
+                                  input_size=setup.config.output_size,
+                                  device=setup.config.device)
+        values, details = _measure(setup, artifact)
+        console.print(f"baseline ({name}, fp32): accuracy {values['accuracy']:.3f}  "
+                      f"size {values['size'] / 1e3:.1f} kB  latency {values['latency']:.2f} ms")
+        if not best or values["latency"] < best["latency"]:
+            best = {**values, "variant": name, "latency_cv": details["latency_cv"],
+                    "fingerprint": details["fingerprint"], "macs": count_macs(model,
+                    setup.config.output_size), "params": count_params(model)}
+    return best
+
+
+def _warm_start(setup: StudySetup) -> list[dict[str, Any]]:
+    """The uncompressed model, int8 with sub-pixel decoders, and 50 % pruning: known-good
+    points that give TPE a front to improve on from the first trials."""
+    def params(mode: str, ratio: float, precision: str) -> dict[str, Any] | None:
+        model, out = setup.base, {}
+        for name in ORDER:
+            knob = setup.knobs.get(name)
+            if knob is None:
+                continue
+            if name == "upsample":
+                if mode not in knob.modes:
+                    return None
+                out.update({f"upsample.{layer}": mode for layer in knob.layers(model)})
+            elif name in ("depthwise", "lowrank"):
+                out.update({f"{name}.{layer}": False for layer in knob.layers(model)})
+            elif name == "prune":
+                r = min(ratio, math.floor(knob.max_ratio * 20) / 20)
+                out.update({f"prune.{layer}.ratio": r for layer in knob.layers(model)})
+                out.update({"prune.criterion": "l2", "prune.round_to": 1})
+            elif name == "precision":
+                if precision not in knob.precisions:
+                    return None
+                out["precision"] = precision
+            if name != "precision":
+                model = knob.apply(model, knob.from_params(out, model))
+        return out
+
+    points = []
+    for point in (("keep", 0.0, "fp32"), ("subpixel", 0.0, "int8"), ("subpixel", 0.5, "int8")):
+        try:
+            found = params(*point)
+        except ValueError:  # a knob refuses this point for this model: leave it to the search
+            found = None
+        if found is not None:
+            points.append(found)
+    return points
+
+
+class _Pipeline:
+    """The objective function Optuna calls, one trial at a time."""
+
+    def __init__(self, setup: StudySetup, study: optuna.Study, tracker: Any,
+                 console: Console) -> None:
+        self.setup, self.study, self.tracker, self.console = setup, study, tracker, console
+        c = setup.config
+        self.folder = Path(c.artifacts_dir) / c.name
+        self.baseline = study.user_attrs["baseline"]
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        c = self.setup.config
+        run_id = self.tracker.start_trial(trial.number) if self.tracker else None
+        times: dict[str, float] = {}
+        state = "FAIL"
+        try:
+            start = time.perf_counter()
+            model, configs = build_trial_model(self.setup, trial=trial)
+            times["apply_s"] = time.perf_counter() - start
+            if run_id:
+                self.tracker.log_params(run_id, trial.params)
+                self.tracker.log_dict(run_id, {k: v.to_dict() for k, v in configs.items()},
+                                      "knobs.json")
+            if _changed(configs) and c.recovery_steps > 0:
+                model = self._recover(trial, model, times, run_id)
+            start = time.perf_counter()
+            folder = self.folder / f"trial-{trial.number}"
+            artifact = self.setup.knobs["precision"].build(
+                model, _precision(self.setup, configs), folder / "model.onnx",
+                self.setup.calibration, c.output_size, c.device) if "precision" in \
+                self.setup.knobs else _fp32(model, folder, c)
+            times["export_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            values, details = _measure(self.setup, artifact)
+            times["measure_s"] = time.perf_counter() - start
+            violations = [k.violation(values, self.baseline) for k in c.constraints]
+            trial.set_user_attr("constraints", violations)
+            for constraint, violation in zip(c.constraints, violations, strict=True):
+                trial.set_constraint(constraint.text, violation)
+            trial.set_user_attr("values", values)
+            trial.set_user_attr("artifact", str(artifact.path))
+            trial.set_user_attr("precision", artifact.precision)
+            trial.set_user_attr("fingerprint", details["fingerprint"])
+            extra = {"macs": count_macs(model, c.output_size), "params": count_params(model),
+                     "latency_p90_ms": details["latency_p90_ms"],
+                     "latency_cv": details["latency_cv"]}
+            trial.set_user_attr("extra", extra)
+            if run_id:
+                self.tracker.log_metrics(run_id, {METRIC_NAMES[k]: v for k, v in values.items()}
+                                         | extra | times
+                                         | {"feasible": float(all(v <= 0 for v in violations))})
+                self.tracker.log_file(run_id, artifact.path, "artifact")
+            state = "COMPLETE"
+            return tuple(values[o] for o in c.objectives)
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
+        except Exception as error:
+            trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}")
+            raise
+        finally:
+            trial.set_user_attr("times", times)
+            if run_id:
+                tags = {"ggopt.fail_reason": trial.user_attrs.get("fail_reason", "")[:5000]}
+                fp = trial.user_attrs.get("fingerprint")
+                if fp:
+                    tags["ggopt.device"] = fingerprint_key(fp)
+                self.tracker.end_trial(run_id, state, tags)
+
+    def _recover(self, trial: optuna.Trial, model: nn.Module, times: dict[str, float],
+                 run_id: str | None) -> nn.Module:
+        c = self.setup.config
+        start = time.perf_counter()
+
+        def stage(steps: int, seed: int) -> None:
+            train(model, self.setup.train_data, None,
+                  TrainConfig(epochs=10_000, batch_size=c.recovery_batch_size, lr=c.recovery_lr,
+                              distill_weight=c.distill_weight, max_steps=steps,
+                              seed=seed, pos_weight=self.setup.pos_weight),
+                  teacher=self.setup.base, progress=False)
+
+        done = 0
+        if c.gate_steps:
+            stage(c.gate_steps, trial.number)
+            done = c.gate_steps
+            accuracy = evaluate(predict_maps(model), self.setup.eval_data)
+            trial.set_user_attr("gate_accuracy", accuracy)
+            floor = self.baseline["accuracy"] - c.gate_margin
+            if accuracy < floor:
+                times["recovery_s"] = time.perf_counter() - start
+                if run_id:
+                    self.tracker.log_metrics(run_id, {"gate_accuracy": accuracy} | times)
+                raise optuna.TrialPruned(f"accuracy {accuracy:.3f} after {done} recovery steps "
+                                         f"is below the gate {floor:.3f}")
+        if c.recovery_steps > done:
+            stage(c.recovery_steps - done, trial.number + 100_000)
+        times["recovery_s"] = time.perf_counter() - start
+        return model.eval()
+
+
+def _fp32(model: nn.Module, folder: Path, c: StudyConfig) -> Artifact:
+    from spaces.precision import PrecisionConfig, build_artifact
+
+    return build_artifact(model, PrecisionConfig("fp32"), folder / "model.onnx",
+                          input_size=c.output_size, device=c.device)
+
+
+def finished(study: optuna.Study) -> int:
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def run_study(config: StudyConfig, console: Console | None = None,
+              track: bool = True) -> optuna.Study:
+    """Runs (or resumes) the study until ``n_trials`` trials have finished or the timeout."""
+    from search.pareto import refresh_front
+    from search.tracking import StudyTracker
+
+    console = console or Console(stderr=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    setup = prepare(config, console)
+    study = load_study(config, create=True)
+    folder = Path(config.artifacts_dir) / config.name
+    folder.mkdir(parents=True, exist_ok=True)
+    if "baseline" not in study.user_attrs:
+        study.set_user_attr("baseline", measure_baseline(setup, folder, console))
+        study.set_user_attr("config", _config_attrs(config))
+        for params in _warm_start(setup):
+            study.enqueue_trial(params, skip_if_exists=True)
+    baseline = study.user_attrs["baseline"]
+    here = device_fingerprint(None, config.threads)
+    if fingerprint_key(baseline["fingerprint"]) != fingerprint_key(here):
+        console.print("[yellow]warning:[/] this machine differs from the one that measured the "
+                      "study's baseline; latencies from here are not comparable to it.")
+    tracker = StudyTracker(config.tracking_uri, config.experiment, study,
+                           _config_attrs(config)) if track else None
+    done = finished(study)
+    remaining = max(0, (config.n_trials or 0) - done) if config.n_trials else None
+    console.print(f"study {config.name!r} in {redact_url(config.storage)}: {done} trials "
+                  f"finished, {remaining if remaining is not None else 'unbounded'} to run")
+    if remaining == 0:
+        return study
+    pipeline = _Pipeline(setup, study, tracker, console)
+    started = time.perf_counter()
+    count = [0]
+
+    def report(study: optuna.Study, trial: FrozenTrial) -> None:
+        count[0] += 1
+        elapsed = time.perf_counter() - started
+        eta = ""
+        if remaining:
+            eta = f"  ETA {elapsed / count[0] * (remaining - count[0]) / 60:.1f} min"
+        if trial.state == TrialState.COMPLETE:
+            v = trial.user_attrs["values"]
+            ok = all(x <= 0 for x in trial.user_attrs.get("constraints", []))
+            text = (f"accuracy {v['accuracy']:.3f}  size {v['size'] / 1e3:.1f} kB  latency "
+                    f"{v['latency']:.2f} ms  [{trial.user_attrs['precision']}]"
+                    f"{'' if ok else '  (infeasible)'}")
+        else:
+            text = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("gate_accuracy", "")
+            if isinstance(text, float):
+                text = f"gate accuracy {text:.3f}"
+        states = {s.name: len(study.get_trials(deepcopy=False, states=(s,)))
+                  for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        console.print(f"trial {trial.number:>3} {trial.state.name:<8} {text}   "
+                      f"[dim]{count[0]}/{remaining or '∞'} this run, "
+                      f"{' '.join(f'{k.lower()} {n}' for k, n in states.items())}{eta}[/]")
+        if tracker is not None:
+            refresh_front(study, config, tracker, folder)
+
+    study.optimize(pipeline, n_trials=remaining, timeout=config.timeout, catch=(Exception,),
+                   callbacks=[report], gc_after_trial=True)
+    if tracker is not None:
+        tracker.finish()
+    return study
+
+
+def _config_attrs(config: StudyConfig) -> dict[str, Any]:
+    return {"study.file": str(config.path), "study.model": config.model,
+            "study.checkpoint": str(config.checkpoint_path()), "study.data": config.data_root,
+            "study.knobs": ",".join(config.knobs), "study.sampler": config.sampler,
+            "study.seed": config.seed, "study.recovery_steps": config.recovery_steps,
+            "study.objectives": ",".join(config.objectives),
+            "study.constraints": "; ".join(k.text for k in config.constraints),
+            "study.storage": redact_url(config.storage), "study.runtime": config.runtime,
+            "study.threads": config.threads}
+
+
+def copy_artifact(trial: FrozenTrial, out: Path) -> Path:
+    src = Path(trial.user_attrs["artifact"])
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: trial {trial.number}'s artifact is missing.")
+    out.mkdir(parents=True, exist_ok=True)
+    dst = out / "model.onnx"
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def dump_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str))

@@ -1,0 +1,100 @@
+"""MLflow: one parent run per study, one nested run per trial.
+
+The parent run's id is kept in the Optuna study's user attributes, so a resumed study (or
+another worker) attaches to the same parent. Runs are written through ``MlflowClient``
+rather than the global active run, so nothing leaks between trials. URLs are logged only
+redacted: a password in a storage URL never reaches the tracking store.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from grasp.urls import redact_url
+
+__all__ = ["StudyTracker"]
+
+PARENT_KEY = "mlflow_parent_run_id"
+
+
+class StudyTracker:
+    def __init__(self, tracking_uri: str, experiment: str, study: optuna.Study,
+                 params: dict[str, Any]) -> None:
+        self.client = MlflowClient(tracking_uri)
+        self.tracking_uri = tracking_uri
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (found.experiment_id if found is not None
+                              else self.client.create_experiment(experiment))
+        parent = study.user_attrs.get(PARENT_KEY)
+        if parent is None or self._missing(parent):
+            run = self.client.create_run(self.experiment_id, run_name=study.study_name,
+                                         tags={"ggopt.study": study.study_name})
+            parent = run.info.run_id
+            study.set_user_attr(PARENT_KEY, parent)
+            for key, value in params.items():
+                self.client.log_param(parent, key, _safe(key, value))
+        else:
+            self.client.update_run(parent, status="RUNNING")
+        self.parent_id = parent
+
+    def _missing(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+            return False
+        except Exception:  # another tracking store: start a fresh parent there
+            return True
+
+    def start_trial(self, number: int) -> str:
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{number}",
+            tags={"mlflow.parentRunId": self.parent_id, "ggopt.trial": str(number)})
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        for key, value in params.items():
+            self.client.log_param(run_id, key, _safe(key, value))
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(run_id, key, float(value), step=step)
+
+    def log_dict(self, run_id: str, data: Any, name: str) -> None:
+        self.client.log_dict(run_id, data, name)
+
+    def log_file(self, run_id: str, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
+    def end_trial(self, run_id: str, state: str, tags: dict[str, str] | None = None) -> None:
+        """``state``: the Optuna state name (COMPLETE, PRUNED, FAIL)."""
+        self.client.set_tag(run_id, "ggopt.state", state)
+        for key, value in (tags or {}).items():
+            self.client.set_tag(run_id, key, value)
+        status = {"COMPLETE": RunStatus.FINISHED, "PRUNED": RunStatus.KILLED}.get(
+            state, RunStatus.FAILED)
+        self.client.set_terminated(run_id, RunStatus.to_string(status))
+
+    def log_front(self, png: Path | None, table: list[dict[str, Any]]) -> None:
+        """Refreshes the parent run's Pareto plot and front table."""
+        if png is not None and png.is_file():
+            self.client.log_artifact(self.parent_id, str(png))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "front.json"
+            path.write_text(json.dumps(table, indent=2))
+            self.client.log_artifact(self.parent_id, str(path))
+
+    def finish(self) -> None:
+        self.client.set_terminated(self.parent_id, "FINISHED")
+
+
+def _safe(key: str, value: Any) -> str:
+    text = str(value)
+    if "://" in text:
+        text = redact_url(text)
+    return text[:6000]

@@ -1,0 +1,237 @@
+"""End to end: a study of a few tiny trials, resume, failure, the gate, pareto, export."""
+
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from grasp.checkpoints import save_checkpoint
+from grasp.models import get_model
+from search.cli import main
+from search.config import StudyConfigError, load_study_config
+from search.study import load_study, run_study
+
+STUDY = """
+version = 1
+name = "tiny"
+constraints = {constraints}
+
+[model]
+name = "ggcnn"
+checkpoint = "{checkpoint}"
+
+[data]
+root = "{data}"
+split = "image"
+output_size = 96
+calibration_images = 2
+
+[knobs]
+enabled = {knobs}
+
+[knobs.precision]
+precisions = ["fp32", "int8"]
+
+[recovery]
+steps = {steps}
+batch_size = 2
+gate_steps = {gate_steps}
+gate_margin = {gate_margin}
+
+[runtime]
+warmup = 1
+runs = 3
+
+[search]
+sampler = "{sampler}"
+n_trials = {n_trials}
+storage = "sqlite:///{tmp}/optuna.db"
+artifacts_dir = "{tmp}/artifacts"
+
+[tracking]
+uri = "sqlite:///{tmp}/mlflow.db"
+experiment = "tiny"
+"""
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "base.pt", get_model("ggcnn"), "ggcnn",
+                           config={"train": {"pos_weight": 1.0}})
+
+
+def write_study(tmp_path: Path, checkpoint, data, **overrides) -> Path:
+    fields = {"constraints": '["accuracy >= baseline - 1.0"]', "checkpoint": checkpoint,
+              "data": data, "knobs": '["upsample", "prune", "precision"]', "steps": 2,
+              "gate_steps": 0, "gate_margin": 0.2, "sampler": "tpe", "n_trials": 4,
+              "tmp": tmp_path}
+    fields.update(overrides)
+    path = tmp_path / "study.toml"
+    path.write_text(STUDY.format(**fields))
+    return path
+
+
+def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
+    path = write_study(tmp_path, checkpoint, jacquard_root)
+    config = load_study_config(path)
+    study = run_study(config)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 4
+    # Warm start: the uncompressed fp32 model is trial 0, int8 + sub-pixel is trial 1.
+    assert trials[0].params["precision"] == "fp32"
+    assert trials[1].params["precision"] == "int8"
+    assert trials[1].user_attrs["values"]["size"] < 0.6 * trials[0].user_attrs["values"]["size"]
+    for t in trials:
+        assert Path(t.user_attrs["artifact"]).stat().st_size == t.user_attrs["values"]["size"]
+        assert t.user_attrs["values"]["latency"] > 0
+    # Resume: asking for 5 in all runs exactly one more trial; nothing is redone.
+    study = run_study(load_study_config(path, {"n_trials": 5}))
+    assert len(study.trials) == 5
+    assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+    # MLflow: one parent, one child per trial with the three metrics.
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent]
+    assert len(children) == 5
+    assert children[["metrics.accuracy", "metrics.size_bytes", "metrics.latency_ms"]].notna(
+    ).all().all()
+
+
+def test_pareto_and_export_from_the_cli(tmp_path, checkpoint, jacquard_root, capsys):
+    path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=3)
+    assert main(["search", str(path)]) == 0
+    assert main(["pareto", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert "baseline" in shown and "feasible Pareto front" in shown
+    study = load_study(load_study_config(path))
+    best = min(study.get_trials(states=(TrialState.COMPLETE,)),
+               key=lambda t: t.user_attrs["values"]["size"])
+    out = tmp_path / "export"
+    assert main(["export", str(path), "--trial", str(best.number), "--out", str(out)]) == 0
+    assert (out / "model.onnx").stat().st_size == best.user_attrs["values"]["size"]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert f"trial {best.number}" in card and "measured on this file" in card
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.search_registered_models()[0].name == "tiny-ggcnn"
+    assert main(["report", str(path), "--out", str(tmp_path / "report")]) == 0
+    assert {"index.html", "pareto.png", "hypervolume.png", "layers.png"} <= {
+        p.name for p in (tmp_path / "report").iterdir()}
+    assert main(["export", str(path), "--trial", "99", "--out", str(out)]) == 2
+    assert "no trial 99" in capsys.readouterr().err
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, checkpoint, jacquard_root,
+                                                           monkeypatch):
+    from spaces.prune import PruneKnob
+
+    original = PruneKnob.apply
+
+    def breaks_when_pruning(self, model, config):
+        if any(r > 0 for _, r in config.ratios):
+            raise ValueError("prune.conv2: deliberately broken for this test")
+        return original(self, model, config)
+
+    monkeypatch.setattr(PruneKnob, "apply", breaks_when_pruning)
+    path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=4)
+    study = run_study(load_study_config(path), track=False)
+    states = [t.state for t in study.trials]
+    assert len(states) == 4
+    assert states[:2] == [TrialState.COMPLETE, TrialState.COMPLETE]  # warm starts, no pruning
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert failed and all("deliberately broken" in t.user_attrs["fail_reason"] for t in failed)
+
+
+def test_the_gate_prunes_hopeless_trials(tmp_path, checkpoint, jacquard_root):
+    # An impossible gate (accuracy above the baseline by 0.5) prunes every recovered trial.
+    path = write_study(tmp_path, checkpoint, jacquard_root, steps=3, gate_steps=1,
+                       gate_margin=-0.5 + 0.5, n_trials=3,
+                       knobs='["prune", "precision"]')
+    config = load_study_config(path)
+    study = run_study(config, track=False)
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[0].state == TrialState.COMPLETE  # nothing to recover: no gate
+    pruned = by_number[2]  # 50 % pruning, recovered
+    base = study.user_attrs["baseline"]["accuracy"]
+    if pruned.user_attrs["gate_accuracy"] < base:
+        assert pruned.state == TrialState.PRUNED
+    else:
+        assert pruned.state == TrialState.COMPLETE
+
+
+def test_constraints_mark_trials_infeasible(tmp_path, checkpoint, jacquard_root):
+    path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=2,
+                       constraints='["latency <= 0.001"]')
+    study = run_study(load_study_config(path), track=False)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 2 and all(t.user_attrs["constraints"][0] > 0 for t in done)
+    from search.pareto import feasible_front
+
+    assert feasible_front(study, ("accuracy", "size", "latency")) == []
+
+
+@pytest.mark.parametrize(("fragment", "replacement", "message"), [
+    ('sampler = "tpe"', 'sampler = "annealing"', r"\[search\] sampler: must be one of"),
+    ("steps = 2", "steps = -3", r"\[recovery\] steps: must be an integer >= 0, got -3"),
+    ("steps = 2", 'steps = "many"', r"\[recovery\] steps: .*'many'"),
+    ('enabled = ["upsample"', 'enabled = ["quantum", "upsample"', r"unknown knob 'quantum'"),
+    ("[knobs.precision]", '[knobs.prune]\nmax_ratio = 1.5\n[knobs.precision]',
+     r"\[knobs.prune\] max_ratio: must be in \(0, 1\), got 1.5"),
+    ("[knobs.precision]", '[knobs.prune]\nexclude = ["conv9"]\n[knobs.precision]',
+     r"unknown layer 'conv9'"),
+    ("[knobs.precision]", '[knobs.lowrank]\nfractions = [0.0, 0.5]\n[knobs.precision]',
+     r"\[knobs.lowrank\] fractions"),
+    ('name = "ggcnn"', 'name = "resnet"', r"\[model\] name: must be one of"),
+    ('name = "ggcnn"', 'name = "ggcnn2"', r"checkpoint: .*ggcnn"),
+    ("output_size = 96", "output_size = 100", r"output_size: must be an integer multiple"),
+    ("runs = 3", "runs = 3\ncores = 4", r"\[runtime\] cores: unknown key"),
+    ('storage = "sqlite', 'storage = "nonsense:/', r"storage: must be a database URL"),
+    ('"accuracy >= baseline - 1.0"', '"accuracy > 0.5"', r"constraints: each must read"),
+    ('name = "tiny"', 'name = "my study!"', r"name: must be a non-empty name"),
+    ("version = 1", "version = 2", r"version: must be 1, got 2"),
+], ids=lambda v: None)
+def test_broken_study_files_are_rejected_before_any_work(tmp_path, checkpoint, jacquard_root,
+                                                         fragment, replacement, message):
+    path = write_study(tmp_path, checkpoint, jacquard_root)
+    text = path.read_text()
+    assert fragment in text
+    path.write_text(text.replace(fragment, replacement, 1))
+    with pytest.raises(StudyConfigError, match=message) as error:
+        load_study_config(path)
+    assert str(path) in str(error.value)
+    assert not (tmp_path / "optuna.db").exists()
+
+
+def test_missing_inputs_are_named(tmp_path, checkpoint, jacquard_root, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for data, message in ((tmp_path / "nowhere", "dataset folder not found"),
+                          (empty, "dataset folder is empty")):
+        path = write_study(tmp_path, checkpoint, data)
+        with pytest.raises(StudyConfigError, match=message):
+            load_study_config(path)
+    path = write_study(tmp_path, tmp_path / "missing.pt", jacquard_root)
+    assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint: file not found" in err and "Traceback" not in err
+    assert main(["pareto", str(tmp_path / "nope.toml")]) == 2
+
+
+def test_pareto_on_a_study_never_run_says_so(tmp_path, checkpoint, jacquard_root, capsys):
+    path = write_study(tmp_path, checkpoint, jacquard_root)
+    assert main(["pareto", str(path)]) == 2
+    assert "ggopt search" in capsys.readouterr().err
+
+
+def test_samplers_are_seeded(tmp_path):
+    from search.study import _sampler
+
+    config = load_study_config.__globals__["StudyConfig"](path=tmp_path, name="x",
+                                                          sampler="random", seed=3)
+    first = optuna.create_study(sampler=_sampler(config)).ask().suggest_float("a", 0, 1)
+    again = optuna.create_study(sampler=_sampler(config)).ask().suggest_float("a", 0, 1)
+    assert first == again
