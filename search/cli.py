@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # MLflow's database migrations log at INFO on first use; they are not the user's business.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         args.run(args)
     except (ValueError, FileNotFoundError) as exc:

@@ -113,10 +113,10 @@ class _Reader:
         value = self.table[key]
         kinds = kind if isinstance(kind, tuple) else (kind,)
         is_bool = isinstance(value, bool)
+        if float in kinds and isinstance(value, int) and not is_bool:
+            value = float(value)  # TOML's 28800 is a fine number of seconds
         if not isinstance(value, kinds) or (is_bool and bool not in kinds):
             raise self.fail(key, rule, value)
-        if float in kinds and isinstance(value, int) and not is_bool:
-            value = float(value)
         if check is not None and not check(value):
             raise self.fail(key, rule, value)
         return value

@@ -235,3 +235,11 @@ def test_samplers_are_seeded(tmp_path):
     first = optuna.create_study(sampler=_sampler(config)).ask().suggest_float("a", 0, 1)
     again = optuna.create_study(sampler=_sampler(config)).ask().suggest_float("a", 0, 1)
     assert first == again
+
+
+@pytest.mark.parametrize("path", sorted(Path("studies").glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_study_files_are_valid(path, jacquard_root):
+    config = load_study_config(path, {"data_root": str(jacquard_root)})
+    assert config.name == path.stem
+    assert config.checkpoint_path().is_file()  # the shipped baseline, no download
+    assert config.constraints and config.n_trials

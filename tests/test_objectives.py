@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from grasp.artifact import Artifact, ArtifactError
+from grasp.data import JacquardDataset
+from grasp.models import get_model
+from grasp.train import evaluate, predict_maps
+from objectives import Context, count_macs, get_objective, list_objectives, measure_latency
+from spaces import get_knob
+from spaces.precision import PrecisionConfig
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("a") / "model.onnx"
+    return get_knob("precision").build(get_model("ggcnn").eval(), PrecisionConfig("fp32"),
+                                       path, input_size=SIZE)
+
+
+def test_registry_names_the_three_objectives():
+    assert list_objectives() == ["accuracy", "latency", "size"]
+    with pytest.raises(ValueError, match="valid objectives are: accuracy"):
+        get_objective("beauty")
+
+
+def test_size_is_the_file_bytes(artifact):
+    assert get_objective("size")(artifact, Context()) == artifact.path.stat().st_size
+
+
+def test_accuracy_is_computed_from_the_artifact_outputs(artifact, jacquard_root):
+    data = JacquardDataset(jacquard_root, output_size=SIZE)
+    sub = data.subset(range(len(data)))
+    torch.manual_seed(0)
+    model = get_model("ggcnn").eval()
+    assert get_objective("accuracy")(artifact, Context(sub)) == evaluate(predict_maps(model),
+                                                                         sub)
+    with pytest.raises(ValueError, match="no held-out images"):
+        get_objective("accuracy")(artifact, Context())
+
+
+def test_latency_reports_spread_and_the_device(artifact):
+    ctx = Context(warmup=1, runs=5)
+    median = get_objective("latency")(artifact, ctx)
+    assert median > 0 and ctx.details["latency_p90_ms"] >= median
+    assert ctx.details["latency_cv"] >= 0
+    fp = ctx.details["fingerprint"]
+    assert fp["threads"] == 1 and fp["cores"] >= 1 and fp["runtime"] == "onnxruntime"
+    with pytest.raises(ValueError, match="runs >= 3"):
+        measure_latency(artifact, runs=1)
+
+
+def test_macs_match_the_published_count_and_count_transposed_convs_once():
+    assert abs(count_macs(get_model("ggcnn")) - 528e6) < 1e6  # GG-CNN's published 528 M
+    layer = torch.nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1)
+    # Each of the 2x5x5 inputs meets 3x3x3 weights: 450 MACs, not stride² times that.
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1, bias=False), layer)
+    assert count_macs(model, input_size=5) == 2 * 25 + 2 * 25 * 3 * 9
+
+
+def test_a_missing_artifact_file_is_named(tmp_path):
+    with pytest.raises(ArtifactError, match=r"nothing\.onnx: artifact file not found"):
+        Artifact(tmp_path / "nothing.onnx")
