@@ -130,7 +130,8 @@ def _run_search(args: argparse.Namespace) -> None:
         raise ValueError(f"--n-trials: must be >= 1, got {args.n_trials}.")
     config = _config(args, n_trials=args.n_trials, timeout=args.timeout)
     study = run_study(config, console)
-    console.print(front_table(study, config.objectives))
+    Console(stderr=True, width=max(console.width, 120)).print(
+        front_table(study, config.objectives))
     console.print(f"next: ggopt pareto {config.path} · ggopt export {config.path} --trial N "
                   f"--out DIR · mlflow ui --backend-store-uri {config.tracking_uri}")
 

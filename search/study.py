@@ -348,7 +348,7 @@ def finished(study: optuna.Study) -> int:
 def run_study(config: StudyConfig, console: Console | None = None,
               track: bool = True) -> optuna.Study:
     """Runs (or resumes) the study until ``n_trials`` trials have finished or the timeout."""
-    from search.pareto import refresh_front
+    from search.pareto import feasible_front, refresh_front
     from search.tracking import StudyTracker
 
     console = console or Console(stderr=True)
@@ -397,9 +397,12 @@ def run_study(config: StudyConfig, console: Console | None = None,
                 text = f"gate accuracy {text:.3f}"
         states = {s.name: len(study.get_trials(deepcopy=False, states=(s,)))
                   for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        front = feasible_front(study, config.objectives)
+        best = max((t.user_attrs["values"]["accuracy"] for t in front), default=float("nan"))
         console.print(f"trial {trial.number:>3} {trial.state.name:<8} {text}   "
                       f"[dim]{count[0]}/{remaining or '∞'} this run, "
-                      f"{' '.join(f'{k.lower()} {n}' for k, n in states.items())}{eta}[/]")
+                      f"{' '.join(f'{k.lower()} {n}' for k, n in states.items())}, "
+                      f"front {len(front)} (best accuracy {best:.3f}){eta}[/]")
         if tracker is not None:
             refresh_front(study, config, tracker, folder)
 
