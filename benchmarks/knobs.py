@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=40)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    console = Console()
+    console = Console(width=140)
     calibration = [torch.rand(1, 300, 300) * 0.05 for _ in range(8)]
     precision = get_knob("precision")
     rows = {}
