@@ -154,12 +154,6 @@ def _changed(configs: dict[str, KnobConfig]) -> bool:
     return False
 
 
-def _precision(setup: StudySetup, configs: dict[str, KnobConfig]) -> Any:
-    from spaces.precision import PrecisionConfig
-
-    return configs.get("precision", PrecisionConfig("fp32"))
-
-
 def _measure(setup: StudySetup, artifact: Artifact) -> tuple[dict[str, float], dict[str, Any]]:
     c = setup.config
     ctx = Context(setup.eval_data, c.threads, c.warmup, c.runs)
@@ -260,10 +254,12 @@ class _Pipeline:
                 model = self._recover(trial, model, times, run_id)
             start = time.perf_counter()
             folder = self.folder / f"trial-{trial.number}"
-            artifact = self.setup.knobs["precision"].build(
-                model, _precision(self.setup, configs), folder / "model.onnx",
-                self.setup.calibration, c.output_size, c.device) if "precision" in \
-                self.setup.knobs else _fp32(model, folder, c)
+            if "precision" in self.setup.knobs:
+                artifact = self.setup.knobs["precision"].build(
+                    model, configs["precision"], folder / "model.onnx",
+                    self.setup.calibration, c.output_size, c.device)
+            else:
+                artifact = _fp32(model, folder, c)
             times["export_s"] = time.perf_counter() - start
             start = time.perf_counter()
             values, details = _measure(self.setup, artifact)

@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Protocol
 import optuna
 from torch import nn
 
+from grasp.models import HEAD_NAMES
+
 __all__ = [
     "Knob",
     "KnobConfig",
@@ -24,6 +26,7 @@ __all__ = [
     "layers_of",
     "list_knobs",
     "register_knob",
+    "spatial_convs",
 ]
 
 
@@ -88,6 +91,14 @@ def layers_of(model: nn.Module, kinds: tuple[type, ...], exclude: Iterable[str] 
     skip = set(exclude)
     return [name for name, m in model.named_children() if isinstance(m, kinds)
             and name not in skip]
+
+
+def spatial_convs(model: nn.Module, exclude: Iterable[str] = ()) -> list[str]:
+    """Direct child k×k (transposed) convs with groups 1, outside the heads: the layers a
+    factorising knob (lowrank, depthwise) can rewrite."""
+    return [name for name in layers_of(model, (nn.Conv2d, nn.ConvTranspose2d),
+                                       (*HEAD_NAMES, *exclude))
+            if getattr(model, name).groups == 1 and getattr(model, name).kernel_size != (1, 1)]
 
 
 def copy_model(model: nn.Module) -> nn.Module:

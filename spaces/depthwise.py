@@ -16,11 +16,10 @@ import optuna
 import torch
 from torch import nn
 
-from spaces.base import KnobConfig, KnobError, copy_model, layers_of, register_knob
+from spaces.base import KnobConfig, KnobError, copy_model, register_knob, spatial_convs
 
 __all__ = ["DepthwiseConfig", "DepthwiseKnob", "depthwise_separable"]
 
-HEADS = ("pos_output", "cos_output", "sin_output", "width_output")
 
 
 def depthwise_separable(layer: nn.Conv2d | nn.ConvTranspose2d) -> nn.Sequential:
@@ -74,9 +73,7 @@ class DepthwiseKnob:
         self.exclude = tuple(exclude)
 
     def layers(self, model: nn.Module) -> list[str]:
-        return [name for name in layers_of(model, (nn.Conv2d, nn.ConvTranspose2d),
-                                           (*HEADS, *self.exclude))
-                if getattr(model, name).groups == 1 and getattr(model, name).kernel_size != (1, 1)]
+        return spatial_convs(model, self.exclude)
 
     def suggest(self, trial: optuna.Trial, model: nn.Module) -> DepthwiseConfig:
         return DepthwiseConfig(tuple(

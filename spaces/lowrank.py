@@ -22,11 +22,10 @@ import torch
 from tensorly.decomposition import parafac, partial_tucker
 from torch import nn
 
-from spaces.base import KnobConfig, KnobError, copy_model, layers_of, register_knob
+from spaces.base import KnobConfig, KnobError, copy_model, register_knob, spatial_convs
 
 __all__ = ["LowRankConfig", "LowRankKnob", "cp_separable", "tucker2"]
 
-HEADS = ("pos_output", "cos_output", "sin_output", "width_output")
 FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 
 
@@ -129,9 +128,7 @@ class LowRankKnob:
         self.exclude = tuple(exclude)
 
     def layers(self, model: nn.Module) -> list[str]:
-        return [name for name in layers_of(model, (nn.Conv2d, nn.ConvTranspose2d),
-                                           (*HEADS, *self.exclude))
-                if getattr(model, name).groups == 1 and getattr(model, name).kernel_size != (1, 1)]
+        return spatial_convs(model, self.exclude)
 
     def suggest(self, trial: optuna.Trial, model: nn.Module) -> LowRankConfig:
         ranks = []

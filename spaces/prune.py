@@ -15,12 +15,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from grasp.models import HEAD_NAMES
 from spaces.base import KnobConfig, KnobError, copy_model, layers_of, register_knob
 
 __all__ = ["CRITERIA", "PruneConfig", "PruneKnob"]
 
 CRITERIA = ("l1", "l2")
-HEADS = ("pos_output", "cos_output", "sin_output", "width_output")
 ROUND_TO = (1, 4, 8)
 MAX_RATIO = 0.9
 
@@ -62,7 +62,7 @@ class PruneKnob:
     def layers(self, model: nn.Module) -> list[str]:
         """Plain convolutions outside the heads (layers rewritten by earlier knobs are
         pruned only through their coupling with these)."""
-        return layers_of(model, (nn.Conv2d, nn.ConvTranspose2d), (*HEADS, *self.exclude))
+        return layers_of(model, (nn.Conv2d, nn.ConvTranspose2d), (*HEAD_NAMES, *self.exclude))
 
     def suggest(self, trial: optuna.Trial, model: nn.Module) -> PruneConfig:
         ratios = tuple((layer, trial.suggest_float(f"prune.{layer}.ratio", 0.0, self.max_ratio,
@@ -85,7 +85,7 @@ class PruneKnob:
             raise KnobError(f"prune.round_to: `round_to >= 1` must hold, got {config.round_to}.")
         children = dict(model.named_children())
         for layer, ratio in config.ratios:
-            if layer in HEADS:
+            if layer in HEAD_NAMES:
                 raise KnobError(f"prune.{layer}: the grasp-map heads are never pruned.")
             if not isinstance(children.get(layer), nn.Conv2d | nn.ConvTranspose2d):
                 raise KnobError(f"prune.{layer}: not a convolution of this model; prunable "
