@@ -87,7 +87,10 @@ def load_checkpoint(path: str | Path, model_name: str | None = None) -> Checkpoi
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc}).") from None
+        # torch's message for a broken file advises weights_only=False: never follow that
+        # advice for a file nobody vouches for, so only the kind of failure is shown.
+        raise CheckpointError(f"{path}: not a readable checkpoint: corrupt, truncated, or not "
+                              f"a weights-only PyTorch file ({type(exc).__name__}).") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not a ggopt checkpoint (expected format {FORMAT!r}, got "

@@ -249,6 +249,7 @@ class BaselineJob:
     test_fraction: float = 0.1
     output_size: int = 300
     teacher: str | None = None
+    init: str | None = None
     out: str = "checkpoints/ggcnn.pt"
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "ggopt-train"
@@ -260,13 +261,19 @@ def train_baseline(job: BaselineJob, config: TrainConfig, console: Console | Non
     and logs the run to MLflow. Input is checked before any training starts."""
     import mlflow
 
-    from grasp.checkpoints import load_checkpoint, save_checkpoint
+    from grasp.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
     from grasp.data import load_dataset, split
     from grasp.models import get_model
     from grasp.urls import redact_url
 
     console = console or Console(stderr=True)
     model = get_model(job.model)
+    if job.init:
+        start = load_checkpoint(job.init)
+        if start.model_name != job.model:
+            raise CheckpointError(f"{job.init}: --init holds a {start.model_name!r} model, "
+                                  f"not the {job.model!r} being trained.")
+        model.load_state_dict(start.model.state_dict())
     dataset = load_dataset(job.dataset_format, job.dataset, output_size=job.output_size)
     parts = split(dataset, job.split_by, job.val_fraction, job.test_fraction, config.seed)
     if not parts["train"]:

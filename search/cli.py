@@ -36,6 +36,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--output-size", type=int, default=300, help="input size in pixels")
     p.add_argument("--teacher", default=None, help="checkpoint to distil from")
+    p.add_argument("--init", default=None,
+                   help="checkpoint to start from (continue a run, fine-tune a baseline)")
     p.add_argument("--distill-weight", type=float, default=0.5,
                    help="share of the teacher term in the loss (0..1; default 0.5)")
     p.add_argument("--input-gain", type=float, default=1.0,
@@ -63,6 +65,7 @@ def _run_train(args: argparse.Namespace) -> None:
         dataset=args.dataset, dataset_format=args.dataset_format, model=args.model,
         split_by=args.split_by, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, output_size=args.output_size, teacher=args.teacher,
+        init=args.init,
         out=args.out or f"checkpoints/{args.model}.pt", tracking_uri=args.tracking_uri,
         experiment=args.experiment)
     train_baseline(job, config, console=console)

@@ -79,11 +79,14 @@ class StudyConfig:
     threads: int = 1
     warmup: int = 10
     runs: int = 50
+    allow_other_devices: bool = False
     sampler: str = "tpe"
     seed: int = 0
     n_trials: int | None = 20
     timeout: float | None = None
     storage: str = "sqlite:///ggopt.db"
+    heartbeat_interval: int = 30
+    grace_period: int = 120
     artifacts_dir: str = "ggopt-artifacts"
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "ggopt"
@@ -158,12 +161,17 @@ def _check_storage(path: Path, key: str, url: str) -> None:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        make_url(url)
+        parsed = make_url(url)
     except ArgumentError:
         from grasp.urls import redact_url
 
         raise StudyConfigError(f"{path}: {key}: must be a database URL such as "
                                f"sqlite:///ggopt.db, got {redact_url(url)!r}.") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).parent
+        if not folder.is_dir():
+            raise StudyConfigError(f"{path}: {key}: the SQLite file's folder {str(folder)!r} "
+                                   f"is not found, got {url!r}.")
 
 
 def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
@@ -249,6 +257,9 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
     threads = rt.get("threads", int, 1, "must be an integer >= 1", lambda v: v >= 1)
     warmup = rt.get("warmup", int, 10, nonneg, lambda v: v >= 0)
     runs = rt.get("runs", int, 50, "must be an integer >= 3", lambda v: v >= 3)
+    other_devices = rt.get("allow_other_devices", bool, False,
+                           "must be true or false (true: workers on other hardware may score "
+                           "latency, which is then not comparable across them)")
     rt.done()
 
     s = _Reader(path, _table(path, data, "search"), "search")
@@ -258,6 +269,10 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
     n_trials = s.get("n_trials", int, 20, "must be an integer >= 1", lambda v: v >= 1)
     timeout = s.get("timeout", float, None, "must be a number of seconds > 0", lambda v: v > 0)
     storage = s.get("storage", str, "sqlite:///ggopt.db", "must be a database URL")
+    heartbeat = s.get("heartbeat_interval", int, 30, "must be an integer number of seconds "
+                      ">= 1", lambda v: v >= 1)
+    grace = s.get("grace_period", int, 120, f"must be an integer number of seconds > "
+                  f"heartbeat_interval ({heartbeat})", lambda v: v > heartbeat)
     artifacts = s.get("artifacts_dir", str, "ggopt-artifacts", "must be a folder path")
     s.done()
 
@@ -273,8 +288,10 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
         knob_options=options, recovery_steps=steps, recovery_batch_size=batch,
         recovery_lr=lr, distill_weight=distill, gate_steps=gate_steps, gate_margin=gate_margin,
         objectives=tuple(names), constraints=parsed, runtime=runtime, device=device,
-        threads=threads, warmup=warmup, runs=runs, sampler=sampler, seed=seed,
-        n_trials=n_trials, timeout=timeout, storage=storage, artifacts_dir=artifacts,
+        threads=threads, warmup=warmup, runs=runs, allow_other_devices=other_devices,
+        sampler=sampler, seed=seed,
+        n_trials=n_trials, timeout=timeout, storage=storage,
+        heartbeat_interval=heartbeat, grace_period=grace, artifacts_dir=artifacts,
         tracking_uri=tracking_uri, experiment=experiment,
     )
     for key, value in (overrides or {}).items():

@@ -20,9 +20,10 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
+from rich.progress import track
 from torch import nn
 
 from grasp.artifact import Artifact
@@ -33,9 +34,21 @@ from grasp.urls import redact_url
 from objectives import Context, count_macs, count_params, device_fingerprint, get_objective
 from objectives.latency import fingerprint_key
 from search.config import StudyConfig
+from search.workers import (
+    RUN_ID_KEY,
+    SURPLUS_KEY,
+    budget_left,
+    counted,
+    finished,
+    in_budget,
+    open_storage,
+    setup_lock,
+    sqlite_worker_lock,
+    worker_id,
+)
 from spaces import ORDER, KnobConfig, get_knob
 
-__all__ = ["StudySetup", "build_trial_model", "load_study", "prepare", "run_study"]
+__all__ = ["StudySetup", "build_trial_model", "finished", "load_study", "prepare", "run_study"]
 
 DIRECTIONS = {"accuracy": "maximize", "size": "minimize", "latency": "minimize"}
 METRIC_NAMES = {"accuracy": "accuracy", "size": "size_bytes", "latency": "latency_ms"}
@@ -65,6 +78,9 @@ def prepare(config: StudyConfig, console: Console | None = None) -> StudySetup:
         raise ValueError(f"{config.data_root}: the study needs train and val images, got "
                          f"{len(parts['train'])} train / {len(parts['val'])} val.")
     val = parts["val"][:config.eval_images] if config.eval_images else parts["val"]
+    for index in track(parts["train"] + val, description="checking the dataset",
+                       console=console, transient=True):
+        dataset.item(index)  # a corrupt file is named now, not in the middle of the night
     # int8 calibration uses training images only, never the images accuracy is scored on.
     calibration = [dataset.item(i)[0] for i in parts["train"][:config.calibration_images]]
     knobs = {name: get_knob(name, **config.knob_options.get(name, {})) for name in config.knobs}
@@ -91,21 +107,10 @@ def _sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=config.seed)
 
 
-def _storage(url: str) -> RDBStorage:
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=30, grace_period=120,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                                  max_retry=1))
-    except Exception as error:  # sqlalchemy raises many kinds
-        raise ValueError(f"storage {redact_url(url)!r} cannot be opened: "
-                         f"{type(error).__name__}: {str(error).splitlines()[0]}") from None
-
-
-def load_study(config: StudyConfig, create: bool = False) -> optuna.Study:
-    storage = _storage(config.storage)
+def load_study(config: StudyConfig, create: bool = False,
+               storage: RDBStorage | None = None) -> optuna.Study:
+    storage = storage or open_storage(config.storage, config.heartbeat_interval,
+                                      config.grace_period, config.tracking_uri)
     if not create:
         try:
             return optuna.load_study(study_name=config.name, storage=storage,
@@ -239,7 +244,14 @@ class _Pipeline:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         c = self.setup.config
+        if not in_budget(self.study, trial.number, c.n_trials):
+            # Another worker started a trial at the same moment and took the last place.
+            trial.set_user_attr(SURPLUS_KEY, True)
+            self.study.stop()
+            raise optuna.TrialPruned("surplus: the study's n_trials budget is already taken")
+        trial.set_user_attr("worker", worker_id())
         run_id = self.tracker.start_trial(trial.number) if self.tracker else None
+        trial.set_user_attr(RUN_ID_KEY, run_id or "")
         times: dict[str, float] = {}
         state = "FAIL"
         try:
@@ -336,77 +348,119 @@ def _fp32(model: nn.Module, folder: Path, c: StudyConfig) -> Artifact:
                           input_size=c.output_size, device=c.device)
 
 
-def finished(study: optuna.Study) -> int:
-    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return len(study.get_trials(deepcopy=False, states=states))
-
-
 def run_study(config: StudyConfig, console: Console | None = None,
               track: bool = True) -> optuna.Study:
-    """Runs (or resumes) the study until ``n_trials`` trials have finished or the timeout."""
-    from search.pareto import feasible_front, refresh_front
-    from search.tracking import StudyTracker
-
+    """Runs (or resumes) the study until ``n_trials`` trials have finished in all (over every
+    worker sharing it) or this worker's timeout."""
     console = console or Console(stderr=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    setup = prepare(config, console)
-    study = load_study(config, create=True)
+    # The storage is opened first: an unreachable server fails in a second, not after setup.
+    storage = open_storage(config.storage, config.heartbeat_interval, config.grace_period,
+                           config.tracking_uri if track else None)
+    with sqlite_worker_lock(config.storage):
+        setup = prepare(config, console)
+        return _run(config, setup, storage, console, track)
+
+
+def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: Console,
+         track: bool) -> optuna.Study:
+    from search.pareto import refresh_front
+    from search.tracking import StudyTracker
+
     folder = Path(config.artifacts_dir) / config.name
     folder.mkdir(parents=True, exist_ok=True)
-    if "baseline" not in study.user_attrs:
-        study.set_user_attr("baseline", measure_baseline(setup, folder, console))
-        study.set_user_attr("config", _config_attrs(config))
-        for params in _warm_start(setup):
-            study.enqueue_trial(params, skip_if_exists=True)
-    baseline = study.user_attrs["baseline"]
-    here = device_fingerprint(None, config.threads)
-    if fingerprint_key(baseline["fingerprint"]) != fingerprint_key(here):
-        console.print("[yellow]warning:[/] this machine differs from the one that measured the "
-                      "study's baseline; latencies from here are not comparable to it.")
-    tracker = StudyTracker(config.tracking_uri, config.experiment, study,
-                           _config_attrs(config)) if track else None
+    with setup_lock(storage, config.name):
+        study = load_study(config, create=True, storage=storage)
+        if "baseline" not in study.user_attrs:
+            study.set_user_attr("baseline", measure_baseline(setup, folder, console))
+            study.set_user_attr("config", _config_attrs(config))
+            for params in _warm_start(setup):
+                study.enqueue_trial(params, skip_if_exists=True)
+        _check_device(config, study.user_attrs["baseline"], console)
+        tracker = StudyTracker(config.tracking_uri, config.experiment, study,
+                               _config_attrs(config)) if track else None
+        # Trials of workers that died while nobody ran: failed and queued again now.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
     done = finished(study)
-    remaining = max(0, (config.n_trials or 0) - done) if config.n_trials else None
+    todo = max(0, config.n_trials - len(counted(study))) if config.n_trials else None
     console.print(f"study {config.name!r} in {redact_url(config.storage)}: {done} trials "
-                  f"finished, {remaining if remaining is not None else 'unbounded'} to run")
-    if remaining == 0:
+                  f"finished, {'unbounded' if todo is None else todo} more to start "
+                  f"(worker {worker_id()})")
+    if not budget_left(study, config.n_trials):
         return study
     pipeline = _Pipeline(setup, study, tracker, console)
     started = time.perf_counter()
     count = [0]
 
     def report(study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get(SURPLUS_KEY):
+            return
         count[0] += 1
+        done = finished(study)
         elapsed = time.perf_counter() - started
         eta = ""
-        if remaining:
-            eta = f"  ETA {elapsed / count[0] * (remaining - count[0]) / 60:.1f} min"
-        if trial.state == TrialState.COMPLETE:
-            v = trial.user_attrs["values"]
-            ok = all(x <= 0 for x in trial.user_attrs.get("constraints", []))
-            text = (f"accuracy {v['accuracy']:.3f}  size {v['size'] / 1e3:.1f} kB  latency "
-                    f"{v['latency']:.2f} ms  [{trial.user_attrs['precision']}]"
-                    f"{'' if ok else '  (infeasible)'}")
-        else:
-            text = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("gate_accuracy", "")
-            if isinstance(text, float):
-                text = f"gate accuracy {text:.3f}"
-        states = {s.name: len(study.get_trials(deepcopy=False, states=(s,)))
-                  for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-        front = feasible_front(study, config.objectives)
-        best = max((t.user_attrs["values"]["accuracy"] for t in front), default=float("nan"))
-        console.print(f"trial {trial.number:>3} {trial.state.name:<8} {text}   "
-                      f"[dim]{count[0]}/{remaining or '∞'} this run, "
-                      f"{' '.join(f'{k.lower()} {n}' for k, n in states.items())}, "
-                      f"front {len(front)} (best accuracy {best:.3f}){eta}[/]")
+        if config.n_trials:
+            eta = f"  ETA {elapsed / count[0] * max(0, config.n_trials - done) / 60:.1f} min"
+        console.print(f"trial {trial.number:>3} {trial.state.name:<8} {_outcome(trial)}   "
+                      f"[dim]{done}/{config.n_trials or '∞'} done, {count[0]} by this worker, "
+                      f"{_states(study)}, {_front(study, config)}{eta}[/]")
         if tracker is not None:
             refresh_front(study, config, tracker, folder)
+        if not budget_left(study, config.n_trials):
+            study.stop()
 
-    study.optimize(pipeline, n_trials=remaining, timeout=config.timeout, catch=(Exception,),
-                   callbacks=[report], gc_after_trial=True)
-    if tracker is not None:
+    study.optimize(pipeline, timeout=config.timeout, catch=(Exception,), callbacks=[report],
+                   gc_after_trial=True)
+    if tracker is not None and not budget_left(study, config.n_trials):
         tracker.finish()
     return study
+
+
+def _check_device(config: StudyConfig, baseline: dict[str, Any], console: Console) -> None:
+    """Latencies compare only on the hardware that measured the baseline."""
+    here = fingerprint_key(device_fingerprint(None, config.threads))
+    theirs = fingerprint_key(baseline["fingerprint"])
+    if here == theirs:
+        return
+    if not config.allow_other_devices:
+        raise ValueError(
+            f"{config.path}: this worker's device ({here}) is not the one that measured the "
+            f"study's baseline ({theirs}); its latencies would not be comparable, so it "
+            f"refuses to score them. Run it on the study's device, or set [runtime] "
+            f"allow_other_devices = true if latency is compared elsewhere.")
+    console.print("[yellow]warning:[/] this worker's device differs from the one that measured "
+                  "the study's baseline; its latencies are not comparable to it "
+                  "([runtime] allow_other_devices = true).")
+
+
+def _outcome(trial: FrozenTrial) -> str:
+    if trial.state == TrialState.COMPLETE:
+        v = trial.user_attrs["values"]
+        ok = all(x <= 0 for x in trial.user_attrs.get("constraints", []))
+        return (f"accuracy {v['accuracy']:.3f}  size {v['size'] / 1e3:.1f} kB  latency "
+                f"{v['latency']:.2f} ms  [{trial.user_attrs['precision']}]"
+                f"{'' if ok else '  (infeasible)'}")
+    gate = trial.user_attrs.get("gate_accuracy")
+    if trial.user_attrs.get("fail_reason"):
+        return trial.user_attrs["fail_reason"]
+    return f"gate accuracy {gate:.3f}" if gate is not None else ""
+
+
+def _states(study: optuna.Study) -> str:
+    trials = counted(study)
+    return " ".join(f"{s.name.lower()} {sum(1 for t in trials if t.state == s)}"
+                    for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                              TrialState.RUNNING))
+
+
+def _front(study: optuna.Study, config: StudyConfig) -> str:
+    from search.pareto import feasible_front
+
+    front = feasible_front(study, config.objectives)
+    best = max((t.user_attrs["values"]["accuracy"] for t in front), default=float("nan"))
+    return f"front {len(front)} (best accuracy {best:.3f})"
 
 
 def _config_attrs(config: StudyConfig) -> dict[str, Any]:

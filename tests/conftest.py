@@ -73,5 +73,46 @@ def jacquard_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    """An untrained GG-CNN saved as a checkpoint: the base model of the tiny studies."""
+    import torch
+
+    from grasp.checkpoints import save_checkpoint
+    from grasp.models import get_model
+
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "base.pt", get_model("ggcnn"), "ggcnn",
+                           config={"train": {"pos_weight": 1.0}})
+
+
+@pytest.fixture
 def cornell_root(tmp_path: Path) -> Path:
     return write_cornell(tmp_path / "cornell")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A private PostgreSQL server for this test session. CI installs PostgreSQL, so there
+    its absence fails the tests instead of skipping them."""
+    import os
+
+    from servers import find_postgres, postgres_server
+
+    bin_dir = find_postgres()
+    if bin_dir is None:
+        message = "PostgreSQL is not installed (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with postgres_server(bin_dir) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``mlflow server`` with a PostgreSQL backend store, as the README sets it up."""
+    from servers import mlflow_server
+
+    backend = postgres_url.rsplit("/", 1)[0] + "/mlflow"
+    with mlflow_server(backend, tmp_path_factory.mktemp("mlflow") / "artifacts") as uri:
+        yield uri

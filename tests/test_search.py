@@ -5,11 +5,8 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
-from grasp.checkpoints import save_checkpoint
-from grasp.models import get_model
 from search.cli import main
 from search.config import StudyConfigError, load_study_config
 from search.study import load_study, run_study
@@ -55,13 +52,6 @@ artifacts_dir = "{tmp}/artifacts"
 uri = "sqlite:///{tmp}/mlflow.db"
 experiment = "tiny"
 """
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path / "base.pt", get_model("ggcnn"), "ggcnn",
-                           config={"train": {"pos_weight": 1.0}})
 
 
 def write_study(tmp_path: Path, checkpoint, data, **overrides) -> Path:
@@ -193,6 +183,17 @@ def test_constraints_mark_trials_infeasible(tmp_path, checkpoint, jacquard_root)
     ('"accuracy >= baseline - 1.0"', '"accuracy > 0.5"', r"constraints: each must read"),
     ('name = "tiny"', 'name = "my study!"', r"name: must be a non-empty name"),
     ("version = 1", "version = 2", r"version: must be 1, got 2"),
+    ("n_trials = 4", "n_trials = 0", r"\[search\] n_trials: must be an integer >= 1, got 0"),
+    ('storage = "sqlite', 'heartbeat_interval = 0\nstorage = "sqlite',
+     r"\[search\] heartbeat_interval: must be .* >= 1, got 0"),
+    ('storage = "sqlite', 'heartbeat_interval = 10\ngrace_period = 10\nstorage = "sqlite',
+     r"grace_period: must be .* > heartbeat_interval \(10\), got 10"),
+    ("runs = 3", 'runs = 3\nallow_other_devices = "yes"',
+     r"\[runtime\] allow_other_devices: must be true or false"),
+    ("runs = 3", "runs = 3\nthreads = 0", r"\[runtime\] threads: must be an integer >= 1, got 0"),
+    ("batch_size = 2", "batch_size = 2.5", r"\[recovery\] batch_size: .*2.5"),
+    ("[runtime]", "[trainer]\nlr = 1\n[runtime]", r"trainer"),
+    ("gate_margin = 0.2", "gate_margin = -2", r"\[recovery\] gate_margin"),
 ], ids=lambda v: None)
 def test_broken_study_files_are_rejected_before_any_work(tmp_path, checkpoint, jacquard_root,
                                                          fragment, replacement, message):
@@ -219,6 +220,38 @@ def test_missing_inputs_are_named(tmp_path, checkpoint, jacquard_root, capsys):
     err = capsys.readouterr().err
     assert "checkpoint: file not found" in err and "Traceback" not in err
     assert main(["pareto", str(tmp_path / "nope.toml")]) == 2
+
+
+@pytest.mark.parametrize(("storage", "message"), [
+    ("postgresql+psycopg2://ggopt:s3cret@127.0.0.1:1/ggopt", "cannot be opened: OperationalError"),
+    ("mongodb://127.0.0.1/ggopt", "cannot be opened: NoSuchModuleError"),
+    ("sqlite:////nonexistent/folder/optuna.db", "folder '/nonexistent/folder' is not found"),
+], ids=["unreachable", "unknown-database", "no-folder"])
+def test_unusable_storage_fails_at_once_without_leaking_secrets(tmp_path, checkpoint,
+                                                                 jacquard_root, capsys, storage,
+                                                                 message):
+    path = write_study(tmp_path, checkpoint, jacquard_root)
+    path.write_text(path.read_text().replace(f"sqlite:///{tmp_path}/optuna.db", storage))
+    assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "s3cret" not in err
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_corrupt_checkpoint_and_dataset_files_are_named(tmp_path, checkpoint, jacquard_root,
+                                                        capsys):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"\x00 not a checkpoint")
+    assert main(["search", str(write_study(tmp_path, broken, jacquard_root))]) == 2
+    err = capsys.readouterr().err
+    assert str(broken) in err and "not a readable checkpoint" in err
+    assert "weights_only" not in err  # torch's advice to unpickle an unknown file is not given
+    depth = sorted(jacquard_root.rglob("*_perfect_depth.tiff"))[-1]
+    depth.write_bytes(b"II* truncated")
+    assert main(["search", str(write_study(tmp_path, checkpoint, jacquard_root))]) == 2
+    err = capsys.readouterr().err
+    assert str(depth) in err and "Traceback" not in err
+    assert not (tmp_path / "artifacts").exists()  # refused before any trial or baseline
 
 
 def test_pareto_on_a_study_never_run_says_so(tmp_path, checkpoint, jacquard_root, capsys):

@@ -1,0 +1,138 @@
+"""Several workers on one study: PostgreSQL storage, an MLflow server, kill -9 recovery,
+the SQLite refusal and the device check. The workers are real `ggopt search` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from test_search import write_study
+
+from search.cli import main
+from search.config import load_study_config
+from search.study import load_study
+from search.workers import counted, finished, sqlite_worker_lock
+
+
+def distributed_study(tmp_path: Path, checkpoint, data, storage: str, tracking: str,
+                      name: str, n_trials: int, steps: int = 6) -> Path:
+    path = write_study(tmp_path, checkpoint, data, n_trials=n_trials, steps=steps)
+    text = path.read_text().replace('name = "tiny"', f'name = "{name}"', 1)
+    text = text.replace(f'storage = "sqlite:///{tmp_path}/optuna.db"',
+                        f'storage = "{storage}"\nheartbeat_interval = 1\ngrace_period = 3')
+    text = text.replace(f'uri = "sqlite:///{tmp_path}/mlflow.db"', f'uri = "{tracking}"')
+    assert storage in text and tracking in text
+    path.write_text(text)
+    return path
+
+
+def start_worker(path: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "search.cli", "search", str(path)],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=path.parent)
+
+
+def child_runs(tracking: str, study: optuna.Study) -> list:
+    client = MlflowClient(tracking)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    experiment = client.get_run(parent).info.experiment_id
+    return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'",
+                              max_results=1000)
+
+
+def test_two_workers_share_one_study_on_postgres(tmp_path, checkpoint, jacquard_root,
+                                                 postgres_url, mlflow_uri):
+    path = distributed_study(tmp_path, checkpoint, jacquard_root, postgres_url, mlflow_uri,
+                             "shared", n_trials=8)
+    workers = [start_worker(path, tmp_path / f"worker{i}.log") for i in range(2)]
+    for i, worker in enumerate(workers):
+        assert worker.wait(timeout=600) == 0, (tmp_path / f"worker{i}.log").read_text()
+    study = load_study(load_study_config(path))
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    # The budget is the study's, not each worker's: exactly 8, whatever the interleaving.
+    assert finished(study) == 8 and len(complete) + sum(
+        1 for t in counted(study) if t.state == TrialState.PRUNED) == 8
+    assert len({t.number for t in study.trials}) == len(study.trials)
+    assert len({t.user_attrs["worker"] for t in complete}) == 2, "one worker did nothing"
+    runs = child_runs(mlflow_uri, study)
+    by_trial = [r.data.tags["ggopt.trial"] for r in runs]
+    assert sorted(by_trial) == sorted(str(t.number) for t in counted(study))
+    assert all(r.info.status == "FINISHED" for r in runs
+               if r.data.tags["ggopt.state"] == "COMPLETE")
+
+
+def test_a_killed_worker_loses_nothing_and_its_trial_is_retried(
+        tmp_path, checkpoint, jacquard_root, postgres_url, mlflow_uri):
+    path = distributed_study(tmp_path, checkpoint, jacquard_root, postgres_url, mlflow_uri,
+                             "crash", n_trials=5, steps=30)
+    worker = start_worker(path, tmp_path / "first.log")
+    config = load_study_config(path)
+    deadline = time.monotonic() + 300
+    victim = None
+    while victim is None:
+        assert worker.poll() is None, (tmp_path / "first.log").read_text()
+        assert time.monotonic() < deadline, "no trial got under way"
+        time.sleep(0.2)
+        try:
+            study = load_study(config)
+        except ValueError:  # not created yet
+            continue
+        running = [t for t in study.get_trials(states=(TrialState.RUNNING,))
+                   if t.number >= 2 and t.user_attrs.get("mlflow_run_id")]
+        victim = running[0].number if running else None
+    done_before = {t.number: t.values for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    time.sleep(4)  # past the grace period: the dead worker's heartbeat is stale
+
+    restarted = start_worker(path, tmp_path / "second.log")
+    assert restarted.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()
+    study = load_study(config)
+    trials = {t.number: t for t in study.trials}
+    assert trials[victim].state == TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    # The retry runs the same point (what the victim had suggested before it died).
+    assert trials[victim].params.items() <= retries[0].params.items()
+    # Nothing finished was lost or run twice; the study ends with what was asked.
+    for number, values in done_before.items():
+        assert trials[number].state == TrialState.COMPLETE and trials[number].values == values
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
+    runs = {r.data.tags["ggopt.trial"]: r for r in child_runs(mlflow_uri, study)}
+    lost = runs[str(victim)]
+    assert lost.info.status == "FAILED" and "no heartbeat" in lost.data.tags["ggopt.fail_reason"]
+    assert runs[str(retries[0].number)].info.status == "FINISHED"
+
+
+def test_a_shared_sqlite_file_is_refused(tmp_path, checkpoint, jacquard_root, capsys):
+    path = write_study(tmp_path, checkpoint, jacquard_root)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    with sqlite_worker_lock(storage):  # as if another worker were running
+        assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "in use by a running ggopt worker" in err and "PostgreSQL" in err
+    assert "Traceback" not in err
+
+
+def test_a_worker_on_other_hardware_refuses_to_score_latency(tmp_path, checkpoint, jacquard_root,
+                                                              capsys):
+    path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=1)
+    assert main(["search", str(path)]) == 0
+    study = load_study(load_study_config(path))
+    baseline = study.user_attrs["baseline"]
+    baseline["fingerprint"] = {**baseline["fingerprint"], "cpu": "Cortex-A78AE (a Jetson)"}
+    study.set_user_attr("baseline", baseline)
+    capsys.readouterr()
+    assert main(["search", str(path), "--n-trials", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "Cortex-A78AE" in err and "allow_other_devices" in err
+    assert finished(load_study(load_study_config(path))) == 1  # nothing ran
+    path.write_text(path.read_text().replace("runs = 3", "runs = 3\nallow_other_devices = true"))
+    assert main(["search", str(path), "--n-trials", "2"]) == 0
+    assert "not comparable" in capsys.readouterr().err
