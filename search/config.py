@@ -68,6 +68,7 @@ class StudyConfig:
     knob_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     recovery_steps: int = 40
     recovery_batch_size: int = 4
+    recovery_crop: int = 0
     recovery_lr: float = 5e-4
     distill_weight: float = 0.5
     gate_steps: int = 0
@@ -237,6 +238,9 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
     nonneg = "must be an integer >= 0"
     steps = r.get("steps", int, 40, nonneg, lambda v: v >= 0)
     batch = r.get("batch_size", int, 4, "must be an integer >= 1", lambda v: v >= 1)
+    crop = r.get("crop", int, 0, f"must be 0 (whole images) or a multiple of 12 in [96, "
+                 f"output_size={output_size}]",
+                 lambda v: v == 0 or (v % 12 == 0 and 96 <= v <= output_size))
     lr = r.get("lr", float, 5e-4, "must be a number > 0", lambda v: v > 0)
     distill = r.get("distill_weight", float, 0.5, "must be in [0, 1]", lambda v: 0 <= v <= 1)
     gate_steps = r.get("gate_steps", int, 0, nonneg + " and < steps",
@@ -286,6 +290,7 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
         data_root=root, split=split, output_size=output_size, eval_images=eval_images,
         calibration_images=calibration, knobs=tuple(x for x in KNOBS if x in enabled),
         knob_options=options, recovery_steps=steps, recovery_batch_size=batch,
+        recovery_crop=crop,
         recovery_lr=lr, distill_weight=distill, gate_steps=gate_steps, gate_margin=gate_margin,
         objectives=tuple(names), constraints=parsed, runtime=runtime, device=device,
         threads=threads, warmup=warmup, runs=runs, allow_other_devices=other_devices,

@@ -29,11 +29,12 @@ from torch import nn
 from grasp.artifact import Artifact
 from grasp.checkpoints import load_checkpoint
 from grasp.data import load_dataset, split
-from grasp.train import TrainConfig, evaluate, predict_maps, train
+from grasp.train import evaluate, predict_maps
 from grasp.urls import redact_url
 from objectives import Context, count_macs, count_params, device_fingerprint, get_objective
 from objectives.latency import fingerprint_key
 from search.config import StudyConfig
+from search.recovery import RecoveryPool, recover
 from search.workers import (
     RUN_ID_KEY,
     SURPLUS_KEY,
@@ -67,6 +68,16 @@ class StudySetup:
     knobs: dict[str, Any]
     pos_weight: float = 1.0
     baseline: dict[str, Any] = field(default_factory=dict)
+    pool: RecoveryPool | None = None
+
+    def recovery_pool(self) -> RecoveryPool:
+        """Built on the first trial that needs recovery, then shared by all of them."""
+        if self.pool is None:
+            c = self.config
+            self.pool = RecoveryPool.build(self.train_data, self.base,
+                                           c.recovery_steps * c.recovery_batch_size,
+                                           c.recovery_crop or None, c.seed)
+        return self.pool
 
 
 def prepare(config: StudyConfig, console: Console | None = None) -> StudySetup:
@@ -159,11 +170,16 @@ def _changed(configs: dict[str, KnobConfig]) -> bool:
     return False
 
 
-def _measure(setup: StudySetup, artifact: Artifact) -> tuple[dict[str, float], dict[str, Any]]:
+def _measure(setup: StudySetup, artifact: Artifact, times: dict[str, float] | None = None
+             ) -> tuple[dict[str, float], dict[str, Any]]:
     c = setup.config
     ctx = Context(setup.eval_data, c.threads, c.warmup, c.runs)
-    values = {name: get_objective(name)(artifact, ctx)
-              for name in ("accuracy", "size", "latency")}
+    values = {}
+    for name in ("accuracy", "size", "latency"):
+        start = time.perf_counter()
+        values[name] = get_objective(name)(artifact, ctx)
+        if times is not None:
+            times[f"{name}_s"] = time.perf_counter() - start
     return values, ctx.details
 
 
@@ -269,13 +285,11 @@ class _Pipeline:
             if "precision" in self.setup.knobs:
                 artifact = self.setup.knobs["precision"].build(
                     model, configs["precision"], folder / "model.onnx",
-                    self.setup.calibration, c.output_size, c.device)
+                    self.setup.calibration, c.output_size, c.device, times)
             else:
                 artifact = _fp32(model, folder, c)
-            times["export_s"] = time.perf_counter() - start
-            start = time.perf_counter()
-            values, details = _measure(self.setup, artifact)
-            times["measure_s"] = time.perf_counter() - start
+            times["export_s"] = time.perf_counter() - start - times.get("calibration_s", 0.0)
+            values, details = _measure(self.setup, artifact, times)
             violations = [k.violation(values, self.baseline) for k in c.constraints]
             trial.set_user_attr("constraints", violations)
             for constraint, violation in zip(c.constraints, violations, strict=True):
@@ -316,11 +330,8 @@ class _Pipeline:
         start = time.perf_counter()
 
         def stage(steps: int, seed: int) -> None:
-            train(model, self.setup.train_data, None,
-                  TrainConfig(epochs=10_000, batch_size=c.recovery_batch_size, lr=c.recovery_lr,
-                              distill_weight=c.distill_weight, max_steps=steps,
-                              seed=seed, pos_weight=self.setup.pos_weight),
-                  teacher=self.setup.base, progress=False)
+            recover(model, self.setup.recovery_pool(), steps, c.recovery_batch_size,
+                    c.recovery_lr, c.distill_weight, self.setup.pos_weight, seed)
 
         done = 0
         if c.gate_steps:

@@ -14,6 +14,7 @@ really were quantized, so the upsample knob's sub-pixel rewrite is what lets int
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +59,9 @@ class _Calibration:
 
 def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
                    calibration: Sequence[torch.Tensor] = (), input_size: int = 300,
-                   device: str = "cpu") -> Artifact:
-    """Exports ``model`` at ``config.precision`` to ``path`` (an .onnx file)."""
+                   device: str = "cpu", timings: dict[str, float] | None = None) -> Artifact:
+    """Exports ``model`` at ``config.precision`` to ``path`` (an .onnx file); ``timings``
+    receives ``calibration_s``, the int8 calibration and quantization time."""
     if config.precision not in PRECISIONS:
         raise KnobError(f"precision: must be one of {', '.join(PRECISIONS)}, "
                         f"got {config.precision!r}.")
@@ -86,6 +88,7 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
             )
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
+            start = time.perf_counter()
             prepared = path.with_suffix(".pre.onnx")
             quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
             quantize_static(
@@ -95,6 +98,8 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
                 calibrate_method=CalibrationMethod.MinMax,
             )
             prepared.unlink(missing_ok=True)
+            if timings is not None:
+                timings["calibration_s"] = time.perf_counter() - start
     finally:
         fp32.unlink(missing_ok=True)
     return Artifact(path, precision=config.precision, input_size=input_size, device=device)
@@ -160,10 +165,10 @@ class PrecisionKnob:
 
     def build(self, model: nn.Module, config: PrecisionConfig, path: str | Path,
               calibration: Sequence[torch.Tensor] = (), input_size: int = 300,
-              device: str = "cpu") -> Artifact:
+              device: str = "cpu", timings: dict[str, float] | None = None) -> Artifact:
         self.apply(model, config)
         try:
-            return build_artifact(model, config, path, calibration, input_size, device)
+            return build_artifact(model, config, path, calibration, input_size, device, timings)
         except (ArtifactError, KnobError):
             raise
         except Exception as error:  # exporters and quantizers raise untyped errors

@@ -194,6 +194,7 @@ def test_constraints_mark_trials_infeasible(tmp_path, checkpoint, jacquard_root)
     ("batch_size = 2", "batch_size = 2.5", r"\[recovery\] batch_size: .*2.5"),
     ("[runtime]", "[trainer]\nlr = 1\n[runtime]", r"trainer"),
     ("gate_margin = 0.2", "gate_margin = -2", r"\[recovery\] gate_margin"),
+    ("batch_size = 2", "batch_size = 2\ncrop = 100", r"\[recovery\] crop: must be 0 .* got 100"),
 ], ids=lambda v: None)
 def test_broken_study_files_are_rejected_before_any_work(tmp_path, checkpoint, jacquard_root,
                                                          fragment, replacement, message):

@@ -1,0 +1,84 @@
+"""What a trial costs: time per stage and trials per hour for a study file, measured by
+running it (into a scratch storage, artifacts folder and MLflow store, so nothing of yours
+is touched).
+
+    python benchmarks/trial_cost.py studies/quickstart.toml [--trials 12] [--data data/sim]
+
+Stages, as each trial records them: apply (the structural knobs), recovery (distillation,
+with the gate), export (ONNX), calibration (int8 calibration and quantization), accuracy,
+size, latency; "other" is the rest of the trial's wall time (sampling, tracking, storage).
+Trials per hour counts finished trials over the optimisation's wall time, and again with
+the one-off setup (data check, baseline measurement) included. Target (issue 7): >= 60
+trials/hour for the quick-start study on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.table import Table
+
+from objectives import device_fingerprint
+from search.config import load_study_config
+from search.study import run_study
+
+STAGES = ("apply_s", "recovery_s", "export_s", "calibration_s", "accuracy_s", "size_s",
+          "latency_s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", help="study file (TOML)")
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--data", default=None, help="dataset folder (overrides the file)")
+    args = parser.parse_args()
+    console = Console(width=120)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load_study_config(args.study, {
+            "n_trials": args.trials, "data_root": args.data,
+            "storage": f"sqlite:///{tmp}/optuna.db", "artifacts_dir": f"{tmp}/artifacts",
+            "tracking_uri": f"sqlite:///{tmp}/mlflow.db", "timeout": None})
+        start = time.perf_counter()
+        study = run_study(config, Console(stderr=True, quiet=True))
+        total = time.perf_counter() - start
+    trials = [t for t in study.trials if t.state in (
+        TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+    walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
+    first = min(t.datetime_start for t in trials)
+    last = max(t.datetime_complete for t in trials)
+    optimise = (last - first).total_seconds()
+
+    table = Table(title=f"{config.name}: {len(trials)} trials "
+                        f"({sum(t.state == TrialState.COMPLETE for t in trials)} complete, "
+                        f"{sum(t.state == TrialState.PRUNED for t in trials)} pruned by the gate)")
+    for column in ("stage", "median s", "mean s", "max s", "share of trial time"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    whole = sum(walls)
+    accounted = 0.0
+    for stage in STAGES:
+        values = [t.user_attrs.get("times", {}).get(stage, 0.0) for t in trials]
+        accounted += sum(values)
+        table.add_row(stage.removesuffix("_s"), f"{statistics.median(values):.2f}",
+                      f"{statistics.fmean(values):.2f}", f"{max(values):.2f}",
+                      f"{sum(values) / whole:.0%}")
+    other = [w - sum(t.user_attrs.get("times", {}).get(s, 0.0) for s in STAGES)
+             for w, t in zip(walls, trials, strict=True)]
+    table.add_row("other", f"{statistics.median(other):.2f}", f"{statistics.fmean(other):.2f}",
+                  f"{max(other):.2f}", f"{(whole - accounted) / whole:.0%}")
+    table.add_row("[bold]trial[/]", f"{statistics.median(walls):.2f}",
+                  f"{statistics.fmean(walls):.2f}", f"{max(walls):.2f}", "100%")
+    console.print(table)
+    fp = device_fingerprint(None, config.threads)
+    console.print(f"trials/hour: {len(trials) / optimise * 3600:.0f} while optimising, "
+                  f"{len(trials) / total * 3600:.0f} including setup ({total - optimise:.0f} s: "
+                  f"data check, baseline)   [{fp['cpu']}, {fp['cores']} cores, "
+                  f"{config.threads} thread(s) for latency]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Recovery: the cached teacher pool and the distillation steps a trial pays for."""
+
+import copy
+
+import pytest
+import torch
+
+from grasp.data import load_dataset
+from grasp.models import get_model
+from grasp.train import distillation_loss
+from search.recovery import RecoveryPool, recover
+
+
+@pytest.fixture
+def train_data(jacquard_root):
+    dataset = load_dataset("jacquard", jacquard_root, output_size=96)
+    return dataset.subset(range(len(dataset)), augment=True)
+
+
+def test_the_pool_holds_crops_with_the_teachers_outputs_on_them(train_data):
+    torch.manual_seed(0)
+    teacher = get_model("ggcnn").eval()
+    pool = RecoveryPool.build(train_data, teacher, samples=6, crop=48, seed=1)
+    assert pool.x.shape == (6, 1, 48, 48) and pool.y.shape == pool.taught.shape == (6, 4, 48, 48)
+    with torch.no_grad():
+        again = torch.cat(teacher(pool.x[:2]), dim=1)
+    torch.testing.assert_close(pool.taught[:2], again)  # targets are the teacher's, on the crop
+    same = RecoveryPool.build(train_data, teacher, samples=6, crop=48, seed=1)
+    assert torch.equal(same.x, pool.x)  # seeded: every worker and trial sees the same pool
+    with pytest.raises(ValueError, match=r"crop: must be in \(0, 96\], got 120"):
+        RecoveryPool.build(train_data, teacher, samples=2, crop=120)
+
+
+def test_recovery_moves_the_student_towards_the_teacher(train_data):
+    torch.manual_seed(0)
+    teacher = get_model("ggcnn").eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pool = RecoveryPool.build(train_data, teacher, samples=8, seed=0)
+
+    def gap() -> float:
+        with torch.no_grad():
+            return distillation_loss(student(pool.x), pool.taught.split(1, dim=1)).item()
+
+    before = gap()
+    recover(student, pool, steps=15, batch_size=4, lr=1e-3, distill_weight=1.0)
+    assert gap() < 0.7 * before
+    assert not student.training
