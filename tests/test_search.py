@@ -219,7 +219,7 @@ def test_missing_inputs_are_named(tmp_path, checkpoint, jacquard_root, capsys):
     path = write_study(tmp_path, tmp_path / "missing.pt", jacquard_root)
     assert main(["search", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "checkpoint: file not found" in err and "Traceback" not in err
+    assert "[model] checkpoint: file not found" in err and "Traceback" not in err
     assert main(["pareto", str(tmp_path / "nope.toml")]) == 2
 
 
