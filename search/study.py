@@ -395,9 +395,9 @@ def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: C
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
     done = finished(study)
-    todo = max(0, config.n_trials - len(counted(study))) if config.n_trials else None
+    todo = max(0, config.n_trials - done) if config.n_trials else None
     console.print(f"study {config.name!r} in {redact_url(config.storage)}: {done} trials "
-                  f"finished, {'unbounded' if todo is None else todo} more to start "
+                  f"finished, {'unbounded' if todo is None else todo} to go "
                   f"(worker {worker_id()})")
     if not budget_left(study, config.n_trials):
         return study
