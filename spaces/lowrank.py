@@ -58,8 +58,11 @@ def tucker2(layer: nn.Conv2d | nn.ConvTranspose2d, rank_in: int, rank_out: int
     in_c, out_c = layer.in_channels, layer.out_channels
     # Modes (in, out) of a transposed weight [in, out, k, k]; (out, in) of a conv's.
     ranks = [rank_in, rank_out] if transposed else [rank_out, rank_in]
-    (core, (first, second)), _ = partial_tucker(weight, rank=ranks, modes=[0, 1], init="svd",
-                                                n_iter_max=100, tol=1e-8, random_state=0)
+    with warnings.catch_warnings():  # a rank above a k x k unfolding's size: tensorly pads
+        warnings.simplefilter("ignore", UserWarning)
+        (core, (first, second)), _ = partial_tucker(weight, rank=ranks, modes=[0, 1],
+                                                    init="svd", n_iter_max=100, tol=1e-8,
+                                                    random_state=0)
     u_in, u_out = (first, second) if transposed else (second, first)
     k = layer.kernel_size
     reduce = _conv(in_c, rank_in, (1, 1), u_in.T[:, :, None, None])
