@@ -95,6 +95,10 @@ def prepare(config: StudyConfig, console: Console | None = None) -> StudySetup:
     # int8 calibration uses training images only, never the images accuracy is scored on.
     calibration = [dataset.item(i)[0] for i in parts["train"][:config.calibration_images]]
     knobs = {name: get_knob(name, **config.knob_options.get(name, {})) for name in config.knobs}
+    if "prune" in knobs:  # fixed, un-augmented training images for Taylor importance
+        items = [dataset.item(i) for i in parts["train"][:8]]
+        knobs["prune"].examples = (torch.stack([x for x, _, _ in items]),
+                                   torch.stack([y for _, y, _ in items]))
     trained = checkpoint.config.get("train", {}) if isinstance(checkpoint.config, dict) else {}
     console.print(f"[bold]{config.name}[/]: {config.model} from {checkpoint.path}; "
                   f"{len(parts['train'])} train / {len(val)} held-out images; knobs "

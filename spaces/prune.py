@@ -3,6 +3,10 @@
 DepGraph removes each pruned output channel everywhere it is coupled (the next layer's
 inputs, transposed convs included), so the result is a physically smaller dense model, not
 a masked one. The four 1-channel heads are never pruned: their outputs are the grasp maps.
+
+Importance: weight magnitude (L1, L2), or first-order Taylor (|weight x gradient|) when the
+knob holds example training images: the gradient of the GG-CNN loss on those fixed images,
+so ``apply`` still depends only on (model, config).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from spaces.base import KnobConfig, KnobError, copy_model, layers_of, register_k
 
 __all__ = ["CRITERIA", "PruneConfig", "PruneKnob"]
 
-CRITERIA = ("l1", "l2")
+CRITERIA = ("l1", "l2", "taylor")
 ROUND_TO = (1, 4, 8)
 MAX_RATIO = 0.9
 
@@ -44,6 +48,8 @@ class PruneConfig(KnobConfig):
 
 
 def _importance(criterion: str) -> tp.importance.Importance:
+    if criterion == "taylor":
+        return tp.importance.GroupTaylorImportance()
     return tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
 
 
@@ -58,6 +64,12 @@ class PruneKnob:
             raise KnobError(f"prune: `0 < max_ratio < 1` must hold, but got {max_ratio!r}.")
         self.max_ratio = max_ratio
         self.exclude = tuple(exclude)
+        #: (inputs [B,1,S,S], target maps [B,4,S,S]) for Taylor importance; None: magnitude only.
+        self.examples: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def criteria(self) -> tuple[str, ...]:
+        return CRITERIA if self.examples is not None else CRITERIA[:2]
 
     def layers(self, model: nn.Module) -> list[str]:
         """Plain convolutions outside the heads (layers rewritten by earlier knobs are
@@ -68,7 +80,7 @@ class PruneKnob:
         ratios = tuple((layer, trial.suggest_float(f"prune.{layer}.ratio", 0.0, self.max_ratio,
                                                    step=0.05))
                        for layer in self.layers(model))
-        criterion = trial.suggest_categorical("prune.criterion", CRITERIA)
+        criterion = trial.suggest_categorical("prune.criterion", self.criteria)
         round_to = trial.suggest_categorical("prune.round_to", ROUND_TO)
         return PruneConfig(ratios, criterion, round_to)
 
@@ -78,9 +90,11 @@ class PruneKnob:
             str(params["prune.criterion"]), int(params["prune.round_to"]))
 
     def apply(self, model: nn.Module, config: PruneConfig) -> nn.Module:
-        if config.criterion not in CRITERIA:
-            raise KnobError(f"prune.criterion: must be one of {CRITERIA}, got "
-                            f"{config.criterion!r}.")
+        if config.criterion not in self.criteria:
+            raise KnobError(f"prune.criterion: must be one of {self.criteria}, got "
+                            f"{config.criterion!r}" + (" (taylor needs example images)" if
+                                                       config.criterion == "taylor" else "")
+                            + ".")
         if config.round_to < 1:
             raise KnobError(f"prune.round_to: `round_to >= 1` must hold, got {config.round_to}.")
         children = dict(model.named_children())
@@ -106,7 +120,14 @@ class PruneKnob:
             round_to=config.round_to if config.round_to > 1 else None,
             output_transform=lambda out: sum(o.sum() for o in out),
         )
+        if config.criterion == "taylor":
+            from grasp.train import ggcnn_loss
+
+            x, y = self.examples
+            pruned.zero_grad(set_to_none=True)
+            ggcnn_loss(pruned(x), y).backward()
         pruner.step()
+        pruned.zero_grad(set_to_none=True)
         for (layer, ratio), module in zip(config.ratios, ratio_of, strict=True):
             if module.out_channels < 1:
                 raise KnobError(f"prune.{layer}.ratio: {ratio} leaves no channel.")

@@ -180,3 +180,24 @@ def test_int8_needs_calibration_images(tmp_path):
     with pytest.raises(KnobError, match="calibration"):
         get_knob("precision").build(get_model("ggcnn"), PrecisionConfig("int8"),
                                     tmp_path / "a.onnx", input_size=SIZE)
+
+
+def test_taylor_importance_prunes_what_does_not_matter_where_magnitude_would_not():
+    torch.manual_seed(0)
+    model = get_model("ggcnn").eval()
+    with torch.no_grad():
+        model.conv1.weight[0] *= 100  # the largest channel by far...
+        model.conv2.weight[:, 0] = 0  # ...which nothing downstream reads
+    loud = model.conv1.weight[0].abs().max().item()
+    knob = get_knob("prune")
+    with pytest.raises(KnobError, match="taylor needs example images"):
+        knob.apply(model, PruneConfig((("conv1", 0.05),), criterion="taylor"))
+    knob.examples = (torch.randn(2, 1, 96, 96), torch.rand(2, 4, 96, 96))
+
+    def kept_loud_channel(criterion: str) -> bool:
+        pruned = knob.apply(model, PruneConfig((("conv1", 0.05),), criterion=criterion))
+        assert pruned.conv1.out_channels < 32
+        return pruned.conv1.weight.abs().max().item() == pytest.approx(loud)
+
+    assert kept_loud_channel("l2")
+    assert not kept_loud_channel("taylor")
