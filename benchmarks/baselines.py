@@ -40,6 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--sim-scenes", type=int, default=100)
+    parser.add_argument("--checkpoints", nargs="+", default=None,
+                        help="checkpoints to score (default: the shipped ones)")
     args = parser.parse_args()
     console = Console()
     dataset = JacquardDataset(args.dataset)
@@ -48,13 +50,13 @@ def main() -> None:
                         f"{args.sim_scenes} simulated scenes")
     for col in ("model", "params", "IoU-match accuracy", "simulated grasp success (95% CI)"):
         table.add_column(col)
-    for path in sorted(SHIPPED.glob("*.pt")):
+    for path in args.checkpoints or sorted(SHIPPED.glob("*.pt")):
         ckpt = load_checkpoint(path)
         params = sum(p.numel() for p in ckpt.model.parameters())
         accuracy = evaluate(predict_maps(ckpt.model), test)
         success = evaluate_in_sim(model_policy(predict_maps(ckpt.model)), args.sim_scenes,
                                   progress=True)
-        table.add_row(ckpt.model_name, f"{params:,}", f"{accuracy:.1%}", str(success))
+        table.add_row(f"{ckpt.model_name} ({path})", f"{params:,}", f"{accuracy:.1%}", str(success))
     table.add_row("image centre / random grasp", "0",
                   f"{evaluate(centre_predictor(dataset.output_size), test):.1%}",
                   str(evaluate_in_sim(random_policy(0), args.sim_scenes)))
