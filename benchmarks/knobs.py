@@ -46,9 +46,11 @@ def variants(name: str) -> dict[str, tuple[torch.nn.Module, str]]:
         "subpixel + int8": (sub, "int8"),
         "fp16": (base, "fp16"),
     }
-    for ratio in (0.25, 0.5, 0.75):
-        pruned = prune.apply(sub, PruneConfig(tuple((layer, ratio) for layer in
-                                                    prune.layers(sub))))
+    for ratio in (0.25, 0.5, 0.75):  # the study's order: prune, then the exact rewrite
+        pruned = prune.apply(base, PruneConfig(tuple((layer, ratio) for layer in
+                                                     prune.layers(base))))
+        pruned = up.apply(pruned, UpsampleConfig(tuple((layer, "subpixel")
+                                                       for layer in up.layers(pruned))))
         out[f"subpixel + prune {ratio:.0%}"] = (pruned, "fp32")
         out[f"subpixel + prune {ratio:.0%} + int8"] = (pruned, "int8")
     out["depthwise all"] = (dw.apply(base, DepthwiseConfig(tuple(dw.layers(base)))), "fp32")

@@ -1,6 +1,6 @@
 """The Optuna study: sampler, storage, the trial pipeline, constraints, failures.
 
-A trial: the knobs suggest and apply in order (upsample -> depthwise -> lowrank -> prune) to
+A trial: the knobs suggest and apply in order (prune -> upsample -> depthwise -> lowrank) to
 a copy of the base model; recovery fine-tunes the student by distillation from the base
 model (with an early gate that prunes hopeless trials); precision builds the artifact; each
 objective measures that artifact. Constraints are Optuna constraints (violation > 0 is

@@ -201,3 +201,18 @@ def test_taylor_importance_prunes_what_does_not_matter_where_magnitude_would_not
 
     assert kept_loud_channel("l2")
     assert not kept_loud_channel("taylor")
+
+
+def test_pruning_then_the_subpixel_rewrite_shrinks_the_decoders_too():
+    from objectives import count_macs
+    from spaces.upsample import UpsampleConfig
+
+    model = get_model("ggcnn").eval()
+    assert ORDER.index("prune") < ORDER.index("upsample")
+    prune, up = get_knob("prune"), get_knob("upsample")
+    pruned = prune.apply(model, PruneConfig(tuple((n, 0.5) for n in prune.layers(model))))
+    both = up.apply(pruned, UpsampleConfig(tuple((n, "subpixel") for n in up.layers(pruned))))
+    x = torch.randn(1, 1, 96, 96)
+    torch.testing.assert_close(both(x), pruned(x), atol=1e-5, rtol=1e-4)  # rewrite is exact
+    # Half the channels on both sides of every layer: about a quarter of the MACs.
+    assert count_macs(both, 300) < 0.35 * count_macs(model, 300)
