@@ -25,6 +25,7 @@ from rich.table import Table
 
 from objectives import device_fingerprint
 from search.config import load_study_config
+from search.pareto import front_table
 from search.study import run_study
 
 STAGES = ("apply_s", "recovery_s", "export_s", "calibration_s", "accuracy_s", "size_s",
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--data", default=None, help="dataset folder (overrides the file)")
     args = parser.parse_args()
-    console = Console(width=120)
+    console = Console(width=130)
     with tempfile.TemporaryDirectory() as tmp:
         config = load_study_config(args.study, {
             "n_trials": args.trials, "data_root": args.data,
@@ -73,6 +74,7 @@ def main() -> None:
     table.add_row("[bold]trial[/]", f"{statistics.median(walls):.2f}",
                   f"{statistics.fmean(walls):.2f}", f"{max(walls):.2f}", "100%")
     console.print(table)
+    console.print(front_table(study, config.objectives))
     fp = device_fingerprint(None, config.threads)
     console.print(f"trials/hour: {len(trials) / optimise * 3600:.0f} while optimising, "
                   f"{len(trials) / total * 3600:.0f} including setup ({total - optimise:.0f} s: "
