@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from grasp.train import distillation_loss, ggcnn_loss
+from grasp.train import distillation_loss, ggcnn_loss, predict_maps
 
 __all__ = ["RecoveryPool", "recover"]
 
@@ -53,10 +53,8 @@ class RecoveryPool:
                 xs.append(x[..., r:r + c, k:k + c])
                 ys.append(y[..., r:r + c, k:k + c])
         x, y = torch.stack(xs), torch.stack(ys)
-        teacher.eval()
-        with torch.no_grad():
-            taught = torch.cat([torch.cat(teacher(x[i:i + 16]), dim=1)
-                                for i in range(0, len(x), 16)])
+        predict = predict_maps(teacher.eval())
+        taught = torch.cat([predict(x[i:i + 16]) for i in range(0, len(x), 16)])
         return cls(x, y, taught)
 
     def __len__(self) -> int:

@@ -97,7 +97,7 @@ def open_storage(url: str, heartbeat_interval: int = 30, grace_period: int = 120
 
 @contextlib.contextmanager
 def _schema_lock(url: str) -> Iterator[None]:
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
     from sqlalchemy.pool import NullPool
 
@@ -106,15 +106,25 @@ def _schema_lock(url: str) -> Iterator[None]:
         return
     engine = create_engine(url, poolclass=NullPool)
     try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
-            try:
-                yield
-            finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK})
-                connection.commit()
+        with _advisory_lock(engine, SCHEMA_LOCK):
+            yield
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def _advisory_lock(engine, key: int) -> Iterator[None]:
+    """A PostgreSQL session-level advisory lock: released when the connection closes, so a
+    crashed worker never holds it."""
+    from sqlalchemy import text
+
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -159,21 +169,12 @@ def sqlite_worker_lock(url: str) -> Iterator[None]:
 @contextlib.contextmanager
 def setup_lock(storage: RDBStorage, study_name: str) -> Iterator[None]:
     """On PostgreSQL, one worker at a time creates the study, measures the baseline and opens
-    the MLflow parent run; the others wait, then find them done. The lock is a session-level
-    advisory lock, released when the connection closes, so a crashed worker never holds it."""
+    the MLflow parent run; the others wait, then find them done."""
     if storage.engine.dialect.name != "postgresql":
         yield
         return
-    from sqlalchemy import text
-
-    key = zlib.crc32(f"ggopt:{study_name}".encode())
-    with storage.engine.connect() as connection:
-        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        try:
-            yield
-        finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-            connection.commit()
+    with _advisory_lock(storage.engine, zlib.crc32(f"ggopt:{study_name}".encode())):
+        yield
 
 
 def counted(study: optuna.Study) -> list[FrozenTrial]:
