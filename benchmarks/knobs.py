@@ -1,11 +1,12 @@
 """Latency, size and MACs of GG-CNN under each knob, measured side by side in one run.
 
     python benchmarks/knobs.py [--model ggcnn] [--rounds 5] [--runs 40]
+                               [--runtimes onnxruntime torch]
 
-Every variant is exported to its deployable ONNX artifact first; then the artifacts are
-timed round-robin (interleaved, 1 thread, batch 1, 300x300), so background load hits all of
-them alike. Torch eager rows (channels_last, heads fused) are the reference of the other
-runtime a user might ship. Untrained weights: speed and size do not depend on them.
+Every variant is built as its deployable artifact on each runtime first (ONNX file; torch
+.pt2: eager channels_last program, or PT2E int8 compiled by AOTInductor); then all artifacts
+are timed round-robin (interleaved, 1 thread, batch 1, 300x300), so background load hits all
+of them alike. Untrained weights: speed and size do not depend on them.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from grasp.artifact import deployable
+from grasp.artifact import RUNTIMES
 from grasp.models import get_model
 from objectives import count_macs, device_fingerprint
 from objectives.latency import measure_latency
@@ -60,61 +60,48 @@ def variants(name: str) -> dict[str, tuple[torch.nn.Module, str]]:
     return out
 
 
-def eager_ms(model: torch.nn.Module, runs: int) -> float:
-    net = deployable(model).to(memory_format=torch.channels_last)
-    x = torch.randn(1, 1, 300, 300).to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        for _ in range(5):
-            net(x)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            net(x)
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ggcnn")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    console = Console(width=140)
+    console = Console(width=150)
     calibration = [torch.rand(1, 300, 300) * 0.05 for _ in range(8)]
     precision = get_knob("precision")
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, (model, prec)) in enumerate(variants(args.model).items()):
-            artifact = precision.build(model, PrecisionConfig(prec), Path(tmp) / f"{i}.onnx",
-                                       calibration)
-            rows[label] = {"artifact": artifact, "macs": count_macs(model), "medians": [],
-                           "size": artifact.size_bytes, "precision": artifact.precision,
-                           "cvs": [], "model": model}
-        for _ in range(args.rounds):  # interleaved: every variant once per round
+            for runtime in args.runtimes:
+                artifact = precision.build(model, PrecisionConfig(prec), Path(tmp) / f"{i}",
+                                           calibration, runtime=runtime)
+                rows[label, runtime] = {"artifact": artifact, "macs": count_macs(model),
+                                        "size": artifact.size_bytes, "medians": [], "cvs": []}
+        for _ in range(args.rounds):  # interleaved: every artifact once per round
             for row in rows.values():
                 result = measure_latency(row["artifact"], threads=1, warmup=3, runs=args.runs)
                 row["medians"].append(result.median_ms)
                 row["cvs"].append(result.cv)
-        eager = {label: eager_ms(rows[label]["model"], args.runs * 2)
-                 for label in ("uncompressed", "upsample=subpixel (exact)")}
-    base = statistics.median(rows["uncompressed"]["medians"])
-    best_base = min(base, statistics.median(rows["upsample=subpixel (exact)"]["medians"]))
-    table = Table(title=f"{args.model}: ONNX Runtime CPU, 1 thread, batch 1, 300x300 "
-                        f"({args.rounds} interleaved rounds x {args.runs} runs)")
-    for col in ("variant", "precision", "median ms", "CV", "vs uncompressed", "vs best exact",
-                "size kB", "MMACs"):
-        table.add_column(col, justify="right" if col != "variant" else "left")
-    for label, row in rows.items():
-        median = statistics.median(row["medians"])
-        table.add_row(label, row["precision"], f"{median:.2f}",
-                      f"{statistics.median(row['cvs']):.1%}", f"{base / median:.2f}x",
+    medians = {key: statistics.median(row["medians"]) for key, row in rows.items()}
+    naive = medians["uncompressed", args.runtimes[0]]
+    best_base = min(medians[label, rt] for label in ("uncompressed", "upsample=subpixel (exact)")
+                    for rt in args.runtimes)
+    table = Table(title=f"{args.model}: CPU, 1 thread, batch 1, 300x300 ({args.rounds} "
+                        f"interleaved rounds x {args.runs} runs)")
+    for col in ("variant", "runtime", "precision", "median ms", "CV",
+                f"vs uncompressed {args.runtimes[0]}", "vs best exact", "size kB", "MMACs"):
+        table.add_column(col, justify="left" if col in ("variant", "runtime") else "right")
+    for (label, runtime), row in rows.items():
+        median = medians[label, runtime]
+        table.add_row(label, runtime, row["artifact"].precision, f"{median:.2f}",
+                      f"{statistics.median(row['cvs']):.1%}", f"{naive / median:.2f}x",
                       f"{best_base / median:.2f}x", f"{row['size'] / 1e3:.1f}",
                       f"{row['macs'] / 1e6:.0f}")
     console.print(table)
-    for label, ms in eager.items():
-        console.print(f"torch eager channels_last, heads fused, {label}: {ms:.2f} ms")
+    console.print(f"best exact baseline: {best_base:.2f} ms (uncompressed, plain or sub-pixel, "
+                  "fastest runtime)")
     fp = device_fingerprint()
     console.print(f"machine: {fp['cpu']}, {fp['cores']} cores, onnxruntime "
                   f"{fp['runtime_version']}, torch {torch.__version__}")

@@ -74,7 +74,7 @@ def main() -> None:
     console = Console(width=120)
     console.print(table)
     rho = spearmanr(recorded, again).statistic
-    fp = device_fingerprint(None, config.threads)
+    fp = device_fingerprint(None, config.threads, config.runtime, config.device)
     console.print(f"Spearman rank correlation, study vs re-measured: {rho:.3f} (target >= 0.95); "
                   f"CV across rounds: median {statistics.median(cvs):.1%}, max {max(cvs):.1%} "
                   f"(target <= 3 %); artifacts within 3 %: "

@@ -75,7 +75,7 @@ def main() -> None:
                   f"{statistics.fmean(walls):.2f}", f"{max(walls):.2f}", "100%")
     console.print(table)
     console.print(front_table(study, config.objectives))
-    fp = device_fingerprint(None, config.threads)
+    fp = device_fingerprint(None, config.threads, config.runtime, config.device)
     console.print(f"trials/hour: {len(trials) / optimise * 3600:.0f} while optimising, "
                   f"{len(trials) / total * 3600:.0f} including setup ({total - optimise:.0f} s: "
                   f"data check, baseline)   [{fp['cpu']}, {fp['cores']} cores, "

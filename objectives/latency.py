@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
-from grasp.artifact import INPUT_NAME, OUTPUT_NAME, Artifact
+from grasp.artifact import Artifact, torch_threads
 from objectives.base import Context, register_objective
 
 __all__ = ["Latency", "LatencyResult", "device_fingerprint", "measure_latency"]
@@ -34,18 +35,26 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def device_fingerprint(artifact: Artifact | None = None, threads: int = 1) -> dict[str, Any]:
-    """What a latency number depends on: CPU model and cores, runtime, versions, threads."""
-    import onnxruntime as ort
+def device_fingerprint(artifact: Artifact | None = None, threads: int = 1,
+                       runtime: str = "onnxruntime", device: str = "cpu") -> dict[str, Any]:
+    """What a latency number depends on: CPU model and cores, runtime, versions, threads
+    (runtime and device from ``artifact`` when given)."""
+    if artifact is not None:
+        runtime, device = artifact.runtime, artifact.device
+    if runtime == "torch":
+        version = torch.__version__
+    else:
+        import onnxruntime as ort
 
+        version = ort.__version__
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "machine": platform.machine(),
         "system": platform.system(),
-        "runtime": artifact.runtime if artifact else "onnxruntime",
-        "runtime_version": ort.__version__,
-        "device": artifact.device if artifact else "cpu",
+        "runtime": runtime,
+        "runtime_version": version,
+        "device": device,
         "threads": threads,
     }
 
@@ -74,17 +83,15 @@ def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs
     if runs < 3 or warmup < 0 or threads < 1:
         raise ValueError(f"`runs >= 3, warmup >= 0, threads >= 1` must hold, but got "
                          f"{runs=}, {warmup=}, {threads=}.")
-    session = artifact.session(threads)
-    rng = np.random.default_rng(0)
-    feed = {INPUT_NAME: rng.standard_normal(
-        (1, 1, artifact.input_size, artifact.input_size)).astype(np.float32) * 0.01}
-    for _ in range(warmup):
-        session.run([OUTPUT_NAME], feed)
+    run = artifact.timed_call(threads)
     times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run([OUTPUT_NAME], feed)
-        times.append((time.perf_counter() - start) * 1e3)
+    with torch_threads(threads):
+        for _ in range(warmup):  # also where a torch int8 program is compiled
+            run()
+        for _ in range(runs):
+            start = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - start) * 1e3)
     mean = statistics.fmean(times)
     return LatencyResult(
         median_ms=statistics.median(times),

@@ -304,8 +304,28 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
             fields[key] = value
     _check_storage(path, "[search] storage", fields["storage"])
     config = StudyConfig(**fields)
+    _check_runtime(config)
     _check_inputs(config)
     return config
+
+
+def _check_runtime(config: StudyConfig) -> None:
+    """torch int8 needs torchao (PT2E) and a C++ compiler (AOTInductor): say so up front."""
+    import importlib.util
+    import shutil
+
+    if config.runtime != "torch" or "precision" not in config.knobs:
+        return
+    precisions = config.knob_options.get("precision", {}).get("precisions", PRECISIONS)
+    if "int8" not in precisions:
+        return
+    where = f"{config.path}: [knobs.precision] precisions"
+    if importlib.util.find_spec("torchao") is None:
+        raise StudyConfigError(f"{where}: int8 on [runtime] name = 'torch' needs torchao "
+                               "(pip install torchao), which is not installed.")
+    if not (shutil.which("c++") or shutil.which("g++")):
+        raise StudyConfigError(f"{where}: int8 on [runtime] name = 'torch' is compiled by "
+                               "AOTInductor, which needs a C++ compiler (c++ or g++) on PATH.")
 
 
 _KNOB_OPTIONS: dict[str, dict[str, tuple[type, str, Any]]] = {

@@ -169,15 +169,18 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
     fp = trial.user_attrs.get("fingerprint", {})
     card = [
         f"# {study.study_name} — trial {number}", "",
-        f"Model `{config.model}` compressed by ggopt; file `model.onnx` "
-        f"({trial.user_attrs.get('precision')}, input `depth` [B,1,{config.output_size},"
-        f"{config.output_size}], output `maps` [B,4,...]: quality, cos 2θ, sin 2θ, width/150).",
+        f"Model `{config.model}` compressed by ggopt; file `{model_path.name}` for "
+        f"{config.runtime} ({trial.user_attrs.get('precision')}, input `depth` "
+        f"[B,1,{config.output_size},{config.output_size}], output `maps` [B,4,...]: "
+        "quality, cos 2θ, sin 2θ, width/150).",
         "", "| objective | this model | uncompressed baseline |", "|---|---|---|",
         f"| IoU grasp-match accuracy (held-out) | {v['accuracy']:.3f} | "
         f"{base.get('accuracy', float('nan')):.3f} |",
-        f"| size (bytes of model.onnx) | {v['size']:.0f} | {base.get('size', float('nan')):.0f} |",
+        f"| size (bytes of {model_path.name}) | {v['size']:.0f} | "
+        f"{base.get('size', float('nan')):.0f} |",
         f"| latency (median ms, batch 1, {fp.get('threads')} thread) | {v['latency']:.2f} | "
         f"{base.get('latency', float('nan')):.2f} |", "",
+        *_loading(config.runtime, trial.user_attrs.get("precision")),
         "All three numbers were measured on this file. Latency was measured on: "
         f"{fp.get('cpu')} ({fp.get('cores')} cores), {fp.get('runtime')} "
         f"{fp.get('runtime_version')}, {fp.get('device')}.", "",
@@ -187,6 +190,18 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
     if register:
         _register(trial, config, model_path, study)
     return out
+
+
+def _loading(runtime: str, precision: str | None) -> list[str]:
+    """How a robot runs the file, for the model card."""
+    if runtime != "torch":
+        return ["Run it with `onnxruntime.InferenceSession(\"model.onnx\")`.", ""]
+    if precision == "int8":
+        return ["Run it with `torch._inductor.aoti_load_package(\"model.pt2\")` (an "
+                "AOTInductor package: compiled code for this CPU architecture).", ""]
+    return ["Run it with `torch.export.load(\"model.pt2\").module()`; set "
+            "`MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_` (e.g. 1073741824) in the "
+            "robot's environment as the latency measurement did.", ""]
 
 
 def _register(trial: FrozenTrial, config: StudyConfig, model_path: Path,
@@ -205,8 +220,17 @@ def _register(trial: FrozenTrial, config: StudyConfig, model_path: Path,
         mlflow.log_metrics({"accuracy": _values(trial)["accuracy"],
                             "size_bytes": _values(trial)["size"],
                             "latency_ms": _values(trial)["latency"]})
-        mlflow.onnx.log_model(onnx.load(str(model_path)), name="model",
-                              registered_model_name=name, save_as_external_data=False)
+        if model_path.suffix == ".onnx":
+            mlflow.onnx.log_model(onnx.load(str(model_path)), name="model",
+                                  registered_model_name=name, save_as_external_data=False)
+            return
+        # No MLflow flavour loads a .pt2: register the logged file itself.
+        mlflow.log_artifact(str(model_path), "model")
+        client = mlflow.MlflowClient()
+        if not client.search_registered_models(filter_string=f"name = '{name}'"):
+            client.create_registered_model(name)
+        client.create_model_version(name, source=f"{mlflow.get_artifact_uri('model')}",
+                                    run_id=mlflow.active_run().info.run_id)
 
 
 def write_report(study: optuna.Study, config: StudyConfig, out: Path) -> Path:

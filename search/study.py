@@ -201,9 +201,9 @@ def measure_baseline(setup: StudySetup, folder: Path, console: Console) -> dict[
             setup.base, UpsampleConfig(tuple((layer, "subpixel") for layer in layers)))
     best: dict[str, Any] = {}
     for name, model in variants.items():
-        artifact = build_artifact(model, PrecisionConfig("fp32"), folder / f"baseline-{name}.onnx",
+        artifact = build_artifact(model, PrecisionConfig("fp32"), folder / f"baseline-{name}",
                                   input_size=setup.config.output_size,
-                                  device=setup.config.device)
+                                  device=setup.config.device, runtime=setup.config.runtime)
         values, details = _measure(setup, artifact)
         console.print(f"baseline ({name}, fp32): accuracy {values['accuracy']:.3f}  "
                       f"size {values['size'] / 1e3:.1f} kB  latency {values['latency']:.2f} ms")
@@ -288,8 +288,8 @@ class _Pipeline:
             folder = self.folder / f"trial-{trial.number}"
             if "precision" in self.setup.knobs:
                 artifact = self.setup.knobs["precision"].build(
-                    model, configs["precision"], folder / "model.onnx",
-                    self.setup.calibration, c.output_size, c.device, times)
+                    model, configs["precision"], folder / "model", self.setup.calibration,
+                    c.output_size, c.device, times, c.runtime)
             else:
                 artifact = _fp32(model, folder, c)
             times["export_s"] = time.perf_counter() - start - times.get("calibration_s", 0.0)
@@ -359,8 +359,8 @@ class _Pipeline:
 def _fp32(model: nn.Module, folder: Path, c: StudyConfig) -> Artifact:
     from spaces.precision import PrecisionConfig, build_artifact
 
-    return build_artifact(model, PrecisionConfig("fp32"), folder / "model.onnx",
-                          input_size=c.output_size, device=c.device)
+    return build_artifact(model, PrecisionConfig("fp32"), folder / "model",
+                          input_size=c.output_size, device=c.device, runtime=c.runtime)
 
 
 def run_study(config: StudyConfig, console: Console | None = None,
@@ -435,7 +435,8 @@ def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: C
 
 def _check_device(config: StudyConfig, baseline: dict[str, Any], console: Console) -> None:
     """Latencies compare only on the hardware that measured the baseline."""
-    here = fingerprint_key(device_fingerprint(None, config.threads))
+    here = fingerprint_key(device_fingerprint(None, config.threads, config.runtime,
+                                              config.device))
     theirs = fingerprint_key(baseline["fingerprint"])
     if here == theirs:
         return
@@ -494,7 +495,7 @@ def copy_artifact(trial: FrozenTrial, out: Path) -> Path:
     if not src.is_file():
         raise FileNotFoundError(f"{src}: trial {trial.number}'s artifact is missing.")
     out.mkdir(parents=True, exist_ok=True)
-    dst = out / "model.onnx"
+    dst = out / f"model{src.suffix}"
     shutil.copyfile(src, dst)
     return dst
 

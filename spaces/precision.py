@@ -1,20 +1,27 @@
 """The numeric precision of the shipped model: builds the deployable Artifact.
 
-fp32 is the exported ONNX file; fp16 stores weights and computes in half precision (inputs
-and outputs stay fp32); int8 is ONNX Runtime static QDQ quantization: per-channel int8
-weights, uint8 activations calibrated on training images (never validation images).
+fp32 is the exported model; fp16 stores weights and computes in half precision (inputs
+and outputs stay fp32); int8 is static quantization with per-channel int8 weights and
+uint8 activations calibrated on training images (never validation images), one image at a
+time, by the runtime's own tool:
+
+- ``onnxruntime``: static QDQ (``quantize_static``).
+- ``torch``: PyTorch 2 export quantization (torchao's PT2E with the X86 Inductor
+  quantizer); the artifact is compiled by Inductor when loaded.
 
 Not offered: keeping single layers in float inside an int8 model. ONNX Runtime's optimiser
 re-quantizes an excluded conv's float weights whenever its neighbours are quantized (seen
 with onnxruntime 1.31), so the file would not run what it claims.
 
-ConvTranspose2d is not run in int8 by ONNX Runtime: :func:`int8_layers` reports which layers
-really were quantized, so the upsample knob's sub-pixel rewrite is what lets int8 pay off.
+ConvTranspose2d is not run in int8 by either: :func:`int8_layers` reports which layers really
+were quantized, so the upsample knob's sub-pixel rewrite is what lets int8 pay off.
 """
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +32,20 @@ import optuna
 import torch
 from torch import nn
 
-from grasp.artifact import INPUT_NAME, PRECISIONS, Artifact, ArtifactError, export_onnx
+from grasp.artifact import (
+    INPUT_NAME,
+    PRECISIONS,
+    RUNTIMES,
+    SUFFIXES,
+    Artifact,
+    ArtifactError,
+    deployable,
+    export_onnx,
+    export_torch,
+)
 from spaces.base import KnobConfig, KnobError, register_knob
 
-__all__ = ["PrecisionConfig", "PrecisionKnob", "build_artifact", "int8_layers"]
+__all__ = ["PrecisionConfig", "PrecisionKnob", "build_artifact", "int8_layers", "quantize_pt2e"]
 
 @dataclass(frozen=True)
 class PrecisionConfig(KnobConfig):
@@ -57,15 +74,77 @@ class _Calibration:
         return {INPUT_NAME: image.reshape(1, 1, *image.shape[-2:]).numpy().astype(np.float32)}
 
 
+def _batch_of_one(image: torch.Tensor) -> torch.Tensor:
+    return image.reshape(1, 1, *image.shape[-2:]).float()
+
+
+def quantize_pt2e(model: nn.Module, calibration: Sequence[torch.Tensor],
+                  input_size: int = 300) -> torch.fx.GraphModule:
+    """The deployable model quantized by PT2E for x86 (per-channel int8 weights, uint8
+    activations), calibrated one image at a time; float weights the int8 graph no longer
+    reads are dropped so the file holds only what runs."""
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    example = torch.zeros(1, 1, input_size, input_size)
+    graph = torch.export.export(deployable(model), (example,)).module()
+    quantizer = x86.X86InductorQuantizer()
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for image in calibration:
+            prepared(_batch_of_one(image))
+    converted = convert_pt2e(prepared)
+    read = {node.target for node in converted.graph.nodes if node.op == "get_attr"}
+    for name in [n for n, _ in converted.named_parameters()] + [
+            n for n, _ in converted.named_buffers()]:
+        if name not in read:
+            owner, _, attr = name.rpartition(".")
+            delattr(converted.get_submodule(owner) if owner else converted, attr)
+    return converted
+
+
+def compile_int8(program: torch.export.ExportedProgram, path: Path) -> Path:
+    """Compiles a PT2E program ahead of time with AOTInductor into a package (a shared
+    library plus its int8 weights), atomically. Frozen weights are what let Inductor fuse
+    each quantize/dequantize pair into a prepacked int8 oneDNN conv; torch.compile of the
+    loaded program does not manage it here (torch 2.13: no fake kernel for qconv_prepack)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.pt2")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch._inductor.aoti_compile_and_package(program, package_path=str(tmp),
+                                                 inductor_configs={"freezing": True})
+    os.replace(tmp, path)
+    return path
+
+
 def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
                    calibration: Sequence[torch.Tensor] = (), input_size: int = 300,
-                   device: str = "cpu", timings: dict[str, float] | None = None) -> Artifact:
-    """Exports ``model`` at ``config.precision`` to ``path`` (an .onnx file); ``timings``
-    receives ``calibration_s``, the int8 calibration and quantization time."""
+                   device: str = "cpu", timings: dict[str, float] | None = None,
+                   runtime: str = "onnxruntime") -> Artifact:
+    """Exports ``model`` at ``config.precision`` for ``runtime`` to ``path`` (its suffix
+    becomes the runtime's: .onnx or .pt2); ``timings`` receives ``calibration_s``, the int8
+    calibration and quantization time."""
     if config.precision not in PRECISIONS:
         raise KnobError(f"precision: must be one of {', '.join(PRECISIONS)}, "
                         f"got {config.precision!r}.")
-    path = Path(path)
+    if runtime not in RUNTIMES:
+        raise ArtifactError(f"runtime must be one of {RUNTIMES}, got {runtime!r}.")
+    path = Path(path).with_suffix(SUFFIXES[runtime])
+    if config.precision == "int8" and not calibration:
+        raise KnobError("precision: int8 needs calibration images (training images).")
+    if runtime == "torch":
+        if config.precision == "int8":
+            start = time.perf_counter()
+            quantized = quantize_pt2e(model, calibration, input_size)
+            example = torch.zeros(1, 1, input_size, input_size)
+            compile_int8(torch.export.export(quantized, (example,)), path)
+            if timings is not None:
+                timings["calibration_s"] = time.perf_counter() - start
+        else:
+            export_torch(model, path, input_size, half=config.precision == "fp16")
+        return Artifact(path, runtime, config.precision, input_size, device)
     if config.precision == "fp32":
         export_onnx(model, path, input_size)
         return Artifact(path, precision="fp32", input_size=input_size, device=device)
@@ -78,8 +157,6 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
             onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True),
                       str(path))
         else:
-            if not calibration:
-                raise KnobError("precision: int8 needs calibration images (training images).")
             from onnxruntime.quantization import (
                 CalibrationMethod,
                 QuantFormat,
@@ -105,14 +182,37 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
     return Artifact(path, precision=config.precision, input_size=input_size, device=device)
 
 
-def int8_layers(artifact: Artifact) -> list[str]:
-    """The top-level layers that really compute in int8 on ONNX Runtime's CPU provider.
+def _int8_layers_torch(artifact: Artifact) -> list[str]:
+    """The convs the AOTInductor package runs as int8 oneDNN kernels, read from the
+    package's generated wrapper: each ``qconv`` call names its layer by its bias (a module
+    path with dots spelled as underscores, e.g. ``convt1_conv`` for ``convt1.conv``)."""
+    import re
+    import zipfile
 
-    A QDQ file marks every quantized weight, but only the kernels the runtime fuses into
-    integer ops (QLinearConv) run in int8; the rest dequantize and run in float (e.g.
-    ConvTranspose). So this reads the runtime's own optimised graph.
+    with zipfile.ZipFile(artifact.path) as package:
+        code = "".join(package.read(name).decode(errors="replace")
+                       for name in package.namelist() if name.endswith("wrapper.cpp"))
+    layers = []
+    for number, call in enumerate(re.findall(r"_qconv\w*\(([^;]*)\);", code)):
+        bias = re.search(r"model_(\w+?)_bias\b", call)
+        layer = bias.group(1) if bias else f"conv#{number}"
+        if layer not in layers:
+            layers.append(layer)
+    return layers
+
+
+def int8_layers(artifact: Artifact) -> list[str]:
+    """The top-level layers that really compute in int8.
+
+    ONNX Runtime: a QDQ file marks every quantized weight, but only the kernels the runtime
+    fuses into integer ops (QLinearConv) run in int8; the rest dequantize and run in float
+    (e.g. ConvTranspose). So this reads the runtime's own optimised graph. torch: the convs
+    whose weights PT2E stored as int8 (Inductor fuses each into an int8 oneDNN conv).
     """
     import tempfile
+
+    if artifact.runtime == "torch":
+        return _int8_layers_torch(artifact)
 
     import onnx
     import onnxruntime as ort
@@ -165,10 +265,12 @@ class PrecisionKnob:
 
     def build(self, model: nn.Module, config: PrecisionConfig, path: str | Path,
               calibration: Sequence[torch.Tensor] = (), input_size: int = 300,
-              device: str = "cpu", timings: dict[str, float] | None = None) -> Artifact:
+              device: str = "cpu", timings: dict[str, float] | None = None,
+              runtime: str = "onnxruntime") -> Artifact:
         self.apply(model, config)
         try:
-            return build_artifact(model, config, path, calibration, input_size, device, timings)
+            return build_artifact(model, config, path, calibration, input_size, device, timings,
+                                  runtime)
         except (ArtifactError, KnobError):
             raise
         except Exception as error:  # exporters and quantizers raise untyped errors

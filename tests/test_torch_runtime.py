@@ -1,0 +1,136 @@
+"""The torch runtime: eager channels_last .pt2 programs, and PT2E int8 compiled by
+AOTInductor; scored, exported and registered like ONNX artifacts."""
+
+import importlib.util
+import shutil
+
+import mlflow
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from grasp.artifact import Artifact, ArtifactError
+from grasp.models import get_model
+from objectives import Context, get_objective
+from search.cli import main
+from search.config import StudyConfigError, load_study_config
+from search.study import load_study
+from spaces import get_knob
+from spaces.precision import PrecisionConfig, int8_layers
+from spaces.upsample import UpsampleConfig
+from tests.test_search import write_study
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return get_model("ggcnn").eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    torch.manual_seed(1)
+    return [torch.rand(1, SIZE, SIZE) * 0.02 for _ in range(4)]
+
+
+def build(model, precision, path, images=()):
+    return get_knob("precision").build(model, PrecisionConfig(precision), path, images,
+                                       input_size=SIZE, runtime="torch")
+
+
+def test_fp32_program_is_the_model_and_is_timed_on_torch(model, images, tmp_path):
+    artifact = build(model, "fp32", tmp_path / "model")
+    assert artifact.path.name == "model.pt2" and artifact.runtime == "torch"
+    x = torch.stack(images)
+    with torch.no_grad():
+        assert torch.allclose(artifact.predictor()(x), torch.cat(model(x), 1), atol=1e-5)
+    # What a robot runs: the program alone, without ggopt's classes.
+    loaded = torch.export.load(str(artifact.path)).module()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x[:1]), torch.cat(model(x[:1]), 1), atol=1e-5)
+    ctx = Context(warmup=1, runs=5)
+    assert get_objective("latency")(artifact, ctx) > 0
+    fp = ctx.details["fingerprint"]
+    assert fp["runtime"] == "torch" and fp["runtime_version"] == torch.__version__
+    assert get_objective("size")(artifact, ctx) == artifact.path.stat().st_size
+
+
+def test_fp16_program_computes_in_half_and_takes_fp32(model, images, tmp_path):
+    fp32 = build(model, "fp32", tmp_path / "a")
+    half = build(model, "fp16", tmp_path / "b")
+    assert half.size_bytes < fp32.size_bytes
+    x = torch.stack(images)
+    reference = fp32.predictor()(x)
+    out = half.predictor()(x)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, reference, atol=0.02 * reference.abs().max())
+
+
+def test_int8_is_compiled_to_int8_convs_and_stays_close(model, images, tmp_path):
+    upsample = get_knob("upsample")
+    rewritten = upsample.apply(model, UpsampleConfig(
+        tuple((layer, "subpixel") for layer in upsample.layers(model))))
+    timings = {}
+    int8 = get_knob("precision").build(rewritten, PrecisionConfig("int8"), tmp_path / "q",
+                                       images, SIZE, timings=timings, runtime="torch")
+    assert timings["calibration_s"] > 0
+    # Every conv runs as an int8 oneDNN kernel once the decoders are sub-pixel convs.
+    layers = int8_layers(int8)
+    assert len(layers) == 7 and {"conv1", "conv2", "convt1_conv", "convt3_conv"} <= set(layers)
+    x = torch.stack(images)
+    with torch.no_grad():
+        reference = torch.cat(model(x), 1)
+    assert torch.allclose(int8.predictor()(x), reference, atol=0.05 * reference.abs().max())
+    ctx = Context(warmup=1, runs=3)
+    assert get_objective("latency")(int8, ctx) > 0
+
+
+def test_torch_artifacts_are_checked_and_named(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    with pytest.raises(ArtifactError, match=r"model\.onnx: a torch artifact must end in \.pt2"):
+        Artifact(tmp_path / "model.onnx", runtime="torch")
+    (tmp_path / "broken.pt2").write_bytes(b"not a program")
+    with pytest.raises(ArtifactError, match=r"broken\.pt2: cannot be loaded by torch"):
+        Artifact(tmp_path / "broken.pt2", runtime="torch").predictor()
+    with pytest.raises(ArtifactError, match="no onnxruntime session"):
+        Artifact(tmp_path / "broken.pt2", runtime="torch").session()
+
+
+def test_torch_int8_without_its_tools_is_refused_at_load(tmp_path, checkpoint, jacquard_root,
+                                                          monkeypatch):
+    path = write_study(tmp_path, checkpoint, jacquard_root)
+    path.write_text(path.read_text().replace("[runtime]", '[runtime]\nname = "torch"'))
+    assert load_study_config(path).runtime == "torch"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torchao" else real(name, *a))
+    with pytest.raises(StudyConfigError, match=r"precisions: int8 .* needs torchao"):
+        load_study_config(path)
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(StudyConfigError, match=r"needs a C\+\+ compiler"):
+        load_study_config(path)
+
+
+def test_a_torch_study_scores_exports_and_registers_pt2(tmp_path, checkpoint, jacquard_root,
+                                                        capsys):
+    path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=2)
+    path.write_text(path.read_text().replace("[runtime]", '[runtime]\nname = "torch"'))
+    assert main(["search", str(path)]) == 0
+    study = load_study(load_study_config(path))
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    # Warm start: fp32 uncompressed, then int8 with sub-pixel decoders (AOTInductor).
+    assert [t.params["precision"] for t in trials] == ["fp32", "int8"]
+    for t in trials:
+        assert t.user_attrs["artifact"].endswith(".pt2")
+        assert t.user_attrs["fingerprint"]["runtime"] == "torch"
+    assert study.user_attrs["baseline"]["fingerprint"]["runtime"] == "torch"
+    out = tmp_path / "export"
+    assert main(["export", str(path), "--trial", "1", "--out", str(out)]) == 0
+    assert (out / "model.pt2").stat().st_size == trials[1].user_attrs["values"]["size"]
+    assert "aoti_load_package" in (out / "MODEL_CARD.md").read_text()
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    version = client.search_model_versions("name = 'tiny-ggcnn'")[0]
+    assert version.source.endswith("model")
