@@ -43,7 +43,7 @@ def main() -> None:
     trials = [t for t in trials if Path(t.user_attrs.get("artifact", "")).is_file()]
     if len(trials) < 3:
         raise SystemExit(f"{config.name}: {len(trials)} artifacts on disk; need at least 3.")
-    artifacts = {t.number: Artifact(Path(t.user_attrs["artifact"]),
+    artifacts = {t.number: Artifact(Path(t.user_attrs["artifact"]), runtime=config.runtime,
                                     precision=t.user_attrs["precision"],
                                     input_size=config.output_size, device=config.device)
                  for t in trials}

@@ -105,7 +105,9 @@ def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     program.example_inputs = None
     tmp = path.with_suffix(".tmp.pt2")
-    torch.export.save(program, str(tmp))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.save(program, str(tmp))
     os.replace(tmp, path)
     return path
 
@@ -160,7 +162,9 @@ def _load_torch(path: str, mtime_ns: int, precision: str) -> Callable[[torch.Ten
                 warnings.simplefilter("ignore")
                 module = torch._inductor.aoti_load_package(path)
         else:
-            module = torch.export.load(path).module()
+            with warnings.catch_warnings():  # "no complete tensor found": weights on CPU
+                warnings.simplefilter("ignore")
+                module = torch.export.load(path).module()
     except Exception as error:  # torch.export and AOTInductor raise many error types
         raise ArtifactError(f"{path}: cannot be loaded by torch: {error}") from None
     keep_malloc_arenas()

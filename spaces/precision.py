@@ -19,10 +19,11 @@ were quantized, so the upsample knob's sub-pixel rewrite is what lets int8 pay o
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -78,13 +79,28 @@ def _batch_of_one(image: torch.Tensor) -> torch.Tensor:
     return image.reshape(1, 1, *image.shape[-2:]).float()
 
 
+def _torchao() -> tuple[Any, Callable, Callable]:
+    """torchao's x86 quantizer module, prepare_pt2e and convert_pt2e, imported without its
+    start-up noise on a CPU machine (CUDA kernels it cannot load, a deprecation notice)."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+    return x86, prepare_pt2e, convert_pt2e
+
+
 def quantize_pt2e(model: nn.Module, calibration: Sequence[torch.Tensor],
                   input_size: int = 300) -> torch.fx.GraphModule:
     """The deployable model quantized by PT2E for x86 (per-channel int8 weights, uint8
     activations), calibrated one image at a time; float weights the int8 graph no longer
     reads are dropped so the file holds only what runs."""
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    x86, prepare_pt2e, convert_pt2e = _torchao()
 
     example = torch.zeros(1, 1, input_size, input_size)
     graph = torch.export.export(deployable(model), (example,)).module()

@@ -1,0 +1,154 @@
+"""The study's best models against the strongest baseline and single-technique baselines,
+all measured side by side in one run.
+
+    python benchmarks/best_models.py studies/ggcnn_overnight_torch_cpu.toml [--rounds 5]
+        [--steps N] [--storage URL]
+
+Reference points, each built as an artifact on the study's runtime:
+
+- plain eager fp32 (torch), a naive ONNX export, and the **strongest baseline**: the
+  uncompressed model with every exact rewrite (heads fused, sub-pixel decoders,
+  channels_last) on the study's runtime;
+- single techniques, with the study's recovery budget and no gate: int8 only (on the
+  exact sub-pixel form, calibrated like the study), uniform 50 % L1 magnitude pruning with
+  fine-tuning, and depthwise-separable everywhere with fine-tuning;
+- the study's feasible Pareto front, read from its storage (artifacts as the study built
+  them).
+
+Accuracy is on the study's held-out images. Latency is timed round-robin over every artifact
+for ``--rounds`` rounds (the study's threads, warm-up and runs), so the ratios compare like
+with like. Then the best speed-up and size reduction at <= 1 pp and <= 3 pp accuracy loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+from pathlib import Path
+
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.table import Table
+
+from grasp.artifact import Artifact
+from grasp.train import evaluate
+from objectives import count_macs, device_fingerprint
+from objectives.latency import measure_latency
+from search.config import load_study_config
+from search.pareto import feasible_front
+from search.recovery import recover
+from search.study import load_study, prepare
+from spaces import get_knob
+from spaces.depthwise import DepthwiseConfig
+from spaces.precision import PrecisionConfig, build_artifact
+from spaces.prune import PruneConfig
+from spaces.upsample import UpsampleConfig
+
+
+def subpixel(model):
+    knob = get_knob("upsample")
+    return knob.apply(model, UpsampleConfig(tuple((layer, "subpixel")
+                                                  for layer in knob.layers(model))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", help="study file (TOML)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="recovery steps for the single techniques (default: the study's)")
+    parser.add_argument("--storage", default=None)
+    args = parser.parse_args()
+    console = Console(width=150)
+    config = load_study_config(args.study, {"storage": args.storage})
+    setup = prepare(config, Console(stderr=True, quiet=True))
+    steps = config.recovery_steps if args.steps is None else args.steps
+    base = setup.base
+
+    def tuned(model):
+        model = copy.deepcopy(model)
+        recover(model, setup.recovery_pool(), steps, config.recovery_batch_size,
+                config.recovery_lr, config.distill_weight, setup.pos_weight, config.seed)
+        return model.eval()
+
+    prune = get_knob("prune")
+    pruned = prune.apply(base, PruneConfig(tuple((layer, 0.5) for layer in prune.layers(base)),
+                                           criterion="l1"))
+    depthwise = get_knob("depthwise")
+    separable = depthwise.apply(base, DepthwiseConfig(tuple(depthwise.layers(base))))
+    rt = config.runtime
+    # label -> (model, precision, runtime, recovered?)
+    references = {
+        "plain, fp32, torch eager": (base, "fp32", "torch"),
+        "naive export, fp32, onnxruntime": (base, "fp32", "onnxruntime"),
+        f"strongest baseline: sub-pixel, fp32, {rt}": (subpixel(base), "fp32", rt),
+        f"int8 only (sub-pixel), {rt}": (subpixel(base), "int8", rt),
+        f"prune 50 % L1 + fine-tune (sub-pixel), fp32, {rt}": (subpixel(tuned(pruned)), "fp32",
+                                                               rt),
+        f"depthwise everywhere + fine-tune, fp32, {rt}": (tuned(separable), "fp32", rt),
+    }
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, (model, precision, runtime)) in enumerate(references.items()):
+            artifact = build_artifact(model, PrecisionConfig(precision), Path(tmp) / f"{i}",
+                                      setup.calibration, config.output_size, config.device,
+                                      runtime=runtime)
+            rows[label] = {"artifact": artifact, "macs": count_macs(model, config.output_size)}
+        study = load_study(config)
+        for t in feasible_front(study, config.objectives):
+            path = Path(t.user_attrs.get("artifact", ""))
+            if path.is_file():
+                rows[f"study trial {t.number}"] = {
+                    "artifact": Artifact(path, rt, t.user_attrs["precision"],
+                                         config.output_size, config.device),
+                    "macs": t.user_attrs.get("extra", {}).get("macs", float("nan"))}
+        for row in rows.values():
+            predict = row["artifact"].predictor(config.threads)
+            row["accuracy"] = evaluate(predict, setup.eval_data, batch_size=8)
+            row["medians"] = []
+        for _ in range(args.rounds):  # interleaved: every artifact once per round
+            for row in rows.values():
+                result = measure_latency(row["artifact"], config.threads, config.warmup,
+                                         config.runs)
+                row["medians"].append(result.median_ms)
+    best_label = f"strongest baseline: sub-pixel, fp32, {rt}"
+    best = rows[best_label]
+    best_ms = statistics.median(best["medians"])
+    table = Table(title=f"{config.name}: {len(rows)} artifacts, {args.rounds} interleaved "
+                        f"rounds x {config.runs} runs, {config.threads} thread(s); accuracy on "
+                        f"{len(setup.eval_data)} held-out images")
+    for column in ("model", "precision", "accuracy", "Δ acc (pp)", "median ms",
+                   "speed-up vs strongest", "size kB", "size ÷", "MMACs"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    summary = []
+    for label, row in rows.items():
+        ms = statistics.median(row["medians"])
+        delta = (row["accuracy"] - best["accuracy"]) * 100
+        speed, shrink = best_ms / ms, best["artifact"].size_bytes / row["artifact"].size_bytes
+        table.add_row(label, row["artifact"].precision, f"{row['accuracy']:.3f}",
+                      f"{delta:+.1f}", f"{ms:.2f}", f"{speed:.2f}x",
+                      f"{row['artifact'].size_bytes / 1e3:.1f}", f"{shrink:.2f}x",
+                      f"{row['macs'] / 1e6:.0f}")
+        summary.append((label, delta, speed, shrink))
+    console.print(table)
+    for limit in (1.0, 3.0):
+        within = [s for s in summary if s[1] >= -limit and s[0] != best_label]
+        if not within:
+            console.print(f"within {limit:.0f} pp of the strongest baseline: no model")
+            continue
+        fastest = max(within, key=lambda s: s[2])
+        smallest = max(within, key=lambda s: s[3])
+        console.print(f"within {limit:.0f} pp: fastest {fastest[0]} {fastest[2]:.2f}x "
+                      f"(target >= 5x); smallest {smallest[0]} {smallest[3]:.2f}x smaller "
+                      f"(target >= 10x)")
+    done = len(load_study(config).get_trials(states=(TrialState.COMPLETE,)))
+    fp = device_fingerprint(None, config.threads, rt, config.device)
+    console.print(f"study: {done} complete trials; recovery for single techniques: {steps} "
+                  f"steps; machine: {fp['cpu']}, {fp['cores']} cores, {rt} "
+                  f"{fp['runtime_version']}")
+
+
+if __name__ == "__main__":
+    main()
