@@ -245,7 +245,10 @@ class Artifact:
         """The loaded torch program; only for the ``torch`` runtime."""
         if self.runtime != "torch":
             raise ArtifactError(f"{self.path}: a {self.runtime} artifact is not a torch program.")
-        return _load_torch(str(self.path), Path(self.path).stat().st_mtime_ns, self.precision)
+        module = _load_torch(str(self.path), Path(self.path).stat().st_mtime_ns, self.precision)
+        if self.device != "cpu" and isinstance(module, nn.Module):
+            module.to(self.device)  # an eager program; an int8 package is compiled for x86
+        return module
 
     def predictor(self, threads: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
         """[B, 1, S, S] -> [B, 4, S, S], computed by the artifact itself (its own precision)."""

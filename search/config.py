@@ -320,6 +320,10 @@ def _check_runtime(config: StudyConfig) -> None:
     if "int8" not in precisions:
         return
     where = f"{config.path}: [knobs.precision] precisions"
+    if config.device != "cpu":
+        raise StudyConfigError(f"{where}: int8 on [runtime] name = 'torch' is compiled for x86 "
+                               f"CPUs (PT2E X86 Inductor quantizer), not for device "
+                               f"{config.device!r}; use fp32/fp16 there, or onnxruntime.")
     if importlib.util.find_spec("torchao") is None:
         raise StudyConfigError(f"{where}: int8 on [runtime] name = 'torch' needs torchao "
                                "(pip install torchao), which is not installed.")

@@ -103,6 +103,8 @@ def test_torch_int8_without_its_tools_is_refused_at_load(tmp_path, checkpoint, j
     path = write_study(tmp_path, checkpoint, jacquard_root)
     path.write_text(path.read_text().replace("[runtime]", '[runtime]\nname = "torch"'))
     assert load_study_config(path).runtime == "torch"
+    with pytest.raises(StudyConfigError, match=r"int8 .* compiled for x86 CPUs.*'cuda'"):
+        load_study_config(path, {"device": "cuda"})
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "torchao" else real(name, *a))
