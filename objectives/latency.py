@@ -86,7 +86,7 @@ def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs
     run = artifact.timed_call(threads)
     times = []
     with torch_threads(threads):
-        for _ in range(warmup):  # also where a torch int8 program is compiled
+        for _ in range(warmup):
             run()
         for _ in range(runs):
             start = time.perf_counter()

@@ -7,7 +7,7 @@ time, by the runtime's own tool:
 
 - ``onnxruntime``: static QDQ (``quantize_static``).
 - ``torch``: PyTorch 2 export quantization (torchao's PT2E with the X86 Inductor
-  quantizer); the artifact is compiled by Inductor when loaded.
+  quantizer), compiled ahead of time by AOTInductor when the artifact is built.
 
 Not offered: keeping single layers in float inside an int8 model. ONNX Runtime's optimiser
 re-quantizes an excluded conv's float weights whenever its neighbours are quantized (seen
@@ -62,6 +62,10 @@ class PrecisionConfig(KnobConfig):
         return cls(str(data.get("precision", "fp32")))
 
 
+def _batch_of_one(image: torch.Tensor) -> torch.Tensor:
+    return image.reshape(1, 1, *image.shape[-2:]).float()
+
+
 class _Calibration:
     """ONNX Runtime's calibration reader over training images, one at a time (batch 1)."""
 
@@ -72,11 +76,7 @@ class _Calibration:
         image = next(self._images, None)
         if image is None:
             return None
-        return {INPUT_NAME: image.reshape(1, 1, *image.shape[-2:]).numpy().astype(np.float32)}
-
-
-def _batch_of_one(image: torch.Tensor) -> torch.Tensor:
-    return image.reshape(1, 1, *image.shape[-2:]).float()
+        return {INPUT_NAME: _batch_of_one(image).numpy()}
 
 
 def _torchao() -> tuple[Any, Callable, Callable]:
@@ -222,8 +222,8 @@ def int8_layers(artifact: Artifact) -> list[str]:
 
     ONNX Runtime: a QDQ file marks every quantized weight, but only the kernels the runtime
     fuses into integer ops (QLinearConv) run in int8; the rest dequantize and run in float
-    (e.g. ConvTranspose). So this reads the runtime's own optimised graph. torch: the convs
-    whose weights PT2E stored as int8 (Inductor fuses each into an int8 oneDNN conv).
+    (e.g. ConvTranspose). So this reads the runtime's own optimised graph. torch: the int8
+    oneDNN convs that AOTInductor's generated code calls.
     """
     import tempfile
 
