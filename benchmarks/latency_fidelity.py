@@ -4,10 +4,12 @@
 
 For the feasible front (or every complete trial with ``--all``), each artifact is timed
 again, round-robin over the artifacts for ``--rounds`` rounds so that background load hits
-them alike, with the study's threads, warm-up and runs. Per artifact: the study's median,
-the re-measured median (median over rounds), the coefficient of variation across rounds
-and within a round; then Spearman's rank correlation between the study's and the
-re-measured latencies. Targets (issue 7): CV <= 3 % per artifact, rank correlation >= 0.95.
+them alike, with the study's threads, warm-up and runs, paired with the study's baseline
+artifact (strict alternation, as a study times by default). Per artifact: the study's
+latency, the re-measured one both ways (raw median; paired: the baseline's recorded latency
+x the median per-pair ratio), each a median over rounds, and the coefficient of variation
+across rounds of each; then Spearman's rank correlation between the study's latencies and
+each re-measurement. Targets (issue 7): CV <= 3 % per artifact, rank correlation >= 0.95.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy.stats import spearmanr
 
-from grasp.artifact import Artifact
+from grasp.artifact import SUFFIXES, Artifact
 from objectives import device_fingerprint
 from objectives.latency import measure_latency
 from search.config import load_study_config
@@ -47,39 +49,56 @@ def main() -> None:
                                     precision=t.user_attrs["precision"],
                                     input_size=config.output_size, device=config.device)
                  for t in trials}
-    medians: dict[int, list[float]] = {n: [] for n in artifacts}
-    within: dict[int, list[float]] = {n: [] for n in artifacts}
+    baseline = study.user_attrs["baseline"]
+    reference_path = (Path(config.artifacts_dir) / config.name
+                      / f"baseline-{baseline['variant']}{SUFFIXES[config.runtime]}")
+    if not reference_path.is_file():
+        raise SystemExit(f"{config.name}: the baseline's artifact {reference_path} is missing.")
+    reference = Artifact(reference_path, runtime=config.runtime, precision="fp32",
+                         input_size=config.output_size, device=config.device)
+    raw: dict[int, list[float]] = {n: [] for n in artifacts}
+    paired: dict[int, list[float]] = {n: [] for n in artifacts}
     for _ in range(args.rounds):
         for number, artifact in artifacts.items():
-            result = measure_latency(artifact, config.threads, config.warmup, config.runs)
-            medians[number].append(result.median_ms)
-            within[number].append(result.cv)
+            result = measure_latency(artifact, config.threads, config.warmup, config.runs,
+                                     reference=reference, block=1)
+            raw[number].append(result.median_ms)
+            paired[number].append(baseline["latency"] * result.ratio)
 
     table = Table(title=f"{config.name}: {len(trials)} artifacts, {args.rounds} rounds of "
-                        f"{config.runs} runs, {config.threads} thread(s)")
-    for column in ("trial", "precision", "study ms", "again ms", "change", "CV across rounds",
-                   "CV within a round"):
+                        f"{config.runs} runs paired with the baseline, {config.threads} "
+                        f"thread(s)")
+    for column in ("trial", "precision", "study ms", "raw ms", "paired ms", "change",
+                   "CV raw", "CV paired"):
         table.add_column(column, justify="right")
-    recorded, again, cvs = [], [], []
+    recorded, again_raw, again_paired, cv_raw, cv_paired = [], [], [], [], []
     for t in trials:
-        m = medians[t.number]
-        now = statistics.median(m)
-        cv = statistics.stdev(m) / statistics.fmean(m)
         recorded.append(t.user_attrs["values"]["latency"])
-        again.append(now)
-        cvs.append(cv)
+        again_raw.append(statistics.median(raw[t.number]))
+        again_paired.append(statistics.median(paired[t.number]))
+        cv_raw.append(_cv(raw[t.number]))
+        cv_paired.append(_cv(paired[t.number]))
         table.add_row(str(t.number), t.user_attrs["precision"], f"{recorded[-1]:.2f}",
-                      f"{now:.2f}", f"{now / recorded[-1] - 1:+.1%}", f"{cv:.1%}",
-                      f"{statistics.median(within[t.number]):.1%}")
+                      f"{again_raw[-1]:.2f}", f"{again_paired[-1]:.2f}",
+                      f"{again_paired[-1] / recorded[-1] - 1:+.1%}", f"{cv_raw[-1]:.1%}",
+                      f"{cv_paired[-1]:.1%}")
     console = Console(width=120)
     console.print(table)
-    rho = spearmanr(recorded, again).statistic
     fp = device_fingerprint(None, config.threads, config.runtime, config.device)
-    console.print(f"Spearman rank correlation, study vs re-measured: {rho:.3f} (target >= 0.95); "
-                  f"CV across rounds: median {statistics.median(cvs):.1%}, max {max(cvs):.1%} "
-                  f"(target <= 3 %); artifacts within 3 %: "
-                  f"{sum(c <= 0.03 for c in cvs)}/{len(cvs)}   [{fp['cpu']}, {fp['cores']} cores]")
+    scored = "paired" if study.user_attrs.get("config", {}).get(
+        "study.paired_latency") else "raw"
+    for name, again, cvs in (("raw", again_raw, cv_raw), ("paired", again_paired, cv_paired)):
+        rho = spearmanr(recorded, again).statistic
+        console.print(f"{name:>6}: Spearman, study ({scored}) vs re-measured: {rho:.3f} "
+                      f"(target >= 0.95); CV across rounds: median "
+                      f"{statistics.median(cvs):.1%}, max {max(cvs):.1%} (target <= 3 %); "
+                      f"within 3 %: {sum(c <= 0.03 for c in cvs)}/{len(cvs)}")
+    console.print(f"[{fp['cpu']}, {fp['cores']} cores; baseline {baseline['variant']} "
+                  f"{baseline['latency']:.2f} ms as recorded]")
 
+
+def _cv(values: list[float]) -> float:
+    return statistics.stdev(values) / statistics.fmean(values)
 
 if __name__ == "__main__":
     main()

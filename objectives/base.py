@@ -19,13 +19,17 @@ class Context:
     """What measuring needs besides the artifact: the held-out images and timing settings.
 
     ``eval_data`` is a ``GraspSubset`` (the study's validation split). ``details`` collects
-    the secondary numbers each measurement reports (p90, CV, fingerprint...).
+    the secondary numbers each measurement reports (p90, CV, fingerprint...). With a
+    ``reference`` artifact and its recorded ``reference_ms``, latency is timed paired with
+    it and scored as ``reference_ms`` x the measured ratio.
     """
 
     eval_data: Any = None
     threads: int = 1
     warmup: int = 10
     runs: int = 50
+    reference: Artifact | None = None
+    reference_ms: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 

@@ -4,6 +4,12 @@ Batch 1 at the artifact's input size, a fixed thread count (1 thread times stabl
 busy machine, 2 do not), warm-up runs outside the timed region, then many timed runs:
 median, p90 and coefficient of variation. The device fingerprint travels with the
 number, because a latency is only comparable on the same hardware and runtime.
+
+Paired timing (a study's default): the artifact and the study's baseline run in strict
+alternation, and the score is the baseline's recorded latency times the median of the
+per-pair ratios. Machines that drift between speed states for seconds (shared VMs, turbo,
+thermal limits) move both halves of a pair alike, so trials timed minutes or hours apart
+stay comparable. The raw median is kept beside it (``latency_raw_ms``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -72,32 +79,59 @@ class LatencyResult:
     cv: float
     runs: int
     threads: int
+    reference_ms: float | None = None  # the reference's median, timed alongside
+    ratio: float | None = None  # median over blocks of (artifact / reference) block medians
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | None]:
         return asdict(self)
 
 
-def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs: int = 50
-                    ) -> LatencyResult:
-    """Times ``runs`` single-image inferences after ``warmup`` untimed ones."""
-    if runs < 3 or warmup < 0 or threads < 1:
-        raise ValueError(f"`runs >= 3, warmup >= 0, threads >= 1` must hold, but got "
-                         f"{runs=}, {warmup=}, {threads=}.")
-    run = artifact.timed_call(threads)
+def _timed(run: Callable[[], None], count: int) -> list[float]:
     times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs: int = 50,
+                    reference: Artifact | None = None, block: int = 10) -> LatencyResult:
+    """Times ``runs`` single-image inferences after ``warmup`` untimed ones.
+
+    With a ``reference`` artifact, the two are timed in alternating blocks of ``block``
+    runs, and ``ratio`` is the median over blocks of artifact / reference block medians.
+    A machine that drifts between speed states for seconds at a time (shared VMs, turbo,
+    thermal limits) moves both sides of a pair alike, so the ratio holds still where the
+    absolute median does not.
+    """
+    if runs < 3 or warmup < 0 or threads < 1 or block < 1:
+        raise ValueError(f"`runs >= 3, warmup >= 0, threads >= 1, block >= 1` must hold, "
+                         f"but got {runs=}, {warmup=}, {threads=}, {block=}.")
+    run = artifact.timed_call(threads)
+    other = reference.timed_call(threads) if reference is not None else None
+    times, reference_times, ratios = [], [], []
     with torch_threads(threads):
-        for _ in range(warmup):
-            run()
-        for _ in range(runs):
-            start = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - start) * 1e3)
+        for call in (run, other):
+            for _ in range(warmup if call is not None else 0):
+                call()
+        if other is None:
+            times = _timed(run, runs)
+        else:
+            for start in range(0, runs, block):
+                count = min(block, runs - start)
+                mine, theirs = _timed(run, count), _timed(other, count)
+                times += mine
+                reference_times += theirs
+                ratios.append(statistics.median(mine) / statistics.median(theirs))
     mean = statistics.fmean(times)
     return LatencyResult(
         median_ms=statistics.median(times),
         p90_ms=float(np.percentile(times, 90)),
         cv=statistics.stdev(times) / mean if mean > 0 else 0.0,
         runs=runs, threads=threads,
+        reference_ms=statistics.median(reference_times) if reference_times else None,
+        ratio=statistics.median(ratios) if ratios else None,
     )
 
 
@@ -107,8 +141,14 @@ class Latency:
     direction: ClassVar[str] = "minimize"
 
     def __call__(self, artifact: Artifact, ctx: Context) -> float:
-        result = measure_latency(artifact, ctx.threads, ctx.warmup, ctx.runs)
+        paired = ctx.reference is not None and ctx.reference_ms is not None
+        result = measure_latency(artifact, ctx.threads, ctx.warmup, ctx.runs,
+                                 reference=ctx.reference if paired else None, block=1)
         ctx.details.update({"latency_p90_ms": result.p90_ms, "latency_cv": result.cv,
-                            "latency_runs": result.runs,
+                            "latency_runs": result.runs, "latency_raw_ms": result.median_ms,
                             "fingerprint": device_fingerprint(artifact, ctx.threads)})
-        return result.median_ms
+        if not paired:
+            return result.median_ms
+        ctx.details.update({"latency_ratio": result.ratio,
+                            "latency_reference_ms": result.reference_ms})
+        return ctx.reference_ms * result.ratio

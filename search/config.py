@@ -80,6 +80,7 @@ class StudyConfig:
     threads: int = 1
     warmup: int = 10
     runs: int = 50
+    paired: bool = True
     allow_other_devices: bool = False
     sampler: str = "tpe"
     seed: int = 0
@@ -261,6 +262,9 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
     threads = rt.get("threads", int, 1, "must be an integer >= 1", lambda v: v >= 1)
     warmup = rt.get("warmup", int, 10, nonneg, lambda v: v >= 0)
     runs = rt.get("runs", int, 50, "must be an integer >= 3", lambda v: v >= 3)
+    paired = rt.get("paired", bool, True,
+                    "must be true or false (true: each artifact is timed in alternation with "
+                    "the baseline's and scored as the baseline's latency x their ratio)")
     other_devices = rt.get("allow_other_devices", bool, False,
                            "must be true or false (true: workers on other hardware may score "
                            "latency, which is then not comparable across them)")
@@ -293,7 +297,8 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
         recovery_crop=crop,
         recovery_lr=lr, distill_weight=distill, gate_steps=gate_steps, gate_margin=gate_margin,
         objectives=tuple(names), constraints=parsed, runtime=runtime, device=device,
-        threads=threads, warmup=warmup, runs=runs, allow_other_devices=other_devices,
+        threads=threads, warmup=warmup, runs=runs, paired=paired,
+        allow_other_devices=other_devices,
         sampler=sampler, seed=seed,
         n_trials=n_trials, timeout=timeout, storage=storage,
         heartbeat_interval=heartbeat, grace_period=grace, artifacts_dir=artifacts,

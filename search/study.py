@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import track
 from torch import nn
 
-from grasp.artifact import Artifact
+from grasp.artifact import SUFFIXES, Artifact
 from grasp.checkpoints import load_checkpoint
 from grasp.data import load_dataset, split
 from grasp.train import evaluate, predict_maps
@@ -174,10 +174,11 @@ def _changed(configs: dict[str, KnobConfig]) -> bool:
     return False
 
 
-def _measure(setup: StudySetup, artifact: Artifact, times: dict[str, float] | None = None
+def _measure(setup: StudySetup, artifact: Artifact, times: dict[str, float] | None = None,
+             reference: Artifact | None = None, reference_ms: float | None = None
              ) -> tuple[dict[str, float], dict[str, Any]]:
     c = setup.config
-    ctx = Context(setup.eval_data, c.threads, c.warmup, c.runs)
+    ctx = Context(setup.eval_data, c.threads, c.warmup, c.runs, reference, reference_ms)
     values = {}
     for name in ("accuracy", "size", "latency"):
         start = time.perf_counter()
@@ -190,20 +191,9 @@ def _measure(setup: StudySetup, artifact: Artifact, times: dict[str, float] | No
 def measure_baseline(setup: StudySetup, folder: Path, console: Console) -> dict[str, Any]:
     """The uncompressed model on its fastest exact form: plain, or with every transposed
     conv rewritten as sub-pixel conv (exact), whichever runs faster here."""
-    from spaces.precision import PrecisionConfig, build_artifact
-    from spaces.upsample import UpsampleConfig, UpsampleKnob
-
-    variants = {"plain": setup.base}
-    upsample = UpsampleKnob()
-    layers = upsample.layers(setup.base)
-    if layers:
-        variants["subpixel"] = upsample.apply(
-            setup.base, UpsampleConfig(tuple((layer, "subpixel") for layer in layers)))
     best: dict[str, Any] = {}
-    for name, model in variants.items():
-        artifact = build_artifact(model, PrecisionConfig("fp32"), folder / f"baseline-{name}",
-                                  input_size=setup.config.output_size,
-                                  device=setup.config.device, runtime=setup.config.runtime)
+    for name, model in _baseline_variants(setup).items():
+        artifact = _baseline_artifact(setup, folder, name, model)
         values, details = _measure(setup, artifact)
         console.print(f"baseline ({name}, fp32): accuracy {values['accuracy']:.3f}  "
                       f"size {values['size'] / 1e3:.1f} kB  latency {values['latency']:.2f} ms")
@@ -212,6 +202,39 @@ def measure_baseline(setup: StudySetup, folder: Path, console: Console) -> dict[
                     "fingerprint": details["fingerprint"], "macs": count_macs(model,
                     setup.config.output_size), "params": count_params(model)}
     return best
+
+
+def _baseline_variants(setup: StudySetup) -> dict[str, nn.Module]:
+    from spaces.upsample import UpsampleConfig, UpsampleKnob
+
+    variants = {"plain": setup.base}
+    upsample = UpsampleKnob()
+    layers = upsample.layers(setup.base)
+    if layers:
+        variants["subpixel"] = upsample.apply(
+            setup.base, UpsampleConfig(tuple((layer, "subpixel") for layer in layers)))
+    return variants
+
+
+def _baseline_artifact(setup: StudySetup, folder: Path, name: str,
+                       model: nn.Module | None = None) -> Artifact:
+    from spaces.precision import PrecisionConfig, build_artifact
+
+    c = setup.config
+    model = model if model is not None else _baseline_variants(setup)[name]
+    return build_artifact(model, PrecisionConfig("fp32"), folder / f"baseline-{name}",
+                          input_size=c.output_size, device=c.device, runtime=c.runtime)
+
+
+def reference_artifact(setup: StudySetup, folder: Path, variant: str) -> Artifact:
+    """The baseline's artifact that paired latency times against: the file the baseline
+    was measured on, or the same build again (a worker on another machine)."""
+    c = setup.config
+    path = folder / f"baseline-{variant}{SUFFIXES[c.runtime]}"
+    if path.is_file():
+        return Artifact(path, runtime=c.runtime, precision="fp32", input_size=c.output_size,
+                        device=c.device)
+    return _baseline_artifact(setup, folder, variant)
 
 
 def _warm_start(setup: StudySetup) -> list[dict[str, Any]]:
@@ -261,6 +284,8 @@ class _Pipeline:
         c = setup.config
         self.folder = Path(c.artifacts_dir) / c.name
         self.baseline = study.user_attrs["baseline"]
+        self.reference = (reference_artifact(setup, self.folder, self.baseline["variant"])
+                          if c.paired else None)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         c = self.setup.config
@@ -293,7 +318,8 @@ class _Pipeline:
             else:
                 artifact = _fp32(model, folder, c)
             times["export_s"] = time.perf_counter() - start - times.get("calibration_s", 0.0)
-            values, details = _measure(self.setup, artifact, times)
+            values, details = _measure(self.setup, artifact, times, self.reference,
+                                       self.baseline["latency"])
             violations = [k.violation(values, self.baseline) for k in c.constraints]
             trial.set_user_attr("constraints", violations)
             for constraint, violation in zip(c.constraints, violations, strict=True):
@@ -303,8 +329,8 @@ class _Pipeline:
             trial.set_user_attr("precision", artifact.precision)
             trial.set_user_attr("fingerprint", details["fingerprint"])
             extra = {"macs": count_macs(model, c.output_size), "params": count_params(model),
-                     "latency_p90_ms": details["latency_p90_ms"],
-                     "latency_cv": details["latency_cv"]}
+                     **{k: details[k] for k in ("latency_p90_ms", "latency_cv", "latency_raw_ms",
+                                                "latency_ratio") if k in details}}
             trial.set_user_attr("extra", extra)
             if run_id:
                 self.tracker.log_metrics(run_id, {METRIC_NAMES[k]: v for k, v in values.items()}
@@ -487,7 +513,7 @@ def _config_attrs(config: StudyConfig) -> dict[str, Any]:
             "study.objectives": ",".join(config.objectives),
             "study.constraints": "; ".join(k.text for k in config.constraints),
             "study.storage": redact_url(config.storage), "study.runtime": config.runtime,
-            "study.threads": config.threads}
+            "study.threads": config.threads, "study.paired_latency": config.paired}
 
 
 def copy_artifact(trial: FrozenTrial, out: Path) -> Path:

@@ -52,6 +52,24 @@ def test_latency_reports_spread_and_the_device(artifact):
         measure_latency(artifact, runs=1)
 
 
+def test_paired_latency_scores_the_ratio_to_the_reference(artifact, tmp_path):
+    # A reference with ~4x the work: its 2x input side. Swapping the halves of a pair, or
+    # scoring the raw median instead of reference_ms x ratio, fails here.
+    torch.manual_seed(0)
+    heavy = get_knob("precision").build(get_model("ggcnn").eval(), PrecisionConfig("fp32"),
+                                        tmp_path / "heavy.onnx", input_size=2 * SIZE)
+    result = measure_latency(artifact, warmup=2, runs=20, reference=heavy, block=1)
+    assert 0.1 < result.ratio < 0.6
+    assert result.reference_ms > result.median_ms
+    same = measure_latency(artifact, warmup=2, runs=20, reference=artifact, block=4)
+    assert 0.7 < same.ratio < 1.4
+    ctx = Context(warmup=2, runs=20, reference=heavy, reference_ms=100.0)
+    score = get_objective("latency")(artifact, ctx)
+    assert score == pytest.approx(100.0 * ctx.details["latency_ratio"])
+    assert 10 < score < 60 and ctx.details["latency_raw_ms"] < ctx.details[
+        "latency_reference_ms"]
+
+
 def test_macs_match_the_published_count_and_count_transposed_convs_once():
     assert abs(count_macs(get_model("ggcnn")) - 528e6) < 1e6  # GG-CNN's published 528 M
     layer = torch.nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1)

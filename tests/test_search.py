@@ -75,9 +75,13 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
     assert trials[0].params["precision"] == "fp32"
     assert trials[1].params["precision"] == "int8"
     assert trials[1].user_attrs["values"]["size"] < 0.6 * trials[0].user_attrs["values"]["size"]
+    baseline = study.user_attrs["baseline"]
     for t in trials:
         assert Path(t.user_attrs["artifact"]).stat().st_size == t.user_attrs["values"]["size"]
-        assert t.user_attrs["values"]["latency"] > 0
+        # Paired timing (the default): the baseline's latency x the ratio to its artifact.
+        assert t.user_attrs["values"]["latency"] == pytest.approx(
+            baseline["latency"] * t.user_attrs["extra"]["latency_ratio"])
+        assert t.user_attrs["extra"]["latency_raw_ms"] > 0
     # Resume: asking for 5 in all runs exactly one more trial; nothing is redone.
     study = run_study(load_study_config(path, {"n_trials": 5}))
     assert len(study.trials) == 5
@@ -190,6 +194,7 @@ def test_constraints_mark_trials_infeasible(tmp_path, checkpoint, jacquard_root)
      r"grace_period: must be .* > heartbeat_interval \(10\), got 10"),
     ("runs = 3", 'runs = 3\nallow_other_devices = "yes"',
      r"\[runtime\] allow_other_devices: must be true or false"),
+    ("runs = 3", 'runs = 3\npaired = 1', r"\[runtime\] paired: must be true or false"),
     ("runs = 3", "runs = 3\nthreads = 0", r"\[runtime\] threads: must be an integer >= 1, got 0"),
     ("batch_size = 2", "batch_size = 2.5", r"\[recovery\] batch_size: .*2.5"),
     ("[runtime]", "[trainer]\nlr = 1\n[runtime]", r"trainer"),
