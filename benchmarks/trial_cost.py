@@ -3,6 +3,10 @@ running it (into a scratch storage, artifacts folder and MLflow store, so nothin
 is touched).
 
     python benchmarks/trial_cost.py studies/quickstart.toml [--trials 12] [--data data/sim]
+    python benchmarks/trial_cost.py studies/ggcnn_overnight_cpu.toml --existing
+
+``--existing`` reads the trials a study already ran, from its own storage, instead of
+running new ones: the per-stage cost of an overnight study without spending another night.
 
 Stages, as each trial records them: apply (the structural knobs), recovery (distillation,
 with the gate), export (ONNX), calibration (int8 calibration and quantization), accuracy,
@@ -26,7 +30,7 @@ from rich.table import Table
 from objectives import device_fingerprint
 from search.config import load_study_config
 from search.pareto import front_table
-from search.study import run_study
+from search.study import load_study, run_study
 
 STAGES = ("apply_s", "recovery_s", "export_s", "calibration_s", "accuracy_s", "size_s",
           "latency_s")
@@ -37,8 +41,24 @@ def main() -> None:
     parser.add_argument("study", help="study file (TOML)")
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--data", default=None, help="dataset folder (overrides the file)")
+    parser.add_argument("--existing", action="store_true",
+                        help="report the study's own trials (its storage) instead of running")
+    parser.add_argument("--storage", default=None, help="with --existing: the study's storage")
     args = parser.parse_args()
     console = Console(width=130)
+    if args.existing:
+        config = load_study_config(args.study, {"storage": args.storage})
+        study, total = load_study(config), None
+    else:
+        config, study, total = _run(args)
+    trials = [t for t in study.trials if t.state in (
+        TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+    if not trials:
+        raise SystemExit(f"{config.name}: no finished trials to report.")
+    _report(console, config, study, trials, total)
+
+
+def _run(args: argparse.Namespace):
     with tempfile.TemporaryDirectory() as tmp:
         config = load_study_config(args.study, {
             "n_trials": args.trials, "data_root": args.data,
@@ -46,9 +66,10 @@ def main() -> None:
             "tracking_uri": f"sqlite:///{tmp}/mlflow.db", "timeout": None})
         start = time.perf_counter()
         study = run_study(config, Console(stderr=True, quiet=True))
-        total = time.perf_counter() - start
-    trials = [t for t in study.trials if t.state in (
-        TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+        return config, study, time.perf_counter() - start
+
+
+def _report(console: Console, config, study, trials, total: float | None) -> None:
     walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
     first = min(t.datetime_start for t in trials)
     last = max(t.datetime_complete for t in trials)
@@ -76,10 +97,11 @@ def main() -> None:
     console.print(table)
     console.print(front_table(study, config.objectives))
     fp = device_fingerprint(None, config.threads, config.runtime, config.device)
-    console.print(f"trials/hour: {len(trials) / optimise * 3600:.0f} while optimising, "
-                  f"{len(trials) / total * 3600:.0f} including setup ({total - optimise:.0f} s: "
-                  f"data check, baseline)   [{fp['cpu']}, {fp['cores']} cores, "
-                  f"{config.threads} thread(s) for latency]")
+    setup = ("" if total is None else f", {len(trials) / total * 3600:.0f} including setup "
+             f"({total - optimise:.0f} s: data check, baseline)")
+    console.print(f"trials/hour: {len(trials) / optimise * 3600:.0f} while optimising{setup}"
+                  f"   [{fp['cpu']}, {fp['cores']} cores, {config.threads} thread(s) for "
+                  f"latency]")
 
 
 if __name__ == "__main__":
