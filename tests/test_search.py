@@ -82,9 +82,14 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
         assert t.user_attrs["values"]["latency"] == pytest.approx(
             baseline["latency"] * t.user_attrs["extra"]["latency_ratio"])
         assert t.user_attrs["extra"]["latency_raw_ms"] > 0
-    # Resume: asking for 5 in all runs exactly one more trial; nothing is redone.
+    # Resume: asking for 5 in all runs exactly one more trial; nothing is redone. A worker
+    # without the baseline's artifact (another machine) builds it again to time against.
+    for old in (tmp_path / "artifacts" / "tiny").glob("baseline-*.onnx"):
+        old.unlink()
     study = run_study(load_study_config(path, {"n_trials": 5}))
     assert len(study.trials) == 5
+    assert list((tmp_path / "artifacts" / "tiny").glob(f"baseline-{baseline['variant']}.onnx"))
+    assert study.trials[4].user_attrs["extra"]["latency_ratio"] > 0
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
     # MLflow: one parent, one child per trial with the three metrics.
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
