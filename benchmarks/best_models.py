@@ -123,7 +123,7 @@ def main() -> None:
         for _ in range(args.rounds):  # interleaved: every artifact once per round
             for row in rows.values():
                 result = measure_latency(row["artifact"], config.threads, config.warmup,
-                                         config.runs, reference=pair_with, block=1)
+                                         config.runs, reference=pair_with)
                 row["medians"].append(result.median_ms)
                 row["ratios"].append(result.ratio)
     for row in rows.values():

@@ -23,12 +23,12 @@ from rich.console import Console
 from rich.table import Table
 from scipy.stats import spearmanr
 
-from grasp.artifact import SUFFIXES, Artifact
+from grasp.artifact import Artifact
 from objectives import device_fingerprint
 from objectives.latency import measure_latency
 from search.config import load_study_config
 from search.pareto import feasible_front
-from search.study import load_study
+from search.study import baseline_artifact_path, load_study
 
 
 def main() -> None:
@@ -50,8 +50,7 @@ def main() -> None:
                                     input_size=config.output_size, device=config.device)
                  for t in trials}
     baseline = study.user_attrs["baseline"]
-    reference_path = (Path(config.artifacts_dir) / config.name
-                      / f"baseline-{baseline['variant']}{SUFFIXES[config.runtime]}")
+    reference_path = baseline_artifact_path(config, baseline["variant"])
     if not reference_path.is_file():
         raise SystemExit(f"{config.name}: the baseline's artifact {reference_path} is missing.")
     reference = Artifact(reference_path, runtime=config.runtime, precision="fp32",
@@ -61,7 +60,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for number, artifact in artifacts.items():
             result = measure_latency(artifact, config.threads, config.warmup, config.runs,
-                                     reference=reference, block=1)
+                                     reference=reference)
             raw[number].append(result.median_ms)
             paired[number].append(baseline["latency"] * result.ratio)
 
@@ -99,6 +98,7 @@ def main() -> None:
 
 def _cv(values: list[float]) -> float:
     return statistics.stdev(values) / statistics.fmean(values)
+
 
 if __name__ == "__main__":
     main()

@@ -96,14 +96,15 @@ def _timed(run: Callable[[], None], count: int) -> list[float]:
 
 
 def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs: int = 50,
-                    reference: Artifact | None = None, block: int = 10) -> LatencyResult:
+                    reference: Artifact | None = None, block: int = 1) -> LatencyResult:
     """Times ``runs`` single-image inferences after ``warmup`` untimed ones.
 
     With a ``reference`` artifact, the two are timed in alternating blocks of ``block``
     runs, and ``ratio`` is the median over blocks of artifact / reference block medians.
     A machine that drifts between speed states for seconds at a time (shared VMs, turbo,
     thermal limits) moves both sides of a pair alike, so the ratio holds still where the
-    absolute median does not.
+    absolute median does not. Keep ``block`` at 1: blocks of 10 drifted as much as raw
+    medians did (RESULTS §10).
     """
     if runs < 3 or warmup < 0 or threads < 1 or block < 1:
         raise ValueError(f"`runs >= 3, warmup >= 0, threads >= 1, block >= 1` must hold, "
@@ -112,8 +113,8 @@ def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs
     other = reference.timed_call(threads) if reference is not None else None
     times, reference_times, ratios = [], [], []
     with torch_threads(threads):
-        for call in (run, other):
-            for _ in range(warmup if call is not None else 0):
+        for call in (run,) if other is None else (run, other):
+            for _ in range(warmup):
                 call()
         if other is None:
             times = _timed(run, runs)
@@ -143,7 +144,7 @@ class Latency:
     def __call__(self, artifact: Artifact, ctx: Context) -> float:
         paired = ctx.reference is not None and ctx.reference_ms is not None
         result = measure_latency(artifact, ctx.threads, ctx.warmup, ctx.runs,
-                                 reference=ctx.reference if paired else None, block=1)
+                                 reference=ctx.reference if paired else None)
         ctx.details.update({"latency_p90_ms": result.p90_ms, "latency_cv": result.cv,
                             "latency_runs": result.runs, "latency_raw_ms": result.median_ms,
                             "fingerprint": device_fingerprint(artifact, ctx.threads)})

@@ -226,11 +226,17 @@ def _baseline_artifact(setup: StudySetup, folder: Path, name: str,
                           input_size=c.output_size, device=c.device, runtime=c.runtime)
 
 
+def baseline_artifact_path(config: StudyConfig, variant: str) -> Path:
+    """Where a study keeps the artifact its baseline was measured on."""
+    return (Path(config.artifacts_dir) / config.name
+            / f"baseline-{variant}{SUFFIXES[config.runtime]}")
+
+
 def reference_artifact(setup: StudySetup, folder: Path, variant: str) -> Artifact:
     """The baseline's artifact that paired latency times against: the file the baseline
     was measured on, or the same build again (a worker on another machine)."""
     c = setup.config
-    path = folder / f"baseline-{variant}{SUFFIXES[c.runtime]}"
+    path = baseline_artifact_path(c, variant)
     if path.is_file():
         return Artifact(path, runtime=c.runtime, precision="fp32", input_size=c.output_size,
                         device=c.device)
