@@ -86,14 +86,18 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--candidates-per-object", type=int, default=8)
+    s.add_argument("--splits", default="train,val,test",
+                   help="comma-separated splits to make scenes for (default all); "
+                        "'val,test' grows the held-out sets of an existing dataset")
     s.set_defaults(run=_run_data_sim)
 
 
 def _run_data_sim(args: argparse.Namespace) -> None:
     from grasp.sim.generate import generate_dataset
 
+    splits = tuple(part.strip() for part in args.splits.split(",") if part.strip())
     generate_dataset(args.out, args.scenes, workers=args.workers, seed=args.seed,
-                     per_object=args.candidates_per_object, console=console)
+                     per_object=args.candidates_per_object, console=console, splits=splits)
 
 
 def _study_args(p: argparse.ArgumentParser, tracking: bool = True) -> None:

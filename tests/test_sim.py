@@ -138,3 +138,14 @@ def test_scene_split_rule():
 def test_bad_arguments_are_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"`scenes >= 1` must hold, but got 0"):
         generate_dataset(tmp_path, scenes=0)
+
+
+def test_splits_grow_only_the_held_out_sets(tmp_path):
+    out = tmp_path / "sim"
+    code = main(["data", "sim", "--scenes", "10", "--out", str(out), "--splits", "test",
+                 "--candidates-per-object", "1"])
+    assert code == 0
+    assert [p.parent.name for p in sorted(out.glob("*/scene*/scene.json"))] == ["scene000009"]
+    assert not (out / "train").exists() and not (out / "val").exists()
+    with pytest.raises(ValueError, match=r"splits must be a non-empty subset of .*'tset'"):
+        generate_dataset(tmp_path, scenes=10, splits=("tset",))

@@ -3,6 +3,8 @@
 Scene ``i`` goes to split ``train`` / ``val`` / ``test`` by ``i % 10`` (0–7 / 8 / 9) and only
 holds objects of that split. Each scene is written to a temporary folder and renamed when
 complete, so an interrupted run resumes where it stopped and never leaves half a scene.
+``splits`` keeps only some splits' scenes: growing the held-out sets (``("val", "test")``)
+then costs a fifth of the scenes, and the training scenes stay as they were.
 A candidate counts as a good grasp only if it and its small perturbations (±2 px, ±5°)
 all succeed; failed candidates are kept too, in ``*_grasps_failed.txt``.
 """
@@ -29,9 +31,12 @@ from grasp.sim.candidates import antipodal_candidates
 from grasp.sim.gripper import execute_grasp, pose_from_grasp
 from grasp.sim.scene import connect, generate_scene, load_scene, render
 
-__all__ = ["SceneLabels", "generate_dataset", "label_scene", "scene_split", "summarise"]
+__all__ = ["SPLITS", "SceneLabels", "generate_dataset", "label_scene", "scene_split", "summarise"]
 
 PERTURBATIONS = ((2.0, math.radians(5)), (-2.0, -math.radians(5)))
+
+
+SPLITS = ("train", "val", "test")
 
 
 def scene_split(index: int) -> str:
@@ -145,8 +150,8 @@ def summarise(out: Path) -> dict[str, float]:
     }
 
 
-def _pending(out: Path, scenes: int) -> list[int]:
-    return [i for i in range(scenes) if not (scene_dir(out, i) / "scene.json").is_file()]
+def _pending(out: Path, indices: list[int]) -> list[int]:
+    return [i for i in indices if not (scene_dir(out, i) / "scene.json").is_file()]
 
 
 def _results(jobs: list[tuple[int, int, int, str]], workers: int) -> Iterator[dict]:
@@ -159,20 +164,28 @@ def _results(jobs: list[tuple[int, int, int, str]], workers: int) -> Iterator[di
 
 def generate_dataset(out: str | Path, scenes: int, workers: int = 1, seed: int = 0,
                      per_object: int = 8, console: Console | None = None,
-                     progress: bool = True) -> dict[str, float]:
-    """Generates (or resumes) ``scenes`` scenes under ``out``; returns the summary."""
+                     progress: bool = True,
+                     splits: tuple[str, ...] = SPLITS) -> dict[str, float]:
+    """Generates (or resumes) scenes ``0 .. scenes - 1`` under ``out``, those of ``splits``
+    only; returns the summary of every scene there."""
     if scenes < 1:
         raise ValueError(f"`scenes >= 1` must hold, but got {scenes}.")
     if workers < 1:
         raise ValueError(f"`workers >= 1` must hold, but got {workers}.")
     if per_object < 1:
         raise ValueError(f"`per_object >= 1` must hold, but got {per_object}.")
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown or not splits:
+        raise ValueError(f"splits must be a non-empty subset of {SPLITS}, but got "
+                         f"{tuple(splits)}.")
     console = console or Console(stderr=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pending = _pending(out, scenes)
-    if len(pending) < scenes:
-        console.print(f"resuming: {scenes - len(pending)} of {scenes} scenes already in {out}")
+    wanted = [i for i in range(scenes) if scene_split(i) in splits]
+    pending = _pending(out, wanted)
+    if len(pending) < len(wanted):
+        console.print(f"resuming: {len(wanted) - len(pending)} of {len(wanted)} scenes "
+                      f"already in {out}")
     jobs = [(seed, i, per_object, str(out)) for i in pending]
     started, trials = time.perf_counter(), 0
     columns = (TextColumn("[bold]scenes"), BarColumn(), MofNCompleteColumn(),
