@@ -1,12 +1,13 @@
 """Latency, size and MACs of GG-CNN under each knob, measured side by side in one run.
 
     python benchmarks/knobs.py [--model ggcnn] [--rounds 5] [--runs 40]
-                               [--runtimes onnxruntime torch]
+                               [--runtimes onnxruntime torch] [--device cpu|cuda]
 
 Every variant is built as its deployable artifact on each runtime first (ONNX file; torch
 .pt2: eager channels_last program, or PT2E int8 compiled by AOTInductor); then all artifacts
 are timed round-robin (interleaved, 1 thread, batch 1, 300x300), so background load hits all
-of them alike. Untrained weights: speed and size do not depend on them.
+of them alike. Untrained weights: speed and size do not depend on them. ``--device cuda``
+times the float variants on the GPU (int8 is built for x86 CPUs, so it is left out there).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from grasp.artifact import RUNTIMES
+from grasp.artifact import RUNTIMES, check_device
 from grasp.models import get_model
 from objectives import count_macs, device_fingerprint
 from objectives.latency import measure_latency
@@ -66,7 +67,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
+    for runtime in args.runtimes:
+        check_device(runtime, args.device)
     torch.set_num_threads(1)
     console = Console(width=150)
     calibration = [torch.rand(1, 300, 300) * 0.05 for _ in range(8)]
@@ -74,9 +78,11 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, (model, prec)) in enumerate(variants(args.model).items()):
+            if prec == "int8" and args.device != "cpu":
+                continue
             for runtime in args.runtimes:
                 artifact = precision.build(model, PrecisionConfig(prec), Path(tmp) / f"{i}",
-                                           calibration, runtime=runtime)
+                                           calibration, device=args.device, runtime=runtime)
                 rows[label, runtime] = {"artifact": artifact, "macs": count_macs(model),
                                         "size": artifact.size_bytes, "medians": [], "cvs": []}
         for _ in range(args.rounds):  # interleaved: every artifact once per round
@@ -88,7 +94,8 @@ def main() -> None:
     naive = medians["uncompressed", args.runtimes[0]]
     best_base = min(medians[label, rt] for label in ("uncompressed", "upsample=subpixel (exact)")
                     for rt in args.runtimes)
-    table = Table(title=f"{args.model}: CPU, 1 thread, batch 1, 300x300 ({args.rounds} "
+    where = "CPU, 1 thread" if args.device == "cpu" else "GPU"
+    table = Table(title=f"{args.model}: {where}, batch 1, 300x300 ({args.rounds} "
                         f"interleaved rounds x {args.runs} runs)")
     for col in ("variant", "runtime", "precision", "median ms", "CV",
                 f"vs uncompressed {args.runtimes[0]}", "vs best exact", "size kB", "MMACs"):
@@ -102,8 +109,9 @@ def main() -> None:
     console.print(table)
     console.print(f"best exact baseline: {best_base:.2f} ms (uncompressed, plain or sub-pixel, "
                   "fastest runtime)")
-    fp = device_fingerprint()
-    console.print(f"machine: {fp['cpu']}, {fp['cores']} cores, onnxruntime "
+    fp = device_fingerprint(device=args.device)
+    gpu = f", GPU {fp['gpu']}" if "gpu" in fp else ""
+    console.print(f"machine: {fp['cpu']}, {fp['cores']} cores{gpu}, onnxruntime "
                   f"{fp['runtime_version']}, torch {torch.__version__}")
 
 

@@ -35,8 +35,8 @@ from torch import nn
 
 from grasp.models import HEAD_NAMES
 
-__all__ = ["PRECISIONS", "RUNTIMES", "SUFFIXES", "Artifact", "ArtifactError", "deployable",
-           "export_onnx", "export_torch", "save_program"]
+__all__ = ["PRECISIONS", "RUNTIMES", "SUFFIXES", "Artifact", "ArtifactError", "check_device",
+           "deployable", "export_onnx", "export_torch", "save_program"]
 
 RUNTIMES = ("onnxruntime", "torch")
 #: The artifact file's suffix on each runtime.
@@ -47,6 +47,25 @@ INPUT_NAME, OUTPUT_NAME = "depth", "maps"
 
 class ArtifactError(ValueError):
     """An artifact cannot be built or loaded: the message names the file or layer."""
+
+
+def check_device(runtime: str, device: str) -> None:
+    """Refuses a device the installed runtime cannot run on. Left alone, onnxruntime falls
+    back to its CPU provider without a word, and a study would time the CPU as "cuda"."""
+    if device == "cpu":
+        return
+    if runtime == "torch":
+        if not torch.cuda.is_available():
+            raise ArtifactError(f"device {device!r}: torch {torch.__version__} sees no CUDA "
+                                "device (a CPU-only build, or no GPU or driver here).")
+        return
+    import onnxruntime as ort
+
+    providers = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in providers:
+        raise ArtifactError(f"device {device!r}: onnxruntime {ort.__version__} offers "
+                            f"{providers}, not CUDAExecutionProvider; install onnxruntime-gpu "
+                            "in place of onnxruntime.")
 
 
 def fuse_heads(model: nn.Module) -> nn.Module:
@@ -234,17 +253,24 @@ class Artifact:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
+        check_device(self.runtime, self.device)
         providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
                      if self.device == "cuda" else ["CPUExecutionProvider"])
         try:
-            return ort.InferenceSession(str(self.path), options, providers=providers)
+            session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as error:  # onnxruntime raises its own untyped errors
             raise ArtifactError(f"{self.path}: cannot be loaded by onnxruntime: {error}") from None
+        if session.get_providers()[0] != providers[0]:
+            raise ArtifactError(f"{self.path}: onnxruntime could not start {providers[0]} "
+                                f"(CUDA or cuDNN libraries missing?) and fell back to "
+                                f"{session.get_providers()}.")
+        return session
 
     def module(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The loaded torch program; only for the ``torch`` runtime."""
         if self.runtime != "torch":
             raise ArtifactError(f"{self.path}: a {self.runtime} artifact is not a torch program.")
+        check_device(self.runtime, self.device)
         module = _load_torch(str(self.path), Path(self.path).stat().st_mtime_ns, self.precision)
         if self.device != "cpu" and isinstance(module, nn.Module):
             module.to(self.device)  # an eager program; an int8 package is compiled for x86

@@ -54,6 +54,8 @@ def device_fingerprint(artifact: Artifact | None = None, threads: int = 1,
         import onnxruntime as ort
 
         version = ort.__version__
+    gpu = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "unknown"
+           } if device == "cuda" else {}
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
@@ -63,13 +65,15 @@ def device_fingerprint(artifact: Artifact | None = None, threads: int = 1,
         "runtime_version": version,
         "device": device,
         "threads": threads,
+        **gpu,
     }
 
 
 def fingerprint_key(fingerprint: dict[str, Any]) -> str:
     """The part of a fingerprint that must match for latencies to be compared."""
     keys = ("cpu", "cores", "machine", "runtime", "runtime_version", "device", "threads")
-    return "|".join(str(fingerprint.get(k)) for k in keys)
+    gpu = [str(fingerprint["gpu"])] if fingerprint.get("gpu") else []  # CPU keys as before
+    return "|".join([str(fingerprint.get(k)) for k in keys] + gpu)
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,14 @@ from rich.console import Console
 from rich.progress import track
 from torch import nn
 
-from grasp.artifact import SUFFIXES, Artifact
+from grasp.artifact import SUFFIXES, Artifact, ArtifactError, check_device
 from grasp.checkpoints import load_checkpoint
 from grasp.data import load_dataset, split
 from grasp.train import evaluate, predict_maps
 from grasp.urls import redact_url
 from objectives import Context, count_macs, count_params, device_fingerprint, get_objective
 from objectives.latency import fingerprint_key
-from search.config import StudyConfig
+from search.config import StudyConfig, StudyConfigError
 from search.recovery import RecoveryPool, recover
 from search.workers import (
     RUN_ID_KEY,
@@ -401,6 +401,10 @@ def run_study(config: StudyConfig, console: Console | None = None,
     worker sharing it) or this worker's timeout."""
     console = console or Console(stderr=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:  # here, not at load: pareto and export read a GPU study's results on any machine
+        check_device(config.runtime, config.device)
+    except ArtifactError as error:
+        raise StudyConfigError(f"{config.path}: [runtime] {error}") from None
     # The storage is opened first: an unreachable server fails in a second, not after setup.
     storage = open_storage(config.storage, config.heartbeat_interval, config.grace_period,
                            config.tracking_uri if track else None)

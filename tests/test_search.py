@@ -1,5 +1,6 @@
 """End to end: a study of a few tiny trials, resume, failure, the gate, pareto, export."""
 
+import re
 from pathlib import Path
 
 import mlflow
@@ -7,6 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from grasp.artifact import Artifact, ArtifactError
 from search.cli import main
 from search.config import StudyConfigError, load_study_config
 from search.study import load_study, run_study
@@ -216,6 +218,34 @@ def test_broken_study_files_are_rejected_before_any_work(tmp_path, checkpoint, j
         load_study_config(path)
     assert str(path) in str(error.value)
     assert not (tmp_path / "optuna.db").exists()
+
+
+@pytest.mark.parametrize(("runtime", "message"), [
+    ("onnxruntime", r"\[runtime\] device 'cuda': onnxruntime .* not CUDAExecutionProvider; "
+                    r"install onnxruntime-gpu"),
+    ("torch", r"\[runtime\] device 'cuda': torch .* sees no CUDA device"),
+])
+def test_a_device_the_runtime_cannot_use_is_refused_before_any_work(
+        tmp_path, checkpoint, jacquard_root, capsys, monkeypatch, runtime, message):
+    # Without the check, onnxruntime falls back to its CPU provider and the study would
+    # time the CPU under the name "cuda".
+    import onnxruntime
+    import torch
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = write_study(tmp_path, checkpoint, jacquard_root)
+    path.write_text(path.read_text().replace("warmup = 1", f'name = "{runtime}"\n'
+                                             'device = "cuda"\nwarmup = 1')
+                    .replace('["fp32", "int8"]', '["fp32", "fp16"]'))
+    assert main(["search", str(path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert re.search(message, err), err
+    assert "Traceback" not in err and not (tmp_path / "optuna.db").exists()
+    export = tmp_path / "model.onnx"
+    export.write_bytes(b"x")
+    with pytest.raises(ArtifactError, match="not CUDAExecutionProvider"):
+        Artifact(export, device="cuda").session()
 
 
 def test_missing_inputs_are_named(tmp_path, checkpoint, jacquard_root, capsys):
