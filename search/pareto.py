@@ -180,7 +180,7 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
         f"{base.get('size', float('nan')):.0f} |",
         f"| latency (median ms, batch 1, {fp.get('threads')} thread) | {v['latency']:.2f} | "
         f"{base.get('latency', float('nan')):.2f} |", "",
-        *_loading(config.runtime, trial.user_attrs.get("precision")),
+        *_loading(config.runtime, trial.user_attrs.get("precision"), config.device),
         "All three numbers were measured on this file. Latency was measured on: "
         f"{fp.get('cpu')} ({fp.get('cores')} cores), {fp.get('runtime')} "
         f"{fp.get('runtime_version')}, {fp.get('device')}.", "",
@@ -192,10 +192,17 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
     return out
 
 
-def _loading(runtime: str, precision: str | None) -> list[str]:
+def _loading(runtime: str, precision: str | None, device: str = "cpu") -> list[str]:
     """How a robot runs the file, for the model card."""
     if runtime != "torch":
-        return ["Run it with `onnxruntime.InferenceSession(\"model.onnx\")`.", ""]
+        provider = ("providers=[\"CUDAExecutionProvider\"]" if device == "cuda"
+                    else "providers=[\"CPUExecutionProvider\"]")
+        return [f"Run it with `onnxruntime.InferenceSession(\"model.onnx\", {provider})`.", ""]
+    if device == "cuda":
+        return ["Run it with `torch.export.load(\"model.pt2\").module()` on a machine with "
+                "CUDA: it was exported on the GPU, its weights load there, and it takes a "
+                "CUDA tensor. Latency was timed replaying it as a CUDA graph "
+                "(`torch.cuda.graph`), as a robot's loop should run it.", ""]
     if precision == "int8":
         return ["Run it with `torch._inductor.aoti_load_package(\"model.pt2\")` (an "
                 "AOTInductor package: compiled code for this CPU architecture).", ""]

@@ -159,7 +159,8 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
             if timings is not None:
                 timings["calibration_s"] = time.perf_counter() - start
         else:
-            export_torch(model, path, input_size, half=config.precision == "fp16")
+            export_torch(model, path, input_size, half=config.precision == "fp16",
+                         device=device)
         return Artifact(path, runtime, config.precision, input_size, device)
     if config.precision == "fp32":
         export_onnx(model, path, input_size)

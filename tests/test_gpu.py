@@ -10,7 +10,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from grasp.artifact import ArtifactError
+from grasp.artifact import ArtifactError, cuda_graph
 from grasp.models import get_model
 from objectives import Context, get_objective
 from search.cli import main
@@ -66,6 +66,17 @@ def test_torch_programs_compute_the_model_and_are_timed_on_the_gpu(model, images
     assert fingerprint["gpu"] == torch.cuda.get_device_name()
 
 
+def test_latency_on_the_gpu_replays_a_cuda_graph_of_the_same_maps(model, images, tmp_path):
+    artifact = build(model, "fp16", tmp_path / "model", "torch")
+    module, x = artifact.module(), images[:1].cuda()
+    replay, out = cuda_graph(module, x)
+    x.copy_(images[1:2])  # a graph reads its input buffer anew at every replay
+    replay()
+    with torch.inference_mode():
+        assert torch.equal(out, module(x))
+    assert not torch.equal(out, module(images[:1].cuda()))
+
+
 def test_onnxruntime_runs_on_its_cuda_provider_or_refuses(model, images, tmp_path):
     import onnxruntime as ort
 
@@ -94,3 +105,10 @@ def test_a_study_on_the_gpu_scores_every_trial_there(tmp_path, checkpoint, jacqu
         assert t.user_attrs["fingerprint"]["device"] == "cuda"
         assert t.user_attrs["values"]["latency"] == pytest.approx(
             baseline["latency"] * t.user_attrs["extra"]["latency_ratio"])
+    # The exported program is the GPU's: the robot loads it and feeds it a CUDA tensor.
+    out = tmp_path / "export"
+    assert main(["export", str(path), "--trial", "2", "--out", str(out)]) == 0
+    assert "on a machine with CUDA" in (out / "MODEL_CARD.md").read_text()
+    program = torch.export.load(str(out / "model.pt2")).module()
+    maps = program(torch.zeros(1, 1, SIZE, SIZE, device="cuda"))
+    assert maps.device.type == "cuda" and maps.shape == (1, 4, SIZE, SIZE)
