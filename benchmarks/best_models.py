@@ -2,7 +2,7 @@
 all measured side by side in one run.
 
     python benchmarks/best_models.py studies/ggcnn_overnight_torch_cpu.toml [--rounds 5]
-        [--steps N] [--storage URL]
+        [--steps N] [--storage URL] [--data DIR]
 
 Reference points, each built as an artifact on the study's runtime:
 
@@ -17,6 +17,8 @@ Reference points, each built as an artifact on the study's runtime:
 
 Accuracy is on the study's held-out (validation) images, which the study selected its
 front on, and again on the test images, which nothing here has seen: the honest number.
+``--data`` scores both on another copy of the dataset, such as one whose held-out sets were
+grown with ``ggopt data sim --splits val,test`` after the study ran (same training scenes).
 Latency is timed round-robin over every artifact for ``--rounds`` rounds (the study's
 threads, warm-up and runs), each artifact in strict alternation with the torch sub-pixel
 baseline; speed-ups are ratios of the median per-pair ratios, which the machine's speed
@@ -65,9 +67,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="recovery steps for the single techniques (default: the study's)")
     parser.add_argument("--storage", default=None)
+    parser.add_argument("--data", default=None,
+                        help="dataset folder to score val and test accuracy on (default: the "
+                             "study's)")
     args = parser.parse_args()
     console = Console(width=150)
-    config = load_study_config(args.study, {"storage": args.storage})
+    config = load_study_config(args.study, {"storage": args.storage, "data_root": args.data})
     setup = prepare(config, Console(stderr=True, quiet=True))
     steps = config.recovery_steps if args.steps is None else args.steps
     dataset = load_dataset(config.data_format, config.data_root, output_size=config.output_size)

@@ -10,6 +10,10 @@ latency, the re-measured one both ways (raw median; paired: the baseline's recor
 x the median per-pair ratio), each a median over rounds, and the coefficient of variation
 across rounds of each; then Spearman's rank correlation between the study's latencies and
 each re-measurement. Targets (issue 7): CV <= 3 % per artifact, rank correlation >= 0.95.
+
+``--estimators`` also reports, from the same runs, the CV across rounds of other ways to
+turn the pairs into a ratio (ratio of medians, of 10th percentiles, of minima, a trimmed
+mean of per-pair ratios), to see which holds still on this machine.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import argparse
 import statistics
 from pathlib import Path
 
+import numpy as np
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
+from scipy import stats
 from scipy.stats import spearmanr
 
 from grasp.artifact import Artifact
@@ -37,6 +43,8 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every complete trial, not the front")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--storage", default=None)
+    parser.add_argument("--estimators", action="store_true",
+                        help="also the CV of other ratio estimators, from the same runs")
     args = parser.parse_args()
     config = load_study_config(args.study, {"storage": args.storage})
     study = load_study(config)
@@ -57,12 +65,14 @@ def main() -> None:
                          input_size=config.output_size, device=config.device)
     raw: dict[int, list[float]] = {n: [] for n in artifacts}
     paired: dict[int, list[float]] = {n: [] for n in artifacts}
+    runs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in artifacts}
     for _ in range(args.rounds):
         for number, artifact in artifacts.items():
             result = measure_latency(artifact, config.threads, config.warmup, config.runs,
                                      reference=reference)
             raw[number].append(result.median_ms)
             paired[number].append(baseline["latency"] * result.ratio)
+            runs[number].append((np.array(result.times), np.array(result.reference_times)))
 
     table = Table(title=f"{config.name}: {len(trials)} artifacts, {args.rounds} rounds of "
                         f"{config.runs} runs paired with the baseline, {config.threads} "
@@ -94,6 +104,28 @@ def main() -> None:
                       f"within 3 %: {sum(c <= 0.03 for c in cvs)}/{len(cvs)}")
     console.print(f"[{fp['cpu']}, {fp['cores']} cores; baseline {baseline['variant']} "
                   f"{baseline['latency']:.2f} ms as recorded]")
+    if args.estimators:
+        console.print(_estimator_table(runs))
+
+
+ESTIMATORS = {
+    "median of per-pair ratios (the study's)": lambda a, b: np.median(a / b),
+    "ratio of medians": lambda a, b: np.median(a) / np.median(b),
+    "ratio of 10th percentiles": lambda a, b: np.percentile(a, 10) / np.percentile(b, 10),
+    "ratio of minima": lambda a, b: a.min() / b.min(),
+    "per-pair ratios, 10-90 % trimmed mean": lambda a, b: stats.trim_mean(a / b, 0.1),
+}
+
+
+def _estimator_table(runs: dict[int, list[tuple[np.ndarray, np.ndarray]]]) -> Table:
+    table = Table(title="CV across rounds of each ratio estimator (same runs)")
+    for column in ("estimator", "CV median", "CV max", "within 3 %"):
+        table.add_column(column, justify="left" if column == "estimator" else "right")
+    for name, estimate in ESTIMATORS.items():
+        cvs = [_cv([float(estimate(a, b)) for a, b in rounds]) for rounds in runs.values()]
+        table.add_row(name, f"{statistics.median(cvs):.1%}", f"{max(cvs):.1%}",
+                      f"{sum(c <= 0.03 for c in cvs)}/{len(cvs)}")
+    return table
 
 
 def _cv(values: list[float]) -> float:

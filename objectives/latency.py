@@ -85,6 +85,8 @@ class LatencyResult:
     threads: int
     reference_ms: float | None = None  # the reference's median, timed alongside
     ratio: float | None = None  # median over blocks of (artifact / reference) block medians
+    times: tuple[float, ...] = ()  # every timed run, ms, in order
+    reference_times: tuple[float, ...] = ()  # the reference's, interleaved with them
 
     def to_dict(self) -> dict[str, float | None]:
         return asdict(self)
@@ -137,6 +139,7 @@ def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs
         runs=runs, threads=threads,
         reference_ms=statistics.median(reference_times) if reference_times else None,
         ratio=statistics.median(ratios) if ratios else None,
+        times=tuple(times), reference_times=tuple(reference_times),
     )
 
 

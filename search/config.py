@@ -315,14 +315,26 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
 
 
 def _check_runtime(config: StudyConfig) -> None:
-    """torch int8 needs torchao (PT2E) and a C++ compiler (AOTInductor): say so up front."""
+    """torch int8 needs torchao (PT2E) and a C++ compiler (AOTInductor), and only it trains
+    quantization-aware: say so up front."""
     import importlib.util
     import shutil
 
-    if config.runtime != "torch" or "precision" not in config.knobs:
+    if "precision" not in config.knobs:
         return
-    precisions = config.knob_options.get("precision", {}).get("precisions", PRECISIONS)
-    if "int8" not in precisions:
+    options = config.knob_options.get("precision", {})
+    precisions = options.get("precisions", PRECISIONS)
+    if options.get("qat_steps"):
+        where = f"{config.path}: [knobs.precision] qat_steps"
+        if config.runtime != "torch":
+            raise StudyConfigError(f"{where}: quantization-aware int8 is built on [runtime] "
+                                   f"name = 'torch' (PT2E); {config.runtime}'s int8 is "
+                                   f"post-training only. Got qat_steps = "
+                                   f"{options['qat_steps']}.")
+        if "int8" not in precisions:
+            raise StudyConfigError(f"{where}: there is no int8 to train, precisions are "
+                                   f"{list(precisions)}.")
+    if config.runtime != "torch" or "int8" not in precisions:
         return
     where = f"{config.path}: [knobs.precision] precisions"
     if config.device != "cpu":
@@ -348,7 +360,8 @@ _KNOB_OPTIONS: dict[str, dict[str, tuple[type, str, Any]]] = {
                            "bilinear", lambda v: v and all(
                                x in ("keep", "subpixel", "nearest", "bilinear") for x in v))},
     "precision": {"precisions": (list, f"must be a non-empty list from {PRECISIONS}",
-                                 lambda v: v and all(x in PRECISIONS for x in v))},
+                                 lambda v: v and all(x in PRECISIONS for x in v)),
+                  "qat_steps": (int, "must be an integer >= 0", lambda v: v >= 0)},
 }
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from grasp.train import distillation_loss, ggcnn_loss, predict_maps
 
-__all__ = ["RecoveryPool", "recover"]
+__all__ = ["RecoveryPool", "recover", "recover_graph"]
 
 #: Most samples a pool holds: 256 crops of 144 px are ~190 MB; more gives little.
 MAX_POOL = 256
@@ -81,3 +81,28 @@ def recover(model: nn.Module, pool: RecoveryPool, steps: int, batch_size: int, l
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+class _FourMaps(nn.Module):
+    """An exported deployable graph ([B, 4, S, S] out) seen as GG-CNN's four maps, for the
+    losses. ``train()`` and ``eval()`` only flip the flag: torch refuses them on an exported
+    graph, which has no layers that train and evaluate differently here anyway."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.graph(x).split(1, dim=1))
+
+    def train(self, mode: bool = True) -> _FourMaps:
+        self.training = mode
+        return self
+
+
+def recover_graph(graph: nn.Module, pool: RecoveryPool, steps: int, batch_size: int,
+                  lr: float, distill_weight: float, pos_weight: float = 1.0,
+                  seed: int = 0) -> None:
+    """:func:`recover` for an exported deployable graph, in place: what quantization-aware
+    training of an int8 graph (fake-quantize nodes in it) runs."""
+    recover(_FourMaps(graph), pool, steps, batch_size, lr, distill_weight, pos_weight, seed)

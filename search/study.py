@@ -34,7 +34,7 @@ from grasp.urls import redact_url
 from objectives import Context, count_macs, count_params, device_fingerprint, get_objective
 from objectives.latency import fingerprint_key
 from search.config import StudyConfig, StudyConfigError
-from search.recovery import RecoveryPool, recover
+from search.recovery import RecoveryPool, recover, recover_graph
 from search.workers import (
     RUN_ID_KEY,
     SURPLUS_KEY,
@@ -54,6 +54,8 @@ __all__ = ["StudySetup", "build_trial_model", "finished", "load_study", "prepare
 DIRECTIONS = {"accuracy": "maximize", "size": "minimize", "latency": "minimize"}
 METRIC_NAMES = {"accuracy": "accuracy", "size": "size_bytes", "latency": "latency_ms"}
 STRUCTURAL = tuple(k for k in ORDER if k != "precision")
+#: Quantization-aware training's learning rate, as a fraction of the recovery one.
+QAT_LR_FRACTION = 0.1
 
 
 @dataclass
@@ -320,7 +322,7 @@ class _Pipeline:
             if "precision" in self.setup.knobs:
                 artifact = self.setup.knobs["precision"].build(
                     model, configs["precision"], folder / "model", self.setup.calibration,
-                    c.output_size, c.device, times, c.runtime)
+                    c.output_size, c.device, times, c.runtime, train=self._train_int8)
             else:
                 artifact = _fp32(model, folder, c)
             times["export_s"] = time.perf_counter() - start - times.get("calibration_s", 0.0)
@@ -359,6 +361,15 @@ class _Pipeline:
                 if fp:
                     tags["ggopt.device"] = fingerprint_key(fp)
                 self.tracker.end_trial(run_id, state, tags)
+
+    def _train_int8(self, graph: nn.Module, steps: int) -> None:
+        """Quantization-aware training of an int8 graph: the trial's distillation again,
+        through fake-quantize nodes, at a tenth of the recovery learning rate (the weights
+        only need to settle onto the int8 grid)."""
+        c = self.setup.config
+        recover_graph(graph, self.setup.recovery_pool(), steps, c.recovery_batch_size,
+                      c.recovery_lr * QAT_LR_FRACTION, c.distill_weight, self.setup.pos_weight,
+                      c.seed)
 
     def _recover(self, trial: optuna.Trial, model: nn.Module, times: dict[str, float],
                  run_id: str | None) -> nn.Module:

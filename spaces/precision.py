@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -79,38 +80,64 @@ class _Calibration:
         return {INPUT_NAME: _batch_of_one(image).numpy()}
 
 
-def _torchao() -> tuple[Any, Callable, Callable]:
-    """torchao's x86 quantizer module, prepare_pt2e and convert_pt2e, imported without its
+def _torchao() -> SimpleNamespace:
+    """torchao's x86 quantizer module and its PT2E entry points, imported without its
     start-up noise on a CPU machine (CUDA kernels it cannot load, a deprecation notice)."""
     loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
+        import torchao.quantization.pt2e as pt2e
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantize_pt2e import (
+            convert_pt2e,
+            prepare_pt2e,
+            prepare_qat_pt2e,
+        )
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-    return x86, prepare_pt2e, convert_pt2e
+    return SimpleNamespace(x86=x86, prepare=prepare_pt2e, prepare_qat=prepare_qat_pt2e,
+                           convert=convert_pt2e, to_train=pt2e.move_exported_model_to_train,
+                           to_eval=pt2e.move_exported_model_to_eval)
 
 
 def quantize_pt2e(model: nn.Module, calibration: Sequence[torch.Tensor],
-                  input_size: int = 300) -> torch.fx.GraphModule:
+                  input_size: int = 300,
+                  finetune: Callable[[nn.Module], None] | None = None) -> torch.fx.GraphModule:
     """The deployable model quantized by PT2E for x86 (per-channel int8 weights, uint8
     activations), calibrated one image at a time; float weights the int8 graph no longer
-    reads are dropped so the file holds only what runs."""
-    x86, prepare_pt2e, convert_pt2e = _torchao()
+    reads are dropped so the file holds only what runs.
 
-    example = torch.zeros(1, 1, input_size, input_size)
-    graph = torch.export.export(deployable(model), (example,)).module()
-    quantizer = x86.X86InductorQuantizer()
-    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(graph, quantizer)
+    With ``finetune``, quantization-aware: the graph gets fake-quantize nodes, is
+    calibrated, and ``finetune`` trains it in place (straight-through gradients; any batch,
+    any square side that is a multiple of 12) before conversion, so the weights learn values
+    that int8 holds."""
+    ao = _torchao()
+    net = deployable(model)
+    quantizer = ao.x86.X86InductorQuantizer()
+    quantizer.set_global(ao.x86.get_default_x86_inductor_quantization_config(
+        is_qat=finetune is not None))
+    if finetune is None:
+        example = torch.zeros(1, 1, input_size, input_size)
+        prepared = ao.prepare(torch.export.export(net, (example,)).module(), quantizer)
+    else:
+        # Any batch and any square side that is a multiple of 12 (GG-CNN's total stride):
+        # training runs on the recovery pool's crops, the artifact on full images.
+        side = 12 * torch.export.Dim("side_in_12s", min=2, max=1000)
+        shapes = ({0: torch.export.Dim("batch", min=1, max=4096), 2: side, 3: side},)
+        example = torch.zeros(2, 1, 12 * max(2, input_size // 12), 12 * max(2, input_size // 12))
+        graph = torch.export.export(net, (example,), dynamic_shapes=shapes).module()
+        prepared = ao.prepare_qat(graph, quantizer)
     with torch.no_grad():
         for image in calibration:
             prepared(_batch_of_one(image))
-    converted = convert_pt2e(prepared)
+    if finetune is not None:
+        ao.to_train(prepared)
+        finetune(prepared)
+        ao.to_eval(prepared)
+    converted = ao.convert(prepared)
     read = {node.target for node in converted.graph.nodes if node.op == "get_attr"}
     for name in [n for n, _ in converted.named_parameters()] + [
             n for n, _ in converted.named_buffers()]:
@@ -138,10 +165,12 @@ def compile_int8(program: torch.export.ExportedProgram, path: Path) -> Path:
 def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
                    calibration: Sequence[torch.Tensor] = (), input_size: int = 300,
                    device: str = "cpu", timings: dict[str, float] | None = None,
-                   runtime: str = "onnxruntime") -> Artifact:
+                   runtime: str = "onnxruntime",
+                   finetune: Callable[[nn.Module], None] | None = None) -> Artifact:
     """Exports ``model`` at ``config.precision`` for ``runtime`` to ``path`` (its suffix
     becomes the runtime's: .onnx or .pt2); ``timings`` receives ``calibration_s``, the int8
-    calibration and quantization time."""
+    calibration and quantization time (training included). ``finetune`` makes a torch int8
+    build quantization-aware (:func:`quantize_pt2e`); other builds ignore it."""
     if config.precision not in PRECISIONS:
         raise KnobError(f"precision: must be one of {', '.join(PRECISIONS)}, "
                         f"got {config.precision!r}.")
@@ -153,7 +182,7 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
     if runtime == "torch":
         if config.precision == "int8":
             start = time.perf_counter()
-            quantized = quantize_pt2e(model, calibration, input_size)
+            quantized = quantize_pt2e(model, calibration, input_size, finetune)
             example = torch.zeros(1, 1, input_size, input_size)
             compile_int8(torch.export.export(quantized, (example,)), path)
             if timings is not None:
@@ -255,17 +284,22 @@ class PrecisionKnob:
     """Parameter: ``precision`` (one of the study's precisions).
 
     Unlike the structural knobs it does not change the model: :meth:`build` turns the final
-    model into the Artifact that every objective measures.
+    model into the Artifact that every objective measures. With ``qat_steps``, a torch int8
+    build trains that many steps through fake-quantize nodes (the ``train`` given to
+    :meth:`build`) instead of quantizing the float weights as they are.
     """
 
     name: ClassVar[str] = "precision"
 
-    def __init__(self, precisions: tuple[str, ...] = PRECISIONS) -> None:
+    def __init__(self, precisions: tuple[str, ...] = PRECISIONS, qat_steps: int = 0) -> None:
         bad = [p for p in precisions if p not in PRECISIONS]
         if bad or not precisions:
             raise KnobError(f"precision.precisions: each must be one of {PRECISIONS}, "
                             f"got {list(precisions)}.")
+        if qat_steps < 0:
+            raise KnobError(f"precision.qat_steps: must be >= 0, got {qat_steps}.")
         self.precisions = tuple(precisions)
+        self.qat_steps = qat_steps
 
     def suggest(self, trial: optuna.Trial, model: nn.Module) -> PrecisionConfig:
         return PrecisionConfig(trial.suggest_categorical("precision", self.precisions))
@@ -283,11 +317,19 @@ class PrecisionKnob:
     def build(self, model: nn.Module, config: PrecisionConfig, path: str | Path,
               calibration: Sequence[torch.Tensor] = (), input_size: int = 300,
               device: str = "cpu", timings: dict[str, float] | None = None,
-              runtime: str = "onnxruntime") -> Artifact:
+              runtime: str = "onnxruntime",
+              train: Callable[[nn.Module, int], None] | None = None) -> Artifact:
+        """The artifact; ``train(module, steps)`` trains a module in place, used for
+        quantization-aware int8 on torch when ``qat_steps`` > 0."""
         self.apply(model, config)
+        finetune = None
+        if train is not None and self.qat_steps and config.precision == "int8" \
+                and runtime == "torch":
+            def finetune(graph: nn.Module) -> None:
+                train(graph, self.qat_steps)
         try:
             return build_artifact(model, config, path, calibration, input_size, device, timings,
-                                  runtime)
+                                  runtime, finetune)
         except (ArtifactError, KnobError):
             raise
         except Exception as error:  # exporters and quantizers raise untyped errors

@@ -1,3 +1,5 @@
+import statistics
+
 import pytest
 import torch
 
@@ -61,6 +63,10 @@ def test_paired_latency_scores_the_ratio_to_the_reference(artifact, tmp_path):
     result = measure_latency(artifact, warmup=2, runs=20, reference=heavy, block=1)
     assert 0.1 < result.ratio < 0.6
     assert result.reference_ms > result.median_ms
+    # Every run is kept, in order, so other estimators can be computed from the same pairs.
+    assert len(result.times) == len(result.reference_times) == 20
+    assert result.ratio == pytest.approx(statistics.median(
+        a / b for a, b in zip(result.times, result.reference_times, strict=True)))
     same = measure_latency(artifact, warmup=2, runs=20, reference=artifact, block=4)
     assert 0.7 < same.ratio < 1.4
     ctx = Context(warmup=2, runs=20, reference=heavy, reference_ms=100.0)

@@ -207,6 +207,12 @@ def test_constraints_mark_trials_infeasible(tmp_path, checkpoint, jacquard_root)
     ("[runtime]", "[trainer]\nlr = 1\n[runtime]", r"trainer"),
     ("gate_margin = 0.2", "gate_margin = -2", r"\[recovery\] gate_margin"),
     ("batch_size = 2", "batch_size = 2\ncrop = 100", r"\[recovery\] crop: must be 0 .* got 100"),
+    ('precisions = ["fp32", "int8"]', 'precisions = ["fp32", "int8"]\nqat_steps = -5',
+     r"\[knobs.precision\] qat_steps: must be an integer >= 0, got -5"),
+    ('precisions = ["fp32", "int8"]', 'precisions = ["fp32", "int8"]\nqat_steps = 50',
+     r"qat_steps: quantization-aware int8 is built on \[runtime\] name = 'torch'"),
+    ('precisions = ["fp32", "int8"]', 'precisions = ["fp32"]\nqat_steps = 50',
+     r"qat_steps: .*name = 'torch'"),
 ], ids=lambda v: None)
 def test_broken_study_files_are_rejected_before_any_work(tmp_path, checkpoint, jacquard_root,
                                                          fragment, replacement, message):

@@ -1,6 +1,7 @@
 """The torch runtime: eager channels_last .pt2 programs, and PT2E int8 compiled by
 AOTInductor; scored, exported and registered like ONNX artifacts."""
 
+import copy
 import importlib.util
 import shutil
 
@@ -9,14 +10,16 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+import search.study
 from grasp.artifact import Artifact, ArtifactError
 from grasp.models import get_model
 from objectives import Context, get_objective
 from search.cli import main
 from search.config import StudyConfigError, load_study_config
+from search.recovery import RecoveryPool, recover_graph
 from search.study import load_study
 from spaces import get_knob
-from spaces.precision import PrecisionConfig, int8_layers
+from spaces.precision import PrecisionConfig, PrecisionKnob, int8_layers
 from spaces.upsample import UpsampleConfig
 from tests.test_search import write_study
 
@@ -87,6 +90,46 @@ def test_int8_is_compiled_to_int8_convs_and_stays_close(model, images, tmp_path)
     assert get_objective("latency")(int8, ctx) > 0
 
 
+def test_quantization_aware_int8_learns_through_fake_quantize(model, images, tmp_path):
+    # A student knocked off its teacher: post-training int8 keeps the damage, while
+    # quantization-aware int8 trains it back (gradients through the fake-quantize nodes,
+    # on crops smaller than the artifact's input), and the trained weights are what ship.
+    upsample = get_knob("upsample")
+    teacher = upsample.apply(model, UpsampleConfig(
+        tuple((layer, "subpixel") for layer in upsample.layers(model))))
+    student = copy.deepcopy(teacher)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for weight in student.parameters():
+            weight.add_(0.3 * weight.abs().mean() * torch.randn_like(weight))
+    x = torch.stack(images)
+    with torch.no_grad():
+        taught = torch.cat(teacher(x), 1)
+    crops = x[..., :48, :48]
+    pool = RecoveryPool(crops, taught[..., :48, :48], taught[..., :48, :48])
+    calls = []
+
+    def train(graph, steps):
+        calls.append(steps)
+        recover_graph(graph, pool, steps, batch_size=2, lr=2e-3, distill_weight=1.0)
+
+    def error(artifact):
+        return (artifact.predictor()(x) - taught).pow(2).mean().item()
+
+    knob = PrecisionKnob(("fp32", "int8"), qat_steps=40)
+    ptq = knob.build(student, PrecisionConfig("int8"), tmp_path / "ptq", images, SIZE,
+                     runtime="torch")
+    qat = knob.build(student, PrecisionConfig("int8"), tmp_path / "qat", images, SIZE,
+                     runtime="torch", train=train)
+    assert calls == [40]
+    assert error(qat) < 0.5 * error(ptq)
+    assert len(int8_layers(qat)) == 7
+    # Only int8 on torch trains: fp32 and onnxruntime builds leave the model alone.
+    knob.build(student, PrecisionConfig("fp32"), tmp_path / "f", runtime="torch", train=train)
+    knob.build(student, PrecisionConfig("int8"), tmp_path / "o", images, SIZE, train=train)
+    assert calls == [40]
+
+
 def test_torch_artifacts_are_checked_and_named(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"x")
     with pytest.raises(ArtifactError, match=r"model\.onnx: a torch artifact must end in \.pt2"):
@@ -105,6 +148,11 @@ def test_torch_int8_without_its_tools_is_refused_at_load(tmp_path, checkpoint, j
     assert load_study_config(path).runtime == "torch"
     with pytest.raises(StudyConfigError, match=r"int8 .* compiled for x86 CPUs.*'cuda'"):
         load_study_config(path, {"device": "cuda"})
+    no_int8 = path.read_text().replace('precisions = ["fp32", "int8"]',
+                                       'precisions = ["fp32"]\nqat_steps = 10')
+    (tmp_path / "no_int8.toml").write_text(no_int8)
+    with pytest.raises(StudyConfigError, match=r"qat_steps: there is no int8 to train"):
+        load_study_config(tmp_path / "no_int8.toml")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "torchao" else real(name, *a))
@@ -117,10 +165,20 @@ def test_torch_int8_without_its_tools_is_refused_at_load(tmp_path, checkpoint, j
 
 
 def test_a_torch_study_scores_exports_and_registers_pt2(tmp_path, checkpoint, jacquard_root,
-                                                        capsys):
+                                                        capsys, monkeypatch):
     path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=2)
-    path.write_text(path.read_text().replace("[runtime]", '[runtime]\nname = "torch"'))
+    path.write_text(path.read_text().replace("[runtime]", '[runtime]\nname = "torch"')
+                    .replace('precisions = ["fp32", "int8"]',
+                             'precisions = ["fp32", "int8"]\nqat_steps = 2'))
+    trained, real = [], search.study.recover_graph
+
+    def counting(graph, pool, steps, *args):
+        trained.append(steps)
+        return real(graph, pool, steps, *args)
+
+    monkeypatch.setattr(search.study, "recover_graph", counting)
     assert main(["search", str(path)]) == 0
+    assert trained == [2]  # the int8 trial trained quantization-aware; fp32 did not
     study = load_study(load_study_config(path))
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     # Warm start: fp32 uncompressed, then int8 with sub-pixel decoders (AOTInductor).
