@@ -30,14 +30,13 @@ from spaces.depthwise import DepthwiseConfig
 from spaces.lowrank import LowRankConfig
 from spaces.precision import PrecisionConfig
 from spaces.prune import PruneConfig
-from spaces.upsample import UpsampleConfig
+from spaces.upsample import rewrite_all
 
 
 def variants(name: str) -> dict[str, tuple[torch.nn.Module, str]]:
     base = get_model(name).eval()
-    up, prune = get_knob("upsample"), get_knob("prune")
-    sub = up.apply(base, UpsampleConfig(tuple((layer, "subpixel") for layer in up.layers(base))))
-    near = up.apply(base, UpsampleConfig(tuple((layer, "nearest") for layer in up.layers(base))))
+    prune = get_knob("prune")
+    sub, near = rewrite_all(base), rewrite_all(base, "nearest")
     dw, lr = get_knob("depthwise"), get_knob("lowrank")
     out = {
         "uncompressed": (base, "fp32"),
@@ -50,8 +49,7 @@ def variants(name: str) -> dict[str, tuple[torch.nn.Module, str]]:
     for ratio in (0.25, 0.5, 0.75):  # the study's order: prune, then the exact rewrite
         pruned = prune.apply(base, PruneConfig(tuple((layer, ratio) for layer in
                                                      prune.layers(base))))
-        pruned = up.apply(pruned, UpsampleConfig(tuple((layer, "subpixel")
-                                                       for layer in up.layers(pruned))))
+        pruned = rewrite_all(pruned)
         out[f"subpixel + prune {ratio:.0%}"] = (pruned, "fp32")
         out[f"subpixel + prune {ratio:.0%} + int8"] = (pruned, "int8")
     out["depthwise all"] = (dw.apply(base, DepthwiseConfig(tuple(dw.layers(base)))), "fp32")

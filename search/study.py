@@ -207,14 +207,11 @@ def measure_baseline(setup: StudySetup, folder: Path, console: Console) -> dict[
 
 
 def _baseline_variants(setup: StudySetup) -> dict[str, nn.Module]:
-    from spaces.upsample import UpsampleConfig, UpsampleKnob
+    from spaces.upsample import UpsampleKnob, rewrite_all
 
     variants = {"plain": setup.base}
-    upsample = UpsampleKnob()
-    layers = upsample.layers(setup.base)
-    if layers:
-        variants["subpixel"] = upsample.apply(
-            setup.base, UpsampleConfig(tuple((layer, "subpixel") for layer in layers)))
+    if UpsampleKnob().layers(setup.base):
+        variants["subpixel"] = rewrite_all(setup.base)
     return variants
 
 

@@ -19,7 +19,8 @@ from torch import nn
 
 from spaces.base import KnobConfig, KnobError, copy_model, layers_of, register_knob
 
-__all__ = ["MODES", "ResizeConv2d", "SubPixelConv2d", "UpsampleConfig", "UpsampleKnob"]
+__all__ = ["MODES", "ResizeConv2d", "SubPixelConv2d", "UpsampleConfig", "UpsampleKnob",
+           "rewrite_all"]
 
 MODES = ("keep", "subpixel", "nearest", "bilinear")
 
@@ -199,3 +200,11 @@ class UpsampleKnob:
 
 
 register_knob(UpsampleKnob)
+
+
+def rewrite_all(model: nn.Module, mode: str = "subpixel") -> nn.Module:
+    """A copy with every transposed conv rewritten one way; by default the exact sub-pixel
+    form, which baselines and int8 builds use (int8 kernels exist for convs, not for
+    transposed convs)."""
+    knob = UpsampleKnob()
+    return knob.apply(model, UpsampleConfig(tuple((layer, mode) for layer in knob.layers(model))))

@@ -20,7 +20,7 @@ from search.recovery import RecoveryPool, recover_graph
 from search.study import load_study
 from spaces import get_knob
 from spaces.precision import PrecisionConfig, PrecisionKnob, int8_layers
-from spaces.upsample import UpsampleConfig
+from spaces.upsample import rewrite_all
 from tests.test_search import write_study
 
 SIZE = 96
@@ -72,9 +72,7 @@ def test_fp16_program_computes_in_half_and_takes_fp32(model, images, tmp_path):
 
 
 def test_int8_is_compiled_to_int8_convs_and_stays_close(model, images, tmp_path):
-    upsample = get_knob("upsample")
-    rewritten = upsample.apply(model, UpsampleConfig(
-        tuple((layer, "subpixel") for layer in upsample.layers(model))))
+    rewritten = rewrite_all(model)
     timings = {}
     int8 = get_knob("precision").build(rewritten, PrecisionConfig("int8"), tmp_path / "q",
                                        images, SIZE, timings=timings, runtime="torch")
@@ -94,9 +92,7 @@ def test_quantization_aware_int8_learns_through_fake_quantize(model, images, tmp
     # A student knocked off its teacher: post-training int8 keeps the damage, while
     # quantization-aware int8 trains it back (gradients through the fake-quantize nodes,
     # on crops smaller than the artifact's input), and the trained weights are what ship.
-    upsample = get_knob("upsample")
-    teacher = upsample.apply(model, UpsampleConfig(
-        tuple((layer, "subpixel") for layer in upsample.layers(model))))
+    teacher = rewrite_all(model)
     student = copy.deepcopy(teacher)
     torch.manual_seed(2)
     with torch.no_grad():
