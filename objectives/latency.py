@@ -88,7 +88,7 @@ class LatencyResult:
     times: tuple[float, ...] = ()  # every timed run, ms, in order
     reference_times: tuple[float, ...] = ()  # the reference's, interleaved with them
 
-    def to_dict(self) -> dict[str, float | None]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -531,7 +531,8 @@ def _config_attrs(config: StudyConfig) -> dict[str, Any]:
             "study.objectives": ",".join(config.objectives),
             "study.constraints": "; ".join(k.text for k in config.constraints),
             "study.storage": redact_url(config.storage), "study.runtime": config.runtime,
-            "study.threads": config.threads, "study.paired_latency": config.paired}
+            "study.threads": config.threads, "study.paired_latency": config.paired,
+            "study.qat_steps": config.knob_options.get("precision", {}).get("qat_steps", 0)}
 
 
 def copy_artifact(trial: FrozenTrial, out: Path) -> Path:

@@ -175,6 +175,7 @@ def test_a_torch_study_scores_exports_and_registers_pt2(tmp_path, checkpoint, ja
     monkeypatch.setattr(search.study, "recover_graph", counting)
     assert main(["search", str(path)]) == 0
     assert trained == [2]  # the int8 trial trained quantization-aware; fp32 did not
+    assert load_study(load_study_config(path)).user_attrs["config"]["study.qat_steps"] == 2
     study = load_study(load_study_config(path))
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     # Warm start: fp32 uncompressed, then int8 with sub-pixel decoders (AOTInductor).
