@@ -85,6 +85,26 @@ def checkpoint(tmp_path: Path) -> Path:
                            config={"train": {"pos_weight": 1.0}})
 
 
+@pytest.fixture(scope="module")
+def model():
+    """An untrained GG-CNN in eval mode: what the runtime tests export and time."""
+    import torch
+
+    from grasp.models import get_model
+
+    torch.manual_seed(0)
+    return get_model("ggcnn").eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Four 96x96 depth images [1, 96, 96] at table-like scale, for calibration and checks."""
+    import torch
+
+    torch.manual_seed(1)
+    return [torch.rand(1, 96, 96) * 0.02 for _ in range(4)]
+
+
 @pytest.fixture
 def cornell_root(tmp_path: Path) -> Path:
     return write_cornell(tmp_path / "cornell")

@@ -11,7 +11,6 @@ import torch
 from optuna.trial import TrialState
 
 from grasp.artifact import ArtifactError, cuda_graph
-from grasp.models import get_model
 from objectives import Context, get_objective
 from search.cli import main
 from search.config import load_study_config
@@ -26,16 +25,9 @@ pytestmark = [pytest.mark.gpu,
 SIZE = 96
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return get_model("ggcnn").eval()
-
-
-@pytest.fixture(scope="module")
-def images():
-    torch.manual_seed(1)
-    return torch.stack([torch.rand(1, SIZE, SIZE) * 0.02 for _ in range(4)])
+@pytest.fixture
+def batch(images):
+    return torch.stack(images)
 
 
 def build(model, precision, path, runtime):
@@ -48,12 +40,12 @@ def close(out, reference, tolerance):
 
 
 @pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 2e-3), ("fp16", 2e-2)])
-def test_torch_programs_compute_the_model_and_are_timed_on_the_gpu(model, images, tmp_path,
+def test_torch_programs_compute_the_model_and_are_timed_on_the_gpu(model, batch, tmp_path,
                                                                    precision, tolerance):
     with torch.no_grad():
-        reference = torch.cat(model(images), 1)
+        reference = torch.cat(model(batch), 1)
     artifact = build(model, precision, tmp_path / "model", "torch")
-    out = artifact.predictor()(images)
+    out = artifact.predictor()(batch)
     assert out.device.type == "cpu" and out.dtype == torch.float32
     assert close(out, reference, tolerance)  # TF32 convs allow ~1e-3 in fp32
     baseline = build(model, "fp32", tmp_path / "baseline", "torch")
@@ -66,18 +58,18 @@ def test_torch_programs_compute_the_model_and_are_timed_on_the_gpu(model, images
     assert fingerprint["gpu"] == torch.cuda.get_device_name()
 
 
-def test_latency_on_the_gpu_replays_a_cuda_graph_of_the_same_maps(model, images, tmp_path):
+def test_latency_on_the_gpu_replays_a_cuda_graph_of_the_same_maps(model, batch, tmp_path):
     artifact = build(model, "fp16", tmp_path / "model", "torch")
-    module, x = artifact.module(), images[:1].cuda()
+    module, x = artifact.module(), batch[:1].cuda()
     replay, out = cuda_graph(module, x)
-    x.copy_(images[1:2])  # a graph reads its input buffer anew at every replay
+    x.copy_(batch[1:2])  # a graph reads its input buffer anew at every replay
     replay()
     with torch.inference_mode():
         assert torch.equal(out, module(x))
-    assert not torch.equal(out, module(images[:1].cuda()))
+    assert not torch.equal(out, module(batch[:1].cuda()))
 
 
-def test_onnxruntime_runs_on_its_cuda_provider_or_refuses(model, images, tmp_path):
+def test_onnxruntime_runs_on_its_cuda_provider_or_refuses(model, batch, tmp_path):
     import onnxruntime as ort
 
     artifact = build(model, "fp32", tmp_path / "model", "onnxruntime")
@@ -87,7 +79,7 @@ def test_onnxruntime_runs_on_its_cuda_provider_or_refuses(model, images, tmp_pat
         return
     assert artifact.session().get_providers()[0] == "CUDAExecutionProvider"
     with torch.no_grad():
-        assert close(artifact.predictor()(images), torch.cat(model(images), 1), 2e-3)
+        assert close(artifact.predictor()(batch), torch.cat(model(batch), 1), 2e-3)
 
 
 def test_a_study_on_the_gpu_scores_every_trial_there(tmp_path, checkpoint, jacquard_root):

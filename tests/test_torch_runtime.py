@@ -12,7 +12,6 @@ from optuna.trial import TrialState
 
 import search.study
 from grasp.artifact import Artifact, ArtifactError
-from grasp.models import get_model
 from objectives import Context, get_objective
 from search.cli import main
 from search.config import StudyConfigError, load_study_config
@@ -24,18 +23,6 @@ from spaces.upsample import rewrite_all
 from tests.test_search import write_study
 
 SIZE = 96
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return get_model("ggcnn").eval()
-
-
-@pytest.fixture(scope="module")
-def images():
-    torch.manual_seed(1)
-    return [torch.rand(1, SIZE, SIZE) * 0.02 for _ in range(4)]
 
 
 def build(model, precision, path, images=()):
