@@ -47,6 +47,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pos-weight", type=float, default=1.0,
                    help="weigh pixels inside good grasps this much more in the loss (sparse "
                         "labels: e.g. 10; default 1, GG-CNN's loss)")
+    p.add_argument("--crop", type=int, default=0,
+                   help="train on random windows of this many pixels (a multiple of 12, "
+                        ">= 96; e.g. 144: ~6x cheaper steps); 0 = whole images (default)")
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="constant lr, or cosine decay to 0 over the run (default: constant)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
     p.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/MODEL.pt)")
@@ -61,7 +66,8 @@ def _run_train(args: argparse.Namespace) -> None:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          distill_weight=args.distill_weight, max_steps=args.max_steps,
                          seed=args.seed, workers=args.workers, input_gain=args.input_gain,
-                         pos_weight=args.pos_weight)
+                         pos_weight=args.pos_weight, crop=args.crop,
+                         lr_schedule=args.lr_schedule)
     job = BaselineJob(
         dataset=args.dataset, dataset_format=args.dataset_format, model=args.model,
         split_by=args.split_by, val_fraction=args.val_fraction,

@@ -167,3 +167,75 @@ def test_best_epochs_are_reported_as_they_happen(dataset):
                    progress=False)
     assert seen and seen[-1] == (result.best_epoch, result.best_val_accuracy)
     assert [a for _, a in seen] == sorted(a for _, a in seen)
+
+
+def test_init_from_trained_weights_keeps_the_first_layer_under_input_gain(
+        jacquard_root, tmp_path):
+    """A run continued with --init and --input-gain once started from a first layer 20x too
+    large (a trained GG-CNN fell from 50 % to 19 % before its first step)."""
+    start = tmp_path / "start.pt"
+    torch.manual_seed(0)
+    save_checkpoint(start, get_model("ggcnn"), "ggcnn")
+    before = load_checkpoint(start).model.conv1.weight.detach()
+    out = tmp_path / "continued.pt"
+    code = main(["train", str(jacquard_root), "--output-size", str(SIZE), "--epochs", "1",
+                 "--max-steps", "1", "--lr", "1e-9", "--input-gain", "20", "--init", str(start),
+                 "--val-fraction", "0.25", "--test-fraction", "0.25", "--out", str(out),
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    assert code == 0
+    after = load_checkpoint(out).model.conv1.weight.detach()
+    assert torch.allclose(after, before, atol=1e-6)
+    from grasp.train import _optimizer
+
+    fresh = get_model("ggcnn")
+    first = fresh.conv1.weight.detach().clone()
+    _optimizer(fresh, TrainConfig(input_gain=20.0))
+    assert torch.allclose(fresh.conv1.weight, 20 * first)
+
+
+def test_random_crops_cut_the_same_window_from_input_and_maps():
+    from grasp.train import random_crops
+
+    x = torch.arange(2 * 120 * 120, dtype=torch.float32).reshape(2, 1, 120, 120)
+    y = torch.cat([x, -x, 2 * x, x + 1], dim=1)
+    cx, cy = random_crops(x, y, 96, torch.Generator().manual_seed(0))
+    assert cx.shape == (2, 1, 96, 96) and cy.shape == (2, 4, 96, 96)
+    assert torch.equal(cy[:, :1], cx) and torch.equal(cy[:, 3:], cx + 1)
+    assert not torch.equal(cx, x[..., :96, :96]) or not torch.equal(cx, x[..., 24:, 24:])
+    with pytest.raises(ValueError, match=r"crop: must be in \(0, 120\].*got 144"):
+        random_crops(x, y, 144, torch.Generator())
+
+
+def test_crop_trains_on_windows_and_validates_on_whole_images(jacquard_root):
+    data = JacquardDataset(jacquard_root, output_size=120)
+    parts = split(data, "object", 0.25, 0.0)
+    model = get_model("ggcnn")
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append((m.training, args[0].shape[-1])))
+    train(model, data.subset(parts["train"], augment=True), data.subset(parts["val"]),
+          TrainConfig(epochs=1, batch_size=2, crop=96), progress=False)
+    assert {size for training, size in seen if training} == {96}
+    assert {size for training, size in seen if not training} == {120}
+
+
+def test_cosine_schedule_decays_the_lr_to_zero(dataset):
+    config = dict(epochs=3, batch_size=4, lr=1e-3)
+    cosine = train(get_model("ggcnn"), dataset.subset(range(len(dataset))), None,
+                   TrainConfig(**config, lr_schedule="cosine"), progress=False)
+    lrs = [h["lr"] for h in cosine.history]
+    assert lrs[0] < 1e-3 and lrs == sorted(lrs, reverse=True) and lrs[-1] < 1e-9
+    constant = train(get_model("ggcnn"), dataset.subset(range(len(dataset))), None,
+                     TrainConfig(**config), progress=False)
+    assert [h["lr"] for h in constant.history] == [1e-3] * 3
+
+
+def test_crop_and_schedule_rules_name_the_value(jacquard_root, tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"crop % 12 == 0.*got 100"):
+        TrainConfig(crop=100)
+    with pytest.raises(ValueError, match=r"lr_schedule in .*got 'step'"):
+        TrainConfig(lr_schedule="step")
+    code = main(["train", str(jacquard_root), "--output-size", "96", "--crop", "144",
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--crop 144: must be at most the image size (--output-size 96)" in err
