@@ -9,6 +9,7 @@ infeasible), so the feasible front is what ``ggopt pareto`` shows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -416,9 +417,36 @@ def run_study(config: StudyConfig, console: Console | None = None,
     # The storage is opened first: an unreachable server fails in a second, not after setup.
     storage = open_storage(config.storage, config.heartbeat_interval, config.grace_period,
                            config.tracking_uri if track else None)
+    _check_resume(config, storage)
     with sqlite_worker_lock(config.storage):
         setup = prepare(config, console)
         return _run(config, setup, storage, console, track)
+
+
+#: Settings that decide what a trial's scores mean: a study resumed with any of them changed
+#: would rank trials against a teacher, data or timing they were not measured with.
+COMPARABLE = ("study.model", "study.checkpoint_sha256", "study.data", "study.recovery_steps",
+              "study.objectives", "study.runtime", "study.threads", "study.paired_latency",
+              "study.qat_steps")
+
+
+def _check_resume(config: StudyConfig, storage: RDBStorage) -> None:
+    """Refuses, before any setup, to resume a study whose scoring settings have changed."""
+    try:
+        study_id = storage.get_study_id_from_name(config.name)
+    except KeyError:
+        return  # a new study
+    stored = storage.get_study_user_attrs(study_id).get("config", {})
+    if not config.checkpoint_path().is_file():
+        return  # prepare() names the missing file
+    now = _config_attrs(config)
+    changed = [f"{key.removeprefix('study.')} was {stored[key]!r}, now {now[key]!r}"
+               for key in COMPARABLE if key in stored and stored[key] != now[key]]
+    if changed:
+        raise StudyConfigError(
+            f"{config.path}: study {config.name!r} in {redact_url(config.storage)} was started "
+            f"with other scoring settings ({'; '.join(changed)}); its trials would not compare "
+            f"with new ones. Restore them, or give the study a new `name`.")
 
 
 def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: Console,
@@ -525,7 +553,9 @@ def _front(study: optuna.Study, config: StudyConfig) -> str:
 
 def _config_attrs(config: StudyConfig) -> dict[str, Any]:
     return {"study.file": str(config.path), "study.model": config.model,
-            "study.checkpoint": str(config.checkpoint_path()), "study.data": config.data_root,
+            "study.checkpoint": str(config.checkpoint_path()),
+            "study.checkpoint_sha256": _sha256(config.checkpoint_path()),
+            "study.data": config.data_root,
             "study.knobs": ",".join(config.knobs), "study.sampler": config.sampler,
             "study.seed": config.seed, "study.recovery_steps": config.recovery_steps,
             "study.objectives": ",".join(config.objectives),
@@ -533,6 +563,10 @@ def _config_attrs(config: StudyConfig) -> dict[str, Any]:
             "study.storage": redact_url(config.storage), "study.runtime": config.runtime,
             "study.threads": config.threads, "study.paired_latency": config.paired,
             "study.qat_steps": config.knob_options.get("precision", {}).get("qat_steps", 0)}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def copy_artifact(trial: FrozenTrial, out: Path) -> Path:

@@ -101,6 +101,18 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
     assert len(children) == 5
     assert children[["metrics.accuracy", "metrics.size_bytes", "metrics.latency_ms"]].notna(
     ).all().all()
+    # Resumed with other scoring settings (recovery, teacher): refused before any setup.
+    changed = write_study(tmp_path, checkpoint, jacquard_root, steps=3)
+    with pytest.raises(StudyConfigError, match=r"recovery_steps was 2, now 3.*new `name`"):
+        run_study(load_study_config(changed, {"n_trials": 6}))
+    write_study(tmp_path, checkpoint, jacquard_root)
+    from grasp.checkpoints import save_checkpoint
+    from grasp.models import get_model
+
+    save_checkpoint(checkpoint, get_model("ggcnn"), "ggcnn")  # a retrained teacher
+    with pytest.raises(StudyConfigError, match=r"checkpoint_sha256 was '[0-9a-f]{64}', now"):
+        run_study(load_study_config(path, {"n_trials": 6}))
+    assert len(load_study(load_study_config(path)).trials) == 5
 
 
 def test_pareto_and_export_from_the_cli(tmp_path, checkpoint, jacquard_root, capsys):
