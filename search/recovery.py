@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from grasp.train import distillation_loss, ggcnn_loss, predict_maps
+from grasp.train import distillation_loss, ggcnn_loss, predict_maps, random_crops
 
 __all__ = ["RecoveryPool", "recover", "recover_graph"]
 
@@ -49,9 +49,9 @@ class RecoveryPool:
                 c = crop or size
                 if not 0 < c <= size:
                     raise ValueError(f"[recovery] crop: must be in (0, {size}], got {crop}.")
-                r, k = torch.randint(0, size - c + 1, (2,), generator=generator).tolist()
-                xs.append(x[..., r:r + c, k:k + c])
-                ys.append(y[..., r:r + c, k:k + c])
+                cx, cy = random_crops(x[None], y[None], c, generator)
+                xs.append(cx[0])
+                ys.append(cy[0])
         x, y = torch.stack(xs), torch.stack(ys)
         predict = predict_maps(teacher.eval())
         taught = torch.cat([predict(x[i:i + 16]) for i in range(0, len(x), 16)])
