@@ -456,16 +456,17 @@ def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: C
 
     folder = Path(config.artifacts_dir) / config.name
     folder.mkdir(parents=True, exist_ok=True)
+    attrs = _config_attrs(config)
     with setup_lock(storage, config.name):
         study = load_study(config, create=True, storage=storage)
         if "baseline" not in study.user_attrs:
             study.set_user_attr("baseline", measure_baseline(setup, folder, console))
-            study.set_user_attr("config", _config_attrs(config))
+            study.set_user_attr("config", attrs)
             for params in _warm_start(setup):
                 study.enqueue_trial(params, skip_if_exists=True)
         _check_device(config, study.user_attrs["baseline"], console)
         tracker = StudyTracker(config.tracking_uri, config.experiment, study,
-                               _config_attrs(config)) if track else None
+                               attrs) if track else None
         # Trials of workers that died while nobody ran: failed and queued again now.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
