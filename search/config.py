@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from grasp.artifact import PRECISIONS, RUNTIMES
+from grasp.train import LR_SCHEDULES
 
 __all__ = ["SAMPLERS", "Constraint", "StudyConfig", "StudyConfigError", "load_study_config"]
 
@@ -70,6 +71,7 @@ class StudyConfig:
     recovery_batch_size: int = 4
     recovery_crop: int = 0
     recovery_lr: float = 5e-4
+    recovery_lr_schedule: str = "constant"
     distill_weight: float = 0.5
     gate_steps: int = 0
     gate_margin: float = 0.2
@@ -243,6 +245,8 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
                  f"output_size={output_size}]",
                  lambda v: v == 0 or (v % 12 == 0 and 96 <= v <= output_size))
     lr = r.get("lr", float, 5e-4, "must be a number > 0", lambda v: v > 0)
+    schedule = r.get("lr_schedule", str, "constant", f"must be one of {', '.join(LR_SCHEDULES)}",
+                     lambda v: v in LR_SCHEDULES)
     distill = r.get("distill_weight", float, 0.5, "must be in [0, 1]", lambda v: 0 <= v <= 1)
     gate_steps = r.get("gate_steps", int, 0, nonneg + " and < steps",
                        lambda v: v >= 0 and (v == 0 or v < steps))
@@ -294,8 +298,8 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
         data_root=root, split=split, output_size=output_size, eval_images=eval_images,
         calibration_images=calibration, knobs=tuple(x for x in KNOBS if x in enabled),
         knob_options=options, recovery_steps=steps, recovery_batch_size=batch,
-        recovery_crop=crop,
-        recovery_lr=lr, distill_weight=distill, gate_steps=gate_steps, gate_margin=gate_margin,
+        recovery_crop=crop, recovery_lr=lr, recovery_lr_schedule=schedule,
+        distill_weight=distill, gate_steps=gate_steps, gate_margin=gate_margin,
         objectives=tuple(names), constraints=parsed, runtime=runtime, device=device,
         threads=threads, warmup=warmup, runs=runs, paired=paired,
         allow_other_devices=other_devices,

@@ -11,12 +11,13 @@ crops, so the student still learns exactly what the teacher does on its input.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from grasp.train import distillation_loss, ggcnn_loss, predict_maps, random_crops
+from grasp.train import LR_SCHEDULES, distillation_loss, ggcnn_loss, predict_maps, random_crops
 
 __all__ = ["RecoveryPool", "recover", "recover_graph"]
 
@@ -62,8 +63,19 @@ class RecoveryPool:
 
 
 def recover(model: nn.Module, pool: RecoveryPool, steps: int, batch_size: int, lr: float,
-            distill_weight: float, pos_weight: float = 1.0, seed: int = 0) -> nn.Module:
-    """``steps`` Adam steps of (1 - w) * GG-CNN loss + w * distillation on the pool."""
+            distill_weight: float, pos_weight: float = 1.0, seed: int = 0,
+            lr_schedule: str = "constant", start: int = 0, total: int | None = None
+            ) -> nn.Module:
+    """``steps`` Adam steps of (1 - w) * GG-CNN loss + w * distillation on the pool.
+
+    ``lr_schedule="cosine"`` decays the rate to 0 by the last step, so that late full-size
+    steps do not shake a converged model off its optimum. A recovery run in stages (a gate
+    between them) passes where this stage ``start``s and the run's ``total`` steps, so that
+    the schedule goes on where it left off."""
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"recovery lr_schedule: must be one of {LR_SCHEDULES}, "
+                         f"got {lr_schedule!r}")
+    total = start + steps if total is None else total
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
@@ -76,9 +88,13 @@ def recover(model: nn.Module, pool: RecoveryPool, steps: int, batch_size: int, l
         at += batch_size
         pred = model(pool.x[index])
         loss = ((1 - distill_weight) * ggcnn_loss(pred, pool.y[index], pos_weight)
-                + distill_weight * distillation_loss(pred, pool.taught[index].split(1, dim=1)))
+                + distill_weight * distillation_loss(pred, pool.taught[index].split(1, dim=1),
+                                                     pos_weight))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if lr_schedule == "cosine":
+            optimizer.param_groups[0]["lr"] = 0.5 * lr * (1 + math.cos(math.pi * start / total))
+            start += 1
         optimizer.step()
     return model.eval()
 
@@ -102,7 +118,8 @@ class _FourMaps(nn.Module):
 
 def recover_graph(graph: nn.Module, pool: RecoveryPool, steps: int, batch_size: int,
                   lr: float, distill_weight: float, pos_weight: float = 1.0,
-                  seed: int = 0) -> None:
+                  seed: int = 0, lr_schedule: str = "constant") -> None:
     """:func:`recover` for an exported deployable graph, in place: what quantization-aware
     training of an int8 graph (fake-quantize nodes in it) runs."""
-    recover(_FourMaps(graph), pool, steps, batch_size, lr, distill_weight, pos_weight, seed)
+    recover(_FourMaps(graph), pool, steps, batch_size, lr, distill_weight, pos_weight, seed,
+            lr_schedule)

@@ -367,20 +367,21 @@ class _Pipeline:
         c = self.setup.config
         recover_graph(graph, self.setup.recovery_pool(), steps, c.recovery_batch_size,
                       c.recovery_lr * QAT_LR_FRACTION, c.distill_weight, self.setup.pos_weight,
-                      c.seed)
+                      c.seed, c.recovery_lr_schedule)
 
     def _recover(self, trial: optuna.Trial, model: nn.Module, times: dict[str, float],
                  run_id: str | None) -> nn.Module:
         c = self.setup.config
         start = time.perf_counter()
 
-        def stage(steps: int, seed: int) -> None:
+        def stage(steps: int, seed: int, start: int) -> None:
             recover(model, self.setup.recovery_pool(), steps, c.recovery_batch_size,
-                    c.recovery_lr, c.distill_weight, self.setup.pos_weight, seed)
+                    c.recovery_lr, c.distill_weight, self.setup.pos_weight, seed,
+                    c.recovery_lr_schedule, start, c.recovery_steps)
 
         done = 0
         if c.gate_steps:
-            stage(c.gate_steps, trial.number)
+            stage(c.gate_steps, trial.number, 0)
             done = c.gate_steps
             accuracy = evaluate(predict_maps(model), self.setup.eval_data)
             trial.set_user_attr("gate_accuracy", accuracy)
@@ -392,7 +393,7 @@ class _Pipeline:
                 raise optuna.TrialPruned(f"accuracy {accuracy:.3f} after {done} recovery steps "
                                          f"is below the gate {floor:.3f}")
         if c.recovery_steps > done:
-            stage(c.recovery_steps - done, trial.number + 100_000)
+            stage(c.recovery_steps - done, trial.number + 100_000, done)
         times["recovery_s"] = time.perf_counter() - start
         return model.eval()
 
@@ -426,8 +427,8 @@ def run_study(config: StudyConfig, console: Console | None = None,
 #: Settings that decide what a trial's scores mean: a study resumed with any of them changed
 #: would rank trials against a teacher, data or timing they were not measured with.
 COMPARABLE = ("study.model", "study.checkpoint_sha256", "study.data", "study.recovery_steps",
-              "study.objectives", "study.runtime", "study.threads", "study.paired_latency",
-              "study.qat_steps")
+              "study.recovery_recipe", "study.objectives", "study.runtime", "study.threads",
+              "study.paired_latency", "study.qat_steps")
 
 
 def _check_resume(config: StudyConfig, storage: RDBStorage) -> None:
@@ -559,11 +560,19 @@ def _config_attrs(config: StudyConfig) -> dict[str, Any]:
             "study.data": config.data_root,
             "study.knobs": ",".join(config.knobs), "study.sampler": config.sampler,
             "study.seed": config.seed, "study.recovery_steps": config.recovery_steps,
+            "study.recovery_recipe": _recipe(config),
             "study.objectives": ",".join(config.objectives),
             "study.constraints": "; ".join(k.text for k in config.constraints),
             "study.storage": redact_url(config.storage), "study.runtime": config.runtime,
             "study.threads": config.threads, "study.paired_latency": config.paired,
             "study.qat_steps": config.knob_options.get("precision", {}).get("qat_steps", 0)}
+
+
+def _recipe(config: StudyConfig) -> str:
+    """The recovery settings besides its steps, as one readable string."""
+    return (f"batch_size={config.recovery_batch_size} crop={config.recovery_crop} "
+            f"lr={config.recovery_lr:g} lr_schedule={config.recovery_lr_schedule} "
+            f"distill_weight={config.distill_weight:g}")
 
 
 def _sha256(path: Path) -> str:

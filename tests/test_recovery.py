@@ -48,3 +48,26 @@ def test_recovery_moves_the_student_towards_the_teacher(train_data):
     recover(student, pool, steps=15, batch_size=4, lr=1e-3, distill_weight=1.0)
     assert gap() < 0.7 * before
     assert not student.training
+
+
+@pytest.mark.parametrize("start, total, largest_step", [(0, 100, 1e-2), (99, 100, 3e-6)])
+def test_a_cosine_schedule_goes_on_where_an_earlier_stage_left_off(train_data, start, total,
+                                                                    largest_step):
+    torch.manual_seed(0)
+    teacher = get_model("ggcnn").eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    before = copy.deepcopy(student)
+    pool = RecoveryPool.build(train_data, teacher, samples=4, seed=0)
+    # One Adam step moves each weight by about the learning rate in force: the full rate
+    # at the start of the run, almost nothing at its last step.
+    recover(student, pool, steps=1, batch_size=4, lr=1e-2, distill_weight=1.0,
+            lr_schedule="cosine", start=start, total=total)
+    moved = max((a - b).abs().max().item()
+                for a, b in zip(student.parameters(), before.parameters(), strict=True))
+    assert largest_step / 3 < moved < largest_step * 1.01
+    with pytest.raises(ValueError, match=r"lr_schedule: must be one of .*got 'step'"):
+        recover(student, pool, steps=1, batch_size=4, lr=1e-2, distill_weight=1.0,
+                lr_schedule="step")

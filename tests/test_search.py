@@ -106,6 +106,10 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
     with pytest.raises(StudyConfigError, match=r"recovery_steps was 2, now 3.*new `name`"):
         run_study(load_study_config(changed, {"n_trials": 6}))
     write_study(tmp_path, checkpoint, jacquard_root)
+    with pytest.raises(StudyConfigError, match=r"recovery_recipe was '.*lr_schedule=constant.*', "
+                                               r"now '.*lr_schedule=cosine"):
+        run_study(load_study_config(path, {"n_trials": 6, "recovery_lr_schedule": "cosine"}))
+    write_study(tmp_path, checkpoint, jacquard_root)
     from grasp.checkpoints import save_checkpoint
     from grasp.models import get_model
 
@@ -219,6 +223,8 @@ def test_constraints_mark_trials_infeasible(tmp_path, checkpoint, jacquard_root)
     ("[runtime]", "[trainer]\nlr = 1\n[runtime]", r"trainer"),
     ("gate_margin = 0.2", "gate_margin = -2", r"\[recovery\] gate_margin"),
     ("batch_size = 2", "batch_size = 2\ncrop = 100", r"\[recovery\] crop: must be 0 .* got 100"),
+    ("batch_size = 2", 'batch_size = 2\nlr_schedule = "step"',
+     r"\[recovery\] lr_schedule: must be one of constant, cosine, got 'step'"),
     ('precisions = ["fp32", "int8"]', 'precisions = ["fp32", "int8"]\nqat_steps = -5',
      r"\[knobs.precision\] qat_steps: must be an integer >= 0, got -5"),
     ('precisions = ["fp32", "int8"]', 'precisions = ["fp32", "int8"]\nqat_steps = 50',

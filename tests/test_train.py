@@ -49,6 +49,20 @@ def test_distillation_pulls_the_student_to_the_teacher(dataset):
     assert after < 0.5 * before
 
 
+def test_weighted_distillation_counts_errors_where_the_teacher_sees_a_grasp_more():
+    teacher = [torch.zeros(1, 1, 8, 8) for _ in range(4)]
+    teacher[0][0, 0, 2, 2] = 1.0  # the teacher's one grasp pixel
+
+    def loss_with_error_at(row: int, pos_weight: float) -> float:
+        pred = [t.clone() for t in teacher]
+        pred[1][0, 0, row, 2] += 0.5  # a wrong angle (cos map) at one pixel
+        return float(distillation_loss(pred, teacher, pos_weight))
+
+    assert loss_with_error_at(2, 1.0) == pytest.approx(loss_with_error_at(5, 1.0))
+    assert loss_with_error_at(2, 10.0) == pytest.approx(10 * loss_with_error_at(5, 10.0))
+    assert float(distillation_loss(teacher, teacher, 10.0)) == 0.0
+
+
 def test_max_steps_bounds_the_work(dataset):
     result = train(get_model("ggcnn2"), dataset.subset(range(len(dataset))), None,
                    TrainConfig(epochs=5, batch_size=2, max_steps=3), progress=False)
