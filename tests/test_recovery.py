@@ -31,13 +31,19 @@ def test_the_pool_holds_crops_with_the_teachers_outputs_on_them(train_data):
         RecoveryPool.build(train_data, teacher, samples=2, crop=120)
 
 
-def test_recovery_moves_the_student_towards_the_teacher(train_data):
+def teacher_and_shaken_student():
+    """A random GG-CNN and a copy of it with noise on every weight."""
     torch.manual_seed(0)
     teacher = get_model("ggcnn").eval()
     student = copy.deepcopy(teacher)
     with torch.no_grad():
         for p in student.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    return teacher, student
+
+
+def test_recovery_moves_the_student_towards_the_teacher(train_data):
+    teacher, student = teacher_and_shaken_student()
     pool = RecoveryPool.build(train_data, teacher, samples=8, seed=0)
 
     def gap() -> float:
@@ -53,12 +59,7 @@ def test_recovery_moves_the_student_towards_the_teacher(train_data):
 @pytest.mark.parametrize("start, total, largest_step", [(0, 100, 1e-2), (99, 100, 3e-6)])
 def test_a_cosine_schedule_goes_on_where_an_earlier_stage_left_off(train_data, start, total,
                                                                     largest_step):
-    torch.manual_seed(0)
-    teacher = get_model("ggcnn").eval()
-    student = copy.deepcopy(teacher)
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    teacher, student = teacher_and_shaken_student()
     before = copy.deepcopy(student)
     pool = RecoveryPool.build(train_data, teacher, samples=4, seed=0)
     # One Adam step moves each weight by about the learning rate in force: the full rate
