@@ -9,9 +9,10 @@ Reference points, each built as an artifact on the study's runtime:
 - plain eager fp32 (torch), a naive ONNX export, and the **strongest baseline**: the
   uncompressed model with every exact rewrite (heads fused, sub-pixel decoders,
   channels_last) on whichever runtime runs it faster here (both are built and timed);
-- the uncompressed model fine-tuned with the study's recovery budget: recovery trains on
-  the ground truth too, so a compressed model can beat an under-trained baseline; this row
-  shows how much of a gain is that training rather than the compression;
+- the uncompressed model fine-tuned with the study's recovery budget: with a distillation
+  weight below 1, recovery trains on the ground truth too, which can lift an under-trained
+  baseline or pull a converged one away; this row shows how much of a trial's score is that
+  training rather than the compression;
 - single techniques, with the study's recovery budget and no gate: int8 only (on the
   exact sub-pixel form, calibrated like the study), uniform 50 % L1 magnitude pruning with
   fine-tuning, and depthwise-separable everywhere with fine-tuning;
