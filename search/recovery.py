@@ -76,6 +76,7 @@ def recover(model: nn.Module, pool: RecoveryPool, steps: int, batch_size: int, l
         raise ValueError(f"recovery lr_schedule: must be one of {LR_SCHEDULES}, "
                          f"got {lr_schedule!r}")
     total = start + steps if total is None else total
+    step = start
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
@@ -93,8 +94,8 @@ def recover(model: nn.Module, pool: RecoveryPool, steps: int, batch_size: int, l
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if lr_schedule == "cosine":
-            optimizer.param_groups[0]["lr"] = 0.5 * lr * (1 + math.cos(math.pi * start / total))
-            start += 1
+            optimizer.param_groups[0]["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
+            step += 1
         optimizer.step()
     return model.eval()
 

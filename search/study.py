@@ -374,10 +374,10 @@ class _Pipeline:
         c = self.setup.config
         start = time.perf_counter()
 
-        def stage(steps: int, seed: int, start: int) -> None:
+        def stage(steps: int, seed: int, first_step: int) -> None:
             recover(model, self.setup.recovery_pool(), steps, c.recovery_batch_size,
                     c.recovery_lr, c.distill_weight, self.setup.pos_weight, seed,
-                    c.recovery_lr_schedule, start, c.recovery_steps)
+                    c.recovery_lr_schedule, first_step, c.recovery_steps)
 
         done = 0
         if c.gate_steps:
