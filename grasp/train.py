@@ -108,11 +108,7 @@ def ggcnn_loss(pred: Sequence[torch.Tensor], target: torch.Tensor, pos_weight: f
     cover only 1-3 % of the image (simulated scenes), the plain MSE is minimised by an
     all-zero quality map and training stalls there. 1 is GG-CNN's loss.
     """
-    if pos_weight == 1.0:
-        return sum(F.mse_loss(p, target[:, i:i + 1]) for i, p in enumerate(pred))
-    weight = 1.0 + (pos_weight - 1.0) * target[:, :1]
-    weight = weight / weight.mean()
-    return sum((weight * (p - target[:, i:i + 1]) ** 2).mean() for i, p in enumerate(pred))
+    return _weighted_mse(pred, target.split(1, dim=1), target[:, :1], pos_weight)
 
 
 def distillation_loss(pred: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
@@ -124,11 +120,18 @@ def distillation_loss(pred: Sequence[torch.Tensor], teacher: Sequence[torch.Tens
     reads the maps only at the quality peak, and an unweighted MSE is spent on the 97 % of
     pixels with no grasp.
     """
+    return _weighted_mse(pred, teacher, teacher[0].detach().clamp(0, 1), pos_weight)
+
+
+def _weighted_mse(pred: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+                  quality: torch.Tensor, pos_weight: float) -> torch.Tensor:
+    """Sum of the maps' MSEs, each pixel weighed by ``1 + (pos_weight - 1) * quality``
+    (normalised to mean 1): the weighting both losses share."""
     if pos_weight == 1.0:
-        return sum(F.mse_loss(p, t) for p, t in zip(pred, teacher, strict=True))
-    weight = 1.0 + (pos_weight - 1.0) * teacher[0].detach().clamp(0, 1)
+        return sum(F.mse_loss(p, t) for p, t in zip(pred, targets, strict=True))
+    weight = 1.0 + (pos_weight - 1.0) * quality
     weight = weight / weight.mean()
-    return sum((weight * (p - t) ** 2).mean() for p, t in zip(pred, teacher, strict=True))
+    return sum((weight * (p - t) ** 2).mean() for p, t in zip(pred, targets, strict=True))
 
 
 def predict_maps(model: nn.Module) -> Predictor:
