@@ -76,9 +76,11 @@ def recover(model: nn.Module, pool: RecoveryPool, steps: int, batch_size: int, l
         raise ValueError(f"recovery lr_schedule: must be one of {LR_SCHEDULES}, "
                          f"got {lr_schedule!r}")
     total = start + steps if total is None else total
-    step = start
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = (torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * (start + i) / total)))
+        if lr_schedule == "cosine" else None)
     model.train()
     order = torch.randperm(len(pool), generator=generator)
     at = 0
@@ -93,10 +95,9 @@ def recover(model: nn.Module, pool: RecoveryPool, steps: int, batch_size: int, l
                                                      pos_weight))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if lr_schedule == "cosine":
-            optimizer.param_groups[0]["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
-            step += 1
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
     return model.eval()
 
 
