@@ -4,6 +4,7 @@ AOTInductor; scored, exported and registered like ONNX artifacts."""
 import copy
 import importlib.util
 import shutil
+import zipfile
 
 import mlflow
 import pytest
@@ -73,6 +74,11 @@ def test_int8_is_compiled_to_int8_convs_and_stays_close(model, images, tmp_path)
     assert torch.allclose(int8.predictor()(x), reference, atol=0.05 * reference.abs().max())
     ctx = Context(warmup=1, runs=3)
     assert get_objective("latency")(int8, ctx) > 0
+    # The shipped library carries no debug sections (AOTInductor adds line tables by default).
+    with zipfile.ZipFile(int8.path) as package:
+        libraries = [package.read(n) for n in package.namelist() if n.endswith(".so")]
+    assert len(libraries) == 1 and libraries[0][:4] == b"\x7fELF"
+    assert b".debug_" not in libraries[0]
 
 
 def test_quantization_aware_int8_learns_through_fake_quantize(model, images, tmp_path):
