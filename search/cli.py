@@ -181,6 +181,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trial", type=int, required=True, help="trial number (see ggopt pareto)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-register", action="store_true", help="skip the MLflow model registry")
+    p.add_argument("--finish", type=int, default=0, metavar="STEPS",
+                   help="recover the trial's model for STEPS steps (the study's recipe; e.g. "
+                        "4x its [recovery] steps) before building the artifact, then measure "
+                        "all three objectives on it again")
     p.set_defaults(run=_run_export)
 
 
@@ -192,7 +196,7 @@ def _run_export(args: argparse.Namespace) -> None:
 
     config = _config(args)
     out = export_trial(load_study(config), config, args.trial, Path(args.out),
-                       register=not args.no_register)
+                       register=not args.no_register, finish_steps=args.finish, console=console)
     console.print(f"exported trial {args.trial} to {out}")
 
 

@@ -149,9 +149,11 @@ def refresh_front(study: optuna.Study, config: StudyConfig, tracker: Any, folder
 
 
 def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Path,
-                 register: bool = True) -> Path:
+                 register: bool = True, finish_steps: int = 0, console: Any = None) -> Path:
     """Writes the trial's artifact, its knob config and a model card; registers the model
-    in the MLflow model registry."""
+    in the MLflow model registry. ``finish_steps`` > 0 first recovers the trial's model for
+    that many steps and ships (and measures) the artifact built from it instead
+    (:mod:`search.finish`)."""
     from search.study import copy_artifact, dump_json
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -162,24 +164,42 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
     if trial.state != TrialState.COMPLETE:
         raise ValueError(f"trial {number} is {trial.state.name}, not COMPLETE: nothing to "
                          f"export.")
-    model_path = copy_artifact(trial, out)
+    if finish_steps < 0:
+        raise ValueError(f"--finish: the number of recovery steps must be >= 0, "
+                         f"got {finish_steps}.")
+    studied, base = _values(trial), study.user_attrs.get("baseline", {})
+    if finish_steps:
+        from search.finish import finish_trial
+
+        finished = finish_trial(config, trial, finish_steps, out, base, console)
+        model_path, v = finished.artifact.path, finished.values
+        fp = finished.details["fingerprint"]
+        finish_steps = finished.steps  # 0 when the trial left the function unchanged
+        title = (f"trial {number}, finished: {finish_steps} recovery steps (the study "
+                 f"gave it {config.recovery_steps})")
+    else:
+        model_path, v = copy_artifact(trial, out), studied
+        fp = trial.user_attrs.get("fingerprint", {})
+        title = f"trial {number}"
     dump_json(out / "config.json", {"study": study.study_name, "trial": number,
-                                    "params": trial.params})
-    v, base = _values(trial), study.user_attrs.get("baseline", {})
-    fp = trial.user_attrs.get("fingerprint", {})
+                                    "params": trial.params, "finish_steps": finish_steps,
+                                    "values": v, "study_values": studied})
+    rows = [("IoU grasp-match accuracy (held-out)", "accuracy", "{:.3f}"),
+            (f"size (bytes of {model_path.name})", "size", "{:.0f}"),
+            (f"latency (median ms, batch 1, {fp.get('threads')} thread)", "latency", "{:.2f}")]
+    columns = ["this model", *(["the trial in the study"] if finish_steps else []),
+               "uncompressed baseline"]
+    table = ["| objective | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for label, key, form in rows:
+        cells = [v[key], *([studied[key]] if finish_steps else []), base.get(key, float("nan"))]
+        table.append(f"| {label} | " + " | ".join(form.format(x) for x in cells) + " |")
     card = [
-        f"# {study.study_name} — trial {number}", "",
+        f"# {study.study_name} — {title}", "",
         f"Model `{config.model}` compressed by ggopt; file `{model_path.name}` for "
         f"{config.runtime} ({trial.user_attrs.get('precision')}, input `depth` "
         f"[B,1,{config.output_size},{config.output_size}], output `maps` [B,4,...]: "
         "quality, cos 2θ, sin 2θ, width/150).",
-        "", "| objective | this model | uncompressed baseline |", "|---|---|---|",
-        f"| IoU grasp-match accuracy (held-out) | {v['accuracy']:.3f} | "
-        f"{base.get('accuracy', float('nan')):.3f} |",
-        f"| size (bytes of {model_path.name}) | {v['size']:.0f} | "
-        f"{base.get('size', float('nan')):.0f} |",
-        f"| latency (median ms, batch 1, {fp.get('threads')} thread) | {v['latency']:.2f} | "
-        f"{base.get('latency', float('nan')):.2f} |", "",
+        "", *table, "",
         *_loading(config.runtime, trial.user_attrs.get("precision"), config.device),
         "All three numbers were measured on this file. Latency was measured on: "
         f"{fp.get('cpu')} ({fp.get('cores')} cores), {fp.get('runtime')} "
@@ -188,7 +208,7 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
         "Knob parameters:", "", "```json", json.dumps(trial.params, indent=2), "```", ""]
     (out / "MODEL_CARD.md").write_text("\n".join(card))
     if register:
-        _register(trial, config, model_path, study)
+        _register(trial, config, model_path, study, v, finish_steps)
     return out
 
 
@@ -212,7 +232,7 @@ def _loading(runtime: str, precision: str | None, device: str = "cpu") -> list[s
 
 
 def _register(trial: FrozenTrial, config: StudyConfig, model_path: Path,
-              study: optuna.Study) -> None:
+              study: optuna.Study, values: dict[str, float], finish_steps: int) -> None:
     import mlflow
     import onnx
 
@@ -222,11 +242,11 @@ def _register(trial: FrozenTrial, config: StudyConfig, model_path: Path,
     with mlflow.start_run(run_name=f"export-trial-{trial.number}",
                           tags={"ggopt.study": study.study_name,
                                 "ggopt.trial": str(trial.number),
+                                "ggopt.finish_steps": str(finish_steps),
                                 "mlflow.parentRunId": study.user_attrs.get(
                                     "mlflow_parent_run_id", "")}):
-        mlflow.log_metrics({"accuracy": _values(trial)["accuracy"],
-                            "size_bytes": _values(trial)["size"],
-                            "latency_ms": _values(trial)["latency"]})
+        mlflow.log_metrics({"accuracy": values["accuracy"], "size_bytes": values["size"],
+                            "latency_ms": values["latency"]})
         if model_path.suffix == ".onnx":
             mlflow.onnx.log_model(onnx.load(str(model_path)), name="model",
                                   registered_model_name=name, save_as_external_data=False)

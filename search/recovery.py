@@ -12,6 +12,7 @@ crops, so the student still learns exactly what the teacher does on its input.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,8 @@ from grasp.train import LR_SCHEDULES, distillation_loss, ggcnn_loss, predict_map
 
 __all__ = ["RecoveryPool", "recover", "recover_graph"]
 
-#: Most samples a pool holds: 256 crops of 144 px are ~190 MB; more gives little.
+#: Most samples a study's pool holds: 256 crops of 144 px are ~190 MB; within a trial's few
+#: hundred steps more gives little.
 MAX_POOL = 256
 
 
@@ -35,7 +37,8 @@ class RecoveryPool:
 
     @classmethod
     def build(cls, train_data, teacher: nn.Module, samples: int, crop: int | None = None,
-              seed: int = 0) -> RecoveryPool:
+              seed: int = 0, limit: int = MAX_POOL) -> RecoveryPool:
+        """``min(samples, limit)`` augmented views, cropped, with the teacher's outputs."""
         if len(train_data) == 0:
             raise ValueError("recovery: the train split is empty.")
         generator = torch.Generator().manual_seed(seed)
@@ -44,7 +47,7 @@ class RecoveryPool:
         # Augmentation draws from torch's global generator: seeded here, restored after.
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            for i in range(min(samples, MAX_POOL)):
+            for i in range(min(samples, limit)):
                 x, y, _ = train_data[int(order[i % len(order)])]  # augmented: a new view
                 size = x.shape[-1]
                 c = crop or size
@@ -64,14 +67,15 @@ class RecoveryPool:
 
 def recover(model: nn.Module, pool: RecoveryPool, steps: int, batch_size: int, lr: float,
             distill_weight: float, pos_weight: float = 1.0, seed: int = 0,
-            lr_schedule: str = "constant", start: int = 0, total: int | None = None
-            ) -> nn.Module:
+            lr_schedule: str = "constant", start: int = 0, total: int | None = None,
+            on_step: Callable[[int], None] | None = None) -> nn.Module:
     """``steps`` Adam steps of (1 - w) * GG-CNN loss + w * distillation on the pool.
 
     ``lr_schedule="cosine"`` decays the rate to 0 by the last step, so that late full-size
     steps do not shake a converged model off its optimum. A recovery run in stages (a gate
     between them) passes where this stage ``start``s and the run's ``total`` steps, so that
-    the schedule goes on where it left off."""
+    the schedule goes on where it left off. ``on_step(i)`` is called after each step (a
+    progress bar on long runs)."""
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"recovery lr_schedule: must be one of {LR_SCHEDULES}, "
                          f"got {lr_schedule!r}")
@@ -84,7 +88,7 @@ def recover(model: nn.Module, pool: RecoveryPool, steps: int, batch_size: int, l
     model.train()
     order = torch.randperm(len(pool), generator=generator)
     at = 0
-    for _ in range(steps):
+    for step in range(steps):
         if at + batch_size > len(order):
             order, at = torch.randperm(len(pool), generator=generator), 0
         index = order[at:at + batch_size]
@@ -98,6 +102,8 @@ def recover(model: nn.Module, pool: RecoveryPool, steps: int, batch_size: int, l
         optimizer.step()
         if schedule is not None:
             schedule.step()
+        if on_step is not None:
+            on_step(step + 1)
     return model.eval()
 
 

@@ -9,6 +9,7 @@ infeasible), so the feasible front is what ``ggopt pareto`` shows.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -162,7 +163,7 @@ def build_trial_model(setup: StudySetup, trial: optuna.Trial | None = None,
     return model, configs
 
 
-def _changed(configs: dict[str, KnobConfig]) -> bool:
+def changes_function(configs: dict[str, KnobConfig]) -> bool:
     """Whether any structural knob did something that changes the function computed."""
     for name, config in configs.items():
         data = config.to_dict()
@@ -177,7 +178,7 @@ def _changed(configs: dict[str, KnobConfig]) -> bool:
     return False
 
 
-def _measure(setup: StudySetup, artifact: Artifact, times: dict[str, float] | None = None,
+def measure_artifact(setup: StudySetup, artifact: Artifact, times: dict[str, float] | None = None,
              reference: Artifact | None = None, reference_ms: float | None = None
              ) -> tuple[dict[str, float], dict[str, Any]]:
     c = setup.config
@@ -197,7 +198,7 @@ def measure_baseline(setup: StudySetup, folder: Path, console: Console) -> dict[
     best: dict[str, Any] = {}
     for name, model in _baseline_variants(setup).items():
         artifact = _baseline_artifact(setup, folder, name, model)
-        values, details = _measure(setup, artifact)
+        values, details = measure_artifact(setup, artifact)
         console.print(f"baseline ({name}, fp32): accuracy {values['accuracy']:.3f}  "
                       f"size {values['size'] / 1e3:.1f} kB  latency {values['latency']:.2f} ms")
         if not best or values["latency"] < best["latency"]:
@@ -313,18 +314,13 @@ class _Pipeline:
                 self.tracker.log_params(run_id, trial.params)
                 self.tracker.log_dict(run_id, {k: v.to_dict() for k, v in configs.items()},
                                       "knobs.json")
-            if _changed(configs) and c.recovery_steps > 0:
+            if changes_function(configs) and c.recovery_steps > 0:
                 model = self._recover(trial, model, times, run_id)
             start = time.perf_counter()
-            folder = self.folder / f"trial-{trial.number}"
-            if "precision" in self.setup.knobs:
-                artifact = self.setup.knobs["precision"].build(
-                    model, configs["precision"], folder / "model", self.setup.calibration,
-                    c.output_size, c.device, times, c.runtime, train=self._train_int8)
-            else:
-                artifact = _fp32(model, folder, c)
+            artifact = build_trial_artifact(self.setup, model, configs,
+                                            self.folder / f"trial-{trial.number}", times)
             times["export_s"] = time.perf_counter() - start - times.get("calibration_s", 0.0)
-            values, details = _measure(self.setup, artifact, times, self.reference,
+            values, details = measure_artifact(self.setup, artifact, times, self.reference,
                                        self.baseline["latency"])
             violations = [k.violation(values, self.baseline) for k in c.constraints]
             trial.set_user_attr("constraints", violations)
@@ -360,15 +356,6 @@ class _Pipeline:
                     tags["ggopt.device"] = fingerprint_key(fp)
                 self.tracker.end_trial(run_id, state, tags)
 
-    def _train_int8(self, graph: nn.Module, steps: int) -> None:
-        """Quantization-aware training of an int8 graph: the trial's distillation again,
-        through fake-quantize nodes, at a tenth of the recovery learning rate (the weights
-        only need to settle onto the int8 grid)."""
-        c = self.setup.config
-        recover_graph(graph, self.setup.recovery_pool(), steps, c.recovery_batch_size,
-                      c.recovery_lr * QAT_LR_FRACTION, c.distill_weight, self.setup.pos_weight,
-                      c.seed, c.recovery_lr_schedule)
-
     def _recover(self, trial: optuna.Trial, model: nn.Module, times: dict[str, float],
                  run_id: str | None) -> nn.Module:
         c = self.setup.config
@@ -398,11 +385,29 @@ class _Pipeline:
         return model.eval()
 
 
-def _fp32(model: nn.Module, folder: Path, c: StudyConfig) -> Artifact:
+def build_trial_artifact(setup: StudySetup, model: nn.Module, configs: dict[str, KnobConfig],
+                         folder: Path, times: dict[str, float] | None = None) -> Artifact:
+    """``folder/model.<suffix>``: the trial's precision on the study's runtime (fp32 when
+    precision is not searched)."""
     from spaces.precision import PrecisionConfig, build_artifact
 
-    return build_artifact(model, PrecisionConfig("fp32"), folder / "model",
-                          input_size=c.output_size, device=c.device, runtime=c.runtime)
+    c = setup.config
+    if "precision" not in setup.knobs:
+        return build_artifact(model, PrecisionConfig("fp32"), folder / "model",
+                              input_size=c.output_size, device=c.device, runtime=c.runtime)
+    return setup.knobs["precision"].build(
+        model, configs["precision"], folder / "model", setup.calibration, c.output_size,
+        c.device, times, c.runtime, train=functools.partial(train_int8, setup))
+
+
+def train_int8(setup: StudySetup, graph: nn.Module, steps: int) -> None:
+    """Quantization-aware training of an int8 graph: the trial's distillation again,
+    through fake-quantize nodes, at a tenth of the recovery learning rate (the weights
+    only need to settle onto the int8 grid)."""
+    c = setup.config
+    recover_graph(graph, setup.recovery_pool(), steps, c.recovery_batch_size,
+                  c.recovery_lr * QAT_LR_FRACTION, c.distill_weight, setup.pos_weight,
+                  c.seed, c.recovery_lr_schedule)
 
 
 def run_study(config: StudyConfig, console: Console | None = None,

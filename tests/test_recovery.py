@@ -27,6 +27,7 @@ def test_the_pool_holds_crops_with_the_teachers_outputs_on_them(train_data):
     torch.testing.assert_close(pool.taught[:2], again)  # targets are the teacher's, on the crop
     same = RecoveryPool.build(train_data, teacher, samples=6, crop=48, seed=1)
     assert torch.equal(same.x, pool.x)  # seeded: every worker and trial sees the same pool
+    assert len(RecoveryPool.build(train_data, teacher, samples=6, crop=48, limit=4)) == 4
     with pytest.raises(ValueError, match=r"crop: must be in \(0, 96\], got 120"):
         RecoveryPool.build(train_data, teacher, samples=2, crop=120)
 
@@ -51,9 +52,12 @@ def test_recovery_moves_the_student_towards_the_teacher(train_data):
             return distillation_loss(student(pool.x), pool.taught.split(1, dim=1)).item()
 
     before = gap()
-    recover(student, pool, steps=15, batch_size=4, lr=1e-3, distill_weight=1.0)
+    done = []
+    recover(student, pool, steps=15, batch_size=4, lr=1e-3, distill_weight=1.0,
+            on_step=done.append)
     assert gap() < 0.7 * before
     assert not student.training
+    assert done == list(range(1, 16))  # what a progress bar is driven by
 
 
 @pytest.mark.parametrize("start, total, largest_step", [(0, 100, 1e-2), (99, 100, 3e-6)])
