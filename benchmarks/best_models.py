@@ -17,7 +17,11 @@ Reference points, each built as an artifact on the study's runtime:
   exact sub-pixel form, calibrated like the study), uniform 50 % L1 magnitude pruning with
   fine-tuning, and depthwise-separable everywhere with fine-tuning;
 - the study's feasible Pareto front, read from its storage (artifacts as the study built
-  them).
+  them);
+- ``--exported DIR ...``: trials exported with ``ggopt export`` (e.g. finished with
+  ``--finish STEPS``), timed and scored beside the rest. Give the single techniques the same
+  budget with ``--steps STEPS``: beyond the study's steps they train, as a finishing run
+  does, on the larger pool.
 
 Accuracy is on the study's held-out (validation) images, which the study selected its
 front on, and again on the test images, which nothing here has seen: the honest number.
@@ -48,8 +52,9 @@ from grasp.train import evaluate
 from objectives import count_macs, device_fingerprint
 from objectives.latency import measure_latency
 from search.config import load_study_config
+from search.finish import FINISH_POOL
 from search.pareto import feasible_front
-from search.recovery import recover
+from search.recovery import RecoveryPool, recover
 from search.study import load_study, prepare
 from spaces import get_knob
 from spaces.depthwise import DepthwiseConfig
@@ -65,17 +70,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="recovery steps for the single techniques (default: the study's)")
     parser.add_argument("--storage", default=None)
+    parser.add_argument("--exported", nargs="*", default=[], metavar="DIR",
+                        help="folders written by `ggopt export` to compare too")
     parser.add_argument("--data", default=None,
                         help="dataset folder to score val and test accuracy on (default: the "
                              "study's)")
     args = parser.parse_args()
     console = Console(width=150)
     config = load_study_config(args.study, {"storage": args.storage, "data_root": args.data})
+    exported = dict(_exported(Path(folder), config) for folder in args.exported)
     setup = prepare(config, Console(stderr=True, quiet=True))
     steps = config.recovery_steps if args.steps is None else args.steps
     dataset = load_dataset(config.data_format, config.data_root, output_size=config.output_size)
     test_data = dataset.subset(split(dataset, config.split, 0.1, 0.1, config.seed)["test"])
     base = setup.base
+
+    if steps > config.recovery_steps:  # as `ggopt export --finish` trains
+        setup.pool = RecoveryPool.build(setup.train_data, base, steps * config.recovery_batch_size,
+                                        config.recovery_crop or None, config.seed,
+                                        limit=FINISH_POOL)
 
     def tuned(model):
         model = copy.deepcopy(model)
@@ -120,6 +133,7 @@ def main() -> None:
                     "artifact": Artifact(path, rt, t.user_attrs["precision"],
                                          config.output_size, config.device),
                     "macs": t.user_attrs.get("extra", {}).get("macs", float("nan"))}
+        rows.update(exported)
         for row in rows.values():
             predict = row["artifact"].predictor(config.threads)
             row["accuracy"] = evaluate(predict, setup.eval_data, batch_size=8)
@@ -173,6 +187,27 @@ def main() -> None:
     console.print(f"study: {done} complete trials; recovery for single techniques: {steps} "
                   f"steps; machine: {fp['cpu']}, {fp['cores']} cores, {rt} "
                   f"{fp['runtime_version']}")
+
+
+def _exported(folder: Path, config) -> tuple[str, dict]:
+    """``(label, row)`` for a folder written by ``ggopt export``; checked before any work."""
+    import json
+
+    saved = folder / "config.json"
+    if not saved.is_file():
+        raise SystemExit(f"--exported {folder}: no config.json (not a `ggopt export` folder).")
+    info = json.loads(saved.read_text())
+    files = [p for p in folder.glob("model.*") if p.suffix in (".onnx", ".pt2")]
+    if info.get("study") != config.name or len(files) != 1:
+        raise SystemExit(f"--exported {folder}: must hold one model.onnx or model.pt2 exported "
+                         f"from study {config.name!r}, found study {info.get('study')!r} and "
+                         f"{[p.name for p in files]}.")
+    steps = info.get("finish_steps", 0)
+    label = f"trial {info['trial']}" + (f", finished ({steps} steps)" if steps else ", exported")
+    return label, {"artifact": Artifact(files[0], config.runtime,
+                                        info["params"].get("precision", "fp32"),
+                                        config.output_size, config.device),
+                   "macs": info.get("macs") or float("nan")}
 
 
 if __name__ == "__main__":

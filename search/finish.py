@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from grasp.artifact import Artifact
+from objectives import count_macs
 from search.config import StudyConfig
 from search.recovery import RecoveryPool, recover
 from search.study import (
@@ -46,6 +47,7 @@ class Finished:
     values: dict[str, float]
     details: dict[str, Any]
     steps: int
+    macs: int
 
 
 def finish_trial(config: StudyConfig, trial: FrozenTrial, steps: int, out: Path,
@@ -79,4 +81,4 @@ def finish_trial(config: StudyConfig, trial: FrozenTrial, steps: int, out: Path,
     folder = Path(c.artifacts_dir) / c.name
     reference = reference_artifact(setup, folder, baseline["variant"]) if c.paired else None
     values, details = measure_artifact(setup, artifact, None, reference, baseline["latency"])
-    return Finished(artifact, values, details, steps)
+    return Finished(artifact, values, details, steps, count_macs(model, c.output_size))

@@ -172,18 +172,19 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
         from search.finish import finish_trial
 
         finished = finish_trial(config, trial, finish_steps, out, base, console)
-        model_path, v = finished.artifact.path, finished.values
+        model_path, v, macs = finished.artifact.path, finished.values, finished.macs
         fp = finished.details["fingerprint"]
         finish_steps = finished.steps  # 0 when the trial left the function unchanged
         title = (f"trial {number}, finished: {finish_steps} recovery steps (the study "
                  f"gave it {config.recovery_steps})")
     else:
         model_path, v = copy_artifact(trial, out), studied
+        macs = trial.user_attrs.get("extra", {}).get("macs")
         fp = trial.user_attrs.get("fingerprint", {})
         title = f"trial {number}"
     dump_json(out / "config.json", {"study": study.study_name, "trial": number,
                                     "params": trial.params, "finish_steps": finish_steps,
-                                    "values": v, "study_values": studied})
+                                    "values": v, "study_values": studied, "macs": macs})
     rows = [("IoU grasp-match accuracy (held-out)", "accuracy", "{:.3f}"),
             (f"size (bytes of {model_path.name})", "size", "{:.0f}"),
             (f"latency (median ms, batch 1, {fp.get('threads')} thread)", "latency", "{:.2f}")]
