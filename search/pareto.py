@@ -175,6 +175,13 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
         model_path, v, macs = finished.artifact.path, finished.values, finished.macs
         fp = finished.details["fingerprint"]
         finish_steps = finished.steps  # 0 when the trial left the function unchanged
+        if v["accuracy"] < studied["accuracy"]:
+            from rich.console import Console
+
+            (console or Console(stderr=True)).print(
+                f"[yellow]warning[/]: finished, trial {number} scores {v['accuracy']:.3f}, "
+                f"below the {studied['accuracy']:.3f} the study measured on its artifact; "
+                f"to ship that one instead, export without --finish.")
         title = (f"trial {number}, finished: {finish_steps} recovery steps (the study "
                  f"gave it {config.recovery_steps})")
     else:

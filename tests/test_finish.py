@@ -42,6 +42,19 @@ def test_export_finish_recovers_longer_and_measures_the_new_file(
     run = client.get_run(version.run_id)
     assert run.data.tags["ggopt.finish_steps"] == "6"
     assert run.data.metrics["size_bytes"] == saved["values"]["size"]
+    # A finished model that scores below the study's artifact is flagged, not hidden.
+    measured = search.finish.measure_artifact
+
+    def worse(*args, **kwargs):
+        values, details = measured(*args, **kwargs)
+        return {**values, "accuracy": values["accuracy"] - 0.5}, details
+
+    monkeypatch.setattr(search.finish, "measure_artifact", worse)
+    capsys.readouterr()
+    assert main(["export", str(path), "--trial", "2", "--finish", "2", "--no-register",
+                 "--out", str(tmp_path / "worse")]) == 0
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    assert "warning: finished, trial 2 scores" in err and "export without --finish" in err
     # The uncompressed trial has nothing to recover: shipped as built, said so.
     runs.clear()
     assert main(["export", str(path), "--trial", "0", "--finish", "6", "--no-register",
