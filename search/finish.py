@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from optuna.trial import FrozenTrial
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -52,9 +53,9 @@ class Finished:
 
 def finish_trial(config: StudyConfig, trial: FrozenTrial, steps: int, out: Path,
                  baseline: dict[str, Any], console: Console | None = None) -> Finished:
-    """Rebuilds ``trial``'s model, recovers it ``steps`` steps, writes its artifact to
-    ``out/model.<suffix>`` and measures it; ``baseline`` is the study's (for paired
-    latency)."""
+    """Rebuilds ``trial``'s model, recovers it ``steps`` steps, writes its fp32 weights to
+    ``out/weights.pt`` and its artifact to ``out/model.<suffix>``, and measures it;
+    ``baseline`` is the study's (for paired latency)."""
     if steps <= 0:
         raise ValueError(f"--finish: the number of recovery steps must be > 0, got {steps}.")
     console = console or Console(stderr=True)
@@ -77,6 +78,9 @@ def finish_trial(config: StudyConfig, trial: FrozenTrial, steps: int, out: Path,
                       "nothing to recover.")
         steps = 0
     out.mkdir(parents=True, exist_ok=True)
+    # Minutes of training are kept before anything else can fail; the architecture is
+    # rebuilt from config.json's params (build_trial_model), then these load into it.
+    torch.save(model.state_dict(), out / "weights.pt")
     artifact = build_trial_artifact(setup, model, configs, out)
     folder = Path(c.artifacts_dir) / c.name
     reference = reference_artifact(setup, folder, baseline["variant"]) if c.paired else None

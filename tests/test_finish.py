@@ -3,6 +3,7 @@
 import json
 
 import mlflow
+import torch
 
 import search.finish
 from search.cli import main
@@ -30,6 +31,14 @@ def test_export_finish_recovers_longer_and_measures_the_new_file(
     # Trial 2 is the warm start's 50 %-pruned int8 model; the study recovered it 2 steps.
     assert main(["export", str(path), "--trial", "2", "--finish", "6", "--out", str(out)]) == 0
     assert runs == [(6, min(6 * 2, FINISH_POOL))]  # 6 steps, on a pool sized for them
+    # The finished fp32 weights are kept, and load into the architecture the params rebuild.
+    from search.config import load_study_config
+    from search.study import build_trial_model, prepare
+
+    config = load_study_config(path)
+    rebuilt, _ = build_trial_model(prepare(config), params=json.loads(
+        (out / "config.json").read_text())["params"])
+    rebuilt.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
     saved = json.loads((out / "config.json").read_text())
     assert saved["finish_steps"] == 6 and saved["params"]["precision"] == "int8"
     assert saved["values"]["size"] == (out / "model.onnx").stat().st_size
