@@ -52,9 +52,9 @@ from grasp.train import evaluate
 from objectives import count_macs, device_fingerprint
 from objectives.latency import measure_latency
 from search.config import load_study_config
-from search.finish import FINISH_POOL
+from search.finish import finishing_pool
 from search.pareto import feasible_front
-from search.recovery import RecoveryPool, recover
+from search.recovery import recover
 from search.study import load_study, prepare
 from spaces import get_knob
 from spaces.depthwise import DepthwiseConfig
@@ -86,9 +86,7 @@ def main() -> None:
     base = setup.base
 
     if steps > config.recovery_steps:  # as `ggopt export --finish` trains
-        setup.pool = RecoveryPool.build(setup.train_data, base, steps * config.recovery_batch_size,
-                                        config.recovery_crop or None, config.seed,
-                                        limit=FINISH_POOL)
+        setup.pool = finishing_pool(setup, steps)
 
     def tuned(model):
         model = copy.deepcopy(model)

@@ -25,6 +25,7 @@ from objectives import count_macs
 from search.config import StudyConfig
 from search.recovery import RecoveryPool, recover
 from search.study import (
+    StudySetup,
     build_trial_artifact,
     build_trial_model,
     changes_function,
@@ -33,11 +34,18 @@ from search.study import (
     reference_artifact,
 )
 
-__all__ = ["FINISH_POOL", "Finished", "finish_trial"]
+__all__ = ["FINISH_POOL", "Finished", "finish_trial", "finishing_pool"]
 
 #: Training views a finishing run draws from: a few thousand steps would see a study's 256
 #: views a dozen times each. 1024 crops of 192 px with their maps take ~1.4 GB.
 FINISH_POOL = 1024
+
+
+def finishing_pool(setup: StudySetup, steps: int) -> RecoveryPool:
+    """The study's pool settings (crop, seed), sized for ``steps`` up to FINISH_POOL views."""
+    c = setup.config
+    return RecoveryPool.build(setup.train_data, setup.base, steps * c.recovery_batch_size,
+                              c.recovery_crop or None, c.seed, limit=FINISH_POOL)
 
 
 @dataclass
@@ -62,10 +70,9 @@ def finish_trial(config: StudyConfig, trial: FrozenTrial, steps: int, out: Path,
     setup = prepare(config, console)
     model, configs = build_trial_model(setup, params=trial.params)
     c = config
-    pool = RecoveryPool.build(setup.train_data, setup.base, steps * c.recovery_batch_size,
-                              c.recovery_crop or None, c.seed, limit=FINISH_POOL)
-    setup.pool = pool  # quantization-aware training (qat_steps) draws from it too
     if changes_function(configs):
+        pool = finishing_pool(setup, steps)
+        setup.pool = pool  # quantization-aware training (qat_steps) draws from it too
         columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
                    TimeRemainingColumn())
         with Progress(*columns, console=console, transient=True) as progress:

@@ -178,9 +178,10 @@ def changes_function(configs: dict[str, KnobConfig]) -> bool:
     return False
 
 
-def measure_artifact(setup: StudySetup, artifact: Artifact, times: dict[str, float] | None = None,
-             reference: Artifact | None = None, reference_ms: float | None = None
-             ) -> tuple[dict[str, float], dict[str, Any]]:
+def measure_artifact(setup: StudySetup, artifact: Artifact,
+                     times: dict[str, float] | None = None, reference: Artifact | None = None,
+                     reference_ms: float | None = None
+                     ) -> tuple[dict[str, float], dict[str, Any]]:
     c = setup.config
     ctx = Context(setup.eval_data, c.threads, c.warmup, c.runs, reference, reference_ms)
     values = {}
@@ -321,7 +322,7 @@ class _Pipeline:
                                             self.folder / f"trial-{trial.number}", times)
             times["export_s"] = time.perf_counter() - start - times.get("calibration_s", 0.0)
             values, details = measure_artifact(self.setup, artifact, times, self.reference,
-                                       self.baseline["latency"])
+                                               self.baseline["latency"])
             violations = [k.violation(values, self.baseline) for k in c.constraints]
             trial.set_user_attr("constraints", violations)
             for constraint, violation in zip(c.constraints, violations, strict=True):
