@@ -185,6 +185,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="recover the trial's model for STEPS steps (the study's recipe; e.g. "
                         "4x its [recovery] steps) before building the artifact, then measure "
                         "all three objectives on it again")
+    p.add_argument("--finish-lr", type=float, default=None, metavar="LR",
+                   help="peak learning rate of the finishing run (default: 0.3x the "
+                        "study's when it continues the trial's kept weights)")
     p.set_defaults(run=_run_export)
 
 
@@ -196,7 +199,8 @@ def _run_export(args: argparse.Namespace) -> None:
 
     config = _config(args)
     out = export_trial(load_study(config), config, args.trial, Path(args.out),
-                       register=not args.no_register, finish_steps=args.finish, console=console)
+                       register=not args.no_register, finish_steps=args.finish, console=console,
+                       finish_lr=args.finish_lr)
     console.print(f"exported trial {args.trial} to {out}")
 
 

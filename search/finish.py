@@ -3,11 +3,13 @@
 A study gives every trial a short recovery (a few hundred distillation steps) so that
 hundreds of configurations fit in a night; the short budget ranks them, but the one a user
 picks from the front deserves the training it will ship with. ``ggopt export --finish
-STEPS`` rebuilds the trial's model from its parameters, recovers it for STEPS steps with
-the study's recipe (learning rate, schedule, distillation weight, crops) on a larger pool of
-training views, builds its artifact at the trial's precision, and measures all three
+STEPS`` loads the weights the study recovered for the trial (``trial-N/weights.pt``) into
+the model its parameters rebuild, continues their recovery for STEPS steps with the study's
+recipe (schedule, distillation weight, crops; a lower peak learning rate) on a larger pool
+of training views, builds its artifact at the trial's precision, and measures all three
 objectives on that artifact, as the study did (latency paired with the same baseline file).
-"""
+Continuing, not restarting, matters: a trial's short recovery is one random draw, and the
+front favours the lucky ones, which a restart would not reproduce (RESULTS §18)."""
 
 from __future__ import annotations
 
@@ -19,12 +21,15 @@ import torch
 from optuna.trial import FrozenTrial
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from torch import nn
 
 from grasp.artifact import Artifact
 from objectives import count_macs
 from search.config import StudyConfig
 from search.recovery import RecoveryPool, recover
 from search.study import (
+    WEIGHTS_FILE,
+    WEIGHTS_KEY,
     StudySetup,
     build_trial_artifact,
     build_trial_model,
@@ -34,11 +39,16 @@ from search.study import (
     reference_artifact,
 )
 
-__all__ = ["FINISH_POOL", "Finished", "finish_trial", "finishing_pool"]
+__all__ = ["CONTINUE_LR_FRACTION", "FINISH_POOL", "Finished", "finish_trial", "finishing_pool",
+           "load_trial_weights"]
 
 #: Training views a finishing run draws from: a few thousand steps would see a study's 256
 #: views a dozen times each. 1024 crops of 192 px with their maps take ~1.4 GB.
 FINISH_POOL = 1024
+#: A finishing run that continues from the study's recovered weights starts at this fraction
+#: of the study's peak learning rate: the model is already in its basin (measured, RESULTS
+#: §19: PLACEHOLDER).
+CONTINUE_LR_FRACTION = 0.3
 
 
 def finishing_pool(setup: StudySetup, steps: int) -> RecoveryPool:
@@ -57,39 +67,71 @@ class Finished:
     details: dict[str, Any]
     steps: int
     macs: int
+    continued: bool = False  # from the study's recovered weights, not from the start
+    lr: float | None = None  # the peak learning rate of the finishing run
 
 
 def finish_trial(config: StudyConfig, trial: FrozenTrial, steps: int, out: Path,
-                 baseline: dict[str, Any], console: Console | None = None) -> Finished:
-    """Rebuilds ``trial``'s model, recovers it ``steps`` steps, writes its fp32 weights to
-    ``out/weights.pt`` and its artifact to ``out/model.<suffix>``, and measures it;
-    ``baseline`` is the study's (for paired latency)."""
+                 baseline: dict[str, Any], console: Console | None = None,
+                 lr: float | None = None) -> Finished:
+    """Continues ``trial``'s recovery ``steps`` steps from the weights the study kept (or,
+    for a study that kept none, recovers its rebuilt model from the start), writes the fp32
+    weights to ``out/weights.pt`` and the artifact to ``out/model.<suffix>``, and measures
+    it; ``baseline`` is the study's (for paired latency). ``lr`` is the peak learning rate
+    (default: CONTINUE_LR_FRACTION of the study's when continuing, the study's otherwise)."""
     if steps <= 0:
         raise ValueError(f"--finish: the number of recovery steps must be > 0, got {steps}.")
+    if lr is not None and not lr > 0:
+        raise ValueError(f"--finish-lr: the learning rate must be > 0, got {lr}.")
     console = console or Console(stderr=True)
     setup = prepare(config, console)
     model, configs = build_trial_model(setup, params=trial.params)
     c = config
+    continued = False
     if changes_function(configs):
+        continued = load_trial_weights(trial, model, console)
+        if lr is None:
+            lr = c.recovery_lr * (CONTINUE_LR_FRACTION if continued else 1.0)
         pool = finishing_pool(setup, steps)
         setup.pool = pool  # quantization-aware training (qat_steps) draws from it too
         columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
                    TimeRemainingColumn())
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task(f"finishing trial {trial.number}", total=steps)
-            recover(model, pool, steps, c.recovery_batch_size, c.recovery_lr,
-                    c.distill_weight, setup.pos_weight, c.seed, c.recovery_lr_schedule,
+            recover(model, pool, steps, c.recovery_batch_size, lr, c.distill_weight,
+                    setup.pos_weight, c.seed, c.recovery_lr_schedule,
                     on_step=lambda i: progress.update(task, completed=i))
     else:
         console.print(f"trial {trial.number} computes the uncompressed model's function: "
                       "nothing to recover.")
-        steps = 0
+        steps, lr = 0, None
     out.mkdir(parents=True, exist_ok=True)
     # Minutes of training are kept before anything else can fail; the architecture is
     # rebuilt from config.json's params (build_trial_model), then these load into it.
-    torch.save(model.state_dict(), out / "weights.pt")
+    torch.save(model.state_dict(), out / WEIGHTS_FILE)
     artifact = build_trial_artifact(setup, model, configs, out)
     folder = Path(c.artifacts_dir) / c.name
     reference = reference_artifact(setup, folder, baseline["variant"]) if c.paired else None
     values, details = measure_artifact(setup, artifact, None, reference, baseline["latency"])
-    return Finished(artifact, values, details, steps, count_macs(model, c.output_size))
+    return Finished(artifact, values, details, steps, count_macs(model, c.output_size),
+                    continued, lr)
+
+
+def load_trial_weights(trial: FrozenTrial, model: nn.Module, console: Console) -> bool:
+    """Loads the recovered weights the study kept for ``trial`` into ``model`` (rebuilt from
+    its params); False, said aloud, when the study kept none (studies before they were
+    kept, or a deleted artifacts folder)."""
+    kept = trial.user_attrs.get(WEIGHTS_KEY)
+    if not kept or not Path(kept).is_file():
+        where = f" ({kept} is missing)" if kept else ""
+        console.print(f"trial {trial.number}: the study kept no recovered weights{where}; "
+                      "recovering its rebuilt model from the start.")
+        return False
+    state = torch.load(kept, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"{kept}: trial {trial.number}'s kept weights do not fit the model "
+                         f"its params rebuild (was the study's config or checkpoint "
+                         f"changed?): {str(error).splitlines()[0]}") from error
+    return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -149,12 +150,13 @@ def refresh_front(study: optuna.Study, config: StudyConfig, tracker: Any, folder
 
 
 def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Path,
-                 register: bool = True, finish_steps: int = 0, console: Any = None) -> Path:
+                 register: bool = True, finish_steps: int = 0, console: Any = None,
+                 finish_lr: float | None = None) -> Path:
     """Writes the trial's artifact, its knob config and a model card; registers the model
-    in the MLflow model registry. ``finish_steps`` > 0 first recovers the trial's model for
-    that many steps and ships (and measures) the artifact built from it instead
-    (:mod:`search.finish`)."""
-    from search.study import copy_artifact, dump_json
+    in the MLflow model registry. ``finish_steps`` > 0 first continues the trial's recovery
+    for that many steps (peak rate ``finish_lr``, default search.finish's) and ships (and
+    measures) the artifact built from it instead (:mod:`search.finish`)."""
+    from search.study import WEIGHTS_FILE, WEIGHTS_KEY, copy_artifact, dump_json
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
@@ -167,14 +169,18 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
     if finish_steps < 0:
         raise ValueError(f"--finish: the number of recovery steps must be >= 0, "
                          f"got {finish_steps}.")
+    if finish_lr is not None and not finish_steps:
+        raise ValueError("--finish-lr: only applies with --finish STEPS.")
+    finishing: dict[str, Any] = {}
     studied, base = _values(trial), study.user_attrs.get("baseline", {})
     if finish_steps:
         from search.finish import finish_trial
 
-        finished = finish_trial(config, trial, finish_steps, out, base, console)
+        finished = finish_trial(config, trial, finish_steps, out, base, console, finish_lr)
         model_path, v, macs = finished.artifact.path, finished.values, finished.macs
         fp = finished.details["fingerprint"]
         finish_steps = finished.steps  # 0 when the trial left the function unchanged
+        finishing = {"finish_continued": finished.continued, "finish_lr": finished.lr}
         if v["accuracy"] < studied["accuracy"]:
             from rich.console import Console
 
@@ -182,15 +188,20 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
                 f"[yellow]warning[/]: finished, trial {number} scores {v['accuracy']:.3f}, "
                 f"below the {studied['accuracy']:.3f} the study measured on its artifact; "
                 f"to ship that one instead, export without --finish.")
-        title = (f"trial {number}, finished: {finish_steps} recovery steps (the study "
-                 f"gave it {config.recovery_steps})")
+        title = (f"trial {number}, finished: {finish_steps} more recovery steps "
+                 f"{'continuing the study' if finished.continued else 'from the start'} "
+                 f"(the study gave it {config.recovery_steps})")
     else:
         model_path, v = copy_artifact(trial, out), studied
+        kept = trial.user_attrs.get(WEIGHTS_KEY)
+        if kept and Path(kept).is_file():  # fp32 weights, for a user's own fine-tuning
+            shutil.copyfile(kept, out / WEIGHTS_FILE)
         macs = trial.user_attrs.get("extra", {}).get("macs")
         fp = trial.user_attrs.get("fingerprint", {})
         title = f"trial {number}"
     dump_json(out / "config.json", {"study": study.study_name, "trial": number,
                                     "params": trial.params, "finish_steps": finish_steps,
+                                    **finishing,
                                     "values": v, "study_values": studied, "macs": macs})
     rows = [("IoU grasp-match accuracy (held-out)", "accuracy", "{:.3f}"),
             (f"size (bytes of {model_path.name})", "size", "{:.0f}"),

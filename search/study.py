@@ -58,6 +58,9 @@ METRIC_NAMES = {"accuracy": "accuracy", "size": "size_bytes", "latency": "latenc
 STRUCTURAL = tuple(k for k in ORDER if k != "precision")
 #: Quantization-aware training's learning rate, as a fraction of the recovery one.
 QAT_LR_FRACTION = 0.1
+#: A trial's user attribute naming its recovered weights (``trial-N/weights.pt``).
+WEIGHTS_KEY = "weights"
+WEIGHTS_FILE = "weights.pt"
 
 
 @dataclass
@@ -317,6 +320,8 @@ class _Pipeline:
                                       "knobs.json")
             if changes_function(configs) and c.recovery_steps > 0:
                 model = self._recover(trial, model, times, run_id)
+                trial.set_user_attr(WEIGHTS_KEY, str(save_weights(
+                    model, self.folder / f"trial-{trial.number}")))
             start = time.perf_counter()
             artifact = build_trial_artifact(self.setup, model, configs,
                                             self.folder / f"trial-{trial.number}", times)
@@ -384,6 +389,16 @@ class _Pipeline:
             stage(c.recovery_steps - done, trial.number + 100_000, done)
         times["recovery_s"] = time.perf_counter() - start
         return model.eval()
+
+
+def save_weights(model: nn.Module, folder: Path) -> Path:
+    """``folder/weights.pt``: the recovered fp32 weights (a state_dict, loadable with
+    ``weights_only=True``), so that ``ggopt export --finish`` continues this trial's recovery
+    instead of redrawing it; written before the artifact, which may still fail."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / WEIGHTS_FILE
+    torch.save(model.state_dict(), path)
+    return path
 
 
 def build_trial_artifact(setup: StudySetup, model: nn.Module, configs: dict[str, KnobConfig],

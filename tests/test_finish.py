@@ -1,13 +1,14 @@
 """Finishing a chosen trial: longer recovery before export, measured again on the file."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import torch
 
 import search.finish
 from search.cli import main
-from search.finish import FINISH_POOL
+from search.finish import CONTINUE_LR_FRACTION, FINISH_POOL
 from tests.test_search import write_study
 
 
@@ -19,32 +20,41 @@ def test_export_finish_recovers_longer_and_measures_the_new_file(
     assert main(["export", str(path), "--trial", "2", "--finish", "-1",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "--finish: the number of recovery steps must be >= 0, got -1" in capsys.readouterr().err
+    from search.config import load_study_config
+    from search.study import build_trial_model, load_study, prepare
+
+    config = load_study_config(path)
+    kept_path = load_study(config).trials[2].user_attrs["weights"]
+    kept = torch.load(kept_path, weights_only=True)  # the study kept trial 2's recovery
     runs = []
     original = search.finish.recover
 
-    def counted(model, pool, steps, *args, **kwargs):
-        runs.append((steps, len(pool)))
-        return original(model, pool, steps, *args, **kwargs)
+    def counted(model, pool, steps, batch_size, lr, *args, **kwargs):
+        state = model.state_dict()
+        starts_from_kept = state.keys() == kept.keys() and all(
+            torch.equal(state[k], kept[k]) for k in kept)
+        runs.append((steps, len(pool), lr, starts_from_kept))
+        return original(model, pool, steps, batch_size, lr, *args, **kwargs)
 
     monkeypatch.setattr(search.finish, "recover", counted)
     out = tmp_path / "finished"
     # Trial 2 is the warm start's 50 %-pruned int8 model; the study recovered it 2 steps.
     assert main(["export", str(path), "--trial", "2", "--finish", "6", "--out", str(out)]) == 0
-    assert runs == [(6, min(6 * 2, FINISH_POOL))]  # 6 steps, on a pool sized for them
+    # 6 steps, on a pool sized for them, continuing the study's weights at a lower rate.
+    lr = config.recovery_lr * CONTINUE_LR_FRACTION
+    assert runs == [(6, min(6 * 2, FINISH_POOL), lr, True)]
     # The finished fp32 weights are kept, and load into the architecture the params rebuild.
-    from search.config import load_study_config
-    from search.study import build_trial_model, prepare
-
-    config = load_study_config(path)
     rebuilt, _ = build_trial_model(prepare(config), params=json.loads(
         (out / "config.json").read_text())["params"])
     rebuilt.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
     saved = json.loads((out / "config.json").read_text())
     assert saved["finish_steps"] == 6 and saved["params"]["precision"] == "int8"
+    assert saved["finish_continued"] is True and saved["finish_lr"] == lr
     assert saved["values"]["size"] == (out / "model.onnx").stat().st_size
     assert saved["values"]["latency"] > 0 and saved["study_values"] != saved["values"]
     card = (out / "MODEL_CARD.md").read_text()
-    assert "trial 2, finished: 6 recovery steps (the study gave it 2)" in card
+    assert ("trial 2, finished: 6 more recovery steps continuing the study (the study gave "
+            "it 2)") in card
     assert "| objective | this model | the trial in the study | uncompressed baseline |" in card
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     version = client.search_model_versions("name = 'tiny-ggcnn'")[0]
@@ -70,3 +80,54 @@ def test_export_finish_recovers_longer_and_measures_the_new_file(
                  "--out", str(tmp_path / "plain")]) == 0
     assert runs == []
     assert json.loads((tmp_path / "plain" / "config.json").read_text())["finish_steps"] == 0
+    # A plain export ships the study's recovered fp32 weights beside the artifact.
+    assert main(["export", str(path), "--trial", "2", "--no-register",
+                 "--out", str(tmp_path / "as-studied")]) == 0
+    shipped = torch.load(tmp_path / "as-studied" / "weights.pt", weights_only=True)
+    assert all(torch.equal(shipped[k], kept[k]) for k in kept)
+
+
+def test_finish_learning_rate_and_missing_or_foreign_kept_weights(
+        tmp_path, checkpoint, jacquard_root, monkeypatch, capsys):
+    path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=3)
+    assert main(["search", str(path)]) == 0
+    for bad, message in ((["--finish", "2", "--finish-lr", "-1"],
+                          "--finish-lr: the learning rate must be > 0, got -1.0"),
+                         (["--finish-lr", "0.01"], "--finish-lr: only applies with --finish")):
+        assert main(["export", str(path), "--trial", "2", "--no-register", *bad,
+                     "--out", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err
+    rates = []
+    original = search.finish.recover
+
+    def spy(model, pool, steps, batch_size, lr, *args, **kwargs):
+        rates.append(lr)
+        return original(model, pool, steps, batch_size, lr, *args, **kwargs)
+
+    monkeypatch.setattr(search.finish, "recover", spy)
+    assert main(["export", str(path), "--trial", "2", "--finish", "2", "--finish-lr", "0.0005",
+                 "--no-register", "--out", str(tmp_path / "slow")]) == 0
+    assert rates == [0.0005]
+    # Kept weights gone (a deleted artifacts folder): said, and recovered from the start at
+    # the study's own rate.
+    from search.config import load_study_config
+    from search.study import load_study
+
+    config = load_study_config(path)
+    kept = Path(load_study(config).trials[2].user_attrs["weights"])
+    state = torch.load(kept, weights_only=True)
+    kept.unlink()
+    capsys.readouterr()
+    assert main(["export", str(path), "--trial", "2", "--finish", "2", "--no-register",
+                 "--out", str(tmp_path / "restart")]) == 0
+    assert rates[-1] == config.recovery_lr
+    assert "kept no recovered weights" in " ".join(capsys.readouterr().err.split())
+    saved = json.loads((tmp_path / "restart" / "config.json").read_text())
+    assert saved["finish_continued"] is False
+    # Weights that do not fit the rebuilt architecture are refused, naming the file.
+    torch.save({k: v[:1] for k, v in state.items()}, kept)
+    assert main(["export", str(path), "--trial", "2", "--finish", "2", "--no-register",
+                 "--out", str(tmp_path / "foreign")]) == 2
+    err = capsys.readouterr().err
+    assert str(kept) in "".join(err.split())  # rich wraps the long path
+    assert "do not fit the model its params rebuild" in " ".join(err.split())
