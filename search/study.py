@@ -449,7 +449,11 @@ def run_study(config: StudyConfig, console: Console | None = None,
 #: would rank trials against a teacher, data or timing they were not measured with.
 COMPARABLE = ("study.model", "study.checkpoint_sha256", "study.data", "study.recovery_steps",
               "study.recovery_recipe", "study.objectives", "study.runtime", "study.threads",
-              "study.paired_latency", "study.qat_steps")
+              "study.paired_latency", "study.qat_steps", "study.artifact_format")
+#: How ggopt writes artifacts, raised whenever a file of the same model changes size: 2 is
+#: compact ONNX (grasp.artifact.compact_onnx) and int8 .pt2 without debug line tables. A
+#: study from before the key was stored was written by format 1.
+ARTIFACT_FORMAT = 2
 
 
 def _check_resume(config: StudyConfig, storage: RDBStorage) -> None:
@@ -462,6 +466,8 @@ def _check_resume(config: StudyConfig, storage: RDBStorage) -> None:
     if not config.checkpoint_path().is_file():
         return  # prepare() names the missing file
     now = _config_attrs(config)
+    if stored:
+        stored = {"study.artifact_format": 1, **stored}
     changed = [f"{key.removeprefix('study.')} was {stored[key]!r}, now {now[key]!r}"
                for key in COMPARABLE if key in stored and stored[key] != now[key]]
     if changed:
@@ -586,7 +592,8 @@ def _config_attrs(config: StudyConfig) -> dict[str, Any]:
             "study.constraints": "; ".join(k.text for k in config.constraints),
             "study.storage": redact_url(config.storage), "study.runtime": config.runtime,
             "study.threads": config.threads, "study.paired_latency": config.paired,
-            "study.qat_steps": config.knob_options.get("precision", {}).get("qat_steps", 0)}
+            "study.qat_steps": config.knob_options.get("precision", {}).get("qat_steps", 0),
+            "study.artifact_format": ARTIFACT_FORMAT}
 
 
 def _recipe(config: StudyConfig) -> str:

@@ -41,6 +41,7 @@ from grasp.artifact import (
     SUFFIXES,
     Artifact,
     ArtifactError,
+    compact_onnx,
     deployable,
     export_onnx,
     export_torch,
@@ -197,7 +198,7 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
                          device=device)
         return Artifact(path, runtime, config.precision, input_size, device)
     if config.precision == "fp32":
-        export_onnx(model, path, input_size)
+        compact_onnx(export_onnx(model, path, input_size))
         return Artifact(path, precision="fp32", input_size=input_size, device=device)
     fp32 = export_onnx(model, path.with_suffix(".fp32.onnx"), input_size)
     try:
@@ -230,6 +231,7 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
                 timings["calibration_s"] = time.perf_counter() - start
     finally:
         fp32.unlink(missing_ok=True)
+    compact_onnx(path)
     return Artifact(path, precision=config.precision, input_size=input_size, device=device)
 
 

@@ -6,12 +6,13 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from grasp.artifact import Artifact, ArtifactError
 from search.cli import main
 from search.config import StudyConfigError, load_study_config
-from search.study import load_study, run_study
+from search.study import build_trial_model, load_study, prepare, run_study
 
 STUDY = """
 version = 1
@@ -84,6 +85,14 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
         assert t.user_attrs["values"]["latency"] == pytest.approx(
             baseline["latency"] * t.user_attrs["extra"]["latency_ratio"])
         assert t.user_attrs["extra"]["latency_raw_ms"] > 0
+    # Each recovered trial keeps its fp32 weights for `export --finish`; the uncompressed
+    # trial 0 and the exact sub-pixel rewrite (trial 1) had nothing to recover.
+    recovered = [t for t in trials if "recovery_s" in t.user_attrs["times"]]
+    assert recovered and [t for t in trials if "weights" in t.user_attrs] == recovered
+    setup = prepare(config)
+    for t in recovered:
+        model, _ = build_trial_model(setup, params=t.params)
+        model.load_state_dict(torch.load(t.user_attrs["weights"], weights_only=True))
     # Resume: asking for 5 in all runs exactly one more trial; nothing is redone. A worker
     # without the baseline's artifact (another machine) builds it again to time against.
     for old in (tmp_path / "artifacts" / "tiny").glob("baseline-*.onnx"):
@@ -109,6 +118,15 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
     with pytest.raises(StudyConfigError, match=r"recovery_recipe was '.*lr_schedule=constant.*', "
                                                r"now '.*lr_schedule=cosine"):
         run_study(load_study_config(path, {"n_trials": 6, "recovery_lr_schedule": "cosine"}))
+    # A study whose artifacts an older ggopt wrote (before the format was stored): its sizes
+    # would not compare with compact files.
+    stored = load_study(config)
+    attrs = stored.user_attrs["config"]
+    stored.set_user_attr("config", {k: v for k, v in attrs.items()
+                                    if k != "study.artifact_format"})
+    with pytest.raises(StudyConfigError, match=r"artifact_format was 1, now 2"):
+        run_study(load_study_config(path, {"n_trials": 6}))
+    stored.set_user_attr("config", attrs)
     write_study(tmp_path, checkpoint, jacquard_root)
     from grasp.checkpoints import save_checkpoint
     from grasp.models import get_model
