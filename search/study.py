@@ -471,10 +471,12 @@ def _check_resume(config: StudyConfig, storage: RDBStorage) -> None:
     changed = [f"{key.removeprefix('study.')} was {stored[key]!r}, now {now[key]!r}"
                for key in COMPARABLE if key in stored and stored[key] != now[key]]
     if changed:
+        older = (" (artifact_format: an older ggopt wrote its files, which a new one writes "
+                 "smaller)" if stored["study.artifact_format"] != ARTIFACT_FORMAT else "")
         raise StudyConfigError(
             f"{config.path}: study {config.name!r} in {redact_url(config.storage)} was started "
-            f"with other scoring settings ({'; '.join(changed)}); its trials would not compare "
-            f"with new ones. Restore them, or give the study a new `name`.")
+            f"with other scoring settings ({'; '.join(changed)}){older}; its trials would not "
+            f"compare with new ones. Restore them, or give the study a new `name`.")
 
 
 def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: Console,
