@@ -450,9 +450,10 @@ def run_study(config: StudyConfig, console: Console | None = None,
 COMPARABLE = ("study.model", "study.checkpoint_sha256", "study.data", "study.recovery_steps",
               "study.recovery_recipe", "study.objectives", "study.runtime", "study.threads",
               "study.paired_latency", "study.qat_steps", "study.artifact_format")
-#: How ggopt writes artifacts, raised whenever a file of the same model changes size: 2 is
-#: compact ONNX (grasp.artifact.compact_onnx) and int8 .pt2 without debug line tables. A
-#: study from before the key was stored was written by format 1.
+#: How ggopt writes artifacts, raised whenever the file of the same model changes (its size
+#: or its int8 ranges): 2 is compact ONNX (grasp.artifact.compact_onnx) with percentile
+#: calibration, and int8 .pt2 without debug line tables. A study from before the key was
+#: stored was written by format 1.
 ARTIFACT_FORMAT = 2
 
 
@@ -472,7 +473,7 @@ def _check_resume(config: StudyConfig, storage: RDBStorage) -> None:
                for key in COMPARABLE if key in stored and stored[key] != now[key]]
     if changed:
         older = (" (artifact_format: an older ggopt wrote its files, which a new one writes "
-                 "smaller)" if stored["study.artifact_format"] != ARTIFACT_FORMAT else "")
+                 "differently)" if stored["study.artifact_format"] != ARTIFACT_FORMAT else "")
         raise StudyConfigError(
             f"{config.path}: study {config.name!r} in {redact_url(config.storage)} was started "
             f"with other scoring settings ({'; '.join(changed)}){older}; its trials would not "

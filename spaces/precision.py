@@ -5,7 +5,11 @@ and outputs stay fp32); int8 is static quantization with per-channel int8 weight
 uint8 activations calibrated on training images (never validation images), one image at a
 time, by the runtime's own tool:
 
-- ``onnxruntime``: static QDQ (``quantize_static``).
+- ``onnxruntime``: static QDQ (``quantize_static``), each activation's range set at the
+  99.99th percentile of its calibration histogram: measured (RESULTS §19), min-max ranges
+  cost the uncompressed GG-CNN 1.2 pp and a 50 %-pruned one 0.9 pp against fp32, the
+  percentile ones 0.0 and -2.9 pp (a gain). A few extreme activations no longer stretch the
+  grid that all the others share.
 - ``torch``: PyTorch 2 export quantization (torchao's PT2E with the X86 Inductor
   quantizer), compiled ahead of time by AOTInductor when the artifact is built.
 
@@ -19,6 +23,8 @@ were quantized, so the upsample knob's sub-pixel rewrite is what lets int8 pay o
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import time
@@ -62,6 +68,11 @@ class PrecisionConfig(KnobConfig):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PrecisionConfig:
         return cls(str(data.get("precision", "fp32")))
+
+
+#: ONNX Runtime int8: the percentile of each activation's calibration histogram that ends
+#: its int8 range (see the module docstring).
+CALIBRATION_PERCENTILE = 99.99
 
 
 def _batch_of_one(image: torch.Tensor) -> torch.Tensor:
@@ -220,12 +231,14 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
             start = time.perf_counter()
             prepared = path.with_suffix(".pre.onnx")
             quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-            quantize_static(
-                str(prepared), str(path), _Calibration(calibration),
-                quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-            )
+            with contextlib.redirect_stdout(io.StringIO()):  # its histogram chatter
+                quantize_static(
+                    str(prepared), str(path), _Calibration(calibration),
+                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.Percentile,
+                    extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
+                )
             prepared.unlink(missing_ok=True)
             if timings is not None:
                 timings["calibration_s"] = time.perf_counter() - start

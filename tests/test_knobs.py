@@ -224,6 +224,26 @@ def test_compacting_an_int8_file_is_exact(calibration, tmp_path, monkeypatch):
     assert int8_layers(raw) == int8_layers(Artifact(small, precision="int8", input_size=SIZE))
 
 
+def test_int8_ranges_ignore_a_few_extreme_calibration_values(calibration, tmp_path):
+    """One spike pixel among the calibration images must not stretch the input's int8 grid
+    (min-max calibration would give it a step of 100 / 255)."""
+    import onnx
+    from onnx import numpy_helper
+
+    images = [image.clone() for image in calibration]
+    images[0].view(-1)[0] = 100.0
+    built = get_knob("precision").build(get_model("ggcnn").eval(), PrecisionConfig("int8"),
+                                        tmp_path / "a.onnx", images, SIZE)
+    graph = onnx.load(str(built.path)).graph
+    quantize = next(n for n in graph.node if n.op_type == "QuantizeLinear"
+                    and n.input[0] == "depth")
+    scale = next(numpy_helper.to_array(t) for t in graph.initializer
+                 if t.name == quantize.input[1])
+    spread = max(float(image.max()) for image in calibration) - min(
+        float(image.min()) for image in calibration)
+    assert float(scale) < 2 * spread / 255 < 100 / 255
+
+
 def test_int8_needs_calibration_images(tmp_path):
     with pytest.raises(KnobError, match="calibration"):
         get_knob("precision").build(get_model("ggcnn"), PrecisionConfig("int8"),
