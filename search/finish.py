@@ -46,8 +46,9 @@ __all__ = ["CONTINUE_LR_FRACTION", "FINISH_POOL", "Finished", "finish_trial", "f
 #: views a dozen times each. 1024 crops of 192 px with their maps take ~1.4 GB.
 FINISH_POOL = 1024
 #: A finishing run that continues from the study's recovered weights starts at this fraction
-#: of the study's peak learning rate: the model is already in its basin (measured, RESULTS
-#: §19: PLACEHOLDER).
+#: of the study's peak learning rate: the model is already in its basin. Measured (RESULTS
+#: §19, an ONNX Runtime trial, 2400 steps): 1x left it where it was, 0.3x gained 2.1 pp
+#: on the study, 0.1x lost 1.2 pp.
 CONTINUE_LR_FRACTION = 0.3
 
 
