@@ -182,9 +182,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-register", action="store_true", help="skip the MLflow model registry")
     p.add_argument("--finish", type=int, default=0, metavar="STEPS",
-                   help="recover the trial's model for STEPS steps (the study's recipe; e.g. "
-                        "4x its [recovery] steps) before building the artifact, then measure "
-                        "all three objectives on it again")
+                   help="continue the trial's recovery from the weights the study kept, "
+                        "STEPS more steps (the study's recipe; e.g. 4x its [recovery] steps), "
+                        "before building the artifact, then measure all three objectives on "
+                        "it again")
     p.add_argument("--finish-lr", type=float, default=None, metavar="LR",
                    help="peak learning rate of the finishing run (default: 0.3x the "
                         "study's when it continues the trial's kept weights)")
