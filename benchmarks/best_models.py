@@ -79,6 +79,8 @@ def main() -> None:
     console = Console(width=150)
     config = load_study_config(args.study, {"storage": args.storage, "data_root": args.data})
     exported = dict(_exported(Path(folder), config) for folder in args.exported)
+    if len(exported) < len(args.exported):
+        raise SystemExit("--exported: the same folder is named twice.")
     setup = prepare(config, Console(stderr=True, quiet=True))
     steps = config.recovery_steps if args.steps is None else args.steps
     dataset = load_dataset(config.data_format, config.data_root, output_size=config.output_size)
@@ -201,7 +203,10 @@ def _exported(folder: Path, config) -> tuple[str, dict]:
                          f"from study {config.name!r}, found study {info.get('study')!r} and "
                          f"{[p.name for p in files]}.")
     steps = info.get("finish_steps", 0)
-    label = f"trial {info['trial']}" + (f", finished ({steps} steps)" if steps else ", exported")
+    how = (f", finished ({steps} steps{', continued' if info.get('finish_continued') else ''})"
+           if steps else ", exported")
+    # The folder's name too: two exports of one trial (other steps, another ggopt) are two rows.
+    label = f"trial {info['trial']}{how}: {folder.name}"
     return label, {"artifact": Artifact(files[0], config.runtime,
                                         info["params"].get("precision", "fp32"),
                                         config.output_size, config.device),
