@@ -28,15 +28,16 @@ from objectives import count_macs
 from search.config import StudyConfig
 from search.recovery import RecoveryPool, recover
 from search.study import (
-    WEIGHTS_FILE,
     WEIGHTS_KEY,
     StudySetup,
     build_trial_artifact,
     build_trial_model,
     changes_function,
+    kept_weights,
     measure_artifact,
     prepare,
     reference_artifact,
+    save_weights,
 )
 
 __all__ = ["CONTINUE_LR_FRACTION", "FINISH_POOL", "Finished", "finish_trial", "finishing_pool",
@@ -106,10 +107,9 @@ def finish_trial(config: StudyConfig, trial: FrozenTrial, steps: int, out: Path,
         console.print(f"trial {trial.number} computes the uncompressed model's function: "
                       "nothing to recover.")
         steps, lr = 0, None
-    out.mkdir(parents=True, exist_ok=True)
     # Minutes of training are kept before anything else can fail; the architecture is
     # rebuilt from config.json's params (build_trial_model), then these load into it.
-    torch.save(model.state_dict(), out / WEIGHTS_FILE)
+    save_weights(model, out)
     artifact = build_trial_artifact(setup, model, configs, out)
     folder = Path(c.artifacts_dir) / c.name
     reference = reference_artifact(setup, folder, baseline["variant"]) if c.paired else None
@@ -122,9 +122,10 @@ def load_trial_weights(trial: FrozenTrial, model: nn.Module, console: Console) -
     """Loads the recovered weights the study kept for ``trial`` into ``model`` (rebuilt from
     its params); False, said aloud, when the study kept none (studies before they were
     kept, or a deleted artifacts folder)."""
-    kept = trial.user_attrs.get(WEIGHTS_KEY)
-    if not kept or not Path(kept).is_file():
-        where = f" ({kept} is missing)" if kept else ""
+    kept = kept_weights(trial)
+    if kept is None:
+        named = trial.user_attrs.get(WEIGHTS_KEY)
+        where = f" ({named} is missing)" if named else ""
         console.print(f"trial {trial.number}: the study kept no recovered weights{where}; "
                       "recovering its rebuilt model from the start.")
         return False

@@ -156,7 +156,7 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
     in the MLflow model registry. ``finish_steps`` > 0 first continues the trial's recovery
     for that many steps (peak rate ``finish_lr``, default search.finish's) and ships (and
     measures) the artifact built from it instead (:mod:`search.finish`)."""
-    from search.study import WEIGHTS_FILE, WEIGHTS_KEY, copy_artifact, dump_json
+    from search.study import WEIGHTS_FILE, copy_artifact, dump_json, kept_weights
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
@@ -193,8 +193,8 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
                  f"(the study gave it {config.recovery_steps})")
     else:
         model_path, v = copy_artifact(trial, out), studied
-        kept = trial.user_attrs.get(WEIGHTS_KEY)
-        if kept and Path(kept).is_file():  # fp32 weights, for a user's own fine-tuning
+        kept = kept_weights(trial)
+        if kept is not None:  # fp32 weights, for a user's own fine-tuning
             shutil.copyfile(kept, out / WEIGHTS_FILE)
         macs = trial.user_attrs.get("extra", {}).get("macs")
         fp = trial.user_attrs.get("fingerprint", {})

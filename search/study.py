@@ -318,13 +318,12 @@ class _Pipeline:
                 self.tracker.log_params(run_id, trial.params)
                 self.tracker.log_dict(run_id, {k: v.to_dict() for k, v in configs.items()},
                                       "knobs.json")
+            folder = self.folder / f"trial-{trial.number}"
             if changes_function(configs) and c.recovery_steps > 0:
                 model = self._recover(trial, model, times, run_id)
-                trial.set_user_attr(WEIGHTS_KEY, str(save_weights(
-                    model, self.folder / f"trial-{trial.number}")))
+                trial.set_user_attr(WEIGHTS_KEY, str(save_weights(model, folder)))
             start = time.perf_counter()
-            artifact = build_trial_artifact(self.setup, model, configs,
-                                            self.folder / f"trial-{trial.number}", times)
+            artifact = build_trial_artifact(self.setup, model, configs, folder, times)
             times["export_s"] = time.perf_counter() - start - times.get("calibration_s", 0.0)
             values, details = measure_artifact(self.setup, artifact, times, self.reference,
                                                self.baseline["latency"])
@@ -399,6 +398,12 @@ def save_weights(model: nn.Module, folder: Path) -> Path:
     path = folder / WEIGHTS_FILE
     torch.save(model.state_dict(), path)
     return path
+
+
+def kept_weights(trial: FrozenTrial) -> Path | None:
+    """The trial's recovered weights that the study kept, if they are (still) on disk."""
+    kept = trial.user_attrs.get(WEIGHTS_KEY)
+    return Path(kept) if kept and Path(kept).is_file() else None
 
 
 def build_trial_artifact(setup: StudySetup, model: nn.Module, configs: dict[str, KnobConfig],
