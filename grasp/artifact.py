@@ -234,7 +234,53 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int = 300) -> Pa
             dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=17,
         )
+    relu_next_to_producer(tmp)
     os.replace(tmp, path)
+    return path
+
+
+#: Ops that only move or drop values: a ReLU gives the same result before them or after.
+_DATA_MOVEMENT = frozenset({"Transpose", "Reshape", "Slice", "DepthToSpace", "Flatten",
+                            "Squeeze", "Unsqueeze"})
+
+
+def relu_next_to_producer(path: str | Path) -> Path:
+    """Rewrites an ONNX file, exactly, so that each ReLU directly follows the op computing
+    its input instead of the reshapes and crops in between (a sub-pixel layer's shuffle).
+    The int8 quantizer fuses a ReLU only into the conv right before it; one left after a
+    crop became a dequantize + requantize of the whole 300x300 map (1.5 of 8 ms)."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    nodes = list(model.graph.node)
+    producer = {out: node for node in nodes for out in node.output}
+    consumers = {out.name: 1 for out in model.graph.output}  # a graph output is a use too
+    for node in nodes:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    changed = False
+    for relu in [n for n in nodes if n.op_type == "Relu"]:
+        chain = []  # data-movement nodes between the ReLU and the real producer, last first
+        node = producer.get(relu.input[0])
+        while (node is not None and node.op_type in _DATA_MOVEMENT
+               and consumers.get(node.output[0], 0) == 1):
+            chain.append(node)
+            node = producer.get(node.input[0])
+        if not chain:
+            continue
+        first, last = chain[-1], chain[0]
+        moved_in, relu_out = first.input[0], relu.output[0]
+        relu.input[0], relu.output[0] = moved_in, relu_out + "_relu_first"
+        first.input[0] = relu.output[0]
+        last.output[0] = relu_out
+        nodes.remove(relu)
+        nodes.insert(nodes.index(first), relu)
+        changed = True
+    if changed:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        onnx.save(model, str(path))
     return path
 
 

@@ -457,9 +457,10 @@ COMPARABLE = ("study.model", "study.checkpoint_sha256", "study.data", "study.rec
               "study.paired_latency", "study.qat_steps", "study.artifact_format")
 #: How ggopt writes artifacts, raised whenever the file of the same model changes (its size
 #: or its int8 ranges): 2 is compact ONNX (grasp.artifact.compact_onnx) with percentile
-#: calibration, and int8 .pt2 without debug line tables. A study from before the key was
-#: stored was written by format 1.
-ARTIFACT_FORMAT = 2
+#: calibration, and int8 .pt2 without debug line tables; 3 shuffles sub-pixel layers on
+#: channels-last data in ONNX (no DepthToSpace) with each ReLU next to its conv. A study
+#: from before the key was stored was written by format 1.
+ARTIFACT_FORMAT = 3
 
 
 def _check_resume(config: StudyConfig, storage: RDBStorage) -> None:

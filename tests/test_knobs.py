@@ -198,6 +198,64 @@ def test_built_onnx_is_compact_and_keeps_the_layer_names(precision, calibration,
     assert torch.allclose(built.predictor()(x), expected, atol=tolerance * expected.abs().max())
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_onnx_shuffles_subpixel_layers_without_depthtospace(precision, calibration, tmp_path):
+    """ONNX Runtime's DepthToSpace took 5 of an int8 GG-CNN's 8.7 ms; the channels-last
+    shuffle must compute the same maps, and in int8 every ReLU must fuse into its conv
+    (a ReLU left after the shuffle's crop requantized the whole map)."""
+    import onnx
+
+    upsample = get_knob("upsample")
+    model = upsample.apply(get_model("ggcnn").eval(), UpsampleConfig(
+        tuple((layer, "subpixel") for layer in upsample.layers(get_model("ggcnn")))))
+    built = get_knob("precision").build(model, PrecisionConfig(precision), tmp_path / "a.onnx",
+                                        calibration, SIZE)
+    ops = [n.op_type for n in onnx.load(str(built.path)).graph.node]
+    assert "DepthToSpace" not in ops and "Transpose" in ops
+    assert ("Relu" in ops) == (precision == "fp32")
+    x = torch.stack(calibration)
+    with torch.no_grad():
+        expected = torch.cat(model(x), 1)
+    tolerance = 1e-5 if precision == "fp32" else 0.05
+    assert torch.allclose(built.predictor()(x), expected, atol=tolerance * expected.abs().max())
+
+
+def test_relu_moves_next_to_its_producer_only_through_unshared_data_movement(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from grasp.artifact import relu_next_to_producer
+
+    def model(shared: bool):
+        starts, ends = (numpy_helper.from_array(torch.tensor([v]).numpy(), name)
+                        for name, v in (("starts", 1), ("ends", 3)))
+        nodes = [helper.make_node("Neg", ["x"], ["n"]),
+                 helper.make_node("Transpose", ["n"], ["t"], perm=[1, 0]),
+                 helper.make_node("Slice", ["t", "starts", "ends"], ["s"]),
+                 helper.make_node("Relu", ["s"], ["y"])]
+        outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+        if shared:  # the transposed map is also an output: it must stay un-ReLU'd
+            outputs.append(helper.make_tensor_value_info("t", TensorProto.FLOAT, None))
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+            "x", TensorProto.FLOAT, [4, 3])], outputs, initializer=[starts, ends])
+        path = tmp_path / f"shared{shared}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                    ir_version=9), str(path))
+        return path
+
+    x = torch.randn(4, 3).numpy()
+    for shared, expected_order in ((False, ["Neg", "Relu", "Transpose", "Slice"]),
+                                   (True, ["Neg", "Transpose", "Relu", "Slice"])):
+        path = model(shared)
+        before = ort.InferenceSession(str(path)).run(None, {"x": x})
+        relu_next_to_producer(path)
+        graph = onnx.load(str(path)).graph
+        assert [n.op_type for n in graph.node] == expected_order
+        after = ort.InferenceSession(str(path)).run(None, {"x": x})
+        assert all((a == b).all() for a, b in zip(before, after, strict=True))
+
+
 def test_compacting_an_int8_file_is_exact(calibration, tmp_path, monkeypatch):
     import shutil
 
