@@ -91,7 +91,7 @@ def finish_trial(config: StudyConfig, trial: FrozenTrial, steps: int, out: Path,
     c = config
     continued = False
     if changes_function(configs):
-        continued = load_trial_weights(trial, model, console)
+        continued = load_trial_weights(trial, model, console, c.tracking_uri)
         if lr is None:
             lr = c.recovery_lr * (CONTINUE_LR_FRACTION if continued else 1.0)
         pool = finishing_pool(setup, steps)
@@ -118,11 +118,12 @@ def finish_trial(config: StudyConfig, trial: FrozenTrial, steps: int, out: Path,
                     continued, lr)
 
 
-def load_trial_weights(trial: FrozenTrial, model: nn.Module, console: Console) -> bool:
+def load_trial_weights(trial: FrozenTrial, model: nn.Module, console: Console,
+                       tracking_uri: str | None = None) -> bool:
     """Loads the recovered weights the study kept for ``trial`` into ``model`` (rebuilt from
-    its params); False, said aloud, when the study kept none (studies before they were
-    kept, or a deleted artifacts folder)."""
-    kept = kept_weights(trial)
+    its params), from this disk or the trial's MLflow run; False, said aloud, when the study
+    kept none (studies before they were kept, or deleted files)."""
+    kept = kept_weights(trial, tracking_uri)
     if kept is None:
         named = trial.user_attrs.get(WEIGHTS_KEY)
         where = f" ({named} is missing)" if named else ""

@@ -192,8 +192,8 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
                  f"{'continuing the study' if finished.continued else 'from the start'} "
                  f"(the study gave it {config.recovery_steps})")
     else:
-        model_path, v = copy_artifact(trial, out), studied
-        kept = kept_weights(trial)
+        model_path, v = copy_artifact(trial, out, config.tracking_uri), studied
+        kept = kept_weights(trial, config.tracking_uri)
         if kept is not None:  # fp32 weights, for a user's own fine-tuning
             shutil.copyfile(kept, out / WEIGHTS_FILE)
         macs = trial.user_attrs.get("extra", {}).get("macs")

@@ -61,6 +61,8 @@ QAT_LR_FRACTION = 0.1
 #: A trial's user attribute naming its recovered weights (``trial-N/weights.pt``).
 WEIGHTS_KEY = "weights"
 WEIGHTS_FILE = "weights.pt"
+#: The folder of a trial's MLflow run holding each file the trial keeps, by user attribute.
+TRACKED_FOLDERS = {"artifact": "artifact", WEIGHTS_KEY: "weights"}
 
 
 @dataclass
@@ -321,7 +323,10 @@ class _Pipeline:
             folder = self.folder / f"trial-{trial.number}"
             if changes_function(configs) and c.recovery_steps > 0:
                 model = self._recover(trial, model, times, run_id)
-                trial.set_user_attr(WEIGHTS_KEY, str(save_weights(model, folder)))
+                weights = save_weights(model, folder)
+                trial.set_user_attr(WEIGHTS_KEY, str(weights))
+                if run_id:
+                    self.tracker.log_file(run_id, weights, TRACKED_FOLDERS[WEIGHTS_KEY])
             start = time.perf_counter()
             artifact = build_trial_artifact(self.setup, model, configs, folder, times)
             times["export_s"] = time.perf_counter() - start - times.get("calibration_s", 0.0)
@@ -343,7 +348,7 @@ class _Pipeline:
                 self.tracker.log_metrics(run_id, {METRIC_NAMES[k]: v for k, v in values.items()}
                                          | extra | times
                                          | {"feasible": float(all(v <= 0 for v in violations))})
-                self.tracker.log_file(run_id, artifact.path, "artifact")
+                self.tracker.log_file(run_id, artifact.path, TRACKED_FOLDERS["artifact"])
             state = "COMPLETE"
             return tuple(values[o] for o in c.objectives)
         except optuna.TrialPruned:
@@ -400,10 +405,35 @@ def save_weights(model: nn.Module, folder: Path) -> Path:
     return path
 
 
-def kept_weights(trial: FrozenTrial) -> Path | None:
-    """The trial's recovered weights that the study kept, if they are (still) on disk."""
-    kept = trial.user_attrs.get(WEIGHTS_KEY)
-    return Path(kept) if kept and Path(kept).is_file() else None
+def trial_file(trial: FrozenTrial, key: str, tracking_uri: str | None = None) -> Path | None:
+    """A file the trial kept (user attribute ``key``: "artifact" or "weights"): the worker's
+    copy when it is on this disk, else the copy logged to the trial's MLflow run, fetched
+    into a temporary folder (a distributed study's workers keep their files on their own
+    disks); None when neither can be had."""
+    kept = trial.user_attrs.get(key)
+    if not kept:
+        return None
+    if Path(kept).is_file():
+        return Path(kept)
+    run_id = trial.user_attrs.get(RUN_ID_KEY)
+    if not run_id or not tracking_uri:
+        return None
+    import tempfile
+
+    import mlflow
+
+    try:
+        fetched = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=f"{TRACKED_FOLDERS[key]}/{Path(kept).name}",
+            tracking_uri=tracking_uri, dst_path=tempfile.mkdtemp(prefix="ggopt-fetched-"))
+    except Exception:  # MLflow raises many types: a missing run, file or store
+        return None
+    return Path(fetched) if Path(fetched).is_file() else None
+
+
+def kept_weights(trial: FrozenTrial, tracking_uri: str | None = None) -> Path | None:
+    """The trial's recovered weights that the study kept, on this disk or in MLflow."""
+    return trial_file(trial, WEIGHTS_KEY, tracking_uri)
 
 
 def build_trial_artifact(setup: StudySetup, model: nn.Module, configs: dict[str, KnobConfig],
@@ -616,10 +646,12 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def copy_artifact(trial: FrozenTrial, out: Path) -> Path:
-    src = Path(trial.user_attrs["artifact"])
-    if not src.is_file():
-        raise FileNotFoundError(f"{src}: trial {trial.number}'s artifact is missing.")
+def copy_artifact(trial: FrozenTrial, out: Path, tracking_uri: str | None = None) -> Path:
+    src = trial_file(trial, "artifact", tracking_uri)
+    if src is None:
+        where = f" and not in MLflow ({redact_url(tracking_uri)})" if tracking_uri else ""
+        raise FileNotFoundError(f"{trial.user_attrs.get('artifact')}: trial {trial.number}'s "
+                                f"artifact is missing here{where}.")
     out.mkdir(parents=True, exist_ok=True)
     dst = out / f"model{src.suffix}"
     shutil.copyfile(src, dst)

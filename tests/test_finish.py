@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import pytest
 import torch
 
 import search.finish
@@ -108,8 +109,8 @@ def test_finish_learning_rate_and_missing_or_foreign_kept_weights(
     assert main(["export", str(path), "--trial", "2", "--finish", "2", "--finish-lr", "0.0005",
                  "--no-register", "--out", str(tmp_path / "slow")]) == 0
     assert rates == [0.0005]
-    # Kept weights gone (a deleted artifacts folder): said, and recovered from the start at
-    # the study's own rate.
+    # Kept weights not on this disk (a distributed study's worker kept them on its own):
+    # fetched from the trial's MLflow run, and the finish still continues them.
     from search.config import load_study_config
     from search.study import load_study
 
@@ -117,8 +118,20 @@ def test_finish_learning_rate_and_missing_or_foreign_kept_weights(
     kept = Path(load_study(config).trials[2].user_attrs["weights"])
     state = torch.load(kept, weights_only=True)
     kept.unlink()
+    assert main(["export", str(path), "--trial", "2", "--finish", "2", "--no-register",
+                 "--out", str(tmp_path / "fetched")]) == 0
+    assert rates[-1] == pytest.approx(config.recovery_lr * CONTINUE_LR_FRACTION)
+    assert json.loads((tmp_path / "fetched" / "config.json").read_text())["finish_continued"]
+    # ...and so does the artifact, for a plain export.
+    Path(load_study(config).trials[2].user_attrs["artifact"]).unlink()
+    assert main(["export", str(path), "--trial", "2", "--no-register",
+                 "--out", str(tmp_path / "plain")]) == 0
+    assert (tmp_path / "plain" / "weights.pt").is_file()
+    # Kept nowhere (a tracking store without the study's runs): said, and recovered from the
+    # start at the study's own rate.
     capsys.readouterr()
     assert main(["export", str(path), "--trial", "2", "--finish", "2", "--no-register",
+                 "--tracking-uri", f"sqlite:///{tmp_path}/other.db",
                  "--out", str(tmp_path / "restart")]) == 0
     assert rates[-1] == config.recovery_lr
     assert "kept no recovered weights" in " ".join(capsys.readouterr().err.split())

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from grasp.artifact import Artifact, ArtifactError
 from search.cli import main
 from search.config import StudyConfigError, load_study_config
-from search.study import build_trial_model, load_study, prepare, run_study
+from search.study import ARTIFACT_FORMAT, build_trial_model, load_study, prepare, run_study
 
 STUDY = """
 version = 1
@@ -124,7 +124,8 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
     attrs = stored.user_attrs["config"]
     stored.set_user_attr("config", {k: v for k, v in attrs.items()
                                     if k != "study.artifact_format"})
-    with pytest.raises(StudyConfigError, match=r"artifact_format was 1, now 2.*an older ggopt"):
+    with pytest.raises(StudyConfigError,
+                       match=rf"artifact_format was 1, now {ARTIFACT_FORMAT}.*an older ggopt"):
         run_study(load_study_config(path, {"n_trials": 6}))
     stored.set_user_attr("config", attrs)
     write_study(tmp_path, checkpoint, jacquard_root)
