@@ -62,8 +62,8 @@ class SubPixelConv2d(nn.Module):
 
     def _shuffle_channels_last(self, x: torch.Tensor) -> torch.Tensor:
         """The same conv + PixelShuffle, written for ONNX Runtime: its DepthToSpace is a
-        slow generic 6-D transpose (5 ms of an 8.7 ms int8 GG-CNN), while the same shuffle
-        done on channels-last data moves whole pixels, and the transposes into and out of
+        slow generic 6-D transpose (5.1 of 14.8 ms of an int8 GG-CNN, profiled), while the
+        same shuffle on channels-last data moves whole pixels, and the transposes into and out of
         channels-last cancel against the ones ONNX Runtime puts around its NHWC int8 convs.
         The conv's output channels are reordered (sub-pixel phase first) so that each
         output pixel's channels are contiguous; the result is exactly PixelShuffle's."""
