@@ -15,7 +15,8 @@ of two runtimes:
   graph (:func:`cuda_graph`); int8 is built for x86 CPUs only.
 
 Exporting always takes the free, exact speed-up of fusing the four 1-channel heads into
-one 4-channel conv, so every speed-up is measured against that baseline.
+one 4-channel conv, so every speed-up is measured against that baseline; an ONNX export
+also computes that conv as :class:`TapSumHeads`, faster on ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def check_device(runtime: str, device: str) -> None:
                             "in place of onnxruntime.")
 
 
-def fuse_heads(model: nn.Module) -> nn.Module:
-    """A copy whose four heads are one conv with four outputs (exactly the same maps)."""
+def fuse_heads(model: nn.Module, taps: bool = False) -> nn.Module:
+    """A copy whose four heads are one conv with four outputs (exactly the same maps); with
+    ``taps``, that conv computed as :class:`TapSumHeads` where it can be."""
     model = copy.deepcopy(model)
     heads = [getattr(model, name, None) for name in HEAD_NAMES]
     if not all(isinstance(h, nn.Conv2d) for h in heads):
@@ -87,8 +89,53 @@ def fuse_heads(model: nn.Module) -> nn.Module:
         fused.bias.copy_(torch.cat([h.bias for h in heads]))
     for name in HEAD_NAMES:
         delattr(model, name)
-    model.fused_heads = fused
+    model.fused_heads = TapSumHeads(fused) if taps and TapSumHeads.fits(fused) else fused
     return model
+
+
+class TapSumHeads(nn.Module):
+    """The fused heads' k x k conv as one 1x1 conv with a channel per (tap, head), then the
+    k*k shifted crops of those channels added: the same maps (exact in real arithmetic).
+
+    Why: with four outputs a k x k conv fills a quarter of a GEMM kernel's width, and ONNX
+    Runtime first copies the whole input into a k*k-times larger im2col buffer. The 1x1 conv
+    has 16 outputs (GG-CNN's 2x2 heads) and reads its input in place. Profiled on a 50 %-
+    pruned int8 GG-CNN in ONNX Runtime: the heads' conv went from 2.9 to 0.56 ms, and the
+    crops and adds cost 0.5 ms. In int8 the four partial sums are each rounded to the grid.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if not self.fits(conv):
+            raise ValueError(f"TapSumHeads: needs a stride-1, unpadded, undilated, ungrouped "
+                             f"conv with a bias, got {conv}.")
+        self.kernel_size, self.heads = tuple(conv.kernel_size), conv.out_channels
+        kh, kw = self.kernel_size
+        self.taps = nn.Conv2d(conv.in_channels, kh * kw * self.heads, 1)
+        with torch.no_grad():  # channel (i * kw + j) * heads + h is head h's tap (i, j)
+            self.taps.weight.copy_(conv.weight.permute(2, 3, 0, 1).reshape(
+                -1, conv.in_channels, 1, 1))
+            self.taps.bias.zero_()
+            self.taps.bias[:self.heads] = conv.bias  # added once, with tap (0, 0)
+
+    @staticmethod
+    def fits(conv: nn.Conv2d) -> bool:
+        return (conv.kernel_size != (1, 1) and conv.stride == (1, 1)
+                and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1
+                and conv.bias is not None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        taps = self.taps(x)
+        kh, kw = self.kernel_size
+        out = None
+        for i in range(kh):
+            for j in range(kw):
+                first = (i * kw + j) * self.heads
+                # Static crop bounds (negative ends): no shape arithmetic in an exported graph.
+                part = taps[:, first:first + self.heads, i:i - kh + 1 or None,
+                            j:j - kw + 1 or None]
+                out = part if out is None else out + part
+        return out
 
 
 class _Maps(nn.Module):
@@ -103,9 +150,10 @@ class _Maps(nn.Module):
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
-def deployable(model: nn.Module) -> nn.Module:
-    """The model as shipped: heads fused, one output tensor, eval mode."""
-    return _Maps(fuse_heads(model)).eval()
+def deployable(model: nn.Module, taps: bool = False) -> nn.Module:
+    """The model as shipped: heads fused (as :class:`TapSumHeads` with ``taps``), one output
+    tensor, eval mode."""
+    return _Maps(fuse_heads(model, taps)).eval()
 
 
 class _Half(nn.Module):
@@ -222,7 +270,9 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int = 300) -> Pa
     """Writes the deployable form of ``model`` as ONNX (dynamic batch), atomically.
 
     Node names keep the module path (``/model/conv2/Conv``), which is how a per-layer
-    precision choice finds a layer's nodes.
+    precision choice finds a layer's nodes. The heads are :class:`TapSumHeads` here only:
+    measured side by side (RESULTS §21), ONNX Runtime ran GG-CNN 8-9 % faster with them in
+    fp32 and 28 % in int8, while torch fp32 and int8 were 1-10 % slower or even.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +280,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int = 300) -> Pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            deployable(model), (torch.zeros(1, 1, input_size, input_size),), str(tmp),
+            deployable(model, taps=True), (torch.zeros(1, 1, input_size, input_size),), str(tmp),
             dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=17,
         )

@@ -488,9 +488,10 @@ COMPARABLE = ("study.model", "study.checkpoint_sha256", "study.data", "study.rec
 #: How ggopt writes artifacts, raised whenever the file of the same model changes (its size
 #: or its int8 ranges): 2 is compact ONNX (grasp.artifact.compact_onnx) with percentile
 #: calibration, and int8 .pt2 without debug line tables; 3 shuffles sub-pixel layers on
-#: channels-last data in ONNX (no DepthToSpace) with each ReLU next to its conv. A study
-#: from before the key was stored was written by format 1.
-ARTIFACT_FORMAT = 3
+#: channels-last data in ONNX (no DepthToSpace) with each ReLU next to its conv; 4 computes
+#: ONNX heads as a 1x1 conv plus shifted adds (grasp.artifact.TapSumHeads). A study from
+#: before the key was stored was written by format 1.
+ARTIFACT_FORMAT = 4
 
 
 def _check_resume(config: StudyConfig, storage: RDBStorage) -> None:

@@ -220,6 +220,50 @@ def test_onnx_shuffles_subpixel_layers_without_depthtospace(precision, calibrati
     assert torch.allclose(built.predictor()(x), expected, atol=tolerance * expected.abs().max())
 
 
+@pytest.mark.parametrize("kernel", [(2, 2), (3, 3), (2, 3)])
+def test_tap_sum_heads_compute_the_fused_conv(kernel):
+    from grasp.artifact import TapSumHeads
+
+    conv = nn.Conv2d(6, 4, kernel)
+    x = torch.randn(2, 6, 11, 13)
+    with torch.no_grad():
+        assert torch.allclose(TapSumHeads(conv)(x), conv(x), atol=1e-5)
+    for unfit in (nn.Conv2d(6, 4, 2, padding=1), nn.Conv2d(6, 4, 2, stride=2),
+                  nn.Conv2d(6, 4, 1), nn.Conv2d(6, 4, 2, bias=False)):
+        assert not TapSumHeads.fits(unfit)
+        with pytest.raises(ValueError, match="stride-1, unpadded"):
+            TapSumHeads(unfit)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_onnx_heads_are_a_1x1_conv_into_one_channel_per_tap(name, calibration, tmp_path):
+    """A 2x2 conv with four outputs ran 5x slower than the 1x1 conv with sixteen in ONNX
+    Runtime int8; GG-CNN's 2x2 heads must be exported as the latter, in int8 too, and still
+    give the model's maps. GG-CNN2's 1x1 heads stay one conv."""
+    import onnx
+
+    from grasp.artifact import export_onnx
+
+    model = get_model(name).eval()
+    kernel = model.pos_output.kernel_size[0]
+    path = export_onnx(model, tmp_path / "a.onnx", SIZE)
+    heads = [n for n in onnx.load(str(path)).graph.node
+             if n.op_type == "Conv" and "fused_heads" in n.name]
+    assert len(heads) == 1
+    shape = next(a.ints for a in heads[0].attribute if a.name == "kernel_shape")
+    assert list(shape) == [1, 1]
+    assert ("taps" in heads[0].name) == (kernel > 1)
+    int8 = get_knob("precision").build(model, PrecisionConfig("int8"), tmp_path / "b.onnx",
+                                       calibration, SIZE)
+    assert "fused_heads" in int8_layers(int8)
+    x = torch.stack(calibration)
+    with torch.no_grad():
+        expected = torch.cat(model(x), 1)
+    fp32 = get_knob("precision").build(model, PrecisionConfig("fp32"), tmp_path / "c.onnx",
+                                       calibration, SIZE)
+    assert torch.allclose(fp32.predictor()(x), expected, atol=1e-5 * expected.abs().max())
+
+
 def test_relu_moves_next_to_its_producer_only_through_unshared_data_movement(tmp_path):
     import onnx
     import onnxruntime as ort
