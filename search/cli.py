@@ -189,6 +189,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finish-lr", type=float, default=None, metavar="LR",
                    help="peak learning rate of the finishing run (default: 0.3x the "
                         "study's when it continues the trial's kept weights)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="build the artifact anew from the weights the study kept, with no "
+                        "training, then measure all three objectives on it again (ships an "
+                        "older study's trial in this ggopt's artifact format)")
     p.set_defaults(run=_run_export)
 
 
@@ -201,7 +205,7 @@ def _run_export(args: argparse.Namespace) -> None:
     config = _config(args)
     out = export_trial(load_study(config), config, args.trial, Path(args.out),
                        register=not args.no_register, finish_steps=args.finish, console=console,
-                       finish_lr=args.finish_lr)
+                       finish_lr=args.finish_lr, rebuild=args.rebuild)
     console.print(f"exported trial {args.trial} to {out}")
 
 

@@ -9,7 +9,12 @@ recipe (schedule, distillation weight, crops; a lower peak learning rate) on a l
 of training views, builds its artifact at the trial's precision, and measures all three
 objectives on that artifact, as the study did (latency paired with the same baseline file).
 Continuing, not restarting, matters: a trial's short recovery is one random draw, and the
-front favours the lucky ones, which a restart would not reproduce (RESULTS §18)."""
+front favours the lucky ones, which a restart would not reproduce (RESULTS §18).
+
+``ggopt export --rebuild`` is the same path with no steps: the kept weights, as the study
+recovered them, built into an artifact by this ggopt. A newer ggopt writes faster files for
+the same weights (``search.study.ARTIFACT_FORMAT``), so an older study's front need not be
+trained again to ship in the new format."""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from torch import nn
 
 from grasp.artifact import Artifact
+from grasp.urls import redact_url
 from objectives import count_macs
 from search.config import StudyConfig
 from search.recovery import RecoveryPool, recover
@@ -80,18 +86,28 @@ def finish_trial(config: StudyConfig, trial: FrozenTrial, steps: int, out: Path,
     for a study that kept none, recovers its rebuilt model from the start), writes the fp32
     weights to ``out/weights.pt`` and the artifact to ``out/model.<suffix>``, and measures
     it; ``baseline`` is the study's (for paired latency). ``lr`` is the peak learning rate
-    (default: CONTINUE_LR_FRACTION of the study's when continuing, the study's otherwise)."""
-    if steps <= 0:
-        raise ValueError(f"--finish: the number of recovery steps must be > 0, got {steps}.")
+    (default: CONTINUE_LR_FRACTION of the study's when continuing, the study's otherwise).
+    ``steps`` = 0 rebuilds the artifact from the kept weights untrained, which then must
+    exist."""
+    if steps < 0:
+        raise ValueError(f"--finish: the number of recovery steps must be >= 0, got {steps}.")
     if lr is not None and not lr > 0:
         raise ValueError(f"--finish-lr: the learning rate must be > 0, got {lr}.")
+    if lr is not None and not steps:
+        raise ValueError("--finish-lr: only applies with --finish STEPS.")
     console = console or Console(stderr=True)
     setup = prepare(config, console)
     model, configs = build_trial_model(setup, params=trial.params)
     c = config
-    continued = False
-    if changes_function(configs):
-        continued = load_trial_weights(trial, model, console, c.tracking_uri)
+    changes = changes_function(configs)
+    continued = changes and load_trial_weights(trial, model, console, c.tracking_uri,
+                                               required=not steps)
+    if not changes:
+        if steps:
+            console.print(f"trial {trial.number} computes the uncompressed model's function: "
+                          "nothing to recover.")
+        steps, lr = 0, None
+    elif steps:
         if lr is None:
             lr = c.recovery_lr * (CONTINUE_LR_FRACTION if continued else 1.0)
         pool = finishing_pool(setup, steps)
@@ -103,10 +119,6 @@ def finish_trial(config: StudyConfig, trial: FrozenTrial, steps: int, out: Path,
             recover(model, pool, steps, c.recovery_batch_size, lr, c.distill_weight,
                     setup.pos_weight, c.seed, c.recovery_lr_schedule,
                     on_step=lambda i: progress.update(task, completed=i))
-    else:
-        console.print(f"trial {trial.number} computes the uncompressed model's function: "
-                      "nothing to recover.")
-        steps, lr = 0, None
     # Minutes of training are kept before anything else can fail; the architecture is
     # rebuilt from config.json's params (build_trial_model), then these load into it.
     save_weights(model, out)
@@ -119,14 +131,20 @@ def finish_trial(config: StudyConfig, trial: FrozenTrial, steps: int, out: Path,
 
 
 def load_trial_weights(trial: FrozenTrial, model: nn.Module, console: Console,
-                       tracking_uri: str | None = None) -> bool:
+                       tracking_uri: str | None = None, required: bool = False) -> bool:
     """Loads the recovered weights the study kept for ``trial`` into ``model`` (rebuilt from
     its params), from this disk or the trial's MLflow run; False, said aloud, when the study
-    kept none (studies before they were kept, or deleted files)."""
+    kept none (studies before they were kept, or deleted files), an error if ``required``."""
     kept = kept_weights(trial, tracking_uri)
     if kept is None:
         named = trial.user_attrs.get(WEIGHTS_KEY)
         where = f" ({named} is missing)" if named else ""
+        if required:
+            mlflow = f" or in MLflow ({redact_url(tracking_uri)})" if tracking_uri else ""
+            raise FileNotFoundError(
+                f"trial {trial.number}: the study kept no recovered weights{where}, here"
+                f"{mlflow}; --rebuild builds the artifact from them. `--finish STEPS` "
+                f"recovers the rebuilt model from the start instead.")
         console.print(f"trial {trial.number}: the study kept no recovered weights{where}; "
                       "recovering its rebuilt model from the start.")
         return False

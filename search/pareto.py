@@ -151,13 +151,17 @@ def refresh_front(study: optuna.Study, config: StudyConfig, tracker: Any, folder
 
 def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Path,
                  register: bool = True, finish_steps: int = 0, console: Any = None,
-                 finish_lr: float | None = None) -> Path:
+                 finish_lr: float | None = None, rebuild: bool = False) -> Path:
     """Writes the trial's artifact, its knob config and a model card; registers the model
     in the MLflow model registry. ``finish_steps`` > 0 first continues the trial's recovery
     for that many steps (peak rate ``finish_lr``, default search.finish's) and ships (and
-    measures) the artifact built from it instead (:mod:`search.finish`)."""
-    from search.study import WEIGHTS_FILE, copy_artifact, dump_json, kept_weights
+    measures) the artifact built from it instead (:mod:`search.finish`); ``rebuild`` ships
+    (and measures) a new build of the weights the study kept, written by this ggopt."""
+    from rich.console import Console
 
+    from search.study import ARTIFACT_FORMAT, WEIGHTS_FILE, copy_artifact, dump_json, kept_weights
+
+    console = console or Console(stderr=True)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
         raise ValueError(f"study {study.study_name!r} has no trial {number} "
@@ -171,26 +175,36 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
                          f"got {finish_steps}.")
     if finish_lr is not None and not finish_steps:
         raise ValueError("--finish-lr: only applies with --finish STEPS.")
+    if rebuild and finish_steps:
+        raise ValueError("--rebuild and --finish: choose one (--finish also builds its "
+                         "artifact anew, from the finished weights).")
     finishing: dict[str, Any] = {}
     studied, base = _values(trial), study.user_attrs.get("baseline", {})
-    if finish_steps:
+    # Studies from before the key was stored were written by format 1 (search.study).
+    studied_format = study.user_attrs.get("config", {}).get("study.artifact_format", 1)
+    remade = bool(finish_steps or rebuild)  # a new build, measured again
+    shipped_format = ARTIFACT_FORMAT if remade else studied_format
+    if remade:
         from search.finish import finish_trial
 
         finished = finish_trial(config, trial, finish_steps, out, base, console, finish_lr)
         model_path, v, macs = finished.artifact.path, finished.values, finished.macs
         fp = finished.details["fingerprint"]
-        finish_steps = finished.steps  # 0 when the trial left the function unchanged
         finishing = {"finish_continued": finished.continued, "finish_lr": finished.lr}
+        flag = "--finish" if finish_steps else "--rebuild"
         if v["accuracy"] < studied["accuracy"]:
-            from rich.console import Console
-
-            (console or Console(stderr=True)).print(
-                f"[yellow]warning[/]: finished, trial {number} scores {v['accuracy']:.3f}, "
-                f"below the {studied['accuracy']:.3f} the study measured on its artifact; "
-                f"to ship that one instead, export without --finish.")
-        title = (f"trial {number}, finished: {finish_steps} more recovery steps "
-                 f"{'continuing the study' if finished.continued else 'from the start'} "
-                 f"(the study gave it {config.recovery_steps})")
+            console.print(
+                f"[yellow]warning[/]: built with {flag}, trial {number} scores "
+                f"{v['accuracy']:.3f}, below the {studied['accuracy']:.3f} the study measured "
+                f"on its artifact; to ship that one instead, export without {flag}.")
+        if finished.steps:
+            title = (f"trial {number}, finished: {finished.steps} more recovery steps "
+                     f"{'continuing the study' if finished.continued else 'from the start'} "
+                     f"(the study gave it {config.recovery_steps})")
+        else:
+            title = (f"trial {number}, built anew in artifact format {ARTIFACT_FORMAT} "
+                     f"from the study's weights (the study wrote format {studied_format})")
+        finish_steps = finished.steps  # 0 when the trial left the function unchanged
     else:
         model_path, v = copy_artifact(trial, out, config.tracking_uri), studied
         kept = kept_weights(trial, config.tracking_uri)
@@ -199,18 +213,25 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
         macs = trial.user_attrs.get("extra", {}).get("macs")
         fp = trial.user_attrs.get("fingerprint", {})
         title = f"trial {number}"
+        if studied_format != ARTIFACT_FORMAT:
+            console.print(
+                f"note: study {study.study_name!r} wrote its files in artifact format "
+                f"{studied_format}; this ggopt writes format {ARTIFACT_FORMAT}, often smaller "
+                f"or faster. `--rebuild` builds and measures trial {number}'s file anew from "
+                f"the weights the study kept, with no training.")
     dump_json(out / "config.json", {"study": study.study_name, "trial": number,
                                     "params": trial.params, "finish_steps": finish_steps,
+                                    "rebuilt": rebuild, "artifact_format": shipped_format,
                                     **finishing,
                                     "values": v, "study_values": studied, "macs": macs})
     rows = [("IoU grasp-match accuracy (held-out)", "accuracy", "{:.3f}"),
             (f"size (bytes of {model_path.name})", "size", "{:.0f}"),
             (f"latency (median ms, batch 1, {fp.get('threads')} thread)", "latency", "{:.2f}")]
-    columns = ["this model", *(["the trial in the study"] if finish_steps else []),
+    columns = ["this model", *(["the trial in the study"] if remade else []),
                "uncompressed baseline"]
     table = ["| objective | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for label, key, form in rows:
-        cells = [v[key], *([studied[key]] if finish_steps else []), base.get(key, float("nan"))]
+        cells = [v[key], *([studied[key]] if remade else []), base.get(key, float("nan"))]
         table.append(f"| {label} | " + " | ".join(form.format(x) for x in cells) + " |")
     card = [
         f"# {study.study_name} — {title}", "",
@@ -227,7 +248,9 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
         "Knob parameters:", "", "```json", json.dumps(trial.params, indent=2), "```", ""]
     (out / "MODEL_CARD.md").write_text("\n".join(card))
     if register:
-        _register(trial, config, model_path, study, v, finish_steps)
+        _register(trial, config, model_path, study, v,
+                  {"ggopt.finish_steps": str(finish_steps), "ggopt.rebuilt": str(rebuild).lower(),
+                   "ggopt.artifact_format": str(shipped_format)})
     return out
 
 
@@ -251,7 +274,7 @@ def _loading(runtime: str, precision: str | None, device: str = "cpu") -> list[s
 
 
 def _register(trial: FrozenTrial, config: StudyConfig, model_path: Path,
-              study: optuna.Study, values: dict[str, float], finish_steps: int) -> None:
+              study: optuna.Study, values: dict[str, float], tags: dict[str, str]) -> None:
     import mlflow
     import onnx
 
@@ -261,7 +284,7 @@ def _register(trial: FrozenTrial, config: StudyConfig, model_path: Path,
     with mlflow.start_run(run_name=f"export-trial-{trial.number}",
                           tags={"ggopt.study": study.study_name,
                                 "ggopt.trial": str(trial.number),
-                                "ggopt.finish_steps": str(finish_steps),
+                                **tags,
                                 "mlflow.parentRunId": study.user_attrs.get(
                                     "mlflow_parent_run_id", "")}):
         mlflow.log_metrics({"accuracy": values["accuracy"], "size_bytes": values["size"],

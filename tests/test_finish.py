@@ -74,7 +74,8 @@ def test_export_finish_recovers_longer_and_measures_the_new_file(
     assert main(["export", str(path), "--trial", "2", "--finish", "2", "--no-register",
                  "--out", str(tmp_path / "worse")]) == 0
     err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
-    assert "warning: finished, trial 2 scores" in err and "export without --finish" in err
+    assert "warning: built with --finish, trial 2 scores" in err
+    assert "export without --finish" in err
     # The uncompressed trial has nothing to recover: shipped as built, said so.
     runs.clear()
     assert main(["export", str(path), "--trial", "0", "--finish", "6", "--no-register",
@@ -144,3 +145,61 @@ def test_finish_learning_rate_and_missing_or_foreign_kept_weights(
     err = capsys.readouterr().err
     assert str(kept) in "".join(err.split())  # rich wraps the long path
     assert "do not fit the model its params rebuild" in " ".join(err.split())
+
+
+def test_export_rebuild_builds_the_kept_weights_anew_without_training(
+        tmp_path, checkpoint, jacquard_root, monkeypatch, capsys):
+    path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=3)
+    assert main(["search", str(path)]) == 0
+    assert main(["export", str(path), "--trial", "2", "--rebuild", "--finish", "2",
+                 "--no-register", "--out", str(tmp_path / "bad")]) == 2
+    assert "--rebuild and --finish: choose one" in capsys.readouterr().err
+    from search.config import load_study_config
+    from search.study import ARTIFACT_FORMAT, load_study
+
+    config = load_study_config(path)
+    study = load_study(config)
+    # Pretend an older ggopt wrote the study: a plain export ships its file and says how to
+    # get this ggopt's format.
+    study.set_user_attr("config", {**study.user_attrs["config"],
+                                   "study.artifact_format": ARTIFACT_FORMAT - 1})
+    capsys.readouterr()
+    assert main(["export", str(path), "--trial", "2", "--no-register",
+                 "--out", str(tmp_path / "as-studied")]) == 0
+    assert "`--rebuild` builds and measures trial 2's file anew" in " ".join(
+        capsys.readouterr().err.split())
+    plain = json.loads((tmp_path / "as-studied" / "config.json").read_text())
+    assert plain["artifact_format"] == ARTIFACT_FORMAT - 1 and plain["rebuilt"] is False
+    trained = []
+    monkeypatch.setattr(search.finish, "recover", lambda *a, **k: trained.append(a))
+    out = tmp_path / "rebuilt"
+    # Trial 2 is the warm start's 50 %-pruned int8 model.
+    assert main(["export", str(path), "--trial", "2", "--rebuild", "--out", str(out)]) == 0
+    assert trained == []
+    # Same weights, same code: the study's own file again, byte for byte (without the kept
+    # weights loaded, the pruned model's would differ), measured again.
+    studied = Path(study.trials[2].user_attrs["artifact"])
+    assert (out / "model.onnx").read_bytes() == studied.read_bytes()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["rebuilt"] is True and saved["finish_steps"] == 0
+    assert saved["artifact_format"] == ARTIFACT_FORMAT
+    assert saved["values"]["accuracy"] == saved["study_values"]["accuracy"]
+    assert saved["values"]["size"] == saved["study_values"]["size"]
+    assert saved["values"]["latency"] > 0
+    card = (out / "MODEL_CARD.md").read_text()
+    assert (f"trial 2, built anew in artifact format {ARTIFACT_FORMAT} from the study's "
+            f"weights (the study wrote format {ARTIFACT_FORMAT - 1})") in card
+    assert "| objective | this model | the trial in the study | uncompressed baseline |" in card
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(client.search_model_versions("name = 'tiny-ggcnn'")[0].run_id)
+    assert run.data.tags["ggopt.rebuilt"] == "true"
+    assert run.data.tags["ggopt.artifact_format"] == str(ARTIFACT_FORMAT)
+    # Weights kept nowhere: nothing to rebuild from, said, naming the missing file.
+    Path(study.trials[2].user_attrs["weights"]).unlink()
+    capsys.readouterr()
+    assert main(["export", str(path), "--trial", "2", "--rebuild", "--no-register",
+                 "--tracking-uri", f"sqlite:///{tmp_path}/other.db",
+                 "--out", str(tmp_path / "nothing")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "trial 2: the study kept no recovered weights" in err and "--finish STEPS" in err
+    assert not (tmp_path / "nothing" / "model.onnx").exists()
