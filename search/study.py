@@ -425,10 +425,22 @@ def trial_file(trial: FrozenTrial, key: str, tracking_uri: str | None = None) ->
     try:
         fetched = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=f"{TRACKED_FOLDERS[key]}/{Path(kept).name}",
-            tracking_uri=tracking_uri, dst_path=tempfile.mkdtemp(prefix="ggopt-fetched-"))
+            tracking_uri=tracking_uri, dst_path=tempfile.mkdtemp(dir=_fetched_folder()))
     except Exception:  # MLflow raises many types: a missing run, file or store
         return None
     return Path(fetched) if Path(fetched).is_file() else None
+
+
+@functools.cache
+def _fetched_folder() -> Path:
+    """Where this process puts files fetched from MLflow; removed when it exits (the callers
+    copy or load what they need), so nightly exports do not fill /tmp."""
+    import atexit
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="ggopt-fetched-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def kept_weights(trial: FrozenTrial, tracking_uri: str | None = None) -> Path | None:

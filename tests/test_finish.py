@@ -1,6 +1,9 @@
 """Finishing a chosen trial: longer recovery before export, measured again on the file."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -123,11 +126,19 @@ def test_finish_learning_rate_and_missing_or_foreign_kept_weights(
                  "--out", str(tmp_path / "fetched")]) == 0
     assert rates[-1] == pytest.approx(config.recovery_lr * CONTINUE_LR_FRACTION)
     assert json.loads((tmp_path / "fetched" / "config.json").read_text())["finish_continued"]
-    # ...and so does the artifact, for a plain export.
+    # ...and so does the artifact, for a plain export (a command of its own: the fetched
+    # copies are removed when it exits).
     Path(load_study(config).trials[2].user_attrs["artifact"]).unlink()
-    assert main(["export", str(path), "--trial", "2", "--no-register",
-                 "--out", str(tmp_path / "plain")]) == 0
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    done = subprocess.run([sys.executable, "-m", "search.cli", "export", str(path), "--trial",
+                           "2", "--no-register", "--out", str(tmp_path / "plain")],
+                          env={**os.environ, "TMPDIR": str(temp)}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
     assert (tmp_path / "plain" / "weights.pt").is_file()
+    assert (tmp_path / "plain" / "model.onnx").is_file()
+    assert list(temp.glob("ggopt-fetched-*")) == []
     # Kept nowhere (a tracking store without the study's runs): said, and recovered from the
     # start at the study's own rate.
     capsys.readouterr()
