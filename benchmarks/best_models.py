@@ -93,9 +93,7 @@ def main() -> None:
 
     def tuned(model):
         model = copy.deepcopy(model)
-        recover(model, setup.recovery_pool(), steps, config.recovery_batch_size,
-                config.recovery_lr, config.distill_weight, setup.pos_weight, config.seed,
-                config.recovery_lr_schedule)
+        recover(model, setup.recovery_pool(), steps, setup.recipe())
         return model.eval()
 
     prune = get_knob("prune")

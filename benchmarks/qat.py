@@ -44,15 +44,13 @@ def main() -> None:
 
     def train(lr):
         return lambda graph: recover_graph(graph, setup.recovery_pool(), args.steps,
-                                           c.recovery_batch_size, lr, c.distill_weight,
-                                           setup.pos_weight, c.seed, c.recovery_lr_schedule)
+                                           setup.recipe(lr))
 
     prune = get_knob("prune")
     pruned = prune.apply(setup.base, PruneConfig(tuple((layer, 0.5) for layer in
                                                        prune.layers(setup.base)),
                                                 criterion="l1"))
-    recover(pruned, setup.recovery_pool(), c.recovery_steps, c.recovery_batch_size,
-            c.recovery_lr, c.distill_weight, setup.pos_weight, c.seed, c.recovery_lr_schedule)
+    recover(pruned, setup.recovery_pool(), c.recovery_steps, setup.recipe())
     table = Table(title=f"{c.name}: int8 after training vs quantization-aware, torch runtime; "
                         f"accuracy on {len(setup.eval_data)} val images")
     for column in ("model", "artifact", "val acc", "build s"):

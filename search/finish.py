@@ -116,8 +116,7 @@ def finish_trial(config: StudyConfig, trial: FrozenTrial, steps: int, out: Path,
                    TimeRemainingColumn())
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task(f"finishing trial {trial.number}", total=steps)
-            recover(model, pool, steps, c.recovery_batch_size, lr, c.distill_weight,
-                    setup.pos_weight, c.seed, c.recovery_lr_schedule,
+            recover(model, pool, steps, setup.recipe(lr),
                     on_step=lambda i: progress.update(task, completed=i))
     # Minutes of training are kept before anything else can fail; the architecture is
     # rebuilt from config.json's params (build_trial_model), then these load into it.

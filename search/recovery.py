@@ -20,11 +20,31 @@ from torch import nn
 
 from grasp.train import LR_SCHEDULES, distillation_loss, ggcnn_loss, predict_maps, random_crops
 
-__all__ = ["RecoveryPool", "recover", "recover_graph"]
+__all__ = ["Recipe", "RecoveryPool", "recover", "recover_graph"]
 
 #: Most samples a study's pool holds: 256 crops of 144 px are ~190 MB; within a trial's few
 #: hundred steps more gives little.
 MAX_POOL = 256
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a recovery run trains: a study's settings, shared by its trials, by finishing a
+    trial (``ggopt export --finish``, at its own ``lr``) and by quantization-aware training.
+    The loss is (1 - ``distill_weight``) * GG-CNN loss + ``distill_weight`` * distillation;
+    ``pos_weight`` weighs pixels inside good grasps."""
+
+    batch_size: int
+    lr: float
+    distill_weight: float
+    pos_weight: float = 1.0
+    seed: int = 0
+    lr_schedule: str = "constant"
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"recovery lr_schedule: must be one of {LR_SCHEDULES}, "
+                             f"got {self.lr_schedule!r}")
 
 
 @dataclass
@@ -65,38 +85,34 @@ class RecoveryPool:
         return len(self.x)
 
 
-def recover(model: nn.Module, pool: RecoveryPool, steps: int, batch_size: int, lr: float,
-            distill_weight: float, pos_weight: float = 1.0, seed: int = 0,
-            lr_schedule: str = "constant", start: int = 0, total: int | None = None,
-            on_step: Callable[[int], None] | None = None) -> nn.Module:
-    """``steps`` Adam steps of (1 - w) * GG-CNN loss + w * distillation on the pool.
+def recover(model: nn.Module, pool: RecoveryPool, steps: int, recipe: Recipe, start: int = 0,
+            total: int | None = None, on_step: Callable[[int], None] | None = None
+            ) -> nn.Module:
+    """``steps`` Adam steps of the ``recipe``'s loss on the pool.
 
     ``lr_schedule="cosine"`` decays the rate to 0 by the last step, so that late full-size
     steps do not shake a converged model off its optimum. A recovery run in stages (a gate
     between them) passes where this stage ``start``s and the run's ``total`` steps, so that
     the schedule goes on where it left off. ``on_step(i)`` is called after each step (a
     progress bar on long runs)."""
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"recovery lr_schedule: must be one of {LR_SCHEDULES}, "
-                         f"got {lr_schedule!r}")
     total = start + steps if total is None else total
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     schedule = (torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * (start + i) / total)))
-        if lr_schedule == "cosine" else None)
+        if recipe.lr_schedule == "cosine" else None)
     model.train()
     order = torch.randperm(len(pool), generator=generator)
-    at = 0
+    at, batch_size, w = 0, recipe.batch_size, recipe.distill_weight
     for step in range(steps):
         if at + batch_size > len(order):
             order, at = torch.randperm(len(pool), generator=generator), 0
         index = order[at:at + batch_size]
         at += batch_size
         pred = model(pool.x[index])
-        loss = ((1 - distill_weight) * ggcnn_loss(pred, pool.y[index], pos_weight)
-                + distill_weight * distillation_loss(pred, pool.taught[index].split(1, dim=1),
-                                                     pos_weight))
+        loss = ((1 - w) * ggcnn_loss(pred, pool.y[index], recipe.pos_weight)
+                + w * distillation_loss(pred, pool.taught[index].split(1, dim=1),
+                                        recipe.pos_weight))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -124,10 +140,7 @@ class _FourMaps(nn.Module):
         return self
 
 
-def recover_graph(graph: nn.Module, pool: RecoveryPool, steps: int, batch_size: int,
-                  lr: float, distill_weight: float, pos_weight: float = 1.0,
-                  seed: int = 0, lr_schedule: str = "constant") -> None:
+def recover_graph(graph: nn.Module, pool: RecoveryPool, steps: int, recipe: Recipe) -> None:
     """:func:`recover` for an exported deployable graph, in place: what quantization-aware
     training of an int8 graph (fake-quantize nodes in it) runs."""
-    recover(_FourMaps(graph), pool, steps, batch_size, lr, distill_weight, pos_weight, seed,
-            lr_schedule)
+    recover(_FourMaps(graph), pool, steps, recipe)

@@ -9,6 +9,7 @@ infeasible), so the feasible front is what ``ggopt pareto`` shows.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -36,7 +37,7 @@ from grasp.urls import redact_url
 from objectives import Context, count_macs, count_params, device_fingerprint, get_objective
 from objectives.latency import fingerprint_key
 from search.config import StudyConfig, StudyConfigError
-from search.recovery import RecoveryPool, recover, recover_graph
+from search.recovery import Recipe, RecoveryPool, recover, recover_graph
 from search.workers import (
     RUN_ID_KEY,
     SURPLUS_KEY,
@@ -87,6 +88,12 @@ class StudySetup:
                                            c.recovery_steps * c.recovery_batch_size,
                                            c.recovery_crop or None, c.seed)
         return self.pool
+
+    def recipe(self, lr: float | None = None) -> Recipe:
+        """The study's recovery recipe, at peak rate ``lr`` (default: the study's)."""
+        c = self.config
+        return Recipe(c.recovery_batch_size, c.recovery_lr if lr is None else lr,
+                      c.distill_weight, self.pos_weight, c.seed, c.recovery_lr_schedule)
 
 
 def prepare(config: StudyConfig, console: Console | None = None) -> StudySetup:
@@ -372,9 +379,9 @@ class _Pipeline:
         start = time.perf_counter()
 
         def stage(steps: int, seed: int, first_step: int) -> None:
-            recover(model, self.setup.recovery_pool(), steps, c.recovery_batch_size,
-                    c.recovery_lr, c.distill_weight, self.setup.pos_weight, seed,
-                    c.recovery_lr_schedule, first_step, c.recovery_steps)
+            recipe = dataclasses.replace(self.setup.recipe(), seed=seed)
+            recover(model, self.setup.recovery_pool(), steps, recipe, first_step,
+                    c.recovery_steps)
 
         done = 0
         if c.gate_steps:
@@ -467,10 +474,8 @@ def train_int8(setup: StudySetup, graph: nn.Module, steps: int) -> None:
     """Quantization-aware training of an int8 graph: the trial's distillation again,
     through fake-quantize nodes, at a tenth of the recovery learning rate (the weights
     only need to settle onto the int8 grid)."""
-    c = setup.config
-    recover_graph(graph, setup.recovery_pool(), steps, c.recovery_batch_size,
-                  c.recovery_lr * QAT_LR_FRACTION, c.distill_weight, setup.pos_weight,
-                  c.seed, c.recovery_lr_schedule)
+    recover_graph(graph, setup.recovery_pool(), steps,
+                  setup.recipe(setup.config.recovery_lr * QAT_LR_FRACTION))
 
 
 def run_study(config: StudyConfig, console: Console | None = None,

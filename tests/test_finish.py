@@ -33,12 +33,12 @@ def test_export_finish_recovers_longer_and_measures_the_new_file(
     runs = []
     original = search.finish.recover
 
-    def counted(model, pool, steps, batch_size, lr, *args, **kwargs):
+    def counted(model, pool, steps, recipe, *args, **kwargs):
         state = model.state_dict()
         starts_from_kept = state.keys() == kept.keys() and all(
             torch.equal(state[k], kept[k]) for k in kept)
-        runs.append((steps, len(pool), lr, starts_from_kept))
-        return original(model, pool, steps, batch_size, lr, *args, **kwargs)
+        runs.append((steps, len(pool), recipe.lr, starts_from_kept))
+        return original(model, pool, steps, recipe, *args, **kwargs)
 
     monkeypatch.setattr(search.finish, "recover", counted)
     out = tmp_path / "finished"
@@ -105,9 +105,9 @@ def test_finish_learning_rate_and_missing_or_foreign_kept_weights(
     rates = []
     original = search.finish.recover
 
-    def spy(model, pool, steps, batch_size, lr, *args, **kwargs):
-        rates.append(lr)
-        return original(model, pool, steps, batch_size, lr, *args, **kwargs)
+    def spy(model, pool, steps, recipe, *args, **kwargs):
+        rates.append(recipe.lr)
+        return original(model, pool, steps, recipe, *args, **kwargs)
 
     monkeypatch.setattr(search.finish, "recover", spy)
     assert main(["export", str(path), "--trial", "2", "--finish", "2", "--finish-lr", "0.0005",

@@ -8,7 +8,7 @@ import torch
 from grasp.data import load_dataset
 from grasp.models import get_model
 from grasp.train import distillation_loss
-from search.recovery import RecoveryPool, recover
+from search.recovery import Recipe, RecoveryPool, recover
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_recovery_moves_the_student_towards_the_teacher(train_data):
 
     before = gap()
     done = []
-    recover(student, pool, steps=15, batch_size=4, lr=1e-3, distill_weight=1.0,
+    recover(student, pool, 15, Recipe(batch_size=4, lr=1e-3, distill_weight=1.0),
             on_step=done.append)
     assert gap() < 0.7 * before
     assert not student.training
@@ -68,11 +68,10 @@ def test_a_cosine_schedule_goes_on_where_an_earlier_stage_left_off(train_data, s
     pool = RecoveryPool.build(train_data, teacher, samples=4, seed=0)
     # One Adam step moves each weight by about the learning rate in force: the full rate
     # at the start of the run, almost nothing at its last step.
-    recover(student, pool, steps=1, batch_size=4, lr=1e-2, distill_weight=1.0,
-            lr_schedule="cosine", start=start, total=total)
+    recover(student, pool, 1, Recipe(batch_size=4, lr=1e-2, distill_weight=1.0,
+                                      lr_schedule="cosine"), start=start, total=total)
     moved = max((a - b).abs().max().item()
                 for a, b in zip(student.parameters(), before.parameters(), strict=True))
     assert largest_step / 3 < moved < largest_step * 1.01
     with pytest.raises(ValueError, match=r"lr_schedule: must be one of .*got 'step'"):
-        recover(student, pool, steps=1, batch_size=4, lr=1e-2, distill_weight=1.0,
-                lr_schedule="step")
+        Recipe(batch_size=4, lr=1e-2, distill_weight=1.0, lr_schedule="step")

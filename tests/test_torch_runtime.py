@@ -16,7 +16,7 @@ from grasp.artifact import Artifact, ArtifactError
 from objectives import Context, get_objective
 from search.cli import main
 from search.config import StudyConfigError, load_study_config
-from search.recovery import RecoveryPool, recover_graph
+from search.recovery import Recipe, RecoveryPool, recover_graph
 from search.study import load_study
 from spaces import get_knob
 from spaces.precision import PrecisionConfig, PrecisionKnob, int8_layers
@@ -100,7 +100,7 @@ def test_quantization_aware_int8_learns_through_fake_quantize(model, images, tmp
 
     def train(graph, steps):
         calls.append(steps)
-        recover_graph(graph, pool, steps, batch_size=2, lr=2e-3, distill_weight=1.0)
+        recover_graph(graph, pool, steps, Recipe(batch_size=2, lr=2e-3, distill_weight=1.0))
 
     def error(artifact):
         return (artifact.predictor()(x) - taught).pow(2).mean().item()
