@@ -506,9 +506,10 @@ COMPARABLE = ("study.model", "study.checkpoint_sha256", "study.data", "study.rec
 #: or its int8 ranges): 2 is compact ONNX (grasp.artifact.compact_onnx) with percentile
 #: calibration, and int8 .pt2 without debug line tables; 3 shuffles sub-pixel layers on
 #: channels-last data in ONNX (no DepthToSpace) with each ReLU next to its conv; 4 computes
-#: ONNX heads as a 1x1 conv plus shifted adds (grasp.artifact.TapSumHeads). A study from
-#: before the key was stored was written by format 1.
-ARTIFACT_FORMAT = 4
+#: ONNX heads as a 1x1 conv plus shifted adds (grasp.artifact.TapSumHeads); 5 quantizes
+#: ONNX int8 weights on 7 bits (spaces.precision: no int16 saturation on CPUs without VNNI).
+#: A study from before the key was stored was written by format 1.
+ARTIFACT_FORMAT = 5
 
 
 def _check_resume(config: StudyConfig, storage: RDBStorage) -> None:
