@@ -79,6 +79,9 @@ class PrecisionConfig(KnobConfig):
 #: ONNX Runtime int8: the percentile of each activation's calibration histogram that ends
 #: its int8 range (see the module docstring).
 CALIBRATION_PERCENTILE = 99.99
+#: ONNX Runtime int8: weights on 7 bits, so that CPUs without VNNI cannot saturate (see the
+#: module docstring; ``benchmarks/int8_weight_bits.py`` measures both on a CPU).
+WEIGHTS_ON_7_BITS = True
 
 
 def _batch_of_one(image: torch.Tensor) -> torch.Tensor:
@@ -242,7 +245,7 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
                     str(prepared), str(path), _Calibration(calibration),
                     quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    reduce_range=True,  # 7-bit weights: no int16 saturation (docstring)
+                    reduce_range=WEIGHTS_ON_7_BITS,
                     calibrate_method=CalibrationMethod.Percentile,
                     extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
                 )

@@ -1,0 +1,91 @@
+"""ONNX Runtime int8 with 8-bit against 7-bit weights, on this CPU, side by side in one run.
+
+    python benchmarks/int8_weight_bits.py studies/quickstart.toml [--data DIR] [--pairs 200]
+
+x86 CPUs without VNNI (AVX2; AVX-512 before Cascade Lake / Zen 4) multiply uint8
+activations by int8 weights in pairs summed into int16, which saturates when both are
+large; ggopt quantizes weights on 7 bits for that reason (``spaces.precision``). Run this
+on a robot's CPU to see what the 8th bit would cost or gain there: each row is the
+uncompressed model with sub-pixel decoders, scored on the study's validation images (and
+its test images), and timed in strict alternation with the other rows (``--pairs`` rounds
+of one run each), so all rows see the same machine states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+import spaces.precision
+from grasp.data import load_dataset, split
+from grasp.train import evaluate
+from search.config import load_study_config
+from search.study import prepare
+from spaces.precision import PrecisionConfig, build_artifact
+from spaces.upsample import rewrite_all
+
+
+def vnni() -> str:
+    """Which VNNI form this CPU has, from /proc/cpuinfo ("none" where it has neither)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown (no /proc/cpuinfo)"
+    found = [f for f in ("avx512_vnni", "avx_vnni") if f in flags]
+    return ", ".join(found) or "none"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", help="study file (TOML)")
+    parser.add_argument("--data", default=None, help="dataset folder (default: the study's)")
+    parser.add_argument("--pairs", type=int, default=200, help="timing rounds (default 200)")
+    args = parser.parse_args()
+    config = load_study_config(args.study, {"data_root": args.data})
+    setup = prepare(config, Console(stderr=True, quiet=True))
+    dataset = load_dataset(config.data_format, config.data_root, output_size=config.output_size)
+    test_data = dataset.subset(split(dataset, config.split, 0.1, 0.1, config.seed)["test"])
+    model = rewrite_all(setup.base)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, precision, seven in (("fp32", "fp32", True), ("int8, 8-bit weights", "int8",
+                                        False), ("int8, 7-bit weights (ggopt)", "int8", True)):
+            with mock.patch.object(spaces.precision, "WEIGHTS_ON_7_BITS", seven):
+                artifact = build_artifact(model, PrecisionConfig(precision),
+                                          Path(tmp) / label.split(",")[0].replace(" ", ""),
+                                          setup.calibration, config.output_size)
+            predict = artifact.predictor(config.threads)
+            rows[label] = {"val": evaluate(predict, setup.eval_data),
+                           "test": evaluate(predict, test_data) if len(test_data) else 0.0,
+                           "predict": predict, "size": artifact.size_bytes, "times": []}
+        x = setup.eval_data[0][0][None]
+        for _ in range(10):  # warm-up
+            for row in rows.values():
+                row["predict"](x)
+        for _ in range(args.pairs):
+            for row in rows.values():
+                start = time.perf_counter()
+                row["predict"](x)
+                row["times"].append((time.perf_counter() - start) * 1e3)
+    table = Table(title=f"{config.name}: ONNX Runtime, {config.threads} thread, VNNI: {vnni()}; "
+                        f"{len(setup.eval_data)} val / {len(test_data)} test images")
+    for column in ("artifact", "val acc", "test acc", "size kB", "median ms", "vs fp32"):
+        table.add_column(column, justify="left" if column == "artifact" else "right")
+    fp32 = np.median(rows["fp32"]["times"])
+    for label, row in rows.items():
+        ms = float(np.median(row["times"]))
+        table.add_row(label, f"{row['val']:.3f}", f"{row['test']:.3f}",
+                      f"{row['size'] / 1e3:.1f}", f"{ms:.2f}", f"{fp32 / ms:.2f}x")
+    Console(width=120).print(table)
+
+
+if __name__ == "__main__":
+    main()
