@@ -48,7 +48,6 @@ from rich.console import Console
 from rich.table import Table
 
 from grasp.artifact import Artifact, fuse_heads
-from grasp.data import load_dataset, split
 from grasp.train import evaluate
 from objectives import count_macs, device_fingerprint
 from objectives.latency import measure_latency
@@ -84,8 +83,7 @@ def main() -> None:
         raise SystemExit("--exported: the same folder is named twice.")
     setup = prepare(config, Console(stderr=True, quiet=True))
     steps = config.recovery_steps if args.steps is None else args.steps
-    dataset = load_dataset(config.data_format, config.data_root, output_size=config.output_size)
-    test_data = dataset.subset(split(dataset, config.split, 0.1, 0.1, config.seed)["test"])
+    test_data = setup.test_data
     base = setup.base
 
     if steps > config.recovery_steps:  # as `ggopt export --finish` trains

@@ -24,7 +24,6 @@ from rich.console import Console
 from rich.table import Table
 
 import spaces.precision
-from grasp.data import load_dataset, split
 from grasp.train import evaluate
 from search.config import load_study_config
 from search.study import prepare
@@ -51,16 +50,15 @@ def main() -> None:
     args = parser.parse_args()
     config = load_study_config(args.study, {"data_root": args.data})
     setup = prepare(config, Console(stderr=True, quiet=True))
-    dataset = load_dataset(config.data_format, config.data_root, output_size=config.output_size)
-    test_data = dataset.subset(split(dataset, config.split, 0.1, 0.1, config.seed)["test"])
+    test_data = setup.test_data
     model = rewrite_all(setup.base)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, precision, seven in (("fp32", "fp32", True), ("int8, 8-bit weights", "int8",
-                                        False), ("int8, 7-bit weights (ggopt)", "int8", True)):
+        forms = (("fp32", "fp32", True, "fp32"), ("int8, 8-bit weights", "int8", False, "int8-8"),
+                 ("int8, 7-bit weights (ggopt)", "int8", True, "int8-7"))
+        for label, precision, seven, name in forms:
             with mock.patch.object(spaces.precision, "WEIGHTS_ON_7_BITS", seven):
-                artifact = build_artifact(model, PrecisionConfig(precision),
-                                          Path(tmp) / label.split(",")[0].replace(" ", ""),
+                artifact = build_artifact(model, PrecisionConfig(precision), Path(tmp) / name,
                                           setup.calibration, config.output_size)
             predict = artifact.predictor(config.threads)
             rows[label] = {"val": evaluate(predict, setup.eval_data),

@@ -79,6 +79,7 @@ class StudySetup:
     pos_weight: float = 1.0
     baseline: dict[str, Any] = field(default_factory=dict)
     pool: RecoveryPool | None = None
+    test_data: Any = None  # the held-out test split: never scored by a study, for benchmarks
 
     def recovery_pool(self) -> RecoveryPool:
         """Built on the first trial that needs recovery, then shared by all of them."""
@@ -121,7 +122,8 @@ def prepare(config: StudyConfig, console: Console | None = None) -> StudySetup:
                   f"{', '.join(config.knobs)}")
     return StudySetup(config, checkpoint.model.eval(), dataset.subset(parts["train"],
                       augment=True), dataset.subset(val), calibration, knobs,
-                      float(trained.get("pos_weight", 1.0)))
+                      float(trained.get("pos_weight", 1.0)),
+                      test_data=dataset.subset(parts["test"]))
 
 
 def _sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
