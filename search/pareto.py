@@ -159,7 +159,14 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
     (and measures) a new build of the weights the study kept, written by this ggopt."""
     from rich.console import Console
 
-    from search.study import ARTIFACT_FORMAT, WEIGHTS_FILE, copy_artifact, dump_json, kept_weights
+    from search.study import (
+        ARTIFACT_FORMAT,
+        WEIGHTS_FILE,
+        copy_artifact,
+        dump_json,
+        files_format,
+        kept_weights,
+    )
 
     console = console or Console(stderr=True)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -213,7 +220,8 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
         macs = trial.user_attrs.get("extra", {}).get("macs")
         fp = trial.user_attrs.get("fingerprint", {})
         title = f"trial {number}"
-        if studied_format != ARTIFACT_FORMAT:
+        if (files_format(config.runtime, studied_format)
+                != files_format(config.runtime, ARTIFACT_FORMAT)):
             console.print(
                 f"note: study {study.study_name!r} wrote its files in artifact format "
                 f"{studied_format}; this ggopt writes format {ARTIFACT_FORMAT} (smaller or "

@@ -512,6 +512,15 @@ COMPARABLE = ("study.model", "study.checkpoint_sha256", "study.data", "study.rec
 #: ONNX int8 weights on 7 bits (spaces.precision: no int16 saturation on CPUs without VNNI).
 #: A study from before the key was stored was written by format 1.
 ARTIFACT_FORMAT = 5
+#: The formats that changed each runtime's files (3-5 touched only ONNX files): a torch
+#: study resumes, and ships its files as they are, across the formats in between.
+FORMAT_CHANGES = {"onnxruntime": (1, 2, 3, 4, 5), "torch": (1, 2)}
+
+
+def files_format(runtime: str, artifact_format: int) -> int:
+    """The format that last changed ``runtime``'s files at or before ``artifact_format``:
+    two formats with the same one write that runtime's files the same way."""
+    return max(change for change in FORMAT_CHANGES[runtime] if change <= artifact_format)
 
 
 def _check_resume(config: StudyConfig, storage: RDBStorage) -> None:
@@ -526,11 +535,14 @@ def _check_resume(config: StudyConfig, storage: RDBStorage) -> None:
     now = _config_attrs(config)
     if stored:
         stored = {"study.artifact_format": 1, **stored}
+    same_files = (files_format(config.runtime, stored.get("study.artifact_format", 1))
+                  == files_format(config.runtime, ARTIFACT_FORMAT))
     changed = [f"{key.removeprefix('study.')} was {stored[key]!r}, now {now[key]!r}"
-               for key in COMPARABLE if key in stored and stored[key] != now[key]]
+               for key in COMPARABLE if key in stored and stored[key] != now[key]
+               and not (key == "study.artifact_format" and same_files)]
     if changed:
         older = (" (artifact_format: an older ggopt wrote its files, which a new one writes "
-                 "differently)" if stored["study.artifact_format"] != ARTIFACT_FORMAT else "")
+                 "differently)" if not same_files else "")
         raise StudyConfigError(
             f"{config.path}: study {config.name!r} in {redact_url(config.storage)} was started "
             f"with other scoring settings ({'; '.join(changed)}){older}; its trials would not "

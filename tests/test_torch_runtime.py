@@ -184,3 +184,20 @@ def test_a_torch_study_scores_exports_and_registers_pt2(tmp_path, checkpoint, ja
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     version = client.search_model_versions("name = 'tiny-ggcnn'")[0]
     assert version.source.endswith("model")
+    # Formats 3-5 changed only ONNX files: a torch study written by format 3 exports its
+    # files with no note and resumes (here with nothing left to run); one written by format 1
+    # (torch programs with debug line tables) does not resume.
+    from search.study import ARTIFACT_FORMAT, run_study
+
+    attrs = study.user_attrs["config"]
+    assert attrs["study.artifact_format"] == ARTIFACT_FORMAT
+    study.set_user_attr("config", {**attrs, "study.artifact_format": 3})
+    capsys.readouterr()
+    assert main(["export", str(path), "--trial", "1", "--no-register",
+                 "--out", str(tmp_path / "format3")]) == 0
+    assert "artifact format" not in capsys.readouterr().err
+    resumed = run_study(load_study_config(path, {"n_trials": 2}))
+    assert len(resumed.get_trials(states=(TrialState.COMPLETE,))) == 2
+    study.set_user_attr("config", {**attrs, "study.artifact_format": 1})
+    with pytest.raises(StudyConfigError, match=r"artifact_format was 1, now \d+.*an older ggopt"):
+        run_study(load_study_config(path, {"n_trials": 2}))
