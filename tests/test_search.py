@@ -360,3 +360,15 @@ def test_shipped_study_files_are_valid(path, jacquard_root):
     assert config.name == path.stem
     assert config.checkpoint_path().is_file()  # the shipped baseline, no download
     assert config.constraints and config.n_trials
+
+
+def test_every_artifact_format_is_recorded_against_the_runtimes_it_changed():
+    from grasp.artifact import RUNTIMES
+    from search.study import FORMAT_CHANGES, files_format
+
+    # A format bump must name the runtimes whose files it changed, or their studies would
+    # resume across it (or be refused for nothing).
+    assert set(FORMAT_CHANGES) == set(RUNTIMES)
+    assert max(max(changes) for changes in FORMAT_CHANGES.values()) == ARTIFACT_FORMAT
+    assert [files_format("torch", f) for f in range(1, ARTIFACT_FORMAT + 1)][:3] == [1, 2, 2]
+    assert files_format("onnxruntime", 4) == 4
