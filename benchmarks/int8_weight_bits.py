@@ -1,6 +1,7 @@
 """ONNX Runtime int8 with 8-bit against 7-bit weights, on this CPU, side by side in one run.
 
     python benchmarks/int8_weight_bits.py studies/quickstart.toml [--data DIR] [--pairs 200]
+        [--exported DIR]
 
 x86 CPUs without VNNI (AVX2; AVX-512 before Cascade Lake / Zen 4) multiply uint8
 activations by int8 weights in pairs summed into int16, which saturates when both are
@@ -8,25 +9,29 @@ large; ggopt quantizes weights on 7 bits for that reason (``spaces.precision``).
 on a robot's CPU to see what the 8th bit would cost or gain there: each row is the
 uncompressed model with sub-pixel decoders, scored on the study's validation images (and
 its test images), and timed in strict alternation with the other rows (``--pairs`` rounds
-of one run each), so all rows see the same machine states.
+of one run each), so all rows see the same machine states. ``--exported DIR`` takes the
+model from a trial exported with ``ggopt export`` (its ``config.json`` parameters and
+``weights.pt``) instead of the uncompressed one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.table import Table
 
 import spaces.precision
 from grasp.train import evaluate
 from search.config import load_study_config
-from search.study import prepare
+from search.study import build_trial_model, prepare
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.upsample import rewrite_all
 
@@ -42,16 +47,31 @@ def vnni() -> str:
     return ", ".join(found) or "none"
 
 
+def exported(setup, folder: str):
+    """The model of an exported trial: its knobs rebuilt, then its kept fp32 weights."""
+    folder = Path(folder)
+    for name in ("config.json", "weights.pt"):
+        if not (folder / name).is_file():
+            raise SystemExit(f"--exported {folder}: no {name} (write it with `ggopt export`).")
+    params = json.loads((folder / "config.json").read_text())["params"]
+    model, _ = build_trial_model(setup, params=params)
+    model.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
+    return model.eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", help="study file (TOML)")
     parser.add_argument("--data", default=None, help="dataset folder (default: the study's)")
     parser.add_argument("--pairs", type=int, default=200, help="timing rounds (default 200)")
+    parser.add_argument("--exported", default=None, metavar="DIR",
+                        help="a `ggopt export` folder: its trial's weights instead of the "
+                             "uncompressed model")
     args = parser.parse_args()
     config = load_study_config(args.study, {"data_root": args.data})
     setup = prepare(config, Console(stderr=True, quiet=True))
     test_data = setup.test_data
-    model = rewrite_all(setup.base)
+    model = rewrite_all(setup.base) if args.exported is None else exported(setup, args.exported)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         forms = (("fp32", "fp32", True, "fp32"), ("int8, 8-bit weights", "int8", False, "int8-8"),
