@@ -47,13 +47,16 @@ def vnni() -> str:
     return ", ".join(found) or "none"
 
 
-def exported(setup, folder: str):
-    """The model of an exported trial: its knobs rebuilt, then its kept fp32 weights."""
-    folder = Path(folder)
+def exported_params(folder: Path) -> dict:
+    """An exported trial's knob parameters, checked before the dataset is loaded."""
     for name in ("config.json", "weights.pt"):
         if not (folder / name).is_file():
             raise SystemExit(f"--exported {folder}: no {name} (write it with `ggopt export`).")
-    params = json.loads((folder / "config.json").read_text())["params"]
+    return json.loads((folder / "config.json").read_text())["params"]
+
+
+def exported(setup, folder: Path, params: dict):
+    """The model of an exported trial: its knobs rebuilt, then its kept fp32 weights."""
     model, _ = build_trial_model(setup, params=params)
     model.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
     return model.eval()
@@ -69,9 +72,11 @@ def main() -> None:
                              "uncompressed model")
     args = parser.parse_args()
     config = load_study_config(args.study, {"data_root": args.data})
+    folder = None if args.exported is None else Path(args.exported)
+    params = None if folder is None else exported_params(folder)
     setup = prepare(config, Console(stderr=True, quiet=True))
     test_data = setup.test_data
-    model = rewrite_all(setup.base) if args.exported is None else exported(setup, args.exported)
+    model = rewrite_all(setup.base) if folder is None else exported(setup, folder, params)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         forms = (("fp32", "fp32", True, "fp32"), ("int8, 8-bit weights", "int8", False, "int8-8"),
