@@ -256,6 +256,8 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
         f"Study file: `{config.path}`; storage: study `{study.study_name}`.", "",
         "Knob parameters:", "", "```json", json.dumps(trial.params, indent=2), "```", ""]
     (out / "MODEL_CARD.md").write_text("\n".join(card))
+    # A finishing run takes minutes; its numbers belong on the terminal, not only in the card.
+    console.print("\n".join(table), markup=False, highlight=False, soft_wrap=True)
     if register:
         _register(trial, config, model_path, study, v,
                   {"ggopt.finish_steps": str(finish_steps), "ggopt.rebuilt": str(rebuild).lower(),

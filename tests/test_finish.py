@@ -42,8 +42,10 @@ def test_export_finish_recovers_longer_and_measures_the_new_file(
 
     monkeypatch.setattr(search.finish, "recover", counted)
     out = tmp_path / "finished"
+    capsys.readouterr()
     # Trial 2 is the warm start's 50 %-pruned int8 model; the study recovered it 2 steps.
     assert main(["export", str(path), "--trial", "2", "--finish", "6", "--out", str(out)]) == 0
+    shown = capsys.readouterr().err  # the finished numbers beside the study's, on the terminal
     # 6 steps, on a pool sized for them, continuing the study's weights at a lower rate.
     lr = config.recovery_lr * CONTINUE_LR_FRACTION
     assert runs == [(6, min(6 * 2, FINISH_POOL), lr, True)]
@@ -60,6 +62,9 @@ def test_export_finish_recovers_longer_and_measures_the_new_file(
     assert ("trial 2, finished: 6 more recovery steps continuing the study (the study gave "
             "it 2)") in card
     assert "| objective | this model | the trial in the study | uncompressed baseline |" in card
+    accuracy_row = (f"| IoU grasp-match accuracy (held-out) | {saved['values']['accuracy']:.3f} | "
+                    f"{saved['study_values']['accuracy']:.3f} |")
+    assert accuracy_row in card and accuracy_row in shown
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     version = client.search_model_versions("name = 'tiny-ggcnn'")[0]
     run = client.get_run(version.run_id)
