@@ -31,7 +31,7 @@ from rich.table import Table
 import spaces.precision
 from grasp.train import evaluate
 from search.config import load_study_config
-from search.study import build_trial_model, prepare
+from search.study import WEIGHTS_FILE, build_trial_model, prepare
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.upsample import rewrite_all
 
@@ -49,7 +49,7 @@ def vnni() -> str:
 
 def exported_params(folder: Path) -> dict:
     """An exported trial's knob parameters, checked before the dataset is loaded."""
-    for name in ("config.json", "weights.pt"):
+    for name in ("config.json", WEIGHTS_FILE):
         if not (folder / name).is_file():
             raise SystemExit(f"--exported {folder}: no {name} (write it with `ggopt export`).")
     return json.loads((folder / "config.json").read_text())["params"]
@@ -58,7 +58,7 @@ def exported_params(folder: Path) -> dict:
 def exported(setup, folder: Path, params: dict):
     """The model of an exported trial: its knobs rebuilt, then its kept fp32 weights."""
     model, _ = build_trial_model(setup, params=params)
-    model.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
+    model.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))
     return model.eval()
 
 
