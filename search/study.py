@@ -9,6 +9,7 @@ infeasible), so the feasible front is what ``ggopt pareto`` shows.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -331,6 +332,7 @@ class _Pipeline:
                                       "knobs.json")
             folder = self.folder / f"trial-{trial.number}"
             if changes_function(configs) and c.recovery_steps > 0:
+                self._check_size_first(trial, model, configs, folder, times, run_id)
                 model = self._recover(trial, model, times, run_id)
                 weights = save_weights(model, folder)
                 trial.set_user_attr(WEIGHTS_KEY, str(weights))
@@ -374,6 +376,37 @@ class _Pipeline:
                 if fp:
                     tags["ggopt.device"] = fingerprint_key(fp)
                 self.tracker.end_trial(run_id, state, tags)
+
+    def _check_size_first(self, trial: optuna.Trial, model: nn.Module,
+                          configs: dict[str, KnobConfig], folder: Path,
+                          times: dict[str, float], run_id: str | None) -> None:
+        """Stops a trial that breaks a size constraint before its recovery: an artifact's
+        bytes depend on the architecture and precision, not on the weights' values, so a file
+        built from the untrained model has the recovered one's size. A size budget then costs
+        a second per oversized trial instead of minutes of training (RESULTS §25)."""
+        limits = [k for k in self.setup.config.constraints if k.objective == "size"]
+        if not limits:
+            return
+        start = time.perf_counter()
+        scratch = folder / "size-check"
+        try:
+            artifact = build_trial_artifact(self.setup, copy.deepcopy(model), configs, scratch,
+                                            quantization_training=False)
+            size = float(artifact.size_bytes)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        times["size_check_s"] = time.perf_counter() - start
+        broken = [(k, k.violation({"size": size}, self.baseline)) for k in limits]
+        broken = [(k, v) for k, v in broken if v > 0]
+        if not broken:
+            return
+        trial.set_user_attr("size_before_recovery", size)
+        for constraint, violation in broken:
+            trial.set_constraint(constraint.text, violation)
+        if run_id:
+            self.tracker.log_metrics(run_id, {"size_before_recovery_bytes": size} | times)
+        raise optuna.TrialPruned(f"size {size / 1e3:.1f} kB before recovery breaks "
+                                 f"`{broken[0][0].text}`")
 
     def _recover(self, trial: optuna.Trial, model: nn.Module, times: dict[str, float],
                  run_id: str | None) -> nn.Module:
@@ -458,9 +491,11 @@ def kept_weights(trial: FrozenTrial, tracking_uri: str | None = None) -> Path | 
 
 
 def build_trial_artifact(setup: StudySetup, model: nn.Module, configs: dict[str, KnobConfig],
-                         folder: Path, times: dict[str, float] | None = None) -> Artifact:
+                         folder: Path, times: dict[str, float] | None = None,
+                         quantization_training: bool = True) -> Artifact:
     """``folder/model.<suffix>``: the trial's precision on the study's runtime (fp32 when
-    precision is not searched)."""
+    precision is not searched); ``quantization_training=False`` skips a torch int8 graph's
+    QAT steps (a file built only to be weighed)."""
     from spaces.precision import PrecisionConfig, build_artifact
 
     c = setup.config
@@ -469,7 +504,8 @@ def build_trial_artifact(setup: StudySetup, model: nn.Module, configs: dict[str,
                               input_size=c.output_size, device=c.device, runtime=c.runtime)
     return setup.knobs["precision"].build(
         model, configs["precision"], folder / "model", setup.calibration, c.output_size,
-        c.device, times, c.runtime, train=functools.partial(train_int8, setup))
+        c.device, times, c.runtime,
+        train=functools.partial(train_int8, setup) if quantization_training else None)
 
 
 def train_int8(setup: StudySetup, graph: nn.Module, steps: int) -> None:
@@ -634,6 +670,9 @@ def _outcome(trial: FrozenTrial) -> str:
     gate = trial.user_attrs.get("gate_accuracy")
     if trial.user_attrs.get("fail_reason"):
         return trial.user_attrs["fail_reason"]
+    size = trial.user_attrs.get("size_before_recovery")
+    if size is not None:
+        return f"size {size / 1e3:.1f} kB before recovery: over the size constraint"
     return f"gate accuracy {gate:.3f}" if gate is not None else ""
 
 

@@ -210,6 +210,35 @@ def test_constraints_mark_trials_infeasible(tmp_path, checkpoint, jacquard_root)
     assert feasible_front(study, ("accuracy", "size", "latency")) == []
 
 
+def test_a_size_constraint_stops_oversized_trials_before_recovery(tmp_path, checkpoint,
+                                                                   jacquard_root):
+    # First with room: the warm start's 50 %-pruned int8 trial recovers and is weighed twice.
+    (tmp_path / "roomy").mkdir()
+    (tmp_path / "tight").mkdir()
+    roomy = write_study(tmp_path / "roomy", checkpoint, jacquard_root, n_trials=3,
+                        knobs='["prune", "precision"]', constraints='["size <= 1e9"]')
+    pruned_50 = run_study(load_study_config(roomy), track=False).trials[2]
+    assert pruned_50.state == TrialState.COMPLETE
+    assert "size_check_s" in pruned_50.user_attrs["times"]
+    assert "size_before_recovery" not in pruned_50.user_attrs
+    size = pruned_50.user_attrs["values"]["size"]
+    # One byte less: the same trial stops before recovery, weighed at the recovered file's
+    # exact size (bytes do not depend on the weights' values), and the sampler sees it as
+    # infeasible by one byte. The uncompressed trial, with nothing to recover, still runs.
+    tight = write_study(tmp_path / "tight", checkpoint, jacquard_root, n_trials=3,
+                        knobs='["prune", "precision"]', constraints=f'["size <= {size - 1:.0f}"]')
+    study = run_study(load_study_config(tight), track=False)
+    stopped = study.trials[2]
+    assert stopped.state == TrialState.PRUNED
+    assert stopped.user_attrs["size_before_recovery"] == size
+    assert "recovery_s" not in stopped.user_attrs["times"]
+    assert "weights" not in stopped.user_attrs
+    assert [v for k, v in stopped.system_attrs.items() if "size <=" in k] == [1.0]
+    assert not (tmp_path / "tight" / "artifacts" / "tiny" / "trial-2" / "size-check").exists()
+    assert study.trials[0].state == TrialState.COMPLETE
+    assert study.trials[0].user_attrs["constraints"][0] > 0
+
+
 @pytest.mark.parametrize(("fragment", "replacement", "message"), [
     ('sampler = "tpe"', 'sampler = "annealing"', r"\[search\] sampler: must be one of"),
     ("steps = 2", "steps = -3", r"\[recovery\] steps: must be an integer >= 0, got -3"),
