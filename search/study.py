@@ -389,8 +389,10 @@ class _Pipeline:
             return
         start = time.perf_counter()
         scratch = folder / "size-check"
+        # One calibration image: int8 ranges are a scalar per tensor whatever they are.
+        weighing = dataclasses.replace(self.setup, calibration=self.setup.calibration[:1])
         try:
-            artifact = build_trial_artifact(self.setup, copy.deepcopy(model), configs, scratch,
+            artifact = build_trial_artifact(weighing, copy.deepcopy(model), configs, scratch,
                                             quantization_training=False)
             size = float(artifact.size_bytes)
         finally:
