@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -332,7 +333,7 @@ class _Pipeline:
                                       "knobs.json")
             folder = self.folder / f"trial-{trial.number}"
             if changes_function(configs) and c.recovery_steps > 0:
-                self._check_size_first(trial, model, configs, folder, times, run_id)
+                self._check_size_first(trial, model, configs, times, run_id)
                 model = self._recover(trial, model, times, run_id)
                 weights = save_weights(model, folder)
                 trial.set_user_attr(WEIGHTS_KEY, str(weights))
@@ -378,8 +379,8 @@ class _Pipeline:
                 self.tracker.end_trial(run_id, state, tags)
 
     def _check_size_first(self, trial: optuna.Trial, model: nn.Module,
-                          configs: dict[str, KnobConfig], folder: Path,
-                          times: dict[str, float], run_id: str | None) -> None:
+                          configs: dict[str, KnobConfig], times: dict[str, float],
+                          run_id: str | None) -> None:
         """Stops a trial that breaks a size constraint before its recovery: an artifact's
         bytes depend on the architecture and precision, and on the weights' values only by a
         few bytes (11 in 22.8 kB, RESULTS §25), so a file built from the untrained model
@@ -389,15 +390,12 @@ class _Pipeline:
         if not limits:
             return
         start = time.perf_counter()
-        scratch = folder / "size-check"
         # One calibration image: int8 ranges are a scalar per tensor whatever they are.
         weighing = dataclasses.replace(self.setup, calibration=self.setup.calibration[:1])
-        try:
-            artifact = build_trial_artifact(weighing, copy.deepcopy(model), configs, scratch,
-                                            quantization_training=False)
+        with tempfile.TemporaryDirectory(prefix="size-check-", dir=self.folder) as scratch:
+            artifact = build_trial_artifact(weighing, copy.deepcopy(model), configs,
+                                            Path(scratch), quantization_training=False)
             size = float(artifact.size_bytes)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
         times["size_check_s"] = time.perf_counter() - start
         broken = [(k, k.violation({"size": size}, self.baseline)) for k in limits]
         broken = [(k, v) for k, v in broken if v > 0]
@@ -463,8 +461,6 @@ def trial_file(trial: FrozenTrial, key: str, tracking_uri: str | None = None) ->
     run_id = trial.user_attrs.get(RUN_ID_KEY)
     if not run_id or not tracking_uri:
         return None
-    import tempfile
-
     import mlflow
 
     try:
@@ -481,7 +477,6 @@ def _fetched_folder() -> Path:
     """Where this process puts files fetched from MLflow; removed when it exits (the callers
     copy or load what they need), so nightly exports do not fill /tmp."""
     import atexit
-    import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix="ggopt-fetched-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)

@@ -236,7 +236,9 @@ def test_a_size_constraint_stops_oversized_trials_before_recovery(tmp_path, chec
     assert "recovery_s" not in stopped.user_attrs["times"]
     assert "weights" not in stopped.user_attrs
     assert [v for k, v in stopped.system_attrs.items() if "size <=" in k] == [weighed - budget]
-    assert not (tmp_path / "tight" / "artifacts" / "tiny" / "trial-2" / "size-check").exists()
+    # The file built to be weighed is gone, and no trial folder was made for it.
+    kept = [p.name for p in (tmp_path / "tight" / "artifacts" / "tiny").iterdir()]
+    assert "trial-2" not in kept and not [n for n in kept if n.startswith("size-check")]
     assert study.trials[0].state == TrialState.COMPLETE
     assert study.trials[0].user_attrs["constraints"][0] > 0
 
