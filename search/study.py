@@ -332,7 +332,8 @@ class _Pipeline:
                 self.tracker.log_dict(run_id, {k: v.to_dict() for k, v in configs.items()},
                                       "knobs.json")
             folder = self.folder / f"trial-{trial.number}"
-            if changes_function(configs) and c.recovery_steps > 0:
+            recovers = changes_function(configs) and c.recovery_steps > 0
+            if recovers:
                 self._check_size_first(trial, model, configs, times, run_id)
                 model = self._recover(trial, model, times, run_id)
                 weights = save_weights(model, folder)
@@ -342,6 +343,9 @@ class _Pipeline:
             start = time.perf_counter()
             artifact = build_trial_artifact(self.setup, model, configs, folder, times)
             times["export_s"] = time.perf_counter() - start - times.get("calibration_s", 0.0)
+            if not recovers:  # weighed as shipped, before a minute of scoring
+                self._stop_if_oversized(trial, float(artifact.size_bytes), "scoring", times,
+                                        run_id)
             values, details = measure_artifact(self.setup, artifact, times, self.reference,
                                                self.baseline["latency"])
             violations = [k.violation(values, self.baseline) for k in c.constraints]
@@ -397,16 +401,24 @@ class _Pipeline:
                                             Path(scratch), quantization_training=False)
             size = float(artifact.size_bytes)
         times["size_check_s"] = time.perf_counter() - start
+        self._stop_if_oversized(trial, size, "recovery", times, run_id)
+
+    def _stop_if_oversized(self, trial: optuna.Trial, size: float, before: str,
+                           times: dict[str, float], run_id: str | None) -> None:
+        """Prunes a trial whose artifact of ``size`` bytes breaks a size constraint, before
+        the ``before`` stage, with each broken constraint's violation set on the trial so
+        that the sampler ranks it by how far over it is."""
+        limits = [k for k in self.setup.config.constraints if k.objective == "size"]
         broken = [(k, k.violation({"size": size}, self.baseline)) for k in limits]
         broken = [(k, v) for k, v in broken if v > 0]
         if not broken:
             return
-        trial.set_user_attr("size_before_recovery", size)
+        trial.set_user_attr("oversized", {"bytes": size, "before": before})
         for constraint, violation in broken:
             trial.set_constraint(constraint.text, violation)
         if run_id:
-            self.tracker.log_metrics(run_id, {"size_before_recovery_bytes": size} | times)
-        raise optuna.TrialPruned(f"size {size / 1e3:.1f} kB before recovery breaks "
+            self.tracker.log_metrics(run_id, {"oversized_bytes": size} | times)
+        raise optuna.TrialPruned(f"size {size / 1e3:.1f} kB before {before} breaks "
                                  f"`{broken[0][0].text}`")
 
     def _recover(self, trial: optuna.Trial, model: nn.Module, times: dict[str, float],
@@ -668,9 +680,10 @@ def _outcome(trial: FrozenTrial) -> str:
     gate = trial.user_attrs.get("gate_accuracy")
     if trial.user_attrs.get("fail_reason"):
         return trial.user_attrs["fail_reason"]
-    size = trial.user_attrs.get("size_before_recovery")
-    if size is not None:
-        return f"size {size / 1e3:.1f} kB before recovery: over the size constraint"
+    oversized = trial.user_attrs.get("oversized")
+    if oversized is not None:
+        return (f"size {oversized['bytes'] / 1e3:.1f} kB before {oversized['before']}: over "
+                "the size constraint")
     return f"gate accuracy {gate:.3f}" if gate is not None else ""
 
 

@@ -210,7 +210,7 @@ def test_constraints_mark_trials_infeasible(tmp_path, checkpoint, jacquard_root)
     assert feasible_front(study, ("accuracy", "size", "latency")) == []
 
 
-def test_a_size_constraint_stops_oversized_trials_before_recovery(tmp_path, checkpoint,
+def test_a_size_constraint_stops_oversized_trials_before_recovery_or_scoring(tmp_path, checkpoint,
                                                                    jacquard_root):
     # First with room: the warm start's 50 %-pruned int8 trial recovers and is weighed twice.
     (tmp_path / "roomy").mkdir()
@@ -220,18 +220,20 @@ def test_a_size_constraint_stops_oversized_trials_before_recovery(tmp_path, chec
     pruned_50 = run_study(load_study_config(roomy), track=False).trials[2]
     assert pruned_50.state == TrialState.COMPLETE
     assert "size_check_s" in pruned_50.user_attrs["times"]
-    assert "size_before_recovery" not in pruned_50.user_attrs
+    assert "oversized" not in pruned_50.user_attrs
     size = pruned_50.user_attrs["values"]["size"]
     # 100 bytes less: the same trial stops before recovery, weighed at the recovered file's
     # size (the weights' values move it by a few bytes at most), and the sampler sees it as
-    # infeasible by the excess. The uncompressed trial, with nothing to recover, still runs.
+    # infeasible by the excess. The uncompressed trial, with nothing to recover, is weighed
+    # as shipped and stops before its accuracy and latency are measured.
     budget = size - 100
     tight = write_study(tmp_path / "tight", checkpoint, jacquard_root, n_trials=3,
                         knobs='["prune", "precision"]', constraints=f'["size <= {budget:.0f}"]')
     study = run_study(load_study_config(tight), track=False)
     stopped = study.trials[2]
     assert stopped.state == TrialState.PRUNED
-    weighed = stopped.user_attrs["size_before_recovery"]
+    assert stopped.user_attrs["oversized"]["before"] == "recovery"
+    weighed = stopped.user_attrs["oversized"]["bytes"]
     assert abs(weighed - size) <= 32
     assert "recovery_s" not in stopped.user_attrs["times"]
     assert "weights" not in stopped.user_attrs
@@ -239,8 +241,13 @@ def test_a_size_constraint_stops_oversized_trials_before_recovery(tmp_path, chec
     # The file built to be weighed is gone, and no trial folder was made for it.
     kept = [p.name for p in (tmp_path / "tight" / "artifacts" / "tiny").iterdir()]
     assert "trial-2" not in kept and not [n for n in kept if n.startswith("size-check")]
-    assert study.trials[0].state == TrialState.COMPLETE
-    assert study.trials[0].user_attrs["constraints"][0] > 0
+    uncompressed = study.trials[0]
+    assert uncompressed.state == TrialState.PRUNED
+    assert uncompressed.user_attrs["oversized"]["before"] == "scoring"
+    assert "accuracy_s" not in uncompressed.user_attrs["times"]
+    excess = uncompressed.user_attrs["oversized"]["bytes"] - budget
+    assert excess > 0
+    assert [v for k, v in uncompressed.system_attrs.items() if "size <=" in k] == [excess]
 
 
 @pytest.mark.parametrize(("fragment", "replacement", "message"), [
