@@ -344,8 +344,12 @@ class _Pipeline:
             artifact = build_trial_artifact(self.setup, model, configs, folder, times)
             times["export_s"] = time.perf_counter() - start - times.get("calibration_s", 0.0)
             if not recovers:  # weighed as shipped, before a minute of scoring
-                self._stop_if_oversized(trial, float(artifact.size_bytes), "scoring", times,
-                                        run_id)
+                try:
+                    self._stop_if_oversized(trial, float(artifact.size_bytes), "scoring",
+                                            times, run_id)
+                except optuna.TrialPruned:
+                    shutil.rmtree(folder)  # a stopped trial keeps no files, as when recovered
+                    raise
             values, details = measure_artifact(self.setup, artifact, times, self.reference,
                                                self.baseline["latency"])
             violations = [k.violation(values, self.baseline) for k in c.constraints]

@@ -210,8 +210,8 @@ def test_constraints_mark_trials_infeasible(tmp_path, checkpoint, jacquard_root)
     assert feasible_front(study, ("accuracy", "size", "latency")) == []
 
 
-def test_a_size_constraint_stops_oversized_trials_before_recovery_or_scoring(tmp_path, checkpoint,
-                                                                   jacquard_root):
+def test_a_size_constraint_stops_oversized_trials_before_recovery_or_scoring(
+        tmp_path, checkpoint, jacquard_root):
     # First with room: the warm start's 50 %-pruned int8 trial recovers and is weighed twice.
     (tmp_path / "roomy").mkdir()
     (tmp_path / "tight").mkdir()
@@ -238,9 +238,11 @@ def test_a_size_constraint_stops_oversized_trials_before_recovery_or_scoring(tmp
     assert "recovery_s" not in stopped.user_attrs["times"]
     assert "weights" not in stopped.user_attrs
     assert [v for k, v in stopped.system_attrs.items() if "size <=" in k] == [weighed - budget]
-    # The file built to be weighed is gone, and no trial folder was made for it.
+    # The file built to be weighed is gone, and no trial folder was made for it; nor is one
+    # kept for the trial stopped before scoring (below).
     kept = [p.name for p in (tmp_path / "tight" / "artifacts" / "tiny").iterdir()]
     assert "trial-2" not in kept and not [n for n in kept if n.startswith("size-check")]
+    assert "trial-0" not in kept
     uncompressed = study.trials[0]
     assert uncompressed.state == TrialState.PRUNED
     assert uncompressed.user_attrs["oversized"]["before"] == "scoring"
