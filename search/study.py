@@ -310,6 +310,7 @@ class _Pipeline:
         self.baseline = study.user_attrs["baseline"]
         self.reference = (reference_artifact(setup, self.folder, self.baseline["variant"])
                           if c.paired else None)
+        self.size_limits = [k for k in c.constraints if k.objective == "size"]
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         c = self.setup.config
@@ -394,8 +395,7 @@ class _Pipeline:
         few bytes (11 in 22.8 kB, RESULTS §25), so a file built from the untrained model
         weighs what the recovered one will. A size budget then costs a second or two per
         oversized trial instead of minutes of training; the shipped file is weighed again."""
-        limits = [k for k in self.setup.config.constraints if k.objective == "size"]
-        if not limits:
+        if not self.size_limits:
             return
         start = time.perf_counter()
         # One calibration image: int8 ranges are a scalar per tensor whatever they are.
@@ -412,8 +412,7 @@ class _Pipeline:
         """Prunes a trial whose artifact of ``size`` bytes breaks a size constraint, before
         the ``before`` stage, with each broken constraint's violation set on the trial so
         that the sampler ranks it by how far over it is."""
-        limits = [k for k in self.setup.config.constraints if k.objective == "size"]
-        broken = [(k, k.violation({"size": size}, self.baseline)) for k in limits]
+        broken = [(k, k.violation({"size": size}, self.baseline)) for k in self.size_limits]
         broken = [(k, v) for k, v in broken if v > 0]
         if not broken:
             return
