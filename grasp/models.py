@@ -31,8 +31,13 @@ class _Heads(nn.Module):
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         fused = getattr(self, "fused_heads", None)
         if fused is not None:  # set by grasp.artifact: one conv, all four maps
-            return (fused(x),)
-        return tuple(getattr(self, name)(x) for name in HEAD_NAMES)
+            maps = (fused(x),)
+        else:
+            maps = tuple(getattr(self, name)(x) for name in HEAD_NAMES)
+        resize = getattr(self, "resize_maps", None)
+        if resize is not None:  # set by spaces.upsample's "lowres" mode: heads at low res
+            maps = tuple(resize(m) for m in maps)
+        return maps
 
 
 class GGCNN(_Heads):

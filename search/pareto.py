@@ -374,14 +374,14 @@ def _plot_layers(front: list[FrozenTrial], path: Path) -> None:
             if t.params.get(f"depthwise.{layer}"):
                 marks += "D"
             mode = t.params.get(f"upsample.{layer}", "keep")
-            marks += {"subpixel": "S", "nearest": "N", "bilinear": "B"}.get(mode, "")
+            marks += {"subpixel": "S", "nearest": "N", "bilinear": "B", "lowres": "R"}.get(mode, "")
             ax.text(j, i, marks, ha="center", va="center", fontsize=8, color="white")
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="magma", aspect="auto")
     ax.set_xticks(range(len(layers)), layers, rotation=45)
     ax.set_yticks(range(len(front)), [f"trial {t.number} ({t.user_attrs.get('precision')})"
                                       for t in front])
     fig.colorbar(im, ax=ax, label="channels kept")
-    ax.set_title("L lowrank · D depthwise · S/N/B sub-pixel/nearest/bilinear decoder")
+    ax.set_title("L lowrank · D depthwise · S/N/B/R sub-pixel/nearest/bilinear/low-res decoder")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

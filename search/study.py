@@ -262,8 +262,9 @@ def reference_artifact(setup: StudySetup, folder: Path, variant: str) -> Artifac
 
 
 def _warm_start(setup: StudySetup) -> list[dict[str, Any]]:
-    """The uncompressed model, int8 with sub-pixel decoders, and 50 % pruning: known-good
-    points that give TPE a front to improve on from the first trials."""
+    """The uncompressed model, int8 with sub-pixel decoders, 50 % pruning, and int8 with the
+    last decoder at low resolution (``lowres``): known-good points that give TPE a front to
+    improve on from the first trials."""
     def params(mode: str, ratio: float, precision: str) -> dict[str, Any] | None:
         model, out = setup.base, {}
         for name in ORDER:
@@ -271,9 +272,12 @@ def _warm_start(setup: StudySetup) -> list[dict[str, Any]]:
             if knob is None:
                 continue
             if name == "upsample":
-                if mode not in knob.modes:
+                last = knob.last_layer(model)
+                wanted = {layer: mode if mode != "lowres" or layer == last else "subpixel"
+                          for layer in knob.layers(model)}
+                if any(m not in knob.modes_for(model, layer) for layer, m in wanted.items()):
                     return None
-                out.update({f"upsample.{layer}": mode for layer in knob.layers(model)})
+                out.update({f"upsample.{layer}": m for layer, m in wanted.items()})
             elif name in ("depthwise", "lowrank"):
                 out.update({f"{name}.{layer}": False for layer in knob.layers(model)})
             elif name == "prune":
@@ -289,7 +293,8 @@ def _warm_start(setup: StudySetup) -> list[dict[str, Any]]:
         return out
 
     points = []
-    for point in (("keep", 0.0, "fp32"), ("subpixel", 0.0, "int8"), ("subpixel", 0.5, "int8")):
+    for point in (("keep", 0.0, "fp32"), ("subpixel", 0.0, "int8"), ("subpixel", 0.5, "int8"),
+                  ("lowres", 0.0, "int8")):
         try:
             found = params(*point)
         except ValueError:  # a knob refuses this point for this model: leave it to the search

@@ -188,6 +188,16 @@ def compile_int8(program: torch.export.ExportedProgram, path: Path) -> Path:
     return path
 
 
+def _float_resize_nodes(path: Path) -> list[str]:
+    """The resize of the maps (``lowres`` decoders) stays in float: ONNX Runtime runs a
+    bilinear Resize in float either way, so quantizing its output only added a quantize +
+    dequantize pair over the four full-size maps (0.27 of 4.5 ms, profiled)."""
+    import onnx
+
+    return [node.name for node in onnx.load(str(path)).graph.node
+            if node.op_type == "Resize" and node.name.startswith("/model/resize_maps/")]
+
+
 def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
                    calibration: Sequence[torch.Tensor] = (), input_size: int = 300,
                    device: str = "cpu", timings: dict[str, float] | None = None,
@@ -247,6 +257,7 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     reduce_range=WEIGHTS_ON_7_BITS,
                     calibrate_method=CalibrationMethod.Percentile,
+                    nodes_to_exclude=_float_resize_nodes(prepared),
                     extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
                 )
             prepared.unlink(missing_ok=True)

@@ -5,6 +5,12 @@ X86 Inductor quantizer alike), and GG-CNN's transposed convs hold most of its MA
 without this rewrite int8 buys little. The sub-pixel form (one conv with ``s*s`` times the
 output channels, then PixelShuffle) computes exactly the same function, so nothing is lost
 before fine-tuning; resize + conv is cheaper again but only approximate.
+
+``lowres`` goes further for the layer the heads read: it runs at its input's resolution
+(stride 1), the heads run there too, and only their four maps are resized (bilinear) by the
+layer's stride. On GG-CNN those two layers at 300 px held ~80 % of the MACs left after
+50 % pruning, and their maps are smooth; approximate, recovered by distillation
+(RESULTS §28).
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grasp.models import HEAD_NAMES
 from spaces.base import KnobConfig, KnobError, copy_model, layers_of, register_knob
 
-__all__ = ["MODES", "ResizeConv2d", "SubPixelConv2d", "UpsampleConfig", "UpsampleKnob",
-           "rewrite_all"]
+__all__ = ["MODES", "LowResConv2d", "ResizeConv2d", "SubPixelConv2d", "UpsampleConfig",
+           "UpsampleKnob", "rewrite_all"]
 
-MODES = ("keep", "subpixel", "nearest", "bilinear")
+MODES = ("keep", "subpixel", "nearest", "bilinear", "lowres")
+#: Modes for the last transposed conv only (the layer whose output the heads read).
+LAST_LAYER_MODES = ("lowres",)
 
 
 def _phase_taps(k: int, s: int, p: int) -> list[tuple[int, int, int]]:
@@ -169,6 +178,59 @@ class ResizeConv2d(nn.Module):
         return module
 
 
+class LowResConv2d(nn.Module):
+    """The transposed conv the heads read, run at its input's resolution: pad -> stride-1
+    conv. The model's heads then run at this resolution as well, and ``resize_maps`` (set
+    on the model) brings their maps to the original size; this layer only records the
+    ``stride`` that resize uses."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int],
+                 pad: tuple[int, int, int, int], stride: int) -> None:
+        super().__init__()
+        self.pad = nn.ZeroPad2d(pad)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel)
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.pad(x))
+
+    @classmethod
+    def from_conv_transpose(cls, layer: nn.ConvTranspose2d, head_kernel: int,
+                            name: str = "layer") -> LowResConv2d:
+        """Sized so that heads of ``head_kernel`` (stride 1, unpadded) and a resize by the
+        stride give the original maps' size; initialised with the mean of the sub-pixel
+        form's phases, so each cell starts as the mean of the s x s pixels it stands for."""
+        subpixel = SubPixelConv2d.from_conv_transpose(layer, name)
+        s = subpixel.stride
+        lost = [offset - head_kernel + 1 for offset in subpixel.out_size_offset]
+        if any(v % s for v in lost):
+            raise KnobError(f"upsample.{name}: 'lowres' needs the maps' size to be a multiple "
+                            f"of the stride {s}: output size offsets {subpixel.out_size_offset} "
+                            f"with {head_kernel}x{head_kernel} heads leave {lost}.")
+        kh, kw = subpixel.conv.kernel_size
+        left, _, top, _ = subpixel.pad.padding
+        # Cells wanted: input + lost / s + head_kernel - 1; a conv of k gives input + pads - k + 1.
+        bottom = lost[0] // s + head_kernel - 1 + kh - 1 - top
+        right = lost[1] // s + head_kernel - 1 + kw - 1 - left
+        c_out = subpixel.conv.out_channels // (s * s)
+        module = cls(subpixel.conv.in_channels, c_out, (kh, kw), (left, right, top, bottom), s)
+        with torch.no_grad():
+            weight = subpixel.conv.weight.reshape(c_out, s * s, *subpixel.conv.weight.shape[1:])
+            module.conv.weight.copy_(weight.mean(1))
+            module.conv.bias.copy_(subpixel.conv.bias.reshape(c_out, s * s).mean(1))
+        return module
+
+
+def _head_kernel(model: nn.Module, name: str) -> int:
+    """The heads' square kernel, checked to be what ``lowres`` sizes for."""
+    heads = [getattr(model, h, None) for h in HEAD_NAMES]
+    if not all(isinstance(h, nn.Conv2d) and h.stride == (1, 1) and h.padding == (0, 0)
+               and h.kernel_size[0] == h.kernel_size[1] for h in heads):
+        raise KnobError(f"upsample.{name}: 'lowres' needs the model's heads "
+                        f"({', '.join(HEAD_NAMES)}) as square, stride-1, unpadded convs.")
+    return heads[0].kernel_size[0]
+
+
 @dataclass(frozen=True)
 class UpsampleConfig(KnobConfig):
     """Mode per transposed-conv layer; layers not listed are kept."""
@@ -197,9 +259,26 @@ class UpsampleKnob:
     def layers(self, model: nn.Module) -> list[str]:
         return layers_of(model, (nn.ConvTranspose2d,), self.exclude)
 
+    @staticmethod
+    def last_layer(model: nn.Module) -> str | None:
+        """The transposed conv whose output the heads read (the last one in layer order)."""
+        found = layers_of(model, (nn.ConvTranspose2d,))
+        return found[-1] if found else None
+
+    def modes_for(self, model: nn.Module, layer: str) -> tuple[str, ...]:
+        """The modes a trial may draw for ``layer``: ``lowres`` only for the last layer."""
+        if layer == self.last_layer(model):
+            return self.modes
+        modes = tuple(m for m in self.modes if m not in LAST_LAYER_MODES)
+        if not modes:
+            raise KnobError(f"upsample: modes {list(self.modes)} leave no mode for {layer}: "
+                            f"{', '.join(LAST_LAYER_MODES)} applies only to "
+                            f"{self.last_layer(model)}; add e.g. 'subpixel'.")
+        return modes
+
     def suggest(self, trial: optuna.Trial, model: nn.Module) -> UpsampleConfig:
         return UpsampleConfig(tuple(
-            (layer, trial.suggest_categorical(f"upsample.{layer}", self.modes))
+            (layer, trial.suggest_categorical(f"upsample.{layer}", self.modes_for(model, layer)))
             for layer in self.layers(model)))
 
     def from_params(self, params: dict[str, Any], model: nn.Module) -> UpsampleConfig:
@@ -207,6 +286,7 @@ class UpsampleKnob:
 
     def apply(self, model: nn.Module, config: UpsampleConfig) -> nn.Module:
         model = copy_model(model)
+        last = self.last_layer(model)
         for layer, mode in config.modes:
             module = getattr(model, layer, None)
             if not isinstance(module, nn.ConvTranspose2d):
@@ -218,6 +298,14 @@ class UpsampleKnob:
                                 f"but got {mode!r}.")
             if mode == "subpixel":
                 setattr(model, layer, SubPixelConv2d.from_conv_transpose(module, layer))
+            elif mode == "lowres":
+                if layer != last:
+                    raise KnobError(f"upsample.{layer}: 'lowres' applies only to the layer "
+                                    f"the heads read ({last}).")
+                low = LowResConv2d.from_conv_transpose(module, _head_kernel(model, layer), layer)
+                setattr(model, layer, low)
+                model.resize_maps = nn.Upsample(scale_factor=low.stride, mode="bilinear",
+                                                align_corners=False)
             elif mode != "keep":
                 setattr(model, layer, ResizeConv2d.from_conv_transpose(module, mode, layer))
         return model

@@ -414,3 +414,21 @@ def test_every_artifact_format_is_recorded_against_the_runtimes_it_changed():
     assert max(max(changes) for changes in FORMAT_CHANGES.values()) == ARTIFACT_FORMAT
     assert [files_format("torch", f) for f in range(1, ARTIFACT_FORMAT + 1)][:3] == [1, 2, 2]
     assert files_format("onnxruntime", 4) == 4
+
+
+def test_warm_starts_include_a_low_resolution_decoder_where_the_modes_allow_it():
+    from grasp.models import get_model
+    from search.study import StudySetup, _warm_start
+    from spaces import get_knob
+
+    def points(modes):
+        knobs = {"prune": get_knob("prune"), "upsample": get_knob("upsample", modes=modes),
+                 "precision": get_knob("precision", precisions=["int8"])}
+        return _warm_start(StudySetup(None, get_model("ggcnn"), None, None, [], knobs))
+
+    low = [p for p in points(["subpixel", "lowres"]) if "lowres" in p.values()]
+    assert len(low) == 1
+    assert {k: v for k, v in low[0].items() if k.startswith("upsample.")} == {
+        "upsample.convt1": "subpixel", "upsample.convt2": "subpixel", "upsample.convt3": "lowres"}
+    assert all(v == 0.0 for k, v in low[0].items() if k.endswith(".ratio"))
+    assert not any("lowres" in p.values() for p in points(["subpixel"]))

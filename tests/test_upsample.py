@@ -63,3 +63,91 @@ def test_unknown_layer_and_mode_are_named():
     with pytest.raises(ValueError, match=r"'quantum'.*upsample"):
         get_knob("quantum")
     assert "upsample" in list_knobs()
+
+
+def _lowres_last(model, knob):
+    layers = knob.layers(model)
+    return UpsampleConfig((*((layer, "subpixel") for layer in layers[:-1]),
+                           (layers[-1], "lowres")))
+
+
+@pytest.mark.parametrize("name", list_models(), ids=str)
+def test_lowres_keeps_the_maps_size_and_costs_fewer_macs(name):
+    from objectives import count_macs
+
+    model = get_model(name).eval()
+    knob = get_knob("upsample")
+    low = knob.apply(model, _lowres_last(model, knob))
+    assert not hasattr(model, "resize_maps")  # the argument is untouched
+    for size in (96, 192, 300):  # the recovery's crops and the full image
+        with torch.no_grad():
+            maps = low(torch.randn(1, 1, size, size))
+        assert [m.shape for m in maps] == [(1, 1, size, size)] * 4
+    exact = knob.apply(model, UpsampleConfig(tuple((n, "subpixel") for n in knob.layers(model))))
+    # GG-CNN spends most of its MACs in the last decoder and heads; GG-CNN2 in its encoder.
+    assert count_macs(low, 300) < (0.5 if name == "ggcnn" else 1.0) * count_macs(exact, 300)
+
+
+@pytest.mark.parametrize(("k", "s", "p", "op", "heads"), [(9, 3, 3, 1, 2), (3, 2, 1, 1, 1)],
+                         ids=["ggcnn-convt3", "ggcnn2-convt2"])
+def test_lowres_starts_as_the_mean_of_the_phases_it_stands_for(k, s, p, op, heads):
+    from spaces.upsample import LowResConv2d
+
+    torch.manual_seed(0)
+    layer = nn.ConvTranspose2d(3, 5, k, stride=s, padding=p, output_padding=op)
+    low = LowResConv2d.from_conv_transpose(layer, heads)
+    sub = SubPixelConv2d.from_conv_transpose(layer)
+    x = torch.randn(2, 3, 10, 12)
+    with torch.no_grad():
+        cells = low(x)
+        phases = sub.conv(sub.pad(x))  # [n, 5 * s * s, ...]: channel c's phases together
+        mean = phases.reshape(2, 5, s * s, *phases.shape[-2:]).mean(2)
+    h, w = min(cells.shape[-2], mean.shape[-2]), min(cells.shape[-1], mean.shape[-1])
+    assert cells.shape[-2:] == (10 + heads - 1 + (op - s - 2 * p + k - heads + 1) // s,
+                                12 + heads - 1 + (op - s - 2 * p + k - heads + 1) // s)
+    torch.testing.assert_close(cells[..., :h, :w], mean[..., :h, :w], atol=1e-5, rtol=1e-5)
+
+
+def test_lowres_is_offered_for_the_layer_the_heads_read_only():
+    model = get_model("ggcnn")
+    knob = get_knob("upsample", modes=["subpixel", "lowres"])
+    trial = optuna.create_study().ask()
+    knob.suggest(trial, model)
+    choices = {name: d.choices for name, d in trial.distributions.items()}
+    assert choices == {"upsample.convt1": ("subpixel",), "upsample.convt2": ("subpixel",),
+                       "upsample.convt3": ("subpixel", "lowres")}
+    with pytest.raises(KnobError, match=r"upsample.convt2: 'lowres' applies only to .*convt3"):
+        knob.apply(model, UpsampleConfig((("convt2", "lowres"),)))
+    with pytest.raises(KnobError, match=r"leave no mode for convt1.*only to convt3"):
+        get_knob("upsample", modes=["lowres"]).suggest(optuna.create_study().ask(), model)
+
+
+def test_lowres_needs_maps_that_a_resize_by_the_stride_can_reach():
+    from spaces.upsample import LowResConv2d
+
+    layer = nn.ConvTranspose2d(3, 5, 9, stride=3, padding=3, output_padding=0)  # 3L + 0
+    with pytest.raises(KnobError, match=r"upsample.convt3: 'lowres' needs .* multiple of the "
+                                        r"stride 3"):
+        LowResConv2d.from_conv_transpose(layer, 2, "convt3")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_lowres_onnx_resizes_the_maps_in_float_after_the_heads(precision, tmp_path):
+    import onnx
+
+    from spaces.precision import PrecisionConfig, build_artifact
+
+    torch.manual_seed(0)
+    model = get_model("ggcnn").eval()
+    knob = get_knob("upsample")
+    low = knob.apply(model, _lowres_last(model, knob))
+    calibration = [torch.rand(1, 96, 96) for _ in range(4)]
+    built = build_artifact(low, PrecisionConfig(precision), tmp_path / "a", calibration, 96)
+    graph = onnx.load(str(built.path)).graph
+    last = next(n for n in graph.node if graph.output[0].name in n.output)
+    assert last.op_type == "Resize"  # no quantize + dequantize pair after it
+    x = torch.stack(calibration)
+    with torch.no_grad():
+        expected = torch.cat(low(x), 1)
+    tolerance = 1e-5 if precision == "fp32" else 0.05
+    assert torch.allclose(built.predictor()(x), expected, atol=tolerance * expected.abs().max())
