@@ -16,7 +16,8 @@ Reference points, each built as an artifact on the study's runtime:
   training rather than the compression;
 - single techniques, with the study's recovery budget and no gate: int8 only (on the
   exact sub-pixel form, calibrated like the study), uniform 50 % L1 magnitude pruning with
-  fine-tuning, and depthwise-separable everywhere with fine-tuning;
+  fine-tuning, depthwise-separable everywhere with fine-tuning, and the last decoder at low
+  resolution (``lowres``, the heads there too) with fine-tuning;
 - the study's feasible Pareto front, read from its storage (artifacts as the study built
   them);
 - ``--exported DIR ...``: trials exported with ``ggopt export`` (e.g. finished with
@@ -60,7 +61,7 @@ from spaces import get_knob
 from spaces.depthwise import DepthwiseConfig
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.prune import PruneConfig
-from spaces.upsample import rewrite_all
+from spaces.upsample import UpsampleConfig, rewrite_all
 
 
 def main() -> None:
@@ -99,6 +100,10 @@ def main() -> None:
                                            criterion="l1"))
     depthwise = get_knob("depthwise")
     separable = depthwise.apply(base, DepthwiseConfig(tuple(depthwise.layers(base))))
+    upsample = get_knob("upsample")
+    layers = upsample.layers(base)
+    low = upsample.apply(base, UpsampleConfig((*((layer, "subpixel") for layer in layers[:-1]),
+                                               (layers[-1], "lowres"))))
     rt = config.runtime
     exact = {runtime: f"sub-pixel (all exact rewrites), fp32, {runtime}"
              for runtime in ("torch", "onnxruntime")}
@@ -119,6 +124,7 @@ def main() -> None:
         f"prune 50 % L1 + fine-tune (sub-pixel), fp32, {rt}": (rewrite_all(tuned(pruned)), "fp32",
                                                                rt),
         f"depthwise everywhere + fine-tune, fp32, {rt}": (tuned(separable), "fp32", rt),
+        f"last decoder at low resolution + fine-tune, fp32, {rt}": (tuned(low), "fp32", rt),
     }
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
