@@ -619,6 +619,7 @@ def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: C
             for params in _warm_start(setup):
                 study.enqueue_trial(params, skip_if_exists=True)
         _check_device(config, study.user_attrs["baseline"], console)
+        _check_choices(config, setup, study)
         tracker = StudyTracker(config.tracking_uri, config.experiment, study,
                                attrs) if track else None
         # Trials of workers that died while nobody ran: failed and queued again now.
@@ -658,6 +659,33 @@ def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: C
     if tracker is not None and not budget_left(study, config.n_trials):
         tracker.finish()
     return study
+
+
+def _check_choices(config: StudyConfig, setup: StudySetup, study: optuna.Study) -> None:
+    """Refuses to resume a study whose knobs now offer other choices for a parameter it has
+    already drawn (e.g. a new upsample mode, or another precision list): Optuna's samplers
+    cannot change a categorical parameter's choices within a study, so every new trial would
+    fail. Checked before any trial, on one draw of each knob's parameters."""
+    stored: dict[str, optuna.distributions.BaseDistribution] = {}
+    for trial in study.get_trials(deepcopy=False):
+        stored.update(trial.distributions)
+    if not stored:
+        return
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    for name in ORDER:
+        knob = setup.knobs.get(name)
+        if knob is not None:
+            knob.suggest(probe, setup.base)
+    changed = [f"{key} was {list(stored[key].choices)}, now {list(now.choices)}"
+               for key, now in sorted(probe.distributions.items())
+               if isinstance(now, optuna.distributions.CategoricalDistribution)
+               and key in stored and stored[key] != now]
+    if changed:
+        raise StudyConfigError(
+            f"{config.path}: study {config.name!r} in {redact_url(config.storage)} drew its "
+            f"trials from other choices ({'; '.join(changed)}). Optuna cannot change a "
+            f"parameter's choices within a study, so every new trial would fail. Restore "
+            f"them under [knobs] (e.g. [knobs.upsample] modes), or give the study a new `name`.")
 
 
 def _check_device(config: StudyConfig, baseline: dict[str, Any], console: Console) -> None:

@@ -432,3 +432,20 @@ def test_warm_starts_include_a_low_resolution_decoder_where_the_modes_allow_it()
         "upsample.convt1": "subpixel", "upsample.convt2": "subpixel", "upsample.convt3": "lowres"}
     assert all(v == 0.0 for k, v in low[0].items() if k.endswith(".ratio"))
     assert not any("lowres" in p.values() for p in points(["subpixel"]))
+
+
+def test_resuming_with_other_knob_choices_is_refused_before_any_trial(tmp_path, checkpoint,
+                                                                     jacquard_root):
+    path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=1)
+    run_study(load_study_config(path))
+    # The same study, its upsample modes narrowed: Optuna would fail every new trial.
+    narrowed = '[knobs.upsample]\nmodes = ["subpixel", "lowres"]\n\n[knobs.precision]'
+    path.write_text(path.read_text().replace("[knobs.precision]", narrowed))
+    config = load_study_config(path, {"n_trials": 2})
+    with pytest.raises(StudyConfigError, match=r"upsample.convt1 was \['keep', 'subpixel', "
+                                               r"'nearest', 'bilinear'\], now \['subpixel'\];"
+                                               r".*convt3 was .*, now \['subpixel', 'lowres'\]"
+                                               r".*new `name`"):
+        run_study(config)
+    ran = [t.state for t in load_study(config).trials if t.state != TrialState.WAITING]
+    assert ran == [TrialState.COMPLETE]  # the queued warm starts were not started
