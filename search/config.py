@@ -14,6 +14,7 @@ from typing import Any
 
 from grasp.artifact import PRECISIONS, RUNTIMES
 from grasp.train import LR_SCHEDULES
+from spaces.upsample import LAST_LAYER_MODES
 from spaces.upsample import MODES as UPSAMPLE_MODES
 
 __all__ = ["SAMPLERS", "Constraint", "StudyConfig", "StudyConfigError", "load_study_config"]
@@ -361,8 +362,11 @@ _KNOB_OPTIONS: dict[str, dict[str, tuple[type, str, Any]]] = {
                                                   and not isinstance(x, bool) and 0 < x <= 1
                                                   for x in v))},
     "depthwise": {},
-    "upsample": {"modes": (list, f"must be a non-empty list from {', '.join(UPSAMPLE_MODES)}",
-                           lambda v: v and all(x in UPSAMPLE_MODES for x in v))},
+    "upsample": {"modes": (list, f"must be a non-empty list from {', '.join(UPSAMPLE_MODES)}, "
+                                 "with a mode besides lowres for the other decoders (lowres "
+                                 "applies to the last one only)",
+                           lambda v: v and all(x in UPSAMPLE_MODES for x in v)
+                           and any(x not in LAST_LAYER_MODES for x in v))},
     "precision": {"precisions": (list, f"must be a non-empty list from {PRECISIONS}",
                                  lambda v: v and all(x in PRECISIONS for x in v)),
                   "qat_steps": (int, "must be an integer >= 0", lambda v: v >= 0)},

@@ -263,6 +263,8 @@ def test_a_size_constraint_stops_oversized_trials_before_recovery_or_scoring(
      r"unknown layer 'conv9'"),
     ("[knobs.precision]", '[knobs.lowrank]\nfractions = [0.0, 0.5]\n[knobs.precision]',
      r"\[knobs.lowrank\] fractions"),
+    ("[knobs.precision]", '[knobs.upsample]\nmodes = ["lowres"]\n[knobs.precision]',
+     r"\[knobs.upsample\] modes: .*a mode besides lowres .*got \['lowres'\]"),
     ('name = "ggcnn"', 'name = "resnet"', r"\[model\] name: must be one of"),
     ('name = "ggcnn"', 'name = "ggcnn2"', r"checkpoint: .*ggcnn"),
     ("output_size = 96", "output_size = 100", r"output_size: must be an integer multiple"),
