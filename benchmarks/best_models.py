@@ -61,7 +61,7 @@ from spaces import get_knob
 from spaces.depthwise import DepthwiseConfig
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.prune import PruneConfig
-from spaces.upsample import UpsampleConfig, rewrite_all
+from spaces.upsample import rewrite_all
 
 
 def main() -> None:
@@ -100,10 +100,7 @@ def main() -> None:
                                            criterion="l1"))
     depthwise = get_knob("depthwise")
     separable = depthwise.apply(base, DepthwiseConfig(tuple(depthwise.layers(base))))
-    upsample = get_knob("upsample")
-    layers = upsample.layers(base)
-    low = upsample.apply(base, UpsampleConfig((*((layer, "subpixel") for layer in layers[:-1]),
-                                               (layers[-1], "lowres"))))
+    low = rewrite_all(base, "lowres")  # sub-pixel decoders, the last at low resolution
     rt = config.runtime
     exact = {runtime: f"sub-pixel (all exact rewrites), fp32, {runtime}"
              for runtime in ("torch", "onnxruntime")}

@@ -317,6 +317,10 @@ register_knob(UpsampleKnob)
 def rewrite_all(model: nn.Module, mode: str = "subpixel") -> nn.Module:
     """A copy with every transposed conv rewritten one way; by default the exact sub-pixel
     form, which baselines and int8 builds use (int8 kernels exist for convs, not for
-    transposed convs)."""
+    transposed convs). A last-layer mode (``lowres``) goes to the last layer, the
+    sub-pixel form to the others."""
     knob = UpsampleKnob()
-    return knob.apply(model, UpsampleConfig(tuple((layer, mode) for layer in knob.layers(model))))
+    last = knob.last_layer(model)
+    return knob.apply(model, UpsampleConfig(tuple(
+        (layer, mode if mode not in LAST_LAYER_MODES or layer == last else "subpixel")
+        for layer in knob.layers(model))))

@@ -5,7 +5,7 @@ from torch import nn
 
 from grasp.models import get_model, list_models
 from spaces import KnobError, get_knob, list_knobs
-from spaces.upsample import SubPixelConv2d, UpsampleConfig
+from spaces.upsample import LowResConv2d, SubPixelConv2d, UpsampleConfig, rewrite_all
 
 
 @pytest.mark.parametrize(
@@ -65,19 +65,14 @@ def test_unknown_layer_and_mode_are_named():
     assert "upsample" in list_knobs()
 
 
-def _lowres_last(model, knob):
-    layers = knob.layers(model)
-    return UpsampleConfig((*((layer, "subpixel") for layer in layers[:-1]),
-                           (layers[-1], "lowres")))
-
-
 @pytest.mark.parametrize("name", list_models(), ids=str)
 def test_lowres_keeps_the_maps_size_and_costs_fewer_macs(name):
     from objectives import count_macs
 
     model = get_model(name).eval()
     knob = get_knob("upsample")
-    low = knob.apply(model, _lowres_last(model, knob))
+    low = rewrite_all(model, "lowres")
+    assert isinstance(low.convt3 if name == "ggcnn" else low.convt2, LowResConv2d)
     assert not hasattr(model, "resize_maps")  # the argument is untouched
     for size in (96, 192, 300):  # the recovery's crops and the full image
         with torch.no_grad():
@@ -91,8 +86,6 @@ def test_lowres_keeps_the_maps_size_and_costs_fewer_macs(name):
 @pytest.mark.parametrize(("k", "s", "p", "op", "heads"), [(9, 3, 3, 1, 2), (3, 2, 1, 1, 1)],
                          ids=["ggcnn-convt3", "ggcnn2-convt2"])
 def test_lowres_starts_as_the_mean_of_the_phases_it_stands_for(k, s, p, op, heads):
-    from spaces.upsample import LowResConv2d
-
     torch.manual_seed(0)
     layer = nn.ConvTranspose2d(3, 5, k, stride=s, padding=p, output_padding=op)
     low = LowResConv2d.from_conv_transpose(layer, heads)
@@ -123,8 +116,6 @@ def test_lowres_is_offered_for_the_layer_the_heads_read_only():
 
 
 def test_lowres_needs_maps_that_a_resize_by_the_stride_can_reach():
-    from spaces.upsample import LowResConv2d
-
     layer = nn.ConvTranspose2d(3, 5, 9, stride=3, padding=3, output_padding=0)  # 3L + 0
     with pytest.raises(KnobError, match=r"upsample.convt3: 'lowres' needs .* multiple of the "
                                         r"stride 3"):
@@ -139,8 +130,7 @@ def test_lowres_onnx_resizes_the_maps_in_float_after_the_heads(precision, tmp_pa
 
     torch.manual_seed(0)
     model = get_model("ggcnn").eval()
-    knob = get_knob("upsample")
-    low = knob.apply(model, _lowres_last(model, knob))
+    low = rewrite_all(model, "lowres")
     calibration = [torch.rand(1, 96, 96) for _ in range(4)]
     built = build_artifact(low, PrecisionConfig(precision), tmp_path / "a", calibration, 96)
     graph = onnx.load(str(built.path)).graph
