@@ -4,16 +4,17 @@
 
 For the feasible front (or every complete trial with ``--all``), each artifact is timed
 again, round-robin over the artifacts for ``--rounds`` rounds so that background load hits
-them alike, with the study's threads, warm-up and runs, paired with the study's baseline
-artifact (strict alternation, as a study times by default). Per artifact: the study's
-latency, the re-measured one both ways (raw median; paired: the baseline's recorded latency
-x the median per-pair ratio), each a median over rounds, and the coefficient of variation
-across rounds of each; then Spearman's rank correlation between the study's latencies and
-each re-measurement. Targets (issue 7): CV <= 3 % per artifact, rank correlation >= 0.95.
+them alike, the way the study timed it: its threads, warm-up, runs and ``min_seconds``,
+raw or paired with the study's baseline artifact (strict alternation; the score is the
+baseline's recorded latency x the median per-pair ratio). Per artifact: the study's
+latency, the re-measured one (a median over rounds) and its coefficient of variation across
+rounds; for a paired study also the raw median of the same runs. Then Spearman's rank
+correlation between the study's latencies and the re-measurement. Targets (issue 7): CV
+<= 3 % per artifact, rank correlation >= 0.95.
 
-``--estimators`` also reports, from the same runs, the CV across rounds of other ways to
-turn the pairs into a ratio (ratio of medians, of 10th percentiles, of minima, a trimmed
-mean of per-pair ratios), to see which holds still on this machine.
+``--estimators`` (paired studies) also reports, from the same runs, the CV across rounds of
+other ways to turn the pairs into a ratio (ratio of medians, of 10th percentiles, of
+minima, a trimmed mean of per-pair ratios), to see which holds still on this machine.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from objectives import device_fingerprint
 from objectives.latency import measure_latency
 from search.config import load_study_config
 from search.pareto import feasible_front
-from search.study import baseline_artifact_path, load_study
+from search.study import baseline_artifact_path, load_study, settle_timing
 
 
 def main() -> None:
@@ -48,6 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_study_config(args.study, {"storage": args.storage})
     study = load_study(config)
+    config = settle_timing(config, study.user_attrs.get("config", {}))
     trials = (study.get_trials(states=(TrialState.COMPLETE,)) if args.all
               else feasible_front(study, config.objectives))
     trials = [t for t in trials if Path(t.user_attrs.get("artifact", "")).is_file()]
@@ -63,47 +65,58 @@ def main() -> None:
         raise SystemExit(f"{config.name}: the baseline's artifact {reference_path} is missing.")
     reference = Artifact(reference_path, runtime=config.runtime, precision="fp32",
                          input_size=config.output_size, device=config.device)
+    paired = config.paired
+    if args.estimators and not paired:
+        raise SystemExit(f"{config.name}: --estimators compares statistics of pairs, and this "
+                         f"study times raw medians.")
     raw: dict[int, list[float]] = {n: [] for n in artifacts}
-    paired: dict[int, list[float]] = {n: [] for n in artifacts}
+    scored: dict[int, list[float]] = {n: [] for n in artifacts}
     runs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in artifacts}
     for _ in range(args.rounds):
         for number, artifact in artifacts.items():
             result = measure_latency(artifact, config.threads, config.warmup, config.runs,
-                                     reference=reference)
+                                     reference=reference if paired else None,
+                                     min_seconds=config.min_seconds)
             raw[number].append(result.median_ms)
-            paired[number].append(baseline["latency"] * result.ratio)
+            scored[number].append(baseline["latency"] * result.ratio if paired
+                                  else result.median_ms)
             runs[number].append((np.array(result.times), np.array(result.reference_times)))
 
-    table = Table(title=f"{config.name}: {len(trials)} artifacts, {args.rounds} rounds of "
-                        f"{config.runs} runs paired with the baseline, {config.threads} "
-                        f"thread(s)")
-    for column in ("trial", "precision", "study ms", "raw ms", "paired ms", "change",
-                   "CV raw", "CV paired"):
+    how = (f"paired with the baseline ({baseline['variant']}, {baseline['latency']:.2f} ms as "
+           f"recorded)" if paired else "raw medians")
+    table = Table(title=f"{config.name}: {len(trials)} artifacts, {args.rounds} rounds, "
+                        f"{how}, >= {config.runs} runs and >= {config.min_seconds:g} s each, "
+                        f"{config.threads} thread(s)")
+    columns = ["trial", "precision", "study ms", "again ms", "change", "CV"]
+    if paired:
+        columns += ["raw ms", "CV raw"]
+    for column in columns:
         table.add_column(column, justify="right")
-    recorded, again_raw, again_paired, cv_raw, cv_paired = [], [], [], [], []
+    recorded, again, cvs, again_raw, cv_raw = [], [], [], [], []
     for t in trials:
         recorded.append(t.user_attrs["values"]["latency"])
+        again.append(statistics.median(scored[t.number]))
+        cvs.append(_cv(scored[t.number]))
         again_raw.append(statistics.median(raw[t.number]))
-        again_paired.append(statistics.median(paired[t.number]))
         cv_raw.append(_cv(raw[t.number]))
-        cv_paired.append(_cv(paired[t.number]))
-        table.add_row(str(t.number), t.user_attrs["precision"], f"{recorded[-1]:.2f}",
-                      f"{again_raw[-1]:.2f}", f"{again_paired[-1]:.2f}",
-                      f"{again_paired[-1] / recorded[-1] - 1:+.1%}", f"{cv_raw[-1]:.1%}",
-                      f"{cv_paired[-1]:.1%}")
+        row = [str(t.number), t.user_attrs["precision"], f"{recorded[-1]:.2f}",
+               f"{again[-1]:.2f}", f"{again[-1] / recorded[-1] - 1:+.1%}", f"{cvs[-1]:.1%}"]
+        if paired:
+            row += [f"{again_raw[-1]:.2f}", f"{cv_raw[-1]:.1%}"]
+        table.add_row(*row)
     console = Console(width=120)
     console.print(table)
     fp = device_fingerprint(None, config.threads, config.runtime, config.device)
-    scored = "paired" if study.user_attrs.get("config", {}).get(
-        "study.paired_latency") else "raw"
-    for name, again, cvs in (("raw", again_raw, cv_raw), ("paired", again_paired, cv_paired)):
-        rho = spearmanr(recorded, again).statistic
-        console.print(f"{name:>6}: Spearman, study ({scored}) vs re-measured: {rho:.3f} "
-                      f"(target >= 0.95); CV across rounds: median "
-                      f"{statistics.median(cvs):.1%}, max {max(cvs):.1%} (target <= 3 %); "
-                      f"within 3 %: {sum(c <= 0.03 for c in cvs)}/{len(cvs)}")
-    console.print(f"[{fp['cpu']}, {fp['cores']} cores; baseline {baseline['variant']} "
-                  f"{baseline['latency']:.2f} ms as recorded]")
+    rows = [("paired" if paired else "raw", again, cvs)]
+    if paired:
+        rows.append(("raw", again_raw, cv_raw))
+    for name, values, spread in rows:
+        rho = spearmanr(recorded, values).statistic
+        console.print(f"{name:>6}: Spearman, study vs re-measured: {rho:.3f} (target >= 0.95); "
+                      f"CV across rounds: median {statistics.median(spread):.1%}, max "
+                      f"{max(spread):.1%} (target <= 3 %); within 3 %: "
+                      f"{sum(c <= 0.03 for c in spread)}/{len(spread)}")
+    console.print(f"[{fp['cpu']}, {fp['cores']} cores]")
     if args.estimators:
         console.print(_estimator_table(runs))
 

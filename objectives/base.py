@@ -28,6 +28,7 @@ class Context:
     threads: int = 1
     warmup: int = 10
     runs: int = 50
+    min_seconds: float = 0.0  # latency times on until this much of it has been timed
     reference: Artifact | None = None
     reference_ms: float | None = None
     details: dict[str, Any] = field(default_factory=dict)

@@ -1,15 +1,18 @@
 """Latency: measured on the target runtime, never estimated.
 
 Batch 1 at the artifact's input size, a fixed thread count (1 thread times stably on a
-busy machine, 2 do not), warm-up runs outside the timed region, then many timed runs:
-median, p90 and coefficient of variation. The device fingerprint travels with the
-number, because a latency is only comparable on the same hardware and runtime.
+busy machine, 2 do not), warm-up runs outside the timed region, then back-to-back timed
+runs, at least ``runs`` of them and at least ``min_seconds`` of timing: median, p90 and
+coefficient of variation. A 2 ms model gets as much timing as a 20 ms one, so its median
+holds as still (RESULTS §29). The device fingerprint travels with the number, because a
+latency is only comparable on the same hardware and runtime.
 
-Paired timing (a study's default): the artifact and the study's baseline run in strict
-alternation, and the score is the baseline's recorded latency times the median of the
-per-pair ratios. Machines that drift between speed states for seconds (shared VMs, turbo,
-thermal limits) move both halves of a pair alike, so trials timed minutes or hours apart
-stay comparable. The raw median is kept beside it (``latency_raw_ms``).
+Paired timing (``[runtime] paired = true``): the artifact and the study's baseline run in
+strict alternation, and the score is the baseline's recorded latency times the median of
+the per-pair ratios. It helps on a machine that drifts between speed states shared by
+every model (RESULTS §10); where the baseline's own timing wanders more than the
+artifact's (a large fp32 model on a shared L3 cache against a small int8 one), it adds
+that noise instead (RESULTS §29). The raw median is kept beside it (``latency_raw_ms``).
 """
 
 from __future__ import annotations
@@ -101,9 +104,17 @@ def _timed(run: Callable[[], None], count: int) -> list[float]:
     return times
 
 
+#: A bound on the timed runs that ``min_seconds`` can ask for (a model faster than
+#: min_seconds / MAX_RUNS stops here).
+MAX_RUNS = 20_000
+
+
 def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs: int = 50,
-                    reference: Artifact | None = None, block: int = 1) -> LatencyResult:
-    """Times ``runs`` single-image inferences after ``warmup`` untimed ones.
+                    reference: Artifact | None = None, block: int = 1,
+                    min_seconds: float = 0.0) -> LatencyResult:
+    """Times ``runs`` single-image inferences after ``warmup`` untimed ones, going on in
+    batches of ``runs`` until ``min_seconds`` of runs have been timed (both artifacts' when
+    paired; at most MAX_RUNS runs).
 
     With a ``reference`` artifact, the two are timed in alternating blocks of ``block``
     runs, and ``ratio`` is the median over blocks of artifact / reference block medians.
@@ -112,9 +123,10 @@ def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs
     absolute median does not. Keep ``block`` at 1: blocks of 10 drifted as much as raw
     medians did (RESULTS §10).
     """
-    if runs < 3 or warmup < 0 or threads < 1 or block < 1:
-        raise ValueError(f"`runs >= 3, warmup >= 0, threads >= 1, block >= 1` must hold, "
-                         f"but got {runs=}, {warmup=}, {threads=}, {block=}.")
+    if runs < 3 or warmup < 0 or threads < 1 or block < 1 or not min_seconds >= 0:
+        raise ValueError(f"`runs >= 3, warmup >= 0, threads >= 1, block >= 1, min_seconds >= "
+                         f"0` must hold, but got {runs=}, {warmup=}, {threads=}, {block=}, "
+                         f"{min_seconds=}.")
     run = artifact.timed_call(threads)
     other = reference.timed_call(threads) if reference is not None else None
     times, reference_times, ratios = [], [], []
@@ -122,9 +134,11 @@ def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs
         for call in (run,) if other is None else (run, other):
             for _ in range(warmup):
                 call()
-        if other is None:
-            times = _timed(run, runs)
-        else:
+        while not times or (sum(times) + sum(reference_times) < min_seconds * 1e3
+                            and len(times) < MAX_RUNS):
+            if other is None:
+                times += _timed(run, runs)
+                continue
             for start in range(0, runs, block):
                 count = min(block, runs - start)
                 mine, theirs = _timed(run, count), _timed(other, count)
@@ -136,7 +150,7 @@ def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs
         median_ms=statistics.median(times),
         p90_ms=float(np.percentile(times, 90)),
         cv=statistics.stdev(times) / mean if mean > 0 else 0.0,
-        runs=runs, threads=threads,
+        runs=len(times), threads=threads,
         reference_ms=statistics.median(reference_times) if reference_times else None,
         ratio=statistics.median(ratios) if ratios else None,
         times=tuple(times), reference_times=tuple(reference_times),
@@ -151,7 +165,8 @@ class Latency:
     def __call__(self, artifact: Artifact, ctx: Context) -> float:
         paired = ctx.reference is not None and ctx.reference_ms is not None
         result = measure_latency(artifact, ctx.threads, ctx.warmup, ctx.runs,
-                                 reference=ctx.reference if paired else None)
+                                 reference=ctx.reference if paired else None,
+                                 min_seconds=ctx.min_seconds)
         ctx.details.update({"latency_p90_ms": result.p90_ms, "latency_cv": result.cv,
                             "latency_runs": result.runs, "latency_raw_ms": result.median_ms,
                             "fingerprint": device_fingerprint(artifact, ctx.threads)})

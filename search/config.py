@@ -84,7 +84,8 @@ class StudyConfig:
     threads: int = 1
     warmup: int = 10
     runs: int = 50
-    paired: bool = True
+    min_seconds: float = 1.0
+    paired: bool | None = None  # unset: as the study began (search.study.settle_timing)
     allow_other_devices: bool = False
     sampler: str = "tpe"
     seed: int = 0
@@ -268,7 +269,10 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
     threads = rt.get("threads", int, 1, "must be an integer >= 1", lambda v: v >= 1)
     warmup = rt.get("warmup", int, 10, nonneg, lambda v: v >= 0)
     runs = rt.get("runs", int, 50, "must be an integer >= 3", lambda v: v >= 3)
-    paired = rt.get("paired", bool, True,
+    min_seconds = rt.get("min_seconds", float, 1.0,
+                         "must be a number of seconds >= 0 (latency times on past `runs` "
+                         "until this much has been timed)", lambda v: 0 <= v <= 600)
+    paired = rt.get("paired", bool, None,
                     "must be true or false (true: each artifact is timed in alternation with "
                     "the baseline's and scored as the baseline's latency x their ratio)")
     other_devices = rt.get("allow_other_devices", bool, False,
@@ -303,7 +307,7 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
         recovery_crop=crop, recovery_lr=lr, recovery_lr_schedule=schedule,
         distill_weight=distill, gate_steps=gate_steps, gate_margin=gate_margin,
         objectives=tuple(names), constraints=parsed, runtime=runtime, device=device,
-        threads=threads, warmup=warmup, runs=runs, paired=paired,
+        threads=threads, warmup=warmup, runs=runs, min_seconds=min_seconds, paired=paired,
         allow_other_devices=other_devices,
         sampler=sampler, seed=seed,
         n_trials=n_trials, timeout=timeout, storage=storage,

@@ -193,7 +193,9 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
     shipped_format = ARTIFACT_FORMAT if remade else studied_format
     if remade:
         from search.finish import finish_trial
+        from search.study import settle_timing
 
+        config = settle_timing(config, study.user_attrs.get("config", {}))
         finished = finish_trial(config, trial, finish_steps, out, base, console, finish_lr)
         model_path, v, macs = finished.artifact.path, finished.values, finished.macs
         fp = finished.details["fingerprint"]

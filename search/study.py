@@ -54,7 +54,8 @@ from search.workers import (
 )
 from spaces import ORDER, KnobConfig, get_knob
 
-__all__ = ["StudySetup", "build_trial_model", "finished", "load_study", "prepare", "run_study"]
+__all__ = ["StudySetup", "build_trial_model", "finished", "load_study", "prepare", "run_study",
+           "settle_timing"]
 
 DIRECTIONS = {"accuracy": "maximize", "size": "minimize", "latency": "minimize"}
 METRIC_NAMES = {"accuracy": "accuracy", "size": "size_bytes", "latency": "latency_ms"}
@@ -199,7 +200,8 @@ def measure_artifact(setup: StudySetup, artifact: Artifact,
                      reference_ms: float | None = None
                      ) -> tuple[dict[str, float], dict[str, Any]]:
     c = setup.config
-    ctx = Context(setup.eval_data, c.threads, c.warmup, c.runs, reference, reference_ms)
+    ctx = Context(setup.eval_data, c.threads, c.warmup, c.runs, c.min_seconds, reference,
+                  reference_ms)
     values = {}
     for name in ("accuracy", "size", "latency"):
         start = time.perf_counter()
@@ -368,7 +370,8 @@ class _Pipeline:
             trial.set_user_attr("fingerprint", details["fingerprint"])
             extra = {"macs": count_macs(model, c.output_size), "params": count_params(model),
                      **{k: details[k] for k in ("latency_p90_ms", "latency_cv", "latency_raw_ms",
-                                                "latency_ratio") if k in details}}
+                                                "latency_ratio", "latency_runs")
+                        if k in details}}
             trial.set_user_attr("extra", extra)
             if run_id:
                 self.tracker.log_metrics(run_id, {METRIC_NAMES[k]: v for k, v in values.items()}
@@ -547,6 +550,7 @@ def run_study(config: StudyConfig, console: Console | None = None,
     # The storage is opened first: an unreachable server fails in a second, not after setup.
     storage = open_storage(config.storage, config.heartbeat_interval, config.grace_period,
                            config.tracking_uri if track else None)
+    config = settle_timing(config, _stored_config(config, storage))
     _check_resume(config, storage)
     with sqlite_worker_lock(config.storage):
         setup = prepare(config, console)
@@ -577,18 +581,33 @@ def files_format(runtime: str, artifact_format: int) -> int:
     return max(change for change in FORMAT_CHANGES[runtime] if change <= artifact_format)
 
 
-def _check_resume(config: StudyConfig, storage: RDBStorage) -> None:
-    """Refuses, before any setup, to resume a study whose scoring settings have changed."""
+def settle_timing(config: StudyConfig, stored: dict[str, Any]) -> StudyConfig:
+    """``[runtime] paired`` left unset: a study goes on timing as it began (``stored``, its
+    recorded config), and a new one times raw medians, which held steadier than pairs with
+    the baseline on this project's machines since RESULTS §28-§29."""
+    if config.paired is not None:
+        return config
+    return dataclasses.replace(config, paired=bool(stored.get("study.paired_latency", False)))
+
+
+def _stored_config(config: StudyConfig, storage: RDBStorage) -> dict[str, Any]:
+    """The scoring settings a study recorded when it began; empty for a new study."""
     try:
         study_id = storage.get_study_id_from_name(config.name)
     except KeyError:
-        return  # a new study
-    stored = storage.get_study_user_attrs(study_id).get("config", {})
+        return {}
+    return storage.get_study_user_attrs(study_id).get("config", {})
+
+
+def _check_resume(config: StudyConfig, storage: RDBStorage) -> None:
+    """Refuses, before any setup, to resume a study whose scoring settings have changed."""
+    stored = _stored_config(config, storage)
+    if not stored:
+        return  # a new study, or one from before settings were recorded
     if not config.checkpoint_path().is_file():
         return  # prepare() names the missing file
     now = _config_attrs(config)
-    if stored:
-        stored = {"study.artifact_format": 1, **stored}
+    stored = {"study.artifact_format": 1, **stored}
     same_files = (files_format(config.runtime, stored.get("study.artifact_format", 1))
                   == files_format(config.runtime, ARTIFACT_FORMAT))
     changed = [f"{key.removeprefix('study.')} was {stored[key]!r}, now {now[key]!r}"

@@ -52,6 +52,23 @@ def test_latency_reports_spread_and_the_device(artifact):
     assert fp["threads"] == 1 and fp["cores"] >= 1 and fp["runtime"] == "onnxruntime"
     with pytest.raises(ValueError, match="runs >= 3"):
         measure_latency(artifact, runs=1)
+    with pytest.raises(ValueError, match="min_seconds=-1"):
+        measure_latency(artifact, min_seconds=-1)
+
+
+def test_latency_times_on_until_min_seconds_have_been_timed(artifact):
+    once = measure_latency(artifact, warmup=1, runs=5)
+    assert once.runs == len(once.times) == 5
+    longer = measure_latency(artifact, warmup=1, runs=5, min_seconds=0.1)
+    assert sum(longer.times) >= 100 and longer.runs == len(longer.times) > 5
+    assert longer.runs % 5 == 0  # whole batches of `runs`
+    ctx = Context(warmup=1, runs=5, min_seconds=0.1)
+    get_objective("latency")(artifact, ctx)
+    assert ctx.details["latency_runs"] > 5
+    # Paired, both halves of each pair count: timed against itself, it takes about half.
+    paired = measure_latency(artifact, warmup=1, runs=5, reference=artifact, min_seconds=0.1)
+    assert sum(paired.times) + sum(paired.reference_times) >= 100
+    assert len(paired.times) == len(paired.reference_times) < longer.runs
 
 
 def test_paired_latency_scores_the_ratio_to_the_reference(artifact, tmp_path):

@@ -44,6 +44,7 @@ gate_margin = {gate_margin}
 [runtime]
 warmup = 1
 runs = 3
+min_seconds = 0.05
 
 [search]
 sampler = "{sampler}"
@@ -70,7 +71,7 @@ def write_study(tmp_path: Path, checkpoint, data, **overrides) -> Path:
 
 def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
     path = write_study(tmp_path, checkpoint, jacquard_root)
-    config = load_study_config(path)
+    config = load_study_config(path, {"paired": True})
     study = run_study(config)
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 4
@@ -81,7 +82,7 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
     baseline = study.user_attrs["baseline"]
     for t in trials:
         assert Path(t.user_attrs["artifact"]).stat().st_size == t.user_attrs["values"]["size"]
-        # Paired timing (the default): the baseline's latency x the ratio to its artifact.
+        # Paired timing: the baseline's latency x the ratio to its artifact.
         assert t.user_attrs["values"]["latency"] == pytest.approx(
             baseline["latency"] * t.user_attrs["extra"]["latency_ratio"])
         assert t.user_attrs["extra"]["latency_raw_ms"] > 0
@@ -95,6 +96,7 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
         model.load_state_dict(torch.load(t.user_attrs["weights"], weights_only=True))
     # Resume: asking for 5 in all runs exactly one more trial; nothing is redone. A worker
     # without the baseline's artifact (another machine) builds it again to time against.
+    # The study file leaves `paired` unset: the study goes on timing as it began, paired.
     for old in (tmp_path / "artifacts" / "tiny").glob("baseline-*.onnx"):
         old.unlink()
     study = run_study(load_study_config(path, {"n_trials": 5}))
@@ -110,7 +112,10 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
     assert len(children) == 5
     assert children[["metrics.accuracy", "metrics.size_bytes", "metrics.latency_ms"]].notna(
     ).all().all()
-    # Resumed with other scoring settings (recovery, teacher): refused before any setup.
+    # Resumed with other scoring settings (timing, recovery, teacher): refused before any
+    # setup.
+    with pytest.raises(StudyConfigError, match=r"paired_latency was True, now False"):
+        run_study(load_study_config(path, {"n_trials": 6, "paired": False}))
     changed = write_study(tmp_path, checkpoint, jacquard_root, steps=3)
     with pytest.raises(StudyConfigError, match=r"recovery_steps was 2, now 3.*new `name`"):
         run_study(load_study_config(changed, {"n_trials": 6}))
@@ -205,6 +210,14 @@ def test_constraints_mark_trials_infeasible(tmp_path, checkpoint, jacquard_root)
     study = run_study(load_study_config(path), track=False)
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 2 and all(t.user_attrs["constraints"][0] > 0 for t in done)
+    # A new study with `paired` unset times raw medians, going on past `runs = 3` until
+    # `min_seconds` (0.05 s) of runs have been timed.
+    for t in done:
+        extra = t.user_attrs["extra"]
+        assert "latency_ratio" not in extra
+        assert t.user_attrs["values"]["latency"] == extra["latency_raw_ms"]
+        assert extra["latency_runs"] > 3 and extra["latency_runs"] % 3 == 0
+    assert study.user_attrs["config"]["study.paired_latency"] is False
     from search.pareto import feasible_front
 
     assert feasible_front(study, ("accuracy", "size", "latency")) == []
@@ -281,6 +294,8 @@ def test_a_size_constraint_stops_oversized_trials_before_recovery_or_scoring(
     ("runs = 3", 'runs = 3\nallow_other_devices = "yes"',
      r"\[runtime\] allow_other_devices: must be true or false"),
     ("runs = 3", 'runs = 3\npaired = 1', r"\[runtime\] paired: must be true or false"),
+    ("min_seconds = 0.05", "min_seconds = -1",
+     r"\[runtime\] min_seconds: must be a number of seconds >= 0 .*, got -1\.0"),
     ("runs = 3", "runs = 3\nthreads = 0", r"\[runtime\] threads: must be an integer >= 1, got 0"),
     ("batch_size = 2", "batch_size = 2.5", r"\[recovery\] batch_size: .*2.5"),
     ("[runtime]", "[trainer]\nlr = 1\n[runtime]", r"trainer"),
