@@ -7,7 +7,8 @@ STEPS`` loads the weights the study recovered for the trial (``trial-N/weights.p
 the model its parameters rebuild, continues their recovery for STEPS steps with the study's
 recipe (schedule, distillation weight, crops; a lower peak learning rate) on a larger pool
 of training views, builds its artifact at the trial's precision, and measures all three
-objectives on that artifact, as the study did (latency paired with the same baseline file).
+objectives on that artifact, as the study did (latency raw or paired with the same baseline
+file, as the study timed it: search.study.settle_timing).
 Continuing, not restarting, matters: a trial's short recovery is one random draw, and the
 front favours the lucky ones, which a restart would not reproduce (RESULTS §18).
 
