@@ -270,8 +270,8 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
     warmup = rt.get("warmup", int, 10, nonneg, lambda v: v >= 0)
     runs = rt.get("runs", int, 50, "must be an integer >= 3", lambda v: v >= 3)
     min_seconds = rt.get("min_seconds", float, 1.0,
-                         "must be a number of seconds >= 0 (latency times on past `runs` "
-                         "until this much has been timed)", lambda v: 0 <= v <= 600)
+                         "must be a number of seconds from 0 to 600 (latency times on past "
+                         "`runs` until this much has been timed)", lambda v: 0 <= v <= 600)
     paired = rt.get("paired", bool, None,
                     "must be true or false (true: each artifact is timed in alternation with "
                     "the baseline's and scored as the baseline's latency x their ratio)")

@@ -769,6 +769,7 @@ def _config_attrs(config: StudyConfig) -> dict[str, Any]:
             "study.constraints": "; ".join(k.text for k in config.constraints),
             "study.storage": redact_url(config.storage), "study.runtime": config.runtime,
             "study.threads": config.threads, "study.paired_latency": config.paired,
+            "study.min_seconds": config.min_seconds,
             "study.qat_steps": config.knob_options.get("precision", {}).get("qat_steps", 0),
             "study.artifact_format": ARTIFACT_FORMAT}
 

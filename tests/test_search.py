@@ -295,7 +295,7 @@ def test_a_size_constraint_stops_oversized_trials_before_recovery_or_scoring(
      r"\[runtime\] allow_other_devices: must be true or false"),
     ("runs = 3", 'runs = 3\npaired = 1', r"\[runtime\] paired: must be true or false"),
     ("min_seconds = 0.05", "min_seconds = -1",
-     r"\[runtime\] min_seconds: must be a number of seconds >= 0 .*, got -1\.0"),
+     r"\[runtime\] min_seconds: must be a number of seconds from 0 to 600 .*, got -1\.0"),
     ("runs = 3", "runs = 3\nthreads = 0", r"\[runtime\] threads: must be an integer >= 1, got 0"),
     ("batch_size = 2", "batch_size = 2.5", r"\[recovery\] batch_size: .*2.5"),
     ("[runtime]", "[trainer]\nlr = 1\n[runtime]", r"trainer"),
