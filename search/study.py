@@ -550,8 +550,9 @@ def run_study(config: StudyConfig, console: Console | None = None,
     # The storage is opened first: an unreachable server fails in a second, not after setup.
     storage = open_storage(config.storage, config.heartbeat_interval, config.grace_period,
                            config.tracking_uri if track else None)
-    config = settle_timing(config, _stored_config(config, storage))
-    _check_resume(config, storage)
+    stored = _stored_config(config, storage)
+    config = settle_timing(config, stored)
+    _check_resume(config, stored)
     with sqlite_worker_lock(config.storage):
         setup = prepare(config, console)
         return _run(config, setup, storage, console, track)
@@ -599,9 +600,9 @@ def _stored_config(config: StudyConfig, storage: RDBStorage) -> dict[str, Any]:
     return storage.get_study_user_attrs(study_id).get("config", {})
 
 
-def _check_resume(config: StudyConfig, storage: RDBStorage) -> None:
-    """Refuses, before any setup, to resume a study whose scoring settings have changed."""
-    stored = _stored_config(config, storage)
+def _check_resume(config: StudyConfig, stored: dict[str, Any]) -> None:
+    """Refuses, before any setup, to resume a study whose scoring settings (``stored``, as
+    it recorded them) have changed."""
     if not stored:
         return  # a new study, or one from before settings were recorded
     if not config.checkpoint_path().is_file():
