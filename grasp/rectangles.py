@@ -6,10 +6,12 @@ image (rows grow downwards), and grasps are symmetric under a half turn; ``lengt
 gripper opening (along the grasp axis) and ``width`` the jaw size. The width map stores
 ``length / 150`` clipped to [0, 1], exactly as GG-CNN does.
 
-The metric is the standard one (Jiang et al. 2011, used by GG-CNN): the top predicted grasp
-is correct when, for some ground-truth rectangle, the angles differ by less than 30° and the
-intersection over union exceeds 0.25. The IoU here is the exact area of the two convex
-polygons, not a pixel rasterisation, so it does not depend on image size.
+The metric is the standard one (Jiang et al. 2011, as GG-CNN computes it): the top predicted
+grasp is the best quality peak above 0.2 (none: a miss), and it is correct when, for some
+ground-truth rectangle, the angles differ by less than 30° and the intersection over union
+exceeds 0.25. The IoU here is the exact area of the two convex polygons, not a pixel
+rasterisation, so it does not depend on image size. A second, clearly named figure scores
+the grasp a robot executes anyway (the quality map's maximum when no peak clears 0.2).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 from skimage.draw import polygon as draw_polygon
 from skimage.feature import peak_local_max
 from skimage.filters import gaussian
@@ -35,7 +38,10 @@ __all__ = [
     "grasp_match",
     "iou",
     "maps_match",
+    "maps_outcomes",
     "post_process",
+    "scored_grasps",
+    "top_grasp",
 ]
 
 ANGLE_THRESHOLD = math.pi / 6
@@ -213,17 +219,75 @@ def detect_grasps(
     return grasps
 
 
+def top_grasp(quality: np.ndarray, angle: np.ndarray, opening: np.ndarray) -> Grasp | None:
+    """GG-CNN's top grasp: the best quality peak above 0.2, or None (a miss)."""
+    found = detect_grasps(quality, angle, opening, n=1)
+    return found[0] if found else None
+
+
 def best_grasp(quality: np.ndarray, angle: np.ndarray, opening: np.ndarray) -> Grasp:
     """The single grasp a robot would execute: the best peak, or the quality map's maximum
-    when no peak clears GG-CNN's 0.2 threshold (a weak but correct model still scores)."""
-    found = detect_grasps(quality, angle, opening, n=1)
-    if found:
-        return found[0]
+    when no peak clears GG-CNN's 0.2 threshold (the robot grasps anyway)."""
+    found = top_grasp(quality, angle, opening)
+    if found is not None:
+        return found
     r, c = np.unravel_index(int(np.argmax(quality)), quality.shape)
     length = float(opening[r, c])
     return Grasp((float(r), float(c)), float(angle[r, c]), length, length / 2)
 
 
+def maps_outcomes(maps: np.ndarray, truths: Sequence[Grasp]) -> tuple[bool, bool]:
+    """One image's four raw output maps ([4, H, W]) scored twice: GG-CNN's protocol (no
+    peak above 0.2 is a miss), and the grasp a robot executes (the map's maximum then)."""
+    top, executed = scored_grasps(maps)
+    if top is not None:
+        hit = grasp_match(top, truths)
+        return hit, hit
+    return False, grasp_match(executed, truths)
+
+
+#: Gaussian widths of GG-CNN's post-processing: quality, angle, opening.
+SIGMAS = (2.0, 2.0, 1.0)
+#: skimage's and scipy's default kernel extent, in sigmas.
+TRUNCATE = 4.0
+
+
+def _window(row: int, col: int, sigma: float) -> tuple[slice, slice, int, int]:
+    """The pixels a Gaussian of ``sigma`` reaches from (row, col), and (row, col) in them."""
+    radius = int(TRUNCATE * sigma + 0.5)
+    r0, c0 = max(row - radius, 0), max(col - radius, 0)
+    return slice(r0, row + radius + 1), slice(c0, col + radius + 1), row - r0, col - c0
+
+
+def _smoothed_at(window: np.ndarray, sigma: float, row: int, col: int) -> float:
+    """The full-map Gaussian smoothing (mode 'nearest', as skimage does) read at one
+    pixel, computed on the window the kernel reaches: the same sums, so the same value."""
+    return float(ndimage.gaussian_filter(window, sigma, mode="nearest",
+                                         truncate=TRUNCATE)[row, col])
+
+
+def scored_grasps(maps: np.ndarray) -> tuple[Grasp | None, Grasp]:
+    """GG-CNN's top grasp (None when no peak clears 0.2) and the grasp a robot executes,
+    from one image's raw maps ([4, H, W]); the same grasps as :func:`post_process` with
+    :func:`top_grasp` and :func:`best_grasp`, but only the quality map is smoothed in full:
+    the angle and opening are smoothed where they are read."""
+    pos, cos, sin, width = (np.asarray(m).squeeze() for m in maps)
+    quality = ndimage.gaussian_filter(pos.astype(np.float64), SIGMAS[0], mode="nearest",
+                                      truncate=TRUNCATE)
+    peaks = peak_local_max(quality, min_distance=20, threshold_abs=0.2, num_peaks=1)
+    if len(peaks):
+        row, col = (int(v) for v in peaks[0])
+    else:
+        row, col = (int(v) for v in np.unravel_index(int(np.argmax(quality)), quality.shape))
+    rows, cols, r, c = _window(row, col, SIGMAS[1])
+    angle = _smoothed_at(np.arctan2(sin[rows, cols].astype(np.float64),
+                                    cos[rows, cols].astype(np.float64)) / 2.0, SIGMAS[1], r, c)
+    rows, cols, r, c = _window(row, col, SIGMAS[2])
+    length = _smoothed_at(width[rows, cols].astype(np.float64) * MAX_WIDTH_PX, SIGMAS[2], r, c)
+    grasp = Grasp((float(row), float(col)), angle, length, length / 2)
+    return (grasp if len(peaks) else None), grasp
+
+
 def maps_match(maps: np.ndarray, truths: Sequence[Grasp]) -> bool:
-    """The IoU grasp-match outcome for one image's four raw output maps ([4, H, W])."""
-    return grasp_match(best_grasp(*post_process(*maps)), truths)
+    """The IoU grasp-match outcome of GG-CNN's protocol for one image's raw maps."""
+    return maps_outcomes(maps, truths)[0]

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from grasp.data.base import GraspSubset
-from grasp.rectangles import maps_match
+from grasp.evaluation import HeldOut, score_images
 
 __all__ = [
     "TrainConfig",
@@ -144,22 +144,14 @@ def predict_maps(model: nn.Module) -> Predictor:
     return predict
 
 
-def evaluate(predict: Predictor, data: GraspSubset, batch_size: int = 8) -> float:
-    """IoU grasp-match rate of ``predict`` over ``data`` (un-augmented images).
+def evaluate(predict: Predictor, data: GraspSubset | HeldOut, batch_size: int = 8) -> float:
+    """IoU grasp-match rate of ``predict`` over ``data`` (un-augmented images), by GG-CNN's
+    protocol (:func:`grasp.evaluation.score_images` keeps the per-image outcomes).
 
     Takes a predictor, not a model, so that any deployable artifact (ONNX, int8) is scored
     on its own outputs.
     """
-    if len(data) == 0:
-        raise ValueError("Cannot evaluate on an empty split.")
-    hits = 0
-    for start in range(0, len(data), batch_size):
-        items = [data.dataset.item(data.indices[i]) for i in
-                 range(start, min(start + batch_size, len(data)))]
-        maps = predict(torch.stack([x for x, _, _ in items])).float().cpu().numpy()
-        for (_, _, index), m in zip(items, maps, strict=True):
-            hits += maps_match(m, data.dataset.ground_truth(index))
-    return hits / len(data)
+    return score_images(predict, data, batch_size).accuracy
 
 
 def _optimizer(model: nn.Module, config: TrainConfig, scale_init: bool = True

@@ -1,16 +1,22 @@
 import math
 
+import numpy as np
 import pytest
+from shapely.geometry import Polygon
 
 from grasp.rectangles import (
     Grasp,
     angle_difference,
+    best_grasp,
     detect_grasps,
     grasp_maps,
     grasp_match,
     iou,
     maps_match,
+    maps_outcomes,
     post_process,
+    scored_grasps,
+    top_grasp,
 )
 
 BASE = Grasp((100.0, 100.0), 0.3, 60.0, 30.0)
@@ -94,14 +100,60 @@ def test_detection_recovers_a_drawn_grasp():
     assert maps_match(maps, [g])
 
 
-def test_a_weak_peak_is_still_the_executed_grasp():
+def test_a_weak_peak_is_a_miss_by_the_standard_protocol_but_executed_anyway():
     g = Grasp((60.0, 40.0), -0.5, 45.0, 20.0)
     maps = grasp_maps([g], (120, 120))
     maps[0] *= 0.1  # below GG-CNN's 0.2 peak threshold
     assert detect_grasps(*post_process(*maps)) == []
-    assert maps_match(maps, [g])
+    assert not maps_match(maps, [g])  # GG-CNN counts no peak above 0.2 as a miss
+    assert maps_outcomes(maps, [g]) == (False, True)  # the robot's grasp still lands on it
     elsewhere = Grasp((30.0, 90.0), -0.5, 45.0, 20.0)
-    assert not maps_match(maps, [elsewhere])
+    assert maps_outcomes(maps, [elsewhere]) == (False, False)
+
+
+def _reference_grasps(maps: np.ndarray) -> tuple[Grasp | None, Grasp]:
+    processed = post_process(*maps)
+    return top_grasp(*processed), best_grasp(*processed)
+
+
+@pytest.mark.parametrize("gain", [1.0, 0.15], ids=["peak", "no-peak"])
+def test_scored_grasps_equal_the_full_map_post_processing(gain: float):
+    rng = np.random.default_rng(3)
+    peaks = 0
+    for _ in range(20):
+        truths = [Grasp((float(rng.uniform(25, 95)), float(rng.uniform(25, 95))),
+                        float(rng.uniform(-1.5, 1.5)), float(rng.uniform(10, 80)), 15.0)
+                  for _ in range(3)]
+        maps = grasp_maps(truths, (120, 120)) + rng.normal(0, 0.05, (4, 120, 120)).astype(
+            np.float32)
+        maps[0] *= gain
+        top, executed = scored_grasps(maps)
+        ref_top, ref_executed = _reference_grasps(maps)
+        assert (top is None) == (ref_top is None)
+        assert top == ref_top and executed == ref_executed  # equal floats, not approximately
+        peaks += top is not None
+    assert peaks >= 15 if gain == 1.0 else peaks == 0
+
+
+def _shapely_iou(a: Grasp, b: Grasp) -> float:
+    pa, pb = Polygon(a.corners()), Polygon(b.corners())
+    return pa.intersection(pb).area / pa.union(pb).area
+
+
+def test_iou_equals_an_independent_polygon_library_on_random_pairs():
+    rng = np.random.default_rng(0)
+    values = []
+    for _ in range(500):
+        a = Grasp((float(rng.uniform(40, 60)), float(rng.uniform(40, 60))),
+                  float(rng.uniform(-np.pi, np.pi)), float(rng.uniform(5, 60)),
+                  float(rng.uniform(5, 40)))
+        b = Grasp((float(rng.uniform(40, 60)), float(rng.uniform(40, 60))),
+                  float(rng.uniform(-np.pi, np.pi)), float(rng.uniform(5, 60)),
+                  float(rng.uniform(5, 40)))
+        values.append(_shapely_iou(a, b))
+        assert iou(a, b) == pytest.approx(values[-1], abs=1e-9)
+    # The random pairs cover disjoint, partial and near-total overlaps.
+    assert min(values) == 0.0 and max(values) > 0.6 and 0.1 < float(np.median(values)) < 0.5
 
 
 def test_from_corners_rejects_nan():
