@@ -1,6 +1,8 @@
 """Accuracy: the IoU grasp-match rate on held-out images, from the artifact's own outputs.
 
-An int8 artifact is scored on its int8 outputs, never on the fp32 model it came from.
+An int8 artifact is scored on its int8 outputs, never on the fp32 model it came from. The
+per-image outcomes are kept (``details["hits"]``), so that the study compares every trial
+with its baseline on the same images.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from grasp.artifact import Artifact
-from grasp.train import evaluate
+from grasp.evaluation import score_images
 from objectives.base import Context, register_objective
 
 __all__ = ["Accuracy"]
@@ -22,7 +24,8 @@ class Accuracy:
     def __call__(self, artifact: Artifact, ctx: Context) -> float:
         if ctx.eval_data is None or len(ctx.eval_data) == 0:
             raise ValueError("accuracy: the context holds no held-out images to score on.")
-        value = evaluate(artifact.predictor(threads=max(ctx.threads, 1)), ctx.eval_data,
-                         batch_size=8)
-        ctx.details["accuracy_images"] = len(ctx.eval_data)
-        return value
+        hits = score_images(artifact.predictor(threads=max(ctx.threads, 1)), ctx.eval_data,
+                            batch_size=8)
+        ctx.details["accuracy_images"] = len(hits)
+        ctx.details["hits"] = hits
+        return hits.accuracy

@@ -18,8 +18,9 @@ __all__ = ["Context", "Objective", "get_objective", "list_objectives", "register
 class Context:
     """What measuring needs besides the artifact: the held-out images and timing settings.
 
-    ``eval_data`` is a ``GraspSubset`` (the study's validation split). ``details`` collects
-    the secondary numbers each measurement reports (p90, CV, fingerprint...). With a
+    ``eval_data`` is a ``HeldOut`` or ``GraspSubset`` (the study's validation split).
+    ``details`` collects the secondary numbers each measurement reports (per-image hits,
+    p90, CV, fingerprint...). With a
     ``reference`` artifact and its recorded ``reference_ms``, latency is timed paired with
     it and scored as ``reference_ms`` x the measured ratio.
     """

@@ -79,6 +79,7 @@ class StudyConfig:
     gate_margin: float = 0.2
     objectives: tuple[str, ...] = OBJECTIVES
     constraints: tuple[Constraint, ...] = ()
+    confidence: float | None = None  # accuracy constraints on the interval's lower end
     runtime: str = "onnxruntime"
     device: str = "cpu"
     threads: int = 1
@@ -259,6 +260,10 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
     o = _Reader(path, _table(path, data, "objectives"), "objectives")
     names = o.get("names", list, list(OBJECTIVES), f"must be a non-empty list from {OBJECTIVES}",
                   lambda v: v and all(x in OBJECTIVES for x in v) and len(set(v)) == len(v))
+    confidence = o.get("confidence", float, None,
+                       "must be a confidence level in [0.5, 1) (accuracy constraints must then "
+                       "hold at the lower end of that paired interval), e.g. 0.95",
+                       lambda v: 0.5 <= v < 1)
     o.done()
     parsed = tuple(_parse_constraint(path, c) for c in constraints)
 
@@ -306,7 +311,8 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
         knob_options=options, recovery_steps=steps, recovery_batch_size=batch,
         recovery_crop=crop, recovery_lr=lr, recovery_lr_schedule=schedule,
         distill_weight=distill, gate_steps=gate_steps, gate_margin=gate_margin,
-        objectives=tuple(names), constraints=parsed, runtime=runtime, device=device,
+        objectives=tuple(names), constraints=parsed, confidence=confidence,
+        runtime=runtime, device=device,
         threads=threads, warmup=warmup, runs=runs, min_seconds=min_seconds, paired=paired,
         allow_other_devices=other_devices,
         sampler=sampler, seed=seed,

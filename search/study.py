@@ -34,12 +34,21 @@ from torch import nn
 from grasp.artifact import SUFFIXES, Artifact, ArtifactError, check_device
 from grasp.checkpoints import load_checkpoint
 from grasp.data import load_dataset, split
-from grasp.train import evaluate, predict_maps
+from grasp.evaluation import HeldOut, ImageHits, score_images
+from grasp.train import predict_maps
 from grasp.urls import redact_url
 from objectives import Context, count_macs, count_params, device_fingerprint, get_objective
 from objectives.latency import fingerprint_key
 from search.config import StudyConfig, StudyConfigError
 from search.recovery import Recipe, RecoveryPool, recover, recover_graph
+from search.stats import (
+    CONFIDENCE,
+    images_to_resolve,
+    pack_hits,
+    paired_difference,
+    rate,
+    unpack_hits,
+)
 from search.workers import (
     RUN_ID_KEY,
     SURPLUS_KEY,
@@ -67,6 +76,9 @@ WEIGHTS_KEY = "weights"
 WEIGHTS_FILE = "weights.pt"
 #: The folder of a trial's MLflow run holding each file the trial keeps, by user attribute.
 TRACKED_FOLDERS = {"artifact": "artifact", WEIGHTS_KEY: "weights"}
+#: The gate scores the recovering model on this many validation images at most: gate
+#: margins are 20-35 pp, and 500 images resolve +-4 pp, for a tenth of the cost of 5,000.
+GATE_IMAGES = 500
 
 
 @dataclass
@@ -76,7 +88,7 @@ class StudySetup:
     config: StudyConfig
     base: nn.Module
     train_data: Any
-    eval_data: Any
+    eval_data: HeldOut
     calibration: list[torch.Tensor]
     knobs: dict[str, Any]
     pos_weight: float = 1.0
@@ -109,9 +121,11 @@ def prepare(config: StudyConfig, console: Console | None = None) -> StudySetup:
         raise ValueError(f"{config.data_root}: the study needs train and val images, got "
                          f"{len(parts['train'])} train / {len(parts['val'])} val.")
     val = parts["val"][:config.eval_images] if config.eval_images else parts["val"]
-    for index in track(parts["train"] + val, description="checking the dataset",
+    check_resolution(config, len(val))
+    for index in track(parts["train"], description="checking the training images",
                        console=console, transient=True):
         dataset.item(index)  # a corrupt file is named now, not in the middle of the night
+    eval_data = HeldOut.load(dataset.subset(val), "reading the validation images", console)
     # int8 calibration uses training images only, never the images accuracy is scored on.
     calibration = [dataset.item(i)[0] for i in parts["train"][:config.calibration_images]]
     knobs = {name: get_knob(name, **config.knob_options.get(name, {})) for name in config.knobs}
@@ -124,9 +138,32 @@ def prepare(config: StudyConfig, console: Console | None = None) -> StudySetup:
                   f"{len(parts['train'])} train / {len(val)} held-out images; knobs "
                   f"{', '.join(config.knobs)}")
     return StudySetup(config, checkpoint.model.eval(), dataset.subset(parts["train"],
-                      augment=True), dataset.subset(val), calibration, knobs,
+                      augment=True), eval_data, calibration, knobs,
                       float(trained.get("pos_weight", 1.0)),
                       test_data=dataset.subset(parts["test"]))
+
+
+def check_resolution(config: StudyConfig, images: int) -> None:
+    """Refuses a study whose validation split is too small for the confidence it asks of an
+    accuracy constraint: with ``[objectives] confidence``, ``accuracy >= baseline - m`` must
+    hold at the lower end of the paired interval, and even a model exactly as accurate as
+    its baseline that differs from it on 10 % of the images clears ``-m`` only from
+    z^2 * 0.1 / m^2 images on (search.stats.images_to_resolve). Below that no trial could
+    ever be feasible, which the study would find out only after a night of work."""
+    if config.confidence is None:
+        return
+    for k in config.constraints:
+        if k.objective != "accuracy" or not k.relative or k.op != ">=" or k.value >= 0:
+            continue
+        need = images_to_resolve(-k.value, config.confidence)
+        if images < need:
+            raise StudyConfigError(
+                f"{config.path}: [data] root {config.data_root!r}: its validation split has "
+                f"{images} images, too few for `{k.text}` at [objectives] confidence = "
+                f"{config.confidence:g}: a model as accurate as the baseline, differing from "
+                f"it on 10 % of the images, clears the margin only from {need} images on "
+                f"(z^2 x 0.1 / margin^2). Grow the split (ggopt data sim --splits val,test, "
+                f"docs/datasets.md), widen the margin, or lower the confidence.")
 
 
 def _sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
@@ -202,6 +239,7 @@ def measure_artifact(setup: StudySetup, artifact: Artifact,
     c = setup.config
     ctx = Context(setup.eval_data, c.threads, c.warmup, c.runs, c.min_seconds, reference,
                   reference_ms)
+    # details["hits"]: the per-image outcomes (grasp.evaluation.ImageHits), for pairing.
     values = {}
     for name in ("accuracy", "size", "latency"):
         start = time.perf_counter()
@@ -221,10 +259,53 @@ def measure_baseline(setup: StudySetup, folder: Path, console: Console) -> dict[
         console.print(f"baseline ({name}, fp32): accuracy {values['accuracy']:.3f}  "
                       f"size {values['size'] / 1e3:.1f} kB  latency {values['latency']:.2f} ms")
         if not best or values["latency"] < best["latency"]:
+            hits: ImageHits = details["hits"]
+            accuracy = rate(hits.standard, confidence=_confidence(setup.config))
             best = {**values, "variant": name, "latency_cv": details["latency_cv"],
                     "fingerprint": details["fingerprint"], "macs": count_macs(model,
-                    setup.config.output_size), "params": count_params(model)}
+                    setup.config.output_size), "params": count_params(model),
+                    "hits": pack_hits(hits.standard), "accuracy_ci": [accuracy.low,
+                    accuracy.high], "accuracy_images": len(hits),
+                    "executed_accuracy": hits.executed_accuracy,
+                    "eval_set": setup.eval_data.fingerprint()}
     return best
+
+
+def _confidence(config: StudyConfig) -> float:
+    """The level of every interval a study reports: its [objectives] confidence, or 95 %."""
+    return config.confidence or CONFIDENCE
+
+
+def accuracy_stats(config: StudyConfig, hits: ImageHits, baseline: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """A trial's accuracy with its interval, its paired difference to the baseline on the
+    same images, and the executed-grasp figure: what the front and the constraints read."""
+    level = _confidence(config)
+    accuracy = rate(hits.standard, confidence=level)
+    paired = paired_difference(hits.standard, unpack_hits(baseline["hits"]), level)
+    return {"accuracy_ci": [accuracy.low, accuracy.high], "images": len(hits),
+            "confidence": level, "paired": paired.to_dict(),
+            "executed_accuracy": hits.executed_accuracy}
+
+
+def constrained_values(config: StudyConfig, values: dict[str, float],
+                       stats: dict[str, Any], baseline: dict[str, Any]
+                       ) -> dict[str, dict[str, float]]:
+    """What each constraint is checked on, by its text: the measured values, or, with
+    ``[objectives] confidence``, an accuracy constraint on the pessimistic end of its
+    interval (relative to the baseline: the paired interval; absolute: the Wilson one)."""
+    out = {}
+    for k in config.constraints:
+        v = dict(values)
+        if k.objective == "accuracy" and config.confidence is not None:
+            low = k.op == ">="
+            if k.relative:
+                paired = stats["paired"]
+                v["accuracy"] = baseline["accuracy"] + paired["low" if low else "high"]
+            else:
+                v["accuracy"] = stats["accuracy_ci"][0 if low else 1]
+        out[k.text] = v
+    return out
 
 
 def _baseline_variants(setup: StudySetup) -> dict[str, nn.Module]:
@@ -360,7 +441,12 @@ class _Pipeline:
                     raise
             values, details = measure_artifact(self.setup, artifact, times, self.reference,
                                                self.baseline["latency"])
-            violations = [k.violation(values, self.baseline) for k in c.constraints]
+            hits: ImageHits = details.pop("hits")
+            stats = accuracy_stats(c, hits, self.baseline)
+            trial.set_user_attr("hits", pack_hits(hits.standard))
+            trial.set_user_attr("accuracy_stats", stats)
+            checked = constrained_values(c, values, stats, self.baseline)
+            violations = [k.violation(checked[k.text], self.baseline) for k in c.constraints]
             trial.set_user_attr("constraints", violations)
             for constraint, violation in zip(c.constraints, violations, strict=True):
                 trial.set_constraint(constraint.text, violation)
@@ -375,7 +461,7 @@ class _Pipeline:
             trial.set_user_attr("extra", extra)
             if run_id:
                 self.tracker.log_metrics(run_id, {METRIC_NAMES[k]: v for k, v in values.items()}
-                                         | extra | times
+                                         | _accuracy_metrics(stats) | extra | times
                                          | {"feasible": float(all(v <= 0 for v in violations))})
                 self.tracker.log_file(run_id, artifact.path, TRACKED_FOLDERS["artifact"])
             state = "COMPLETE"
@@ -446,9 +532,11 @@ class _Pipeline:
         if c.gate_steps:
             stage(c.gate_steps, trial.number, 0)
             done = c.gate_steps
-            accuracy = evaluate(predict_maps(model), self.setup.eval_data)
+            images = self.setup.eval_data.head(GATE_IMAGES)
+            accuracy = score_images(predict_maps(model), images).accuracy
             trial.set_user_attr("gate_accuracy", accuracy)
-            floor = self.baseline["accuracy"] - c.gate_margin
+            # The baseline on the same images: the gate's subset may be easier or harder.
+            floor = float(unpack_hits(self.baseline["hits"])[:len(images)].mean()) - c.gate_margin
             if accuracy < floor:
                 times["recovery_s"] = time.perf_counter() - start
                 if run_id:
@@ -459,6 +547,16 @@ class _Pipeline:
             stage(c.recovery_steps - done, trial.number + 100_000, done)
         times["recovery_s"] = time.perf_counter() - start
         return model.eval()
+
+
+def _accuracy_metrics(stats: dict[str, Any]) -> dict[str, float]:
+    """A trial's accuracy interval and paired difference, as MLflow metrics."""
+    paired = stats["paired"]
+    return {"accuracy_low": stats["accuracy_ci"][0], "accuracy_high": stats["accuracy_ci"][1],
+            "accuracy_images": float(stats["images"]), "accuracy_diff": paired["difference"],
+            "accuracy_diff_low": paired["low"], "accuracy_diff_high": paired["high"],
+            "accuracy_diff_p": paired["p_value"],
+            "executed_accuracy": stats["executed_accuracy"]}
 
 
 def save_weights(model: nn.Module, folder: Path) -> Path:
@@ -562,7 +660,12 @@ def run_study(config: StudyConfig, console: Console | None = None,
 #: would rank trials against a teacher, data or timing they were not measured with.
 COMPARABLE = ("study.model", "study.checkpoint_sha256", "study.data", "study.recovery_steps",
               "study.recovery_recipe", "study.objectives", "study.runtime", "study.threads",
-              "study.paired_latency", "study.qat_steps", "study.artifact_format")
+              "study.paired_latency", "study.qat_steps", "study.artifact_format",
+              "study.metric", "study.confidence")
+#: How accuracy is scored: 2 is GG-CNN's protocol (no peak above 0.2 is a miss) with
+#: per-image outcomes kept for pairing; 1 took the quality map's maximum instead. A study
+#: from before the key was stored scored by 1.
+METRIC_VERSION = 2
 #: How ggopt writes artifacts, raised whenever the file of the same model changes (its size
 #: or its int8 ranges): 2 is compact ONNX (grasp.artifact.compact_onnx) with percentile
 #: calibration, and int8 .pt2 without debug line tables; 3 shuffles sub-pixel layers on
@@ -608,7 +711,7 @@ def _check_resume(config: StudyConfig, stored: dict[str, Any]) -> None:
     if not config.checkpoint_path().is_file():
         return  # prepare() names the missing file
     now = _config_attrs(config)
-    stored = {"study.artifact_format": 1, **stored}
+    stored = {"study.artifact_format": 1, "study.metric": 1, **stored}
     same_files = (files_format(config.runtime, stored.get("study.artifact_format", 1))
                   == files_format(config.runtime, ARTIFACT_FORMAT))
     changed = [f"{key.removeprefix('study.')} was {stored[key]!r}, now {now[key]!r}"
@@ -639,6 +742,7 @@ def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: C
             for params in _warm_start(setup):
                 study.enqueue_trial(params, skip_if_exists=True)
         _check_device(config, study.user_attrs["baseline"], console)
+        _check_eval_set(config, setup, study.user_attrs["baseline"])
         _check_choices(config, setup, study)
         tracker = StudyTracker(config.tracking_uri, config.experiment, study,
                                attrs) if track else None
@@ -708,6 +812,19 @@ def _check_choices(config: StudyConfig, setup: StudySetup, study: optuna.Study) 
             f"them under [knobs] (e.g. [knobs.upsample] modes), or give the study a new `name`.")
 
 
+def _check_eval_set(config: StudyConfig, setup: StudySetup, baseline: dict[str, Any]) -> None:
+    """Trials are paired with the baseline image by image: only on the images it was
+    scored on (a grown or re-generated validation split is a new study)."""
+    theirs = baseline.get("eval_set")
+    here = setup.eval_data.fingerprint()
+    if theirs is not None and theirs != here:
+        raise StudyConfigError(
+            f"{config.path}: [data] root {config.data_root!r}: the validation images differ "
+            f"from those study {config.name!r} scored its baseline on ({len(setup.eval_data)} "
+            f"images now, {baseline.get('accuracy_images')} then); its trials are compared "
+            f"with the baseline image by image, so give the study a new `name`.")
+
+
 def _check_device(config: StudyConfig, baseline: dict[str, Any], console: Console) -> None:
     """Latencies compare only on the hardware that measured the baseline."""
     here = fingerprint_key(device_fingerprint(None, config.threads, config.runtime,
@@ -730,7 +847,10 @@ def _outcome(trial: FrozenTrial) -> str:
     if trial.state == TrialState.COMPLETE:
         v = trial.user_attrs["values"]
         ok = all(x <= 0 for x in trial.user_attrs.get("constraints", []))
-        return (f"accuracy {v['accuracy']:.3f}  size {v['size'] / 1e3:.1f} kB  latency "
+        paired = trial.user_attrs.get("accuracy_stats", {}).get("paired")
+        delta = (f" ({100 * paired['difference']:+.1f} pp [{100 * paired['low']:+.1f}, "
+                 f"{100 * paired['high']:+.1f}])" if paired else "")
+        return (f"accuracy {v['accuracy']:.3f}{delta}  size {v['size'] / 1e3:.1f} kB  latency "
                 f"{v['latency']:.2f} ms  [{trial.user_attrs['precision']}]"
                 f"{'' if ok else '  (infeasible)'}")
     gate = trial.user_attrs.get("gate_accuracy")
@@ -768,6 +888,7 @@ def _config_attrs(config: StudyConfig) -> dict[str, Any]:
             "study.recovery_recipe": _recipe(config),
             "study.objectives": ",".join(config.objectives),
             "study.constraints": "; ".join(k.text for k in config.constraints),
+            "study.confidence": config.confidence, "study.metric": METRIC_VERSION,
             "study.storage": redact_url(config.storage), "study.runtime": config.runtime,
             "study.threads": config.threads, "study.paired_latency": config.paired,
             "study.min_seconds": config.min_seconds,
