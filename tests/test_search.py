@@ -25,7 +25,7 @@ checkpoint = "{checkpoint}"
 
 [data]
 root = "{data}"
-split = "image"
+split = "{split}"
 output_size = 96
 calibration_images = 2
 
@@ -40,6 +40,9 @@ steps = {steps}
 batch_size = 2
 gate_steps = {gate_steps}
 gate_margin = {gate_margin}
+
+[objectives]
+{objectives}
 
 [runtime]
 warmup = 1
@@ -62,7 +65,7 @@ def write_study(tmp_path: Path, checkpoint, data, **overrides) -> Path:
     fields = {"constraints": '["accuracy >= baseline - 1.0"]', "checkpoint": checkpoint,
               "data": data, "knobs": '["upsample", "prune", "precision"]', "steps": 2,
               "gate_steps": 0, "gate_margin": 0.2, "sampler": "tpe", "n_trials": 4,
-              "tmp": tmp_path}
+              "tmp": tmp_path, "split": "image", "objectives": ""}
     fields.update(overrides)
     path = tmp_path / "study.toml"
     path.write_text(STUDY.format(**fields))

@@ -7,7 +7,6 @@ held-out scenes (objects never seen in training) and counting the grasps that ho
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ import pybullet as pb
 import torch
 from rich.console import Console
 from rich.progress import Progress
+from statsmodels.stats.proportion import proportion_confint
 
 from grasp.data.base import normalise_depth
 from grasp.rectangles import Grasp, best_grasp, post_process
@@ -53,15 +53,14 @@ class SimResult:
         return f"{self.rate:.1%} [{low:.1%}, {high:.1%}] ({self.successes}/{self.trials})"
 
 
-def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval: honest for small samples and rates near 0 or 1."""
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95
+                    ) -> tuple[float, float]:
+    """The Wilson score interval (statsmodels): honest for small samples and rates near 0
+    or 1."""
     if trials == 0:
         return (0.0, 1.0)
-    p = successes / trials
-    denom = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denom
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    low, high = proportion_confint(successes, trials, alpha=1 - confidence, method="wilson")
+    return (float(low), float(high))
 
 
 def model_policy(predict: Callable[[torch.Tensor], torch.Tensor]) -> Policy:

@@ -1,0 +1,194 @@
+"""Accuracy you can trust: intervals, paired differences, and a study scored on a model
+that grasps (the trained fixture), so that the checks below can fail."""
+
+import math
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+from statsmodels.stats.proportion import proportion_confint
+from test_search import write_study
+
+from search.config import StudyConfigError, load_study_config
+from search.stats import images_to_resolve, pack_hits, paired_difference, rate, unpack_hits
+from search.study import run_study
+
+
+def test_rate_is_the_wilson_interval():
+    r = rate(np.array([True] * 50 + [False] * 50))
+    assert (r.successes, r.n, r.value) == (50, 100, 0.5)
+    assert (r.low, r.high) == pytest.approx((0.4038, 0.5962), abs=1e-4)  # published values
+    assert rate(0, 10).high == pytest.approx(0.2775, abs=1e-4)  # not the Wald interval's 0
+    with pytest.raises(ValueError, match="successes <= n"):
+        rate(11, 10)
+
+
+def _pair(n: int, better: int, worse: int, accuracy: float = 0.7, seed: int = 0):
+    """Outcomes over ``n`` images: a baseline at ``accuracy`` and a model that differs from
+    it on ``better`` + ``worse`` images, at random places."""
+    rng = np.random.default_rng(seed)
+    base = rng.random(n) < accuracy
+    model = base.copy()
+    right, wrong = np.flatnonzero(base), np.flatnonzero(~base)
+    model[rng.choice(wrong, better, replace=False)] = True
+    model[rng.choice(right, worse, replace=False)] = False
+    return model, base
+
+
+def test_paired_difference_is_far_tighter_than_two_separate_intervals():
+    model, base = _pair(2000, better=110, worse=90)
+    d = paired_difference(model, base)
+    assert (d.better, d.worse, d.n) == (110, 90, 2000)
+    assert d.difference == pytest.approx(0.01)
+    assert d.low < d.difference < d.high
+    # The normal approximation of a paired difference: 1.96 sqrt(discordance / n).
+    assert d.half_width == pytest.approx(1.96 * math.sqrt(0.1 / 2000), rel=0.1)
+    # Two separate intervals' widths, combined as for independent samples.
+    unpaired = math.hypot(rate(model).high - rate(model).low, rate(base).high - rate(base).low)
+    assert d.high - d.low < 0.6 * unpaired
+    # McNemar's exact test is the binomial test on the discordant images.
+    from scipy.stats import binomtest
+
+    assert d.p_value == pytest.approx(binomtest(110, 200).pvalue)
+    # Seeded: the same outcomes always give the same interval.
+    assert paired_difference(model, base) == d
+
+
+def test_identical_outcomes_differ_by_exactly_nothing():
+    model, base = _pair(300, 0, 0)
+    d = paired_difference(model, base)
+    assert (d.difference, d.low, d.high, d.p_value) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_paired_difference_refuses_unpaired_vectors():
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference(np.ones(10, bool), np.ones(11, bool))
+
+
+def test_images_to_resolve_is_where_a_tied_model_starts_to_clear_the_margin():
+    need = images_to_resolve(0.02)
+    assert need == math.ceil(1.959964**2 * 0.1 / 0.02**2)
+    lows = {n: paired_difference(*_pair(n, n // 20, n // 20, seed=1)).low for n in
+            (need // 3, 2 * need)}
+    assert lows[need // 3] < -0.02 < lows[2 * need]
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 2001])
+def test_hits_round_trip_packed(n):
+    hits = np.random.default_rng(n).random(n) < 0.5
+    packed = pack_hits(hits)
+    assert len(packed["bits"]) <= 4 * math.ceil(n / 8 / 3) + 4  # 1 bit per image, base64
+    assert np.array_equal(unpack_hits(packed), hits)
+    with pytest.raises(ValueError, match="packed"):
+        unpack_hits({"n": n + 16, "bits": packed["bits"]})
+
+
+def test_wilson_from_statsmodels_matches_sim_results():
+    from grasp.sim.evaluate import SimResult
+
+    result = SimResult(40, 100)
+    assert result.interval == pytest.approx(proportion_confint(40, 100, method="wilson"))
+
+
+# --- a study on a model that grasps ---------------------------------------------------------
+
+def _trained_study(tmp_path, trained, **overrides):
+    checkpoint, data = trained
+    fields = {"split": "preset", "steps": 3, "n_trials": 3,
+              "knobs": '["upsample", "prune", "precision"]'}
+    return write_study(tmp_path, checkpoint, data, **{**fields, **overrides})
+
+
+def test_the_trained_fixture_grasps(trained):
+    from grasp.checkpoints import load_checkpoint
+
+    assert load_checkpoint(trained[0], "ggcnn").metrics["val_accuracy"] >= 0.5
+
+
+def test_every_trial_is_paired_with_the_baseline_on_the_same_images(tmp_path, trained):
+    path = _trained_study(tmp_path, trained)
+    study = run_study(load_study_config(path), track=False)
+    base = study.user_attrs["baseline"]
+    base_hits = unpack_hits(base["hits"])
+    assert base_hits.size == base["accuracy_images"] == 24
+    assert base_hits.mean() == base["accuracy"] > 0.5
+    assert base["accuracy_ci"][0] < base["accuracy"] < base["accuracy_ci"][1]
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) >= 2
+    for t in done:
+        hits = unpack_hits(t.user_attrs["hits"])
+        stats = t.user_attrs["accuracy_stats"]
+        assert hits.mean() == t.user_attrs["values"]["accuracy"]
+        paired = stats["paired"]
+        assert paired["better"] == int((hits & ~base_hits).sum())
+        assert paired["worse"] == int((~hits & base_hits).sum())
+        assert paired["difference"] == pytest.approx(hits.mean() - base_hits.mean())
+    # Trial 0 is the uncompressed model itself: the same outcome on every image.
+    first = study.trials[0].user_attrs["accuracy_stats"]["paired"]
+    assert (first["better"], first["worse"], first["low"], first["high"]) == (0, 0, 0.0, 0.0)
+
+
+def test_confidence_checks_the_accuracy_constraint_on_the_paired_lower_end(tmp_path, trained):
+    # With 24 images, a margin of 0.6 clears images_to_resolve (11 at 95 %).
+    constraint = '["accuracy >= baseline - 0.6"]'
+    path = _trained_study(tmp_path, trained, constraints=constraint,
+                          objectives="confidence = 0.95", n_trials=3)
+    study = run_study(load_study_config(path), track=False)
+    base = study.user_attrs["baseline"]
+    discordant = 0
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        paired = t.user_attrs["accuracy_stats"]["paired"]
+        # The violation is measured from the paired interval's lower end, not the point.
+        assert t.user_attrs["constraints"][0] == pytest.approx(-0.6 - paired["low"])
+        if paired["better"] + paired["worse"]:
+            discordant += 1
+            assert t.user_attrs["constraints"][0] > (
+                (base["accuracy"] - 0.6) - t.user_attrs["values"]["accuracy"]) + 0.01
+    assert discordant  # trial 2 (50 % pruned, 3 steps) differs from the baseline
+
+
+def test_a_validation_split_too_small_for_the_confidence_is_refused(tmp_path, trained):
+    path = _trained_study(tmp_path, trained, constraints='["accuracy >= baseline - 0.05"]',
+                          objectives="confidence = 0.95")
+    with pytest.raises(StudyConfigError, match=r"validation split has 24 images, too few for "
+                                               r"`accuracy >= baseline - 0.05`.*from 154 "):
+        run_study(load_study_config(path), track=False)
+
+
+def test_destructive_pruning_ends_at_the_gate(tmp_path, trained):
+    # Warm start 2 prunes half of every layer: after one recovery step the trained model
+    # has lost its grasps, and the gate (0.2 below the baseline on the same images) stops it.
+    path = _trained_study(tmp_path, trained, gate_steps=1, gate_margin=0.2, n_trials=3,
+                          knobs='["prune", "precision"]')
+    study = run_study(load_study_config(path), track=False)
+    pruned = study.trials[2]
+    assert pruned.params["prune.conv1.ratio"] == 0.5
+    assert pruned.state == TrialState.PRUNED
+    assert pruned.user_attrs["gate_accuracy"] < study.user_attrs["baseline"]["accuracy"] - 0.2
+
+
+def test_the_study_never_reads_the_test_images(tmp_path, trained, monkeypatch):
+    from grasp.data.jacquard import JacquardDataset
+
+    read = []
+    original = JacquardDataset.frame
+
+    def frame(self, index):
+        read.append(self.samples[index].preset_split)
+        return original(self, index)
+
+    monkeypatch.setattr(JacquardDataset, "frame", frame)
+    run_study(load_study_config(_trained_study(tmp_path, trained, n_trials=2)), track=False)
+    assert read and "val" in read and "test" not in read
+
+
+def test_resuming_a_study_scored_by_the_old_metric_is_refused(tmp_path, trained):
+    path = _trained_study(tmp_path, trained, n_trials=1)
+    config = load_study_config(path)
+    run_study(config, track=False)
+    study = optuna.load_study(study_name="tiny", storage=config.storage)
+    attrs = study.user_attrs["config"]
+    study.set_user_attr("config", {k: v for k, v in attrs.items() if k != "study.metric"})
+    with pytest.raises(StudyConfigError, match=r"metric was 1, now 2"):
+        run_study(load_study_config(path, {"n_trials": 2}), track=False)
