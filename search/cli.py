@@ -156,7 +156,23 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
                                    "the uncompressed baseline and ratios against it.")
     _study_args(p, tracking=False)
     p.add_argument("--json", action="store_true", help="print the front as JSON on stdout")
+    p.add_argument("--verify", type=int, default=0, metavar="K",
+                   help="verify the K front trials a user is most likely to pick (the knee, "
+                        "the fastest, the most accurate, then the nearest to the ideal "
+                        "point) on the test images and in simulation, paired with the "
+                        "baseline")
+    _verify_args(p)
     p.set_defaults(run=_run_pareto)
+
+
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    from search.verify import SIM_SCENES
+
+    p.add_argument("--scenes", type=int, default=SIM_SCENES,
+                   help=f"held-out simulated scenes to grasp (default {SIM_SCENES}; about "
+                        "0.1 s per scene plus 0.17 s per scene and model)")
+    p.add_argument("--no-sim", action="store_true",
+                   help="skip the simulated grasps (test images only)")
 
 
 def _run_pareto(args: argparse.Namespace) -> None:
@@ -167,10 +183,28 @@ def _run_pareto(args: argparse.Namespace) -> None:
 
     config = _config(args)
     study = load_study(config)
-    if args.json:
-        print(json.dumps(front_rows(study, config.objectives), indent=2))
-    else:
+    if args.verify < 0:
+        raise ValueError(f"--verify: the number of front trials must be >= 0, got {args.verify}.")
+    rows = front_rows(study, config.objectives)
+    if not args.json:
         Console(width=max(Console().width, 120)).print(front_table(study, config.objectives))
+    if args.verify:
+        from search.pareto import feasible_front, likely_picks
+        from search.verify import verify_trials
+
+        picks = [t.number for t in likely_picks(feasible_front(study, config.objectives),
+                                                config.objectives, args.verify)]
+        if not picks:
+            raise ValueError(f"--verify: study {config.name!r} has no feasible front yet.")
+        console.print(f"verifying trials {', '.join(map(str, picks))} against the baseline")
+        results = verify_trials(study, config, picks, args.scenes, not args.no_sim, console)
+        for row in rows:
+            if row["trial"] in results:
+                row["verified"] = results[row["trial"]].card()
+        if not args.json:
+            _print_verified(results)
+    if args.json:
+        print(json.dumps(rows, indent=2))
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -193,6 +227,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="build the artifact anew from the weights the study kept, with no "
                         "training, then measure all three objectives on it again (ships an "
                         "older study's trial in this ggopt's artifact format)")
+    _verify_args(p)
     p.set_defaults(run=_run_export)
 
 
@@ -205,8 +240,42 @@ def _run_export(args: argparse.Namespace) -> None:
     config = _config(args)
     out = export_trial(load_study(config), config, args.trial, Path(args.out),
                        register=not args.no_register, finish_steps=args.finish, console=console,
-                       finish_lr=args.finish_lr, rebuild=args.rebuild)
+                       finish_lr=args.finish_lr, rebuild=args.rebuild, sim=not args.no_sim,
+                       scenes=args.scenes)
     console.print(f"exported trial {args.trial} to {out}")
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify", help="verify trials on the test images and in simulation",
+        description="Score trials' artifacts on the test images the study never read, and "
+                    "execute their grasps in pybullet on held-out scenes no dataset used; "
+                    "each beside the uncompressed baseline on the same images and scenes, "
+                    "with 95 % intervals and paired differences. Logged to each trial's "
+                    "MLflow run.")
+    _study_args(p)
+    p.add_argument("--trial", type=int, nargs="+", required=True,
+                   help="trial numbers (see ggopt pareto)")
+    _verify_args(p)
+    p.set_defaults(run=_run_verify)
+
+
+def _run_verify(args: argparse.Namespace) -> None:
+    from search.study import load_study
+    from search.verify import verify_trials
+
+    config = _config(args)
+    results = verify_trials(load_study(config), config, args.trial, args.scenes,
+                            not args.no_sim, console)
+    _print_verified(results)
+
+
+def _print_verified(results: dict) -> None:
+    """Each verified trial's held-out table, on stdout like the front it goes with."""
+    for number, result in results.items():
+        Console(width=max(Console().width, 120)).print(
+            f"\n[bold]trial {number}[/]\n" + escape("\n".join(result.lines())),
+            highlight=False)
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
@@ -240,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search(sub)
     _add_pareto(sub)
     _add_export(sub)
+    _add_verify(sub)
     _add_report(sub)
     return parser
 

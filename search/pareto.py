@@ -24,7 +24,7 @@ from rich.table import Table
 from search.config import StudyConfig
 
 __all__ = ["export_trial", "feasible_front", "front_rows", "front_table", "hypervolume_history",
-           "plot_front", "refresh_front", "write_report"]
+           "likely_picks", "plot_front", "refresh_front", "write_report"]
 
 SIGN = {"accuracy": -1.0, "size": 1.0, "latency": 1.0}  # minimisation form
 
@@ -52,15 +52,49 @@ def feasible_front(study: optuna.Study, objectives: tuple[str, ...]) -> list[Fro
     return sorted(front, key=lambda t: _values(t)["latency"])
 
 
+def _interval(pair: Any) -> list[float]:
+    return [float(x) for x in pair] if pair else [np.nan, np.nan]
+
+
+def likely_picks(front: list[FrozenTrial], objectives: tuple[str, ...], k: int
+                 ) -> list[FrozenTrial]:
+    """The ``k`` front trials a user is most likely to ship, in this order: the knee (the
+    trial nearest the ideal point once each objective is scaled to the front's range), the
+    fastest, the most accurate, then the others by their distance to the ideal point."""
+    if not front or k <= 0:
+        return []
+    points = np.array([[SIGN[o] * _values(t)[o] for o in objectives] for t in front])
+    span = np.ptp(points, axis=0)
+    scaled = (points - points.min(axis=0)) / np.where(span > 0, span, 1.0)
+    by_distance = [front[i] for i in np.argsort(np.linalg.norm(scaled, axis=1), kind="stable")]
+    fastest = min(front, key=lambda t: _values(t)["latency"])
+    accurate = max(front, key=lambda t: _values(t)["accuracy"])
+    picks: list[FrozenTrial] = []
+    for t in [by_distance[0], fastest, accurate, *by_distance]:
+        if t.number not in {p.number for p in picks}:
+            picks.append(t)
+    return picks[:k]
+
+
 def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The front as plain data: validation accuracy with its interval, the paired
+    difference to the baseline with its interval (pp), size, latency and ratios."""
     base = study.user_attrs.get("baseline", {})
     rows = []
     for t in feasible_front(study, objectives):
         v = _values(t)
+        stats = t.user_attrs.get("accuracy_stats", {})
+        paired = stats.get("paired", {})
         rows.append({
             "trial": t.number, "precision": t.user_attrs.get("precision"),
-            "accuracy": v["accuracy"], "size_bytes": v["size"], "latency_ms": v["latency"],
+            "accuracy": v["accuracy"], "accuracy_ci": _interval(stats.get("accuracy_ci")),
+            "images": stats.get("images"),
+            "size_bytes": v["size"], "latency_ms": v["latency"],
             "accuracy_change_pp": 100 * (v["accuracy"] - base.get("accuracy", np.nan)),
+            "accuracy_change_ci_pp": [100 * x for x in _interval(
+                paired and (paired["low"], paired["high"]))],
+            "discordant": [paired.get("better"), paired.get("worse")],
+            "executed_accuracy": stats.get("executed_accuracy"),
             "speedup": base.get("latency", np.nan) / v["latency"],
             "size_reduction": base.get("size", np.nan) / v["size"],
             "macs": t.user_attrs.get("extra", {}).get("macs"),
@@ -68,22 +102,42 @@ def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[st
     return rows
 
 
+def _ci(pair: list[float], form: str = "{:.3f}") -> str:
+    if not pair or any(x is None or np.isnan(x) for x in pair):
+        return ""
+    return " [" + ", ".join(form.format(x) for x in pair) + "]"
+
+
 def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
+    """The front beside the baseline: validation accuracy with its 95 % interval, the
+    paired difference to the baseline on the same images with its interval, and the
+    measured size and latency with their ratios."""
     base = study.user_attrs.get("baseline", {})
-    table = Table(title=f"{study.study_name}: feasible Pareto front "
-                        f"({len(study.trials)} trials)")
-    for col in ("trial", "precision", "accuracy", "Δ acc (pp)", "size kB", "size ÷",
-                "latency ms", "speed-up", "MMACs"):
+    images = base.get("accuracy_images")
+    level = study.user_attrs.get("config", {}).get("study.confidence") or 0.95
+    table = Table(title=f"{study.study_name}: feasible Pareto front ({len(study.trials)} "
+                        f"trials)", caption=(
+        f"validation accuracy on {images} images (GG-CNN's IoU grasp match), "
+        f"{level:.0%} Wilson interval; Δ: paired with the baseline on the same images, "
+        f"{level:.0%} bootstrap interval, +better/-worse images. Validation chooses; "
+        f"test figures come with `ggopt export` / `ggopt verify`." if images else None))
+    for col in ("trial", "precision", "val accuracy", "Δ vs baseline (pp)", "±", "size kB",
+                "size ÷", "latency ms", "speed-up", "MMACs"):
         table.add_column(col, justify="right")
     if base:
-        table.add_row("baseline", f"fp32 {base.get('variant', '')}", f"{base['accuracy']:.3f}",
-                      "0.0", f"{base['size'] / 1e3:.1f}", "1.0", f"{base['latency']:.2f}", "1.00",
+        table.add_row("baseline", f"fp32 {base.get('variant', '')}",
+                      f"{base['accuracy']:.3f}{_ci(base.get('accuracy_ci'))}", "0.0", "",
+                      f"{base['size'] / 1e3:.1f}", "1.0", f"{base['latency']:.2f}", "1.00",
                       f"{base.get('macs', 0) / 1e6:.0f}", style="dim")
     for r in front_rows(study, objectives):
-        table.add_row(str(r["trial"]), str(r["precision"]), f"{r['accuracy']:.3f}",
-                      f"{r['accuracy_change_pp']:+.1f}", f"{r['size_bytes'] / 1e3:.1f}",
-                      f"{r['size_reduction']:.1f}", f"{r['latency_ms']:.2f}",
-                      f"{r['speedup']:.2f}", f"{(r['macs'] or 0) / 1e6:.0f}")
+        better, worse = r["discordant"]
+        table.add_row(str(r["trial"]), str(r["precision"]),
+                      f"{r['accuracy']:.3f}{_ci(r['accuracy_ci'])}",
+                      f"{r['accuracy_change_pp']:+.1f}{_ci(r['accuracy_change_ci_pp'], '{:+.1f}')}",
+                      f"+{better}/-{worse}" if better is not None else "",
+                      f"{r['size_bytes'] / 1e3:.1f}", f"{r['size_reduction']:.1f}",
+                      f"{r['latency_ms']:.2f}", f"{r['speedup']:.2f}",
+                      f"{(r['macs'] or 0) / 1e6:.0f}")
     return table
 
 
@@ -109,12 +163,21 @@ def plot_front(study: optuna.Study, objectives: tuple[str, ...], path: Path) -> 
         if front:
             ax.plot([_values(t)["latency"] for t in front], [_values(t)["accuracy"] for t in front],
                     "-", color="crimson", lw=1, label="feasible front")
+            shown = [t for t in front if "accuracy_stats" in t.user_attrs]
+            if shown:  # the front's 95 % intervals: what the accuracy axis can resolve
+                acc = np.array([_values(t)["accuracy"] for t in shown])
+                ci = np.array([t.user_attrs["accuracy_stats"]["accuracy_ci"] for t in shown])
+                ax.errorbar([_values(t)["latency"] for t in shown], acc,
+                            yerr=[acc - ci[:, 0], ci[:, 1] - acc], fmt="none",
+                            ecolor="crimson", elinewidth=0.8, capsize=2, alpha=0.7)
     base = study.user_attrs.get("baseline")
     if base:
         ax.scatter([base["latency"]], [base["accuracy"]], marker="*", s=160, color="black",
                    label="uncompressed baseline")
     ax.set_xlabel("latency (ms, median, measured)")
-    ax.set_ylabel("IoU grasp-match accuracy (held-out)")
+    images = (base or {}).get("accuracy_images")
+    ax.set_ylabel("IoU grasp-match accuracy (validation"
+                  + (f", {images} images, 95 % CI)" if images else ")"))
     ax.set_title(study.study_name)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
@@ -151,12 +214,16 @@ def refresh_front(study: optuna.Study, config: StudyConfig, tracker: Any, folder
 
 def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Path,
                  register: bool = True, finish_steps: int = 0, console: Any = None,
-                 finish_lr: float | None = None, rebuild: bool = False) -> Path:
+                 finish_lr: float | None = None, rebuild: bool = False, verify: bool = True,
+                 sim: bool = True, scenes: int | None = None) -> Path:
     """Writes the trial's artifact, its knob config and a model card; registers the model
     in the MLflow model registry. ``finish_steps`` > 0 first continues the trial's recovery
     for that many steps (peak rate ``finish_lr``, default search.finish's) and ships (and
     measures) the artifact built from it instead (:mod:`search.finish`); ``rebuild`` ships
-    (and measures) a new build of the weights the study kept, written by this ggopt."""
+    (and measures) a new build of the weights the study kept, written by this ggopt.
+    ``verify`` scores the shipped file on the test images and (``sim``) executes its grasps
+    on ``scenes`` held-out simulated scenes, both paired with the baseline
+    (:mod:`search.verify`): the figures the model card reports as test figures."""
     from rich.console import Console
 
     from search.study import (
@@ -230,12 +297,23 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
                 f"faster files; since 5, int8 that holds on CPUs without VNNI). `--rebuild` "
                 f"builds and measures trial {number}'s file anew from the weights the study "
                 f"kept, with no training.")
+    verified = None
+    if verify:
+        from grasp.artifact import Artifact
+        from search.verify import SIM_SCENES, verify_trials
+
+        shipped = Artifact(model_path, runtime=config.runtime,
+                           precision=trial.user_attrs.get("precision", "fp32"),
+                           input_size=config.output_size, device=config.device)
+        verified = verify_trials(study, config, [number], scenes or SIM_SCENES, sim, console,
+                                 built={number: shipped})[number]
     dump_json(out / "config.json", {"study": study.study_name, "trial": number,
                                     "params": trial.params, "finish_steps": finish_steps,
                                     "rebuilt": rebuild, "artifact_format": shipped_format,
                                     **finishing,
-                                    "values": v, "study_values": studied, "macs": macs})
-    rows = [("IoU grasp-match accuracy (held-out)", "accuracy", "{:.3f}"),
+                                    "values": v, "study_values": studied, "macs": macs,
+                                    **({"verified": verified.card()} if verified else {})})
+    rows = [("IoU grasp-match accuracy (validation: chose the model)", "accuracy", "{:.3f}"),
             (f"size (bytes of {model_path.name})", "size", "{:.0f}"),
             (f"latency (median ms, batch 1, {fp.get('threads')} thread)", "latency", "{:.2f}")]
     columns = ["this model", *(["the trial in the study"] if remade else []),
@@ -251,6 +329,10 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
         f"[B,1,{config.output_size},{config.output_size}], output `maps` [B,4,...]: "
         "quality, cos 2θ, sin 2θ, width/150).",
         "", *table, "",
+        *([*verified.lines(), "", "Test images and simulated scenes were never seen by the "
+           "study: it chose on validation images only. Intervals are 95 % (Wilson for rates; "
+           "paired bootstrap over the same images or scenes for differences).", ""]
+          if verified else ["Not verified on the test images or in simulation.", ""]),
         *_loading(config.runtime, trial.user_attrs.get("precision"), config.device),
         "All three numbers were measured on this file. Latency was measured on: "
         f"{fp.get('cpu')} ({fp.get('cores')} cores), {fp.get('runtime')} "
@@ -259,9 +341,10 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
         "Knob parameters:", "", "```json", json.dumps(trial.params, indent=2), "```", ""]
     (out / "MODEL_CARD.md").write_text("\n".join(card))
     # A finishing run takes minutes; its numbers belong on the terminal, not only in the card.
-    console.print("\n".join(table), markup=False, highlight=False, soft_wrap=True)
+    console.print("\n".join(table + (["", *verified.lines()] if verified else [])),
+                  markup=False, highlight=False, soft_wrap=True)
     if register:
-        _register(trial, config, model_path, study, v,
+        _register(trial, config, model_path, study, v | (verified.metrics() if verified else {}),
                   {"ggopt.finish_steps": str(finish_steps), "ggopt.rebuilt": str(rebuild).lower(),
                    "ggopt.artifact_format": str(shipped_format)})
     return out
@@ -301,7 +384,9 @@ def _register(trial: FrozenTrial, config: StudyConfig, model_path: Path,
                                 "mlflow.parentRunId": study.user_attrs.get(
                                     "mlflow_parent_run_id", "")}):
         mlflow.log_metrics({"accuracy": values["accuracy"], "size_bytes": values["size"],
-                            "latency_ms": values["latency"]})
+                            "latency_ms": values["latency"]}
+                           | {k: x for k, x in values.items()
+                              if k not in ("accuracy", "size", "latency")})
         if model_path.suffix == ".onnx":
             mlflow.onnx.log_model(onnx.load(str(model_path)), name="model",
                                   registered_model_name=name, save_as_external_data=False)
@@ -332,8 +417,10 @@ def write_report(study: optuna.Study, config: StudyConfig, out: Path) -> Path:
     front = feasible_front(study, config.objectives)
     _plot_layers(front, out / "layers.png")
     rows = "".join(
-        f"<tr><td>{r['trial']}</td><td>{r['precision']}</td><td>{r['accuracy']:.3f}</td>"
-        f"<td>{r['accuracy_change_pp']:+.1f}</td><td>{r['size_bytes'] / 1e3:.1f}</td>"
+        f"<tr><td>{r['trial']}</td><td>{r['precision']}</td>"
+        f"<td>{r['accuracy']:.3f}{_ci(r['accuracy_ci'])}</td>"
+        f"<td>{r['accuracy_change_pp']:+.1f}{_ci(r['accuracy_change_ci_pp'], '{:+.1f}')}</td>"
+        f"<td>{r['size_bytes'] / 1e3:.1f}</td>"
         f"<td>{r['size_reduction']:.1f}×</td><td>{r['latency_ms']:.2f}</td>"
         f"<td>{r['speedup']:.2f}×</td></tr>" for r in front_rows(study, config.objectives))
     base = study.user_attrs.get("baseline", {})
@@ -346,7 +433,10 @@ text-align:right}}</style></head><body>
 <p>{len(study.trials)} trials; baseline (uncompressed, fp32, {variant}):
 accuracy {base.get('accuracy', float('nan')):.3f}, {base.get('size', 0) / 1e3:.1f} kB,
 {base.get('latency', float('nan')):.2f} ms. All numbers are measured on the exported artifact.</p>
-<h2>Feasible Pareto front</h2><table><tr><th>trial</th><th>precision</th><th>accuracy</th>
+<h2>Feasible Pareto front</h2>
+<p>Validation accuracy on {base.get('accuracy_images')} images with its 95 % interval; Δ is
+paired with the baseline on the same images, with its 95 % interval.</p>
+<table><tr><th>trial</th><th>precision</th><th>val accuracy</th>
 <th>Δ pp</th><th>kB</th><th>smaller</th><th>ms</th><th>faster</th></tr>{rows}</table>
 <img src="pareto.png"><h2>Hypervolume</h2><img src="hypervolume.png">
 <h2>What each front model changed, per layer</h2><img src="layers.png"></body></html>"""

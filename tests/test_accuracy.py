@@ -192,3 +192,63 @@ def test_resuming_a_study_scored_by_the_old_metric_is_refused(tmp_path, trained)
     study.set_user_attr("config", {k: v for k, v in attrs.items() if k != "study.metric"})
     with pytest.raises(StudyConfigError, match=r"metric was 1, now 2"):
         run_study(load_study_config(path, {"n_trials": 2}), track=False)
+
+
+def test_export_ships_a_file_scored_as_recorded_and_verified_on_held_out_data(
+        tmp_path, trained, capsys):
+    import json
+
+    import mlflow
+
+    from grasp.artifact import Artifact
+    from grasp.data import load_dataset, split
+    from grasp.evaluation import HeldOut, score_images
+    from search.cli import main
+    from search.study import load_study
+
+    path = _trained_study(tmp_path, trained, n_trials=2)
+    assert main(["search", str(path)]) == 0
+    out = tmp_path / "best"
+    assert main(["export", str(path), "--trial", "1", "--out", str(out), "--scenes", "3"]) == 0
+    config = load_study_config(path)
+    trial = load_study(config).trials[1]
+    shipped = Artifact(out / "model.onnx", precision="int8", input_size=96)
+    dataset = load_dataset("jacquard", trained[1], output_size=96)
+    parts = split(dataset, "preset", 0.1, 0.1, 0)
+    val = HeldOut.load(dataset.subset(parts["val"]))
+    # The shipped file scores exactly what the study recorded for the trial.
+    assert score_images(shipped.predictor(), val).accuracy == trial.user_attrs["values"][
+        "accuracy"]
+    verified = json.loads((out / "config.json").read_text())["verified"]
+    test = score_images(shipped.predictor(), HeldOut.load(dataset.subset(parts["test"])))
+    assert verified["test_images"] == 18 and verified["test_accuracy"] == test.accuracy
+    low, high = verified["test_accuracy_ci"]
+    assert low < test.accuracy < high
+    assert verified["sim_scenes"] == 3 and 0 <= verified["sim_success"] <= 1
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "IoU grasp-match accuracy, test images" in card
+    assert "simulated grasp success, held-out scenes" in card
+    run = mlflow.MlflowClient(config.tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.data.metrics["test_accuracy"] == test.accuracy
+    assert run.data.metrics["sim_scenes"] == 3
+    # pareto --verify picks from the front and reports beside it, as JSON too.
+    capsys.readouterr()
+    assert main(["pareto", str(path), "--verify", "1", "--no-sim", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["trial"] for r in rows if "verified" in r] and all(
+        r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1] for r in rows)
+
+
+def test_verify_names_a_missing_artifact(tmp_path, trained, capsys):
+    from pathlib import Path
+
+    from search.cli import main
+    from search.study import load_study
+
+    path = _trained_study(tmp_path, trained, n_trials=2)
+    config = load_study_config(path)
+    run_study(config, track=False)
+    Path(load_study(config).trials[1].user_attrs["artifact"]).unlink()
+    assert main(["verify", str(path), "--trial", "1", "--no-sim"]) == 2
+    err = capsys.readouterr().err
+    assert "trial 1" in err and "model.onnx" in err and "not on this disk" in err

@@ -21,7 +21,8 @@ def test_export_finish_recovers_longer_and_measures_the_new_file(
     path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=3)
     assert main(["search", str(path)]) == 0
     # Bad input is refused before any work.
-    assert main(["export", str(path), "--trial", "2", "--finish", "-1",
+    assert main(["export", "--no-sim", str(path),
+                 "--trial", "2", "--finish", "-1",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "--finish: the number of recovery steps must be >= 0, got -1" in capsys.readouterr().err
     from search.config import load_study_config
@@ -44,7 +45,8 @@ def test_export_finish_recovers_longer_and_measures_the_new_file(
     out = tmp_path / "finished"
     capsys.readouterr()
     # Trial 2 is the warm start's 50 %-pruned int8 model; the study recovered it 2 steps.
-    assert main(["export", str(path), "--trial", "2", "--finish", "6", "--out", str(out)]) == 0
+    assert main(["export", "--no-sim", str(path),
+                 "--trial", "2", "--finish", "6", "--out", str(out)]) == 0
     shown = capsys.readouterr().err  # the finished numbers beside the study's, on the terminal
     # 6 steps, on a pool sized for them, continuing the study's weights at a lower rate.
     lr = config.recovery_lr * CONTINUE_LR_FRACTION
@@ -62,7 +64,8 @@ def test_export_finish_recovers_longer_and_measures_the_new_file(
     assert ("trial 2, finished: 6 more recovery steps continuing the study (the study gave "
             "it 2)") in card
     assert "| objective | this model | the trial in the study | uncompressed baseline |" in card
-    accuracy_row = (f"| IoU grasp-match accuracy (held-out) | {saved['values']['accuracy']:.3f} | "
+    accuracy_row = (f"| IoU grasp-match accuracy (validation: chose the model) | "
+                    f"{saved['values']['accuracy']:.3f} | "
                     f"{saved['study_values']['accuracy']:.3f} |")
     assert accuracy_row in card and accuracy_row in shown
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -79,19 +82,22 @@ def test_export_finish_recovers_longer_and_measures_the_new_file(
 
     monkeypatch.setattr(search.finish, "measure_artifact", worse)
     capsys.readouterr()
-    assert main(["export", str(path), "--trial", "2", "--finish", "2", "--no-register",
+    assert main(["export", "--no-sim", str(path),
+                 "--trial", "2", "--finish", "2", "--no-register",
                  "--out", str(tmp_path / "worse")]) == 0
     err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
     assert "warning: built with --finish, trial 2 scores" in err
     assert "export without --finish" in err
     # The uncompressed trial has nothing to recover: shipped as built, said so.
     runs.clear()
-    assert main(["export", str(path), "--trial", "0", "--finish", "6", "--no-register",
+    assert main(["export", "--no-sim", str(path),
+                 "--trial", "0", "--finish", "6", "--no-register",
                  "--out", str(tmp_path / "plain")]) == 0
     assert runs == []
     assert json.loads((tmp_path / "plain" / "config.json").read_text())["finish_steps"] == 0
     # A plain export ships the study's recovered fp32 weights beside the artifact.
-    assert main(["export", str(path), "--trial", "2", "--no-register",
+    assert main(["export", "--no-sim", str(path),
+                 "--trial", "2", "--no-register",
                  "--out", str(tmp_path / "as-studied")]) == 0
     shipped = torch.load(tmp_path / "as-studied" / "weights.pt", weights_only=True)
     assert all(torch.equal(shipped[k], kept[k]) for k in kept)
@@ -104,7 +110,8 @@ def test_finish_learning_rate_and_missing_or_foreign_kept_weights(
     for bad, message in ((["--finish", "2", "--finish-lr", "-1"],
                           "--finish-lr: the learning rate must be > 0, got -1.0"),
                          (["--finish-lr", "0.01"], "--finish-lr: only applies with --finish")):
-        assert main(["export", str(path), "--trial", "2", "--no-register", *bad,
+        assert main(["export", "--no-sim", str(path),
+                 "--trial", "2", "--no-register", *bad,
                      "--out", str(tmp_path / "bad")]) == 2
         assert message in capsys.readouterr().err
     rates = []
@@ -115,7 +122,8 @@ def test_finish_learning_rate_and_missing_or_foreign_kept_weights(
         return original(model, pool, steps, recipe, *args, **kwargs)
 
     monkeypatch.setattr(search.finish, "recover", spy)
-    assert main(["export", str(path), "--trial", "2", "--finish", "2", "--finish-lr", "0.0005",
+    assert main(["export", "--no-sim", str(path),
+                 "--trial", "2", "--finish", "2", "--finish-lr", "0.0005",
                  "--no-register", "--out", str(tmp_path / "slow")]) == 0
     assert rates == [0.0005]
     # Kept weights not on this disk (a distributed study's worker kept them on its own):
@@ -127,7 +135,8 @@ def test_finish_learning_rate_and_missing_or_foreign_kept_weights(
     kept = Path(load_study(config).trials[2].user_attrs["weights"])
     state = torch.load(kept, weights_only=True)
     kept.unlink()
-    assert main(["export", str(path), "--trial", "2", "--finish", "2", "--no-register",
+    assert main(["export", "--no-sim", str(path),
+                 "--trial", "2", "--finish", "2", "--no-register",
                  "--out", str(tmp_path / "fetched")]) == 0
     assert rates[-1] == pytest.approx(config.recovery_lr * CONTINUE_LR_FRACTION)
     assert json.loads((tmp_path / "fetched" / "config.json").read_text())["finish_continued"]
@@ -136,7 +145,8 @@ def test_finish_learning_rate_and_missing_or_foreign_kept_weights(
     Path(load_study(config).trials[2].user_attrs["artifact"]).unlink()
     temp = tmp_path / "temp"
     temp.mkdir()
-    done = subprocess.run([sys.executable, "-m", "search.cli", "export", str(path), "--trial",
+    done = subprocess.run([sys.executable, "-m", "search.cli", "export", "--no-sim",
+                           str(path), "--trial",
                            "2", "--no-register", "--out", str(tmp_path / "plain")],
                           env={**os.environ, "TMPDIR": str(temp)}, capture_output=True,
                           text=True, timeout=300)
@@ -147,7 +157,8 @@ def test_finish_learning_rate_and_missing_or_foreign_kept_weights(
     # Kept nowhere (a tracking store without the study's runs): said, and recovered from the
     # start at the study's own rate.
     capsys.readouterr()
-    assert main(["export", str(path), "--trial", "2", "--finish", "2", "--no-register",
+    assert main(["export", "--no-sim", str(path),
+                 "--trial", "2", "--finish", "2", "--no-register",
                  "--tracking-uri", f"sqlite:///{tmp_path}/other.db",
                  "--out", str(tmp_path / "restart")]) == 0
     assert rates[-1] == config.recovery_lr
@@ -156,7 +167,8 @@ def test_finish_learning_rate_and_missing_or_foreign_kept_weights(
     assert saved["finish_continued"] is False
     # Weights that do not fit the rebuilt architecture are refused, naming the file.
     torch.save({k: v[:1] for k, v in state.items()}, kept)
-    assert main(["export", str(path), "--trial", "2", "--finish", "2", "--no-register",
+    assert main(["export", "--no-sim", str(path),
+                 "--trial", "2", "--finish", "2", "--no-register",
                  "--out", str(tmp_path / "foreign")]) == 2
     err = capsys.readouterr().err
     assert str(kept) in "".join(err.split())  # rich wraps the long path
@@ -167,7 +179,8 @@ def test_export_rebuild_builds_the_kept_weights_anew_without_training(
         tmp_path, checkpoint, jacquard_root, monkeypatch, capsys):
     path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=3)
     assert main(["search", str(path)]) == 0
-    assert main(["export", str(path), "--trial", "2", "--rebuild", "--finish", "2",
+    assert main(["export", "--no-sim", str(path),
+                 "--trial", "2", "--rebuild", "--finish", "2",
                  "--no-register", "--out", str(tmp_path / "bad")]) == 2
     assert "--rebuild and --finish: choose one" in capsys.readouterr().err
     from search.config import load_study_config
@@ -180,7 +193,8 @@ def test_export_rebuild_builds_the_kept_weights_anew_without_training(
     study.set_user_attr("config", {**study.user_attrs["config"],
                                    "study.artifact_format": ARTIFACT_FORMAT - 1})
     capsys.readouterr()
-    assert main(["export", str(path), "--trial", "2", "--no-register",
+    assert main(["export", "--no-sim", str(path),
+                 "--trial", "2", "--no-register",
                  "--out", str(tmp_path / "as-studied")]) == 0
     assert "`--rebuild` builds and measures trial 2's file anew" in " ".join(
         capsys.readouterr().err.split())
@@ -190,7 +204,8 @@ def test_export_rebuild_builds_the_kept_weights_anew_without_training(
     monkeypatch.setattr(search.finish, "recover", lambda *a, **k: trained.append(a))
     out = tmp_path / "rebuilt"
     # Trial 2 is the warm start's 50 %-pruned int8 model.
-    assert main(["export", str(path), "--trial", "2", "--rebuild", "--out", str(out)]) == 0
+    assert main(["export", "--no-sim", str(path),
+                 "--trial", "2", "--rebuild", "--out", str(out)]) == 0
     assert trained == []
     # Same weights, same code: the study's own file again, byte for byte (without the kept
     # weights loaded, the pruned model's would differ), measured again.
@@ -213,7 +228,8 @@ def test_export_rebuild_builds_the_kept_weights_anew_without_training(
     # Weights kept nowhere: nothing to rebuild from, said, naming the missing file.
     Path(study.trials[2].user_attrs["weights"]).unlink()
     capsys.readouterr()
-    assert main(["export", str(path), "--trial", "2", "--rebuild", "--no-register",
+    assert main(["export", "--no-sim", str(path),
+                 "--trial", "2", "--rebuild", "--no-register",
                  "--tracking-uri", f"sqlite:///{tmp_path}/other.db",
                  "--out", str(tmp_path / "nothing")]) == 2
     err = " ".join(capsys.readouterr().err.split())

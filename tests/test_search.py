@@ -156,7 +156,8 @@ def test_pareto_and_export_from_the_cli(tmp_path, checkpoint, jacquard_root, cap
     best = min(study.get_trials(states=(TrialState.COMPLETE,)),
                key=lambda t: t.user_attrs["values"]["size"])
     out = tmp_path / "export"
-    assert main(["export", str(path), "--trial", str(best.number), "--out", str(out)]) == 0
+    assert main(["export", "--no-sim", str(path),
+                 "--trial", str(best.number), "--out", str(out)]) == 0
     assert (out / "model.onnx").stat().st_size == best.user_attrs["values"]["size"]
     card = (out / "MODEL_CARD.md").read_text()
     assert f"trial {best.number}" in card and "measured on this file" in card
@@ -165,7 +166,8 @@ def test_pareto_and_export_from_the_cli(tmp_path, checkpoint, jacquard_root, cap
     assert main(["report", str(path), "--out", str(tmp_path / "report")]) == 0
     assert {"index.html", "pareto.png", "hypervolume.png", "layers.png"} <= {
         p.name for p in (tmp_path / "report").iterdir()}
-    assert main(["export", str(path), "--trial", "99", "--out", str(out)]) == 2
+    assert main(["export", "--no-sim", str(path),
+                 "--trial", "99", "--out", str(out)]) == 2
     assert "no trial 99" in capsys.readouterr().err
 
 

@@ -15,16 +15,18 @@ import pybullet as pb
 import torch
 from rich.console import Console
 from rich.progress import Progress
+from skimage.transform import resize
 from statsmodels.stats.proportion import proportion_confint
 
 from grasp.data.base import normalise_depth
-from grasp.rectangles import Grasp, best_grasp, post_process
+from grasp.rectangles import Grasp, scored_grasps
 from grasp.sim.candidates import random_candidates
 from grasp.sim.generate import scene_seed
 from grasp.sim.gripper import execute_grasp, pose_from_grasp
 from grasp.sim.scene import Scene, connect, generate_scene, load_scene, render
 
-__all__ = ["SimResult", "evaluate_in_sim", "model_policy", "random_policy", "wilson_interval"]
+__all__ = ["SimResult", "evaluate_in_sim", "evaluate_policies_in_sim", "model_policy",
+           "random_policy", "wilson_interval"]
 
 #: A policy sees the metric depth image (and the mask, for baselines) and picks one grasp.
 Policy = Callable[[np.ndarray, np.ndarray], Grasp | None]
@@ -63,13 +65,23 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95
     return (float(low), float(high))
 
 
-def model_policy(predict: Callable[[torch.Tensor], torch.Tensor]) -> Policy:
-    """The best grasp of a predictor ([1, 1, S, S] normalised depth -> [1, 4, S, S] maps)."""
+def model_policy(predict: Callable[[torch.Tensor], torch.Tensor],
+                 input_size: int | None = None) -> Policy:
+    """The grasp a robot executes from a predictor's maps ([1, 1, S, S] normalised depth ->
+    [1, 4, S, S]): the best peak, or the quality map's maximum. A predictor built for
+    another ``input_size`` than the camera's sees the image resized, and its grasp is
+    scaled back to the camera's pixels."""
 
     def policy(depth: np.ndarray, mask: np.ndarray) -> Grasp | None:
+        size = input_size or depth.shape[0]
+        scale = depth.shape[0] / size
+        if size != depth.shape[0]:
+            depth = resize(depth, (size, size), order=1, preserve_range=True,
+                           anti_aliasing=True).astype(np.float32)
         x = torch.from_numpy(normalise_depth(depth))[None, None]
         maps = predict(x).float().cpu().numpy()[0]
-        return best_grasp(*post_process(*maps))
+        grasp = scored_grasps(maps)[1]
+        return grasp.scaled(scale) if scale != 1 else grasp
 
     return policy
 
@@ -95,20 +107,36 @@ def evaluate_in_sim(policy: Policy, scenes: int = 100, split: str = "test",
 
     A scene where the policy finds no grasp counts as a failure.
     """
+    outcomes = evaluate_policies_in_sim({"policy": policy}, scenes, split, console,
+                                        progress)["policy"]
+    return SimResult(int(outcomes.sum()), scenes)
+
+
+def evaluate_policies_in_sim(policies: dict[str, Policy], scenes: int = 100,
+                             split: str = "test", console: Console | None = None,
+                             progress: bool = False) -> dict[str, np.ndarray]:
+    """Each policy's grasp executed once on each of the same ``scenes`` held-out scenes
+    (seeds apart from every generated dataset's, objects of ``split`` only), so that their
+    outcomes pair scene by scene. Returns one boolean outcome per scene per policy; a
+    scene where a policy finds no grasp is a failure."""
+    if scenes < 1:
+        raise ValueError(f"`scenes >= 1` must hold, but got {scenes}.")
     client = connect()
-    successes = 0
+    outcomes = {name: np.zeros(scenes, bool) for name in policies}
     try:
         with Progress(console=console or Console(stderr=True), disable=not progress,
                       transient=True) as bar:
-            task = bar.add_task("simulated grasps", total=scenes)
+            task = bar.add_task(f"simulated grasps ({len(policies)} models)", total=scenes)
             for index in range(scenes):
                 scene = held_out_scene(client, index, split)
                 load_scene(client, scene)
                 depth, mask = render(client)
-                grasp = policy(depth, mask)
-                if grasp is not None:
-                    successes += execute_grasp(client, scene, pose_from_grasp(grasp, depth))
+                for name, policy in policies.items():
+                    grasp = policy(depth, mask)
+                    if grasp is not None:
+                        outcomes[name][index] = execute_grasp(client, scene,
+                                                              pose_from_grasp(grasp, depth))
                 bar.update(task, advance=1)
     finally:
         pb.disconnect(client)
-    return SimResult(successes, scenes)
+    return outcomes

@@ -1,0 +1,218 @@
+"""Verification of chosen trials on what the study never touched, paired with the baseline.
+
+A study chooses on validation images. What a user ships is then checked where the choice
+cannot have been fitted: the test images (IoU grasp match), and grasps executed in
+pybullet on held-out scenes that no dataset or study used. Both are paired with the
+uncompressed baseline, image by image and scene by scene, and reported with 95 %
+intervals. ``ggopt verify``, ``ggopt export`` (unless ``--no-sim``) and ``ggopt pareto
+--verify K`` all come here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+
+from grasp.artifact import Artifact
+from grasp.checkpoints import load_checkpoint
+from grasp.data import load_dataset, split
+from grasp.evaluation import HeldOut, score_images
+from grasp.urls import redact_url
+from search.config import StudyConfig
+from search.stats import PairedDifference, Rate, paired_difference, rate
+from search.workers import RUN_ID_KEY
+
+__all__ = ["SIM_SCENES", "Verification", "verify_trials"]
+
+#: Simulated scenes per verification: a Wilson interval of about +-5.5 pp at 50 % success.
+SIM_SCENES = 300
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Verification:
+    """One artifact's test accuracy and simulated grasp success, each beside the
+    baseline's on the same images or scenes, with the paired differences."""
+
+    test_accuracy: Rate
+    baseline_test_accuracy: Rate
+    test_difference: PairedDifference
+    sim_success: Rate | None = None
+    baseline_sim_success: Rate | None = None
+    sim_difference: PairedDifference | None = None
+
+    def metrics(self) -> dict[str, float]:
+        """The names MLflow and the model card use."""
+        out = {"test_accuracy": self.test_accuracy.value,
+               "test_accuracy_ci_low": self.test_accuracy.low,
+               "test_accuracy_ci_high": self.test_accuracy.high,
+               "test_images": float(self.test_accuracy.n),
+               "baseline_test_accuracy": self.baseline_test_accuracy.value,
+               "test_accuracy_diff": self.test_difference.difference,
+               "test_accuracy_diff_low": self.test_difference.low,
+               "test_accuracy_diff_high": self.test_difference.high}
+        if self.sim_success is not None and self.baseline_sim_success is not None:
+            out |= {"sim_success": self.sim_success.value,
+                    "sim_success_ci_low": self.sim_success.low,
+                    "sim_success_ci_high": self.sim_success.high,
+                    "sim_scenes": float(self.sim_success.n),
+                    "baseline_sim_success": self.baseline_sim_success.value,
+                    "sim_success_diff": self.sim_difference.difference,
+                    "sim_success_diff_low": self.sim_difference.low,
+                    "sim_success_diff_high": self.sim_difference.high,
+                    "sim_success_diff_p": self.sim_difference.p_value}
+        return out
+
+    def card(self) -> dict[str, Any]:
+        """For config.json and the model card: values with their intervals."""
+        out: dict[str, Any] = {
+            "test_accuracy": self.test_accuracy.value,
+            "test_accuracy_ci": [self.test_accuracy.low, self.test_accuracy.high],
+            "test_images": self.test_accuracy.n,
+            "baseline_test_accuracy": self.baseline_test_accuracy.value,
+            "test_accuracy_diff": self.test_difference.to_dict()}
+        if self.sim_success is not None and self.baseline_sim_success is not None:
+            out |= {"sim_success": self.sim_success.value,
+                    "sim_success_ci": [self.sim_success.low, self.sim_success.high],
+                    "sim_scenes": self.sim_success.n,
+                    "baseline_sim_success": self.baseline_sim_success.value,
+                    "baseline_sim_success_ci": [self.baseline_sim_success.low,
+                                                self.baseline_sim_success.high],
+                    "sim_success_diff": self.sim_difference.to_dict()}
+        return out
+
+    def lines(self) -> list[str]:
+        """A markdown table: this model, the baseline, the paired difference."""
+        rows = ["| held out (never seen by the study) | this model | uncompressed baseline "
+                "| paired difference (95 %) |", "|---|---|---|---|",
+                f"| IoU grasp-match accuracy, test images | {self.test_accuracy} | "
+                f"{self.baseline_test_accuracy} | {self.test_difference} |"]
+        if self.sim_success is not None:
+            rows.append(f"| simulated grasp success, held-out scenes | {self.sim_success} | "
+                        f"{self.baseline_sim_success} | {self.sim_difference} "
+                        f"(McNemar p = {self.sim_difference.p_value:.2f}) |")
+        return rows
+
+
+def _complete(study: optuna.Study, number: int) -> FrozenTrial:
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise ValueError(f"study {study.study_name!r} has no trial {number} "
+                         f"(trials 0..{max(trials, default=-1)}).")
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE:
+        raise ValueError(f"trial {number} is {trial.state.name}, not COMPLETE: it has no "
+                         f"artifact to verify.")
+    return trial
+
+
+def trial_artifact(config: StudyConfig, trial: FrozenTrial) -> Artifact:
+    """The file the trial was scored on: on this disk, or fetched from its MLflow run."""
+    from search.study import trial_file
+
+    path = trial_file(trial, "artifact", config.tracking_uri)
+    if path is None:
+        kept = trial.user_attrs.get("artifact")
+        raise FileNotFoundError(
+            f"trial {trial.number} of study {config.name!r}: its artifact "
+            f"{kept or '(none recorded)'} is not on this disk"
+            + (f" and not in its MLflow run at {redact_url(config.tracking_uri)}"
+               if trial.user_attrs.get(RUN_ID_KEY) else " and it has no MLflow run")
+            + "; verify it on the worker that ran it, or point --tracking-uri at the study's "
+              "MLflow server.")
+    return Artifact(path, runtime=config.runtime, precision=trial.user_attrs.get("precision",
+                    "fp32"), input_size=config.output_size, device=config.device)
+
+
+def baseline_artifact(config: StudyConfig, study: optuna.Study) -> Artifact:
+    """The baseline's file the study measured, or the same build again (another machine)."""
+    from search.study import baseline_artifact_path
+    from spaces.precision import PrecisionConfig, build_artifact
+    from spaces.upsample import rewrite_all
+
+    variant = study.user_attrs.get("baseline", {}).get("variant", "plain")
+    path = baseline_artifact_path(config, variant)
+    if path.is_file():
+        return Artifact(path, runtime=config.runtime, precision="fp32",
+                        input_size=config.output_size, device=config.device)
+    model = load_checkpoint(config.checkpoint_path(), config.model).model.eval()
+    if variant == "subpixel":
+        model = rewrite_all(model)
+    return build_artifact(model, PrecisionConfig("fp32"), path.with_suffix(""),
+                          input_size=config.output_size, device=config.device,
+                          runtime=config.runtime)
+
+
+def test_images(config: StudyConfig, console: Console) -> HeldOut:
+    """The test split of the study's dataset: read here, never by the study."""
+    dataset = load_dataset(config.data_format, config.data_root, output_size=config.output_size)
+    parts = split(dataset, config.split, 0.1, 0.1, config.seed)
+    if not parts["test"]:
+        raise ValueError(f"{config.path}: [data] root {config.data_root!r} has no test images "
+                         f"to verify on (ggopt data sim --splits val,test makes some).")
+    return HeldOut.load(dataset.subset(parts["test"]), "reading the test images", console)
+
+
+def verify_trials(study: optuna.Study, config: StudyConfig, numbers: list[int],
+                  scenes: int = SIM_SCENES, sim: bool = True, console: Console | None = None,
+                  log: bool = True, built: dict[int, Artifact] | None = None
+                  ) -> dict[int, Verification]:
+    """Test accuracy and (``sim``) simulated grasp success of the trials ``numbers``, each
+    paired with the baseline on the same test images and the same ``scenes`` scenes. The
+    scenes are simulated once for all of them. ``built`` replaces a trial's artifact (an
+    export that finished or rebuilt it ships another file). Results go to each trial's
+    MLflow run unless ``log`` is False."""
+    console = console or Console(stderr=True)
+    if scenes < 1:
+        raise ValueError(f"--scenes: must be >= 1, got {scenes}.")
+    trials = [_complete(study, n) for n in numbers]
+    built = built or {}
+    artifacts = {t.number: built.get(t.number) or trial_artifact(config, t)
+                 for t in trials}  # a missing file is named now, before minutes of work
+    artifacts[BASELINE] = baseline_artifact(config, study)
+    held = test_images(config, console)
+    hits = {}
+    for key, artifact in artifacts.items():
+        console.print(f"test images: scoring {'the baseline' if key == BASELINE else key}"
+                      f" on {len(held)} images")
+        hits[key] = score_images(artifact.predictor(config.threads), held).standard
+    outcomes = {}
+    if sim:
+        from grasp.sim.evaluate import evaluate_policies_in_sim, model_policy
+
+        policies = {key: model_policy(a.predictor(config.threads), config.output_size)
+                    for key, a in artifacts.items()}
+        console.print(f"simulated grasps: {scenes} held-out scenes, {len(policies)} models "
+                      f"(about {0.1 * scenes + 0.17 * scenes * len(policies):.0f} s)")
+        outcomes = evaluate_policies_in_sim(policies, scenes, console=console, progress=True)
+    results = {}
+    for t in trials:
+        n = t.number
+        results[n] = Verification(
+            rate(hits[n]), rate(hits[BASELINE]), paired_difference(hits[n], hits[BASELINE]),
+            *((rate(outcomes[n]), rate(outcomes[BASELINE]),
+               paired_difference(outcomes[n], outcomes[BASELINE])) if sim else ()))
+        if log:
+            _log(config, t, results[n])
+    return results
+
+
+def _log(config: StudyConfig, trial: FrozenTrial, result: Verification) -> None:
+    run_id = trial.user_attrs.get(RUN_ID_KEY)
+    if not run_id:
+        return
+    import mlflow
+
+    client = mlflow.MlflowClient(config.tracking_uri)
+    try:
+        client.get_run(run_id)
+    except Exception:  # the run is on another tracking server, or was deleted
+        return
+    for key, value in result.metrics().items():
+        client.log_metric(run_id, key, value)
+    client.set_tag(run_id, "ggopt.verified", "true")
+
