@@ -95,6 +95,13 @@ def _report(console: Console, config, study, trials, total: float | None) -> Non
     table.add_row("[bold]trial[/]", f"{statistics.median(walls):.2f}",
                   f"{statistics.fmean(walls):.2f}", f"{max(walls):.2f}", "100%")
     console.print(table)
+    images = study.user_attrs.get("baseline", {}).get("accuracy_images")
+    scored = [t.user_attrs["times"]["accuracy_s"] for t in trials
+              if t.state == TrialState.COMPLETE and "accuracy_s" in t.user_attrs.get("times", {})]
+    if images and scored:
+        console.print(f"accuracy: {statistics.median(scored) / images * 1e3:.1f} ms per "
+                      f"validation image (median over {len(scored)} trials, {images} images: "
+                      f"inference and GG-CNN's post-processing and match)")
     console.print(front_table(study, config.objectives))
     fp = device_fingerprint(None, config.threads, config.runtime, config.device)
     setup = ("" if total is None else f", {len(trials) / total * 3600:.0f} including setup "

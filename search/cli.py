@@ -212,7 +212,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                        description="Write a trial's deployable artifact, its knob config and a "
                                    "model card to DIR, and register it in MLflow's registry.")
     _study_args(p)
-    p.add_argument("--trial", type=int, required=True, help="trial number (see ggopt pareto)")
+    p.add_argument("--trial", type=_trial_choice, required=True, metavar="N|knee",
+                   help="trial number (see ggopt pareto), or `knee`: the front's knee, the "
+                        "trial nearest the ideal point, which pareto --verify checks first")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-register", action="store_true", help="skip the MLflow model registry")
     p.add_argument("--finish", type=int, default=0, metavar="STEPS",
@@ -238,11 +240,30 @@ def _run_export(args: argparse.Namespace) -> None:
     from search.study import load_study
 
     config = _config(args)
-    out = export_trial(load_study(config), config, args.trial, Path(args.out),
+    study = load_study(config)
+    if args.trial == "knee":
+        from search.pareto import feasible_front, likely_picks
+
+        picks = likely_picks(feasible_front(study, config.objectives), config.objectives, 1)
+        if not picks:
+            raise ValueError(f"--trial knee: study {config.name!r} has no feasible front yet.")
+        args.trial = picks[0].number
+        console.print(f"the front's knee is trial {args.trial}")
+    out = export_trial(study, config, args.trial, Path(args.out),
                        register=not args.no_register, finish_steps=args.finish, console=console,
                        finish_lr=args.finish_lr, rebuild=args.rebuild, sim=not args.no_sim,
                        scenes=args.scenes)
     console.print(f"exported trial {args.trial} to {out}")
+
+
+def _trial_choice(text: str) -> int | str:
+    if text == "knee":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a trial number or `knee`, got {text!r}"
+                                         ) from None
 
 
 def _add_verify(sub: argparse._SubParsersAction) -> None:
