@@ -252,3 +252,51 @@ def test_verify_names_a_missing_artifact(tmp_path, trained, capsys):
     assert main(["verify", str(path), "--trial", "1", "--no-sim"]) == 2
     err = capsys.readouterr().err
     assert "trial 1" in err and "model.onnx" in err and "not on this disk" in err
+
+
+def _agreement(artifact, reference, held) -> tuple[float, float]:
+    """How far ``artifact`` keeps ``reference``'s behaviour on real inputs: the share of
+    images whose executed grasp lands within 3 px of the reference's, and the correlation
+    of their quality maps over all pixels."""
+    from grasp.rectangles import scored_grasps
+
+    ours, theirs = artifact.predictor()(held.inputs).numpy(), reference.predictor()(
+        held.inputs).numpy()
+    near = [math.dist(scored_grasps(a)[1].center, scored_grasps(b)[1].center) <= 3
+            for a, b in zip(ours, theirs, strict=True)]
+    return float(np.mean(near)), float(np.corrcoef(ours[:, 0].ravel(), theirs[:, 0].ravel())[0, 1])
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_lower_precision_keeps_a_trained_models_grasps_and_a_blind_model_fails(
+        precision, trained, tmp_path):
+    import copy
+
+    import torch
+
+    from grasp.checkpoints import load_checkpoint
+    from grasp.data import load_dataset, split
+    from grasp.evaluation import HeldOut
+    from spaces import get_knob
+    from spaces.precision import PrecisionConfig
+
+    model = load_checkpoint(trained[0], "ggcnn").model.eval()
+    dataset = load_dataset("jacquard", trained[1], output_size=96)
+    parts = split(dataset, "preset", 0.1, 0.1, 0)
+    held = HeldOut.load(dataset.subset(parts["val"]))
+    calibration = [dataset.item(i)[0] for i in parts["train"][:8]]
+    knob = get_knob("precision")
+
+    def build(m, name, p):
+        return knob.build(m, PrecisionConfig(p), tmp_path / f"{name}.onnx", calibration,
+                          input_size=96)
+
+    fp32 = build(model, "fp32", "fp32")
+    near, correlation = _agreement(build(model, precision, precision), fp32, held)
+    assert near >= 0.9 and correlation > 0.97
+    # Negative control: a model blind to its input (first layer zeroed) must fail the check.
+    blind = copy.deepcopy(model)
+    with torch.no_grad():
+        blind.conv1.weight.zero_()
+    near, correlation = _agreement(build(blind, f"blind-{precision}", precision), fp32, held)
+    assert near < 0.5 and correlation < 0.5
