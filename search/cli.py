@@ -106,7 +106,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 #: The documented datasets (docs/datasets.md), as runs of (scenes, splits, candidates per
 #: object): the quick start's held-out scenes are labelled sparsely to fit its budget.
 RECIPES = {
-    "quickstart": ((40, ("train", "test"), 8), (2200, ("val",), 3)),
+    "quickstart": ((40, ("train", "test"), 8), (2300, ("val",), 3)),
     "overnight": ((1300, ("train",), 8), (22000, ("val", "test"), 8)),
 }
 
