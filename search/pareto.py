@@ -123,7 +123,7 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
         f"test figures come with `ggopt export` / `ggopt verify`." if images else None))
     for col in ("trial", "precision", "val accuracy", "Δ vs baseline (pp)", "±", "size kB",
                 "size ÷", "latency ms", "speed-up", "MMACs"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=True)
     if base:
         table.add_row("baseline", f"fp32 {base.get('variant', '')}",
                       f"{base['accuracy']:.3f}{_ci(base.get('accuracy_ci'))}", "0.0", "",
