@@ -89,7 +89,7 @@ def main() -> None:
             rows[label] = {"val": evaluate(predict, setup.eval_data),
                            "test": evaluate(predict, test_data) if len(test_data) else 0.0,
                            "predict": predict, "size": artifact.size_bytes, "times": []}
-        x = setup.eval_data[0][0][None]
+        x = setup.eval_data.inputs[:1]
         for _ in range(10):  # warm-up
             for row in rows.values():
                 row["predict"](x)
