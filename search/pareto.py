@@ -265,6 +265,7 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
         config = settle_timing(config, study.user_attrs.get("config", {}))
         finished = finish_trial(config, trial, finish_steps, out, base, console, finish_lr)
         model_path, v, macs = finished.artifact.path, finished.values, finished.macs
+        shipped_ci = _wilson(finished.details.get("hits"))
         fp = finished.details["fingerprint"]
         finishing = {"finish_continued": finished.continued, "finish_lr": finished.lr}
         flag = "--finish" if finish_steps else "--rebuild"
@@ -289,6 +290,7 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
         macs = trial.user_attrs.get("extra", {}).get("macs")
         fp = trial.user_attrs.get("fingerprint", {})
         title = f"trial {number}"
+        shipped_ci = trial.user_attrs.get("accuracy_stats", {}).get("accuracy_ci")
         if (files_format(config.runtime, studied_format)
                 != files_format(config.runtime, ARTIFACT_FORMAT)):
             console.print(
@@ -313,15 +315,24 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
                                     **finishing,
                                     "values": v, "study_values": studied, "macs": macs,
                                     **({"verified": verified.card()} if verified else {})})
-    rows = [("IoU grasp-match accuracy (validation: chose the model)", "accuracy", "{:.3f}"),
+    images = base.get("accuracy_images")
+    rows = [(f"IoU grasp-match accuracy, validation ({images} images, 95 % CI; chose the model)"
+             if images else "IoU grasp-match accuracy (validation: chose the model)",
+             "accuracy", "{:.3f}"),
             (f"size (bytes of {model_path.name})", "size", "{:.0f}"),
             (f"latency (median ms, batch 1, {fp.get('threads')} thread)", "latency", "{:.2f}")]
     columns = ["this model", *(["the trial in the study"] if remade else []),
                "uncompressed baseline"]
     table = ["| objective | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    intervals = [shipped_ci,
+                 *([trial.user_attrs.get("accuracy_stats", {}).get("accuracy_ci")]
+                   if remade else []), base.get("accuracy_ci")]
     for label, key, form in rows:
         cells = [v[key], *([studied[key]] if remade else []), base.get(key, float("nan"))]
-        table.append(f"| {label} | " + " | ".join(form.format(x) for x in cells) + " |")
+        texts = [form.format(x) for x in cells]
+        if key == "accuracy":
+            texts = [t + _ci(ci) for t, ci in zip(texts, intervals, strict=True)]
+        table.append(f"| {label} | " + " | ".join(texts) + " |")
     card = [
         f"# {study.study_name} — {title}", "",
         f"Model `{config.model}` compressed by ggopt; file `{model_path.name}` for "
@@ -348,6 +359,16 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
                   {"ggopt.finish_steps": str(finish_steps), "ggopt.rebuilt": str(rebuild).lower(),
                    "ggopt.artifact_format": str(shipped_format)})
     return out
+
+
+def _wilson(hits: Any) -> list[float] | None:
+    """The Wilson interval of re-measured per-image outcomes (grasp.evaluation.ImageHits)."""
+    if hits is None:
+        return None
+    from search.stats import rate
+
+    r = rate(hits.standard)
+    return [r.low, r.high]
 
 
 def _loading(runtime: str, precision: str | None, device: str = "cpu") -> list[str]:

@@ -177,8 +177,8 @@ def verify_trials(study: optuna.Study, config: StudyConfig, numbers: list[int],
     held = test_images(config, console)
     hits = {}
     for key, artifact in artifacts.items():
-        console.print(f"test images: scoring {'the baseline' if key == BASELINE else key}"
-                      f" on {len(held)} images")
+        name = "the baseline" if key == BASELINE else f"trial {key}"
+        console.print(f"test images: scoring {name} on {len(held)} images")
         hits[key] = score_images(artifact.predictor(config.threads), held).standard
     outcomes = {}
     if sim:
