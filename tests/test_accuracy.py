@@ -300,3 +300,37 @@ def test_lower_precision_keeps_a_trained_models_grasps_and_a_blind_model_fails(
         blind.conv1.weight.zero_()
     near, correlation = _agreement(build(blind, f"blind-{precision}", precision), fp32, held)
     assert near < 0.5 and correlation < 0.5
+
+
+def _front_trial(number: int, accuracy: float, size: float, latency: float):
+    values = {"accuracy": accuracy, "size": size, "latency": latency}
+    trial = optuna.trial.create_trial(values=[accuracy, size, latency],
+                                      user_attrs={"values": values})
+    trial.number = number
+    return trial
+
+
+def test_likely_picks_are_the_knee_the_fastest_and_the_most_accurate():
+    from search.pareto import likely_picks
+
+    objectives = ("accuracy", "size", "latency")
+    front = [_front_trial(0, 0.70, 300.0, 20.0),  # the most accurate, slow and large
+             _front_trial(1, 0.68, 40.0, 4.0),  # near the ideal point: the knee
+             _front_trial(2, 0.40, 30.0, 2.0),  # the fastest, far less accurate
+             _front_trial(3, 0.60, 200.0, 15.0)]
+    picks = [t.number for t in likely_picks(front, objectives, 4)]
+    assert picks[:3] == [1, 2, 0] and sorted(picks) == [0, 1, 2, 3]
+    assert [t.number for t in likely_picks(front, objectives, 1)] == [1]
+    assert likely_picks([], objectives, 2) == []
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "give --scenes N"),
+    (["--recipe", "quickstart", "--scenes", "3"], "leave out --scenes"),
+])
+def test_data_sim_needs_scenes_or_one_recipe(args, message, tmp_path, capsys):
+    from search.cli import main
+
+    assert main(["data", "sim", "--out", str(tmp_path / "d"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
