@@ -1,4 +1,4 @@
-"""The real sizes (``python -m pytest -m slow``, about 5 minutes on 2 cores): the shipped
+"""The real sizes (``python -m pytest -m slow``, about 2 minutes on 2 cores): the shipped
 300-px checkpoints on freshly simulated held-out scenes, scored, quantized and grasped."""
 
 import math
