@@ -229,6 +229,7 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
     from search.study import (
         ARTIFACT_FORMAT,
         WEIGHTS_FILE,
+        complete_trial,
         copy_artifact,
         dump_json,
         files_format,
@@ -236,14 +237,7 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
     )
 
     console = console or Console(stderr=True)
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if number not in trials:
-        raise ValueError(f"study {study.study_name!r} has no trial {number} "
-                         f"(trials 0..{max(trials, default=-1)}).")
-    trial = trials[number]
-    if trial.state != TrialState.COMPLETE:
-        raise ValueError(f"trial {number} is {trial.state.name}, not COMPLETE: nothing to "
-                         f"export.")
+    trial = complete_trial(study, number, "export")
     if finish_steps < 0:
         raise ValueError(f"--finish: the number of recovery steps must be >= 0, "
                          f"got {finish_steps}.")

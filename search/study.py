@@ -559,6 +559,20 @@ def _accuracy_metrics(stats: dict[str, Any]) -> dict[str, float]:
             "executed_accuracy": stats["executed_accuracy"]}
 
 
+def complete_trial(study: optuna.Study, number: int, action: str) -> FrozenTrial:
+    """Trial ``number`` of ``study``, which must be COMPLETE for ``action`` (e.g. "export");
+    otherwise an error that names the trials there are, or the trial's state."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise ValueError(f"study {study.study_name!r} has no trial {number} "
+                         f"(trials 0..{max(trials, default=-1)}).")
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE:
+        raise ValueError(f"trial {number} is {trial.state.name}, not COMPLETE: nothing to "
+                         f"{action}.")
+    return trial
+
+
 def save_weights(model: nn.Module, folder: Path) -> Path:
     """``folder/weights.pt``: the recovered fp32 weights (a state_dict, loadable with
     ``weights_only=True``), so that ``ggopt export --finish`` continues this trial's recovery

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 from rich.console import Console
 
 from grasp.artifact import Artifact
@@ -98,18 +98,6 @@ class Verification:
         return rows
 
 
-def _complete(study: optuna.Study, number: int) -> FrozenTrial:
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if number not in trials:
-        raise ValueError(f"study {study.study_name!r} has no trial {number} "
-                         f"(trials 0..{max(trials, default=-1)}).")
-    trial = trials[number]
-    if trial.state != TrialState.COMPLETE:
-        raise ValueError(f"trial {number} is {trial.state.name}, not COMPLETE: it has no "
-                         f"artifact to verify.")
-    return trial
-
-
 def trial_artifact(config: StudyConfig, trial: FrozenTrial) -> Artifact:
     """The file the trial was scored on: on this disk, or fetched from its MLflow run."""
     from search.study import trial_file
@@ -169,7 +157,9 @@ def verify_trials(study: optuna.Study, config: StudyConfig, numbers: list[int],
     console = console or Console(stderr=True)
     if scenes < 1:
         raise ValueError(f"--scenes: must be >= 1, got {scenes}.")
-    trials = [_complete(study, n) for n in numbers]
+    from search.study import complete_trial
+
+    trials = [complete_trial(study, n, "verify") for n in numbers]
     built = built or {}
     artifacts = {t.number: built.get(t.number) or trial_artifact(config, t)
                  for t in trials}  # a missing file is named now, before minutes of work
