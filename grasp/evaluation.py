@@ -91,9 +91,8 @@ class HeldOut:
 
 
 def _name(dataset, index: int) -> str:
-    sample = getattr(dataset, "samples", [None] * (index + 1))[index]
-    path = getattr(sample, "depth_path", None)
-    return f"{path.parent.name}/{path.name}" if path is not None else str(index)
+    path = dataset.samples[index].depth_path
+    return f"{path.parent.name}/{path.name}"
 
 
 def score_images(predict: Predictor, data: HeldOut | GraspSubset, batch_size: int = 8
