@@ -97,6 +97,22 @@ def test_labelled_grasps_beat_random_grasps_in_simulation():
     assert truth.rate > chance.rate + 0.3
 
 
+def test_stopping_an_empty_grasp_early_keeps_every_outcome(client):
+    scene = generate_scene(client, 8, "val")
+    load_scene(client, scene)
+    depth, mask = render(client)
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for body in range(1, len(scene.objects) + 1):
+        for g in antipodal_candidates(mask, body, rng, 4):
+            pose = pose_from_grasp(g, depth)
+            early = execute_grasp(client, scene, pose)
+            outcomes.append((early, execute_grasp(client, scene, pose, stop_early=False)))
+    assert len(outcomes) >= 8
+    assert any(full for _, full in outcomes) and not all(full for _, full in outcomes)
+    assert [early for early, _ in outcomes] == [full for _, full in outcomes]
+
+
 def test_wilson_interval_known_values():
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-3)
     assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-3)
