@@ -46,6 +46,11 @@ class ImageHits:
     def __len__(self) -> int:
         return int(self.standard.size)
 
+    def then(self, rest: ImageHits) -> ImageHits:
+        """These outcomes followed by ``rest``'s (scored on the images after these)."""
+        return ImageHits(np.concatenate([self.standard, rest.standard]),
+                         np.concatenate([self.executed, rest.executed]))
+
 
 class HeldOut:
     """The un-augmented inputs and ground-truth grasps of some held-out images, in order.
@@ -81,9 +86,12 @@ class HeldOut:
     def __len__(self) -> int:
         return len(self.names)
 
+    def __getitem__(self, rows: slice) -> HeldOut:
+        return HeldOut(self.inputs[rows], self.truths[rows], self.names[rows])
+
     def head(self, n: int) -> HeldOut:
         """The first ``n`` images (all of them when there are fewer)."""
-        return HeldOut(self.inputs[:n], self.truths[:n], self.names[:n])
+        return self[:n]
 
     def fingerprint(self) -> str:
         """A short hash of the images' names, in order: equal for the same image set."""

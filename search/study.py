@@ -41,6 +41,7 @@ from objectives import Context, count_macs, count_params, device_fingerprint, ge
 from objectives.latency import fingerprint_key
 from search.config import StudyConfig, StudyConfigError
 from search.recovery import Recipe, RecoveryPool, recover, recover_graph
+from search.screening import SCREEN_IMAGES, dominating_trial, screens
 from search.stats import (
     CONFIDENCE,
     images_to_resolve,
@@ -234,14 +235,16 @@ def changes_function(configs: dict[str, KnobConfig]) -> bool:
 
 def measure_artifact(setup: StudySetup, artifact: Artifact,
                      times: dict[str, float] | None = None, reference: Artifact | None = None,
-                     reference_ms: float | None = None
+                     reference_ms: float | None = None, images: HeldOut | None = None,
+                     names: tuple[str, ...] = ("accuracy", "size", "latency")
                      ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Measures ``names`` on ``artifact``; accuracy on ``images`` (default: every validation
+    image). ``details["hits"]``: the per-image outcomes (grasp.evaluation.ImageHits)."""
     c = setup.config
-    ctx = Context(setup.eval_data, c.threads, c.warmup, c.runs, c.min_seconds, reference,
-                  reference_ms)
-    # details["hits"]: the per-image outcomes (grasp.evaluation.ImageHits), for pairing.
+    ctx = Context(setup.eval_data if images is None else images, c.threads, c.warmup, c.runs,
+                  c.min_seconds, reference, reference_ms)
     values = {}
-    for name in ("accuracy", "size", "latency"):
+    for name in names:
         start = time.perf_counter()
         values[name] = get_objective(name)(artifact, ctx)
         if times is not None:
@@ -439,9 +442,7 @@ class _Pipeline:
                 except optuna.TrialPruned:
                     shutil.rmtree(folder)  # a stopped trial keeps no files, as when recovered
                     raise
-            values, details = measure_artifact(self.setup, artifact, times, self.reference,
-                                               self.baseline["latency"])
-            hits: ImageHits = details.pop("hits")
+            values, details, hits = self._measure(trial, artifact, folder, times, run_id)
             stats = accuracy_stats(c, hits, self.baseline)
             trial.set_user_attr("hits", pack_hits(hits.standard))
             trial.set_user_attr("accuracy_stats", stats)
@@ -480,6 +481,37 @@ class _Pipeline:
                 if fp:
                     tags["ggopt.device"] = fingerprint_key(fp)
                 self.tracker.end_trial(run_id, state, tags)
+
+    def _measure(self, trial: optuna.Trial, artifact: Artifact, folder: Path,
+                  times: dict[str, float], run_id: str | None
+                  ) -> tuple[dict[str, float], dict[str, Any], ImageHits]:
+        """Size, latency and accuracy; on a large validation split, accuracy in two passes
+        (search.screening): the rest of the images only for a trial the front does not
+        already beat."""
+        c, everything = self.setup.config, self.setup.eval_data
+        screening = screens(c.objectives, len(everything))
+        first = everything[:SCREEN_IMAGES] if screening else everything
+        values, details = measure_artifact(self.setup, artifact, times, self.reference,
+                                           self.baseline["latency"], first)
+        hits: ImageHits = details.pop("hits")
+        if not screening:
+            return values, details, hits
+        dominance = dominating_trial(self.study, c.objectives, hits.standard, values)
+        if dominance is not None:
+            trial.set_user_attr("screened", {"images": len(hits), "accuracy": hits.accuracy,
+                                             "values": values, "by": dominance.to_dict()})
+            if run_id:
+                self.tracker.log_metrics(run_id, {"screen_accuracy": hits.accuracy,
+                                                  "screen_images": float(len(hits))} | times)
+            shutil.rmtree(folder)  # a stopped trial keeps no files
+            raise optuna.TrialPruned(f"screened out: {dominance}")
+        spent: dict[str, float] = {}
+        _, rest = measure_artifact(self.setup, artifact, spent, images=everything[len(first):],
+                                   names=("accuracy",))
+        times["accuracy_s"] += spent["accuracy_s"]
+        hits = hits.then(rest["hits"])
+        values["accuracy"] = hits.accuracy
+        return values, details, hits
 
     def _check_size_first(self, trial: optuna.Trial, model: nn.Module,
                           configs: dict[str, KnobConfig], times: dict[str, float],
@@ -870,6 +902,12 @@ def _outcome(trial: FrozenTrial) -> str:
     gate = trial.user_attrs.get("gate_accuracy")
     if trial.user_attrs.get("fail_reason"):
         return trial.user_attrs["fail_reason"]
+    screened = trial.user_attrs.get("screened")
+    if screened is not None:
+        by = screened["by"]
+        return (f"screened out: trial {by['trial']} is as small and fast and "
+                f"{-100 * by['difference']:.1f} pp [{-100 * by['high']:.1f}, "
+                f"{-100 * by['low']:.1f}] more accurate on the first {screened['images']} images")
     oversized = trial.user_attrs.get("oversized")
     if oversized is not None:
         return (f"size {oversized['bytes'] / 1e3:.1f} kB before {oversized['before']}: over "

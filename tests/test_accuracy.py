@@ -2,6 +2,7 @@
 that grasps (the trained fixture), so that the checks below can fail."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -334,3 +335,67 @@ def test_data_sim_needs_scenes_or_one_recipe(args, message, tmp_path, capsys):
     assert main(["data", "sim", "--out", str(tmp_path / "d"), *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def _finished(study, accuracy_hits, size, latency, feasible=True):
+    values = {"accuracy": float(accuracy_hits.mean()), "size": size, "latency": latency}
+    study.add_trial(optuna.trial.create_trial(
+        values=list(values.values()),
+        user_attrs={"values": values, "hits": pack_hits(accuracy_hits),
+                    "constraints": [-0.1 if feasible else 0.1]}))
+
+
+def test_a_trial_is_screened_out_only_by_a_front_trial_that_beats_it_beyond_doubt():
+    from search.screening import SCREEN_CONFIDENCE, dominating_trial
+
+    objectives = ("accuracy", "size", "latency")
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    front_hits, candidate = _pair(512, better=80, worse=10, accuracy=0.6, seed=1)
+    _finished(study, front_hits, 40e3, 5.0)  # trial 0: small, fast, 70 images more
+    _finished(study, ~front_hits, 10e3, 9.0, feasible=False)  # trial 1: infeasible
+    measured = {"size": 50e3, "latency": 6.0}
+    found = dominating_trial(study, objectives, candidate, measured)
+    assert found.trial == 0 and found.difference.confidence == SCREEN_CONFIDENCE
+    assert found.difference.high < 0 and found.difference.worse == 80
+    assert found.difference.p_value < 1 - SCREEN_CONFIDENCE
+    # Faster than every front trial: it may join the front, so it is scored in full.
+    assert dominating_trial(study, objectives, candidate, {**measured, "latency": 4.9}) is None
+    # As small and fast but 6 images behind: McNemar p = 0.03, not beyond doubt at 99 %
+    # (a bootstrap interval would already exclude zero); 10 images behind, p = 0.002, is.
+    for behind, beaten in ((6, False), (10, True)):
+        close = front_hits.copy()
+        close[np.flatnonzero(front_hits)[:behind]] = False
+        assert (dominating_trial(study, objectives, close, measured) is not None) == beaten
+
+
+def test_a_large_validation_split_is_scored_in_two_passes(tmp_path, trained, monkeypatch):
+    import search.screening
+    import search.study
+    from search.screening import Dominance
+    from search.stats import PairedDifference
+
+    monkeypatch.setattr(search.screening, "SCREEN_IMAGES", 8)
+    monkeypatch.setattr(search.study, "SCREEN_IMAGES", 8)
+    first_passes = []
+
+    def screen(study, objectives, hits, values):
+        first_passes.append(len(hits))
+        if len(first_passes) == 2:  # trial 1: as if the front beat it
+            return Dominance(0, PairedDifference(-0.5, -0.8, -0.2, 0, 4, 8, 0.001, 0.99))
+        return None
+
+    monkeypatch.setattr(search.study, "dominating_trial", screen)
+    study = run_study(load_study_config(_trained_study(tmp_path, trained)), track=False)
+    assert first_passes[:2] == [8, 8]
+    base = unpack_hits(study.user_attrs["baseline"]["hits"])
+    # Trial 0 is the uncompressed model: its two passes, joined, are the baseline's outcomes.
+    whole = study.trials[0]
+    assert np.array_equal(unpack_hits(whole.user_attrs["hits"]), base) and base.size == 24
+    assert whole.user_attrs["values"]["accuracy"] == base.mean()
+    screened = study.trials[1]
+    assert screened.state == TrialState.PRUNED
+    assert screened.user_attrs["screened"]["images"] == 8
+    assert screened.user_attrs["screened"]["by"]["trial"] == 0
+    config = load_study_config(tmp_path / "study.toml")
+    assert not (Path(config.artifacts_dir) / config.name / "trial-1").exists()
+    assert (Path(config.artifacts_dir) / config.name / "trial-0").exists()
