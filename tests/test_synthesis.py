@@ -1,0 +1,104 @@
+"""Grasp synthesis inside the graph gives GG-CNN's grasp, as the numpy reference does."""
+
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from grasp.rectangles import scored_grasps
+from grasp.synthesis import GraspSynthesis
+
+
+def _blobs(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Raw maps with a few quality blobs (some near the border, some tied), angles and
+    widths that vary across the image: what a GG-CNN puts out, with the hard cases."""
+    rows, cols = np.mgrid[:size, :size].astype(np.float32)
+    quality = np.zeros((size, size), np.float32)
+    for _ in range(rng.integers(1, 5)):
+        r, c = rng.uniform(0, size, 2)
+        height, spread = rng.uniform(0.05, 0.9), rng.uniform(2, 12)
+        quality += height * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * spread ** 2))
+    quality += rng.normal(0, 0.01, quality.shape).astype(np.float32)
+    theta = np.sin(rows / rng.uniform(5, 40)) * 3 + cols / size
+    width = np.abs(np.cos(cols / rng.uniform(5, 40))) * 0.6
+    return np.stack([quality, np.cos(2 * theta), np.sin(2 * theta), width]).astype(np.float32)
+
+
+def _cases(size: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    maps = [_blobs(rng, size) for _ in range(40)]
+    flat = _blobs(rng, size)
+    flat[0] = 0.5  # a constant quality map: no peak at all
+    low = _blobs(rng, size)
+    low[0] *= 0.1  # no peak above 0.2: the executed grasp is the maximum
+    edge = _blobs(rng, size)
+    edge[0] = 0.0
+    edge[0, 5, 150] = edge[0, 150, 150] = 40.0  # the higher peak lies in the border
+    edge[0, 150, 150] = 30.0
+    twins = _blobs(rng, size)
+    twins[0] = 0.0
+    twins[0, 100, 200] = twins[0, 200, 100] = 50.0  # an exact tie: raster order decides
+    return np.stack(maps + [flat, low, edge, twins])
+
+
+def _reference(maps: np.ndarray) -> list[tuple[int, int, float, float, bool]]:
+    out = []
+    for m in maps:
+        top, executed = scored_grasps(m)
+        g = top or executed
+        out.append((int(g.center[0]), int(g.center[1]), g.angle, g.length, top is not None))
+    return out
+
+
+def _check(grasps: np.ndarray, reference) -> None:
+    for got, (row, col, angle, length, peak) in zip(grasps, reference, strict=True):
+        assert (int(got[0]), int(got[1]), bool(got[5])) == (row, col, peak)
+        assert got[2] == pytest.approx(angle, abs=1e-5)
+        assert got[3] == pytest.approx(length, abs=1e-3)
+
+
+def test_the_graph_finds_the_reference_grasp_on_every_hard_case():
+    maps = _cases(300)
+    reference = _reference(maps)
+    assert sum(peak for *_, peak in reference) < len(reference)  # misses are among the cases
+    assert reference[-2][:2] == (150, 150)  # the border peak is not the top grasp
+    assert reference[-1][:2] == (100, 200)
+    with torch.no_grad():
+        _check(GraspSynthesis(300)(torch.from_numpy(maps)).numpy(), reference)
+
+
+def test_the_graph_finds_the_reference_grasp_on_a_trained_models_maps(trained):
+    from grasp.checkpoints import load_checkpoint
+    from grasp.data import load_dataset, split
+    from grasp.evaluation import HeldOut
+    from grasp.train import predict_maps
+
+    checkpoint, root = trained
+    model = load_checkpoint(checkpoint, "ggcnn").model.eval()
+    dataset = load_dataset("jacquard", root, output_size=96)
+    parts = split(dataset, "preset", 0.1, 0.1, 0)
+    held = HeldOut.load(dataset.subset(parts["val"] + parts["test"]))
+    maps = predict_maps(model)(held.inputs)
+    reference = _reference(maps.numpy())
+    assert sum(peak for *_, peak in reference) >= len(reference) // 2
+    with torch.no_grad():
+        _check(GraspSynthesis(96)(maps).numpy(), reference)
+
+
+def test_onnx_runtime_runs_the_same_graph(tmp_path):
+    maps = torch.from_numpy(_cases(300))
+    path = tmp_path / "synthesis.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(GraspSynthesis(300), (maps[:1],), str(path), dynamo=False,
+                          input_names=["maps"], output_names=["grasp"], opset_version=17,
+                          dynamic_axes={"maps": {0: "batch"}, "grasp": {0: "batch"}})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _check(session.run(["grasp"], {"maps": maps.numpy()})[0], _reference(maps.numpy()))
+
+
+def test_maps_too_small_for_the_peak_search_are_refused():
+    with pytest.raises(ValueError, match="over 40 pixels wide.*got 40"):
+        GraspSynthesis(40)
