@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from grasp.models import HEAD_NAMES
+from grasp.synthesis import GRASP_OUTPUT, GraspSynthesis
 
 __all__ = ["PRECISIONS", "RUNTIMES", "SUFFIXES", "Artifact", "ArtifactError", "check_device",
            "compact_onnx", "cuda_graph", "deployable", "export_onnx", "export_torch",
@@ -377,6 +378,13 @@ def compact_onnx(path: str | Path) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=64)
+def _onnx_outputs(path: str, mtime_ns: int) -> tuple[str, ...]:
+    import onnx
+
+    return tuple(o.name for o in onnx.load(path, load_external_data=False).graph.output)
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A deployable model file plus how to run it.
@@ -408,8 +416,18 @@ class Artifact:
     def size_bytes(self) -> int:
         return Path(self.path).stat().st_size
 
-    def session(self, threads: int = 1):  # -> onnxruntime.InferenceSession
-        """An ONNX Runtime session with a fixed thread count (1 thread times stably)."""
+    @property
+    def returns_grasp(self) -> bool:
+        """Whether the file itself returns the grasp (an ONNX file with grasp synthesis)."""
+        if self.runtime != "onnxruntime":
+            return False
+        return GRASP_OUTPUT in _onnx_outputs(str(self.path), Path(self.path).stat().st_mtime_ns)
+
+    def session(self, threads: int = 1, network_only: bool = False
+                ):  # -> onnxruntime.InferenceSession
+        """An ONNX Runtime session with a fixed thread count (1 thread times stably).
+        ``network_only``: the file without its grasp synthesis (ONNX Runtime runs every node
+        of a file whatever outputs are asked for), to time the network alone."""
         import onnxruntime as ort
 
         if self.runtime != "onnxruntime":
@@ -423,8 +441,15 @@ class Artifact:
         check_device(self.runtime, self.device)
         providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
                      if self.device == "cuda" else ["CPUExecutionProvider"])
+        source: str | bytes = str(self.path)
+        if network_only and self.returns_grasp:
+            import onnx
+
+            network = onnx.utils.Extractor(onnx.load(source)).extract_model([INPUT_NAME],
+                                                                             [OUTPUT_NAME])
+            source = network.SerializeToString()
         try:
-            session = ort.InferenceSession(str(self.path), options, providers=providers)
+            session = ort.InferenceSession(source, options, providers=providers)
         except Exception as error:  # onnxruntime raises its own untyped errors
             raise ArtifactError(f"{self.path}: cannot be loaded by onnxruntime: {error}") from None
         if session.get_providers()[0] != providers[0]:
@@ -455,7 +480,7 @@ class Artifact:
                                       for i in range(len(x))])
 
             return predict_torch
-        session = self.session(threads)
+        session = self.session(threads, network_only=True)
 
         def predict(x: torch.Tensor) -> torch.Tensor:
             feed = {INPUT_NAME: np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)}
@@ -463,27 +488,58 @@ class Artifact:
 
         return predict
 
-    def timed_call(self, threads: int = 1, seed: int = 0) -> Callable[[], None]:
+    def grasp_predictor(self, threads: int = 1) -> Callable[[torch.Tensor], np.ndarray]:
+        """[B, 1, S, S] -> [B, 6] grasps (:mod:`grasp.synthesis`), as the robot gets them:
+        from the file itself when it returns the grasp, else from the same synthesis graph
+        run by torch on the artifact's own maps (a .pt2 program)."""
+        if self.returns_grasp:
+            session = self.session(threads)
+
+            def predict(x: torch.Tensor) -> np.ndarray:
+                feed = {INPUT_NAME: np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)}
+                return session.run([GRASP_OUTPUT], feed)[0]
+
+            return predict
+        maps, synthesis = self.predictor(threads), GraspSynthesis(self.input_size)
+
+        def predict_maps(x: torch.Tensor) -> np.ndarray:
+            with torch.inference_mode():
+                return synthesis(maps(x)).numpy()
+
+        return predict_maps
+
+    def timed_call(self, threads: int = 1, seed: int = 0, end_to_end: bool = False
+                   ) -> Callable[[], None]:
         """One batch-1 inference on a fixed input, with nothing else inside: what latency
-        times. The input is converted once, outside the call; a torch caller sets the
-        thread count around its loop (:func:`torch_threads`)."""
+        times; ``end_to_end``: depth in, grasp out (the network and grasp synthesis), else
+        the network alone. The input is converted once, outside the call; a torch caller
+        sets the thread count around its loop (:func:`torch_threads`)."""
         rng = np.random.default_rng(seed)
         image = rng.standard_normal((1, 1, self.input_size, self.input_size)).astype(
             np.float32) * 0.01
         if self.runtime == "torch":
             module, x = self.module(), torch.from_numpy(image).to(self.device)
+            synthesis = GraspSynthesis(self.input_size).to(self.device) if end_to_end else None
             if self.device == "cuda":
-                replay, _ = cuda_graph(module, x)
+                program = module if synthesis is None else (lambda v: synthesis(module(v)))
+                replay, _ = cuda_graph(program, x)
                 return replay
 
             def run_torch() -> None:
                 with torch.inference_mode():
-                    module(x)
+                    maps = module(x)
+                    if synthesis is not None:
+                        synthesis(maps)
 
             return run_torch
-        session, feed = self.session(threads), {INPUT_NAME: image}
+        if end_to_end and not self.returns_grasp:
+            raise ArtifactError(f"{self.path}: has no grasp output to time end to end (written "
+                                f"by an older ggopt, or maps of {self.input_size} px, too "
+                                f"small for GG-CNN's peak search).")
+        session = self.session(threads, network_only=not end_to_end)
+        output, feed = GRASP_OUTPUT if end_to_end else OUTPUT_NAME, {INPUT_NAME: image}
 
         def run() -> None:
-            session.run([OUTPUT_NAME], feed)
+            session.run([output], feed)
 
         return run

@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.progress import track
 
 from grasp.data.base import GraspSubset
-from grasp.rectangles import Grasp, maps_outcomes
+from grasp.rectangles import Grasp, grasp_match, maps_outcomes
 
-__all__ = ["HeldOut", "ImageHits", "score_images"]
+__all__ = ["HeldOut", "ImageHits", "grasp_outcomes", "score_grasps", "score_images"]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -105,8 +105,30 @@ def _name(dataset, index: int) -> str:
 
 def score_images(predict: Predictor, data: HeldOut | GraspSubset, batch_size: int = 8
                  ) -> ImageHits:
-    """Runs ``predict`` (a torch model's or an artifact's own predictor) on every image and
-    scores each image's top grasp against its ground truth."""
+    """Runs ``predict`` (a torch model's or an artifact's maps) on every image and scores
+    each image's top grasp against its ground truth."""
+    return _score(lambda x: predict(x).float().cpu().numpy(), maps_outcomes, data, batch_size)
+
+
+def score_grasps(predict: Callable[[torch.Tensor], np.ndarray], data: HeldOut | GraspSubset,
+                 batch_size: int = 8) -> ImageHits:
+    """Scores the grasps ``predict`` returns ([B, 6], grasp.synthesis: an artifact's own
+    depth -> grasp output), one per image."""
+    return _score(predict, grasp_outcomes, data, batch_size)
+
+
+def grasp_outcomes(grasp: np.ndarray, truths: Sequence[Grasp]) -> tuple[bool, bool]:
+    """One synthesised grasp ([row, col, angle, opening, quality, peak]) scored as
+    :func:`~grasp.rectangles.maps_outcomes` scores maps: without a peak above 0.2 it is a
+    miss by GG-CNN's protocol, and the executed grasp is scored all the same."""
+    row, col, angle, opening, _, peak = (float(v) for v in grasp)
+    hit = grasp_match(Grasp((row, col), angle, opening, opening / 2), truths)
+    return (hit if peak else False), hit
+
+
+def _score(outputs: Callable[[torch.Tensor], np.ndarray],
+           outcomes: Callable[[np.ndarray, Sequence[Grasp]], tuple[bool, bool]],
+           data: HeldOut | GraspSubset, batch_size: int) -> ImageHits:
     held = data if isinstance(data, HeldOut) else HeldOut.load(data)
     if len(held) == 0:
         raise ValueError("Cannot evaluate on an empty split.")
@@ -114,8 +136,7 @@ def score_images(predict: Predictor, data: HeldOut | GraspSubset, batch_size: in
     executed = np.zeros(len(held), bool)
     for start in range(0, len(held), batch_size):
         stop = min(start + batch_size, len(held))
-        maps = predict(held.inputs[start:stop]).float().cpu().numpy()
-        for offset, m in enumerate(maps):
-            standard[start + offset], executed[start + offset] = maps_outcomes(
-                m, held.truths[start + offset])
+        for offset, output in enumerate(outputs(held.inputs[start:stop])):
+            standard[start + offset], executed[start + offset] = outcomes(
+                output, held.truths[start + offset])
     return ImageHits(standard, executed)

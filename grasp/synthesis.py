@@ -27,17 +27,25 @@ grasp a robot executes anyway). The jaw size is half the opening, as in GG-CNN.
 
 from __future__ import annotations
 
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 
 from grasp.rectangles import MAX_WIDTH_PX, SIGMAS, TRUNCATE
 
-__all__ = ["GRASP_FIELDS", "MIN_DISTANCE", "THRESHOLD", "GraspSynthesis", "gaussian_kernel"]
+__all__ = ["GRASP_FIELDS", "GRASP_OUTPUT", "MIN_DISTANCE", "THRESHOLD", "GraspSynthesis",
+           "attach_to_onnx", "gaussian_kernel"]
 
 MIN_DISTANCE = 20
 THRESHOLD = 0.2
 GRASP_FIELDS = ("row", "col", "angle", "opening", "quality", "peak")
+GRASP_OUTPUT = "grasp"
+FOLD_BYTES = 64
 
 
 def gaussian_kernel(sigma: float) -> np.ndarray:
@@ -54,21 +62,21 @@ def _block(size: int) -> int:
     return max((b for b in range(8, 51) if size % b == 0), default=size)
 
 
-def _band(size: int, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Gaussian as a [B, B + 2r] band matrix over ``_block(size)``-row blocks, and the
-    rows each block reads ([size // B * (B + 2r)]), clamped at the border: edge padding."""
-    weights = gaussian_kernel(sigma)
-    radius, block = (len(weights) - 1) // 2, _block(size)
-    band = np.zeros((block, block + 2 * radius))
-    for i in range(block):
-        band[i, i:i + 2 * radius + 1] = weights
-    rows = [min(max(b * block + j - radius, 0), size - 1) for b in range(size // block)
-            for j in range(block + 2 * radius)]
-    return torch.from_numpy(band).float(), torch.tensor(rows)
+def _band(kernel: torch.Tensor, block: int, line: torch.Tensor) -> torch.Tensor:
+    """The Gaussian ``kernel`` as a [block, block + 2r] band matrix: row i holds the kernel
+    at columns i .. i + 2r (``line``: 0, 1, 2... as graph ops)."""
+    last = len(kernel) - 1
+    shift = line[:block + last][None] - line[:block][:, None]
+    inside = (shift >= 0) & (shift <= last)
+    return torch.where(inside, kernel[shift.clamp(0, last)], torch.zeros(()))
 
 
 class GraspSynthesis(nn.Module):
-    """[N, 4, size, size] raw maps (quality, cos 2θ, sin 2θ, width) -> [N, 6] grasps."""
+    """[N, 4, size, size] raw maps (quality, cos 2θ, sin 2θ, width) -> [N, 6] grasps.
+
+    Every index and matrix is computed in the graph from ``arange`` over the input's traced
+    width, not stored: the file holds the ops (a few kB instead of 110 kB of constants, a
+    300x300 border mask alone being 90 kB), and ONNX Runtime folds them when it loads it."""
 
     def __init__(self, size: int) -> None:
         super().__init__()
@@ -77,74 +85,75 @@ class GraspSynthesis(nn.Module):
                              f"(GG-CNN's peak search keeps {MIN_DISTANCE} from the border), "
                              f"got {size}.")
         self.size = size
-        band, rows = _band(size, SIGMAS[0])
-        self.register_buffer("band", band, persistent=False)
-        self.register_buffer("band_rows", rows, persistent=False)
-        inside = torch.zeros(size, size, dtype=torch.bool)
-        inside[MIN_DISTANCE:size - MIN_DISTANCE, MIN_DISTANCE:size - MIN_DISTANCE] = True
-        self.register_buffer("inside", inside.flatten(), persistent=False)
-        angle, opening = (torch.from_numpy(gaussian_kernel(s)).float() for s in SIGMAS[1:])
-        self.register_buffer("angle_kernel", torch.outer(angle, angle).flatten(),
-                             persistent=False)
-        self.register_buffer("opening_kernel", torch.outer(opening, opening).flatten(),
-                             persistent=False)
-        for name, kernel in (("angle_window", angle), ("opening_window", opening)):
-            radius = (len(kernel) - 1) // 2
-            self.register_buffer(name, torch.arange(-radius, radius + 1), persistent=False)
+        self.kernels = [torch.from_numpy(gaussian_kernel(s)).float().tolist() for s in SIGMAS]
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         size = self.size
+        line = torch.arange(maps.shape[-1])  # traced: a Range op in the file, not a constant
         flat_maps = maps.float().flatten(1)  # [N, 4 size²]: quality, cos, sin, width
         # Blur along rows, then along columns in the transposed layout, and take the
         # neighbourhood maximum the same way: every pass slices whole rows (contiguous).
-        across = self._blur_rows(flat_maps[:, :size * size].view(-1, size, size))
-        quality_t = self._blur_rows(across.transpose(1, 2))  # [N, col, row]
-        neighbourhood = _window_max(_window_max(quality_t, size).transpose(1, 2), size)
+        band = _band(torch.tensor(self.kernels[0]), _block(size), line)
+        across = self._blur_rows(flat_maps[:, :size * size].view(-1, size, size), band, line)
+        quality_t = self._blur_rows(across.transpose(1, 2), band, line)  # [N, col, row]
+        padded = torch.arange(maps.shape[-1] + 2 * MIN_DISTANCE) - MIN_DISTANCE
+        neighbourhood = _window_max(_window_max(quality_t, padded).transpose(1, 2), padded)
         quality = quality_t.transpose(1, 2)
         local_max = (quality == neighbourhood).flatten(1)
         flat = quality.flatten(1)
-        candidates = local_max & self.inside & (flat > THRESHOLD)
+        away = (line >= MIN_DISTANCE) & (line < size - MIN_DISTANCE)
+        inside = (away[:, None] & away[None, :]).flatten()
+        candidates = local_max & inside & (flat > THRESHOLD)
         best = torch.where(candidates, flat, torch.full_like(flat, -torch.inf)).argmax(1)
         trivial = flat.amax(1) == flat.amin(1)  # every pixel its neighbourhood's maximum
         peak = candidates.gather(1, best[:, None])[:, 0] & ~trivial
         pixel = torch.where(peak, best, flat.argmax(1))
         row, col = pixel // size, pixel % size
-        cos = self._window(flat_maps, 1, row, col, self.angle_window)
-        sin = self._window(flat_maps, 2, row, col, self.angle_window)
-        angle = (torch.atan2(sin, cos) / 2 * self.angle_kernel).sum(1)
-        opening = (self._window(flat_maps, 3, row, col, self.opening_window) * MAX_WIDTH_PX
-                   * self.opening_kernel).sum(1)
+        angle_kernel, opening_kernel = (torch.tensor(k) for k in self.kernels[1:])
+        cos = self._window(flat_maps, 1, row, col, line[:len(angle_kernel)])
+        sin = self._window(flat_maps, 2, row, col, line[:len(angle_kernel)])
+        angle = (torch.atan2(sin, cos) / 2 * torch.outer(angle_kernel, angle_kernel).flatten()
+                 ).sum(1)
+        opening = (self._window(flat_maps, 3, row, col, line[:len(opening_kernel)])
+                   * MAX_WIDTH_PX
+                   * torch.outer(opening_kernel, opening_kernel).flatten()).sum(1)
         return torch.stack([row.float(), col.float(), angle, opening,
                             flat.gather(1, pixel[:, None])[:, 0], peak.float()], 1)
 
-    def _blur_rows(self, image: torch.Tensor) -> torch.Tensor:
+    def _blur_rows(self, image: torch.Tensor, band: torch.Tensor, line: torch.Tensor
+                   ) -> torch.Tensor:
         """[N, size, size] smoothed along dim 1, edge padded: blocks of rows, each read with
         its margin (the row indices clamped at the border are the edge padding), times a
         band matrix (ONNX Runtime's CPU provider ran this in 0.7 ms, a separable
         convolution in 2.5 ms)."""
-        block, padded_block = self.band.shape
-        blocks = image.index_select(1, self.band_rows).view(
-            -1, self.size // block, padded_block, self.size)
-        return torch.matmul(self.band, blocks).reshape(-1, self.size, self.size)
+        size, (block, padded_block) = self.size, band.shape
+        radius = (padded_block - block) // 2
+        rows = (line[:size // block][:, None] * block
+                + line[:padded_block][None] - radius).clamp(0, size - 1).flatten()
+        blocks = image.index_select(1, rows).view(-1, size // block, padded_block, size)
+        return torch.matmul(band, blocks).reshape(-1, size, size)
 
     def _window(self, flat_maps: torch.Tensor, channel: int, row: torch.Tensor,
-                col: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """The pixels of map ``channel`` a Gaussian reads around (row, col), row by row,
-        their indices clamped at the border ('nearest' padding)."""
-        size, side = self.size, len(offsets)
+                col: torch.Tensor, line: torch.Tensor) -> torch.Tensor:
+        """The ``side`` x ``side`` pixels (``line``: 0 .. side - 1) of map ``channel`` a
+        Gaussian reads around (row, col), row by row, their indices clamped at the border
+        ('nearest' padding)."""
+        size, side = self.size, len(line)
+        offsets = line - (side - 1) // 2
         rows = (row[:, None] + offsets[None]).clamp(0, size - 1)
         cols = (col[:, None] + offsets[None]).clamp(0, size - 1)
         index = (rows[:, :, None] * size + cols[:, None, :]).view(-1, side * side)
         return flat_maps.gather(1, index + channel * size * size)
 
 
-def _window_max(image: torch.Tensor, size: int) -> torch.Tensor:
+def _window_max(image: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
     """The maximum over the 2 MIN_DISTANCE + 1 rows centred on each row of [N, size, size]
     ``image``, the window clipped at the border (edge padding gives the same maximum), by
     doubling: six elementwise maxima of whole-row slices instead of a 41-row pooling
-    window's 40 comparisons (ONNX Runtime's MaxPool took 7 ms)."""
-    rows = torch.arange(-MIN_DISTANCE, size + MIN_DISTANCE).clamp(0, size - 1)
-    span = image.index_select(1, rows)
+    window's 40 comparisons (ONNX Runtime's MaxPool took 7 ms). ``padded``: -20 .. size + 19.
+    """
+    size = image.shape[1]
+    span = image.index_select(1, padded.clamp(0, size - 1))
     length, width = size + 2 * MIN_DISTANCE, 1  # span[:, i] = max of padded rows [i, i + width)
     while 2 * width <= 2 * MIN_DISTANCE + 1:
         length -= width
@@ -152,3 +161,61 @@ def _window_max(image: torch.Tensor, size: int) -> torch.Tensor:
         width *= 2
     rest = 2 * MIN_DISTANCE + 1 - width
     return torch.maximum(span[:, :size], span[:, rest:rest + size])
+
+
+def attach_to_onnx(path: str | Path, size: int) -> Path:
+    """Appends grasp synthesis to the finished ONNX network at ``path``, in place and
+    atomically: output ``grasp`` ([N, 6], see the module) beside the network's ``maps``.
+
+    Exported without constant folding, then onnxslim folds only what is under FOLD_BYTES (the
+    slicing bounds): the indices and masks stay ``Range`` ops, folded by the runtime at load
+    (folded in the file they would be 110 kB). Value names are shortened as the network's."""
+    import onnx
+    import onnxslim
+    from onnx import compose
+
+    path = Path(path)
+    network = onnx.load(str(path))
+    maps = network.graph.output[0]
+    with tempfile.TemporaryDirectory() as scratch:
+        exported = Path(scratch) / "synthesis.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(GraspSynthesis(size), (torch.zeros(1, 4, size, size),),
+                              str(exported), dynamo=False, input_names=["s.maps"],
+                              output_names=[GRASP_OUTPUT], opset_version=_opset(network),
+                              dynamic_axes={"s.maps": {0: "batch"}, GRASP_OUTPUT: {0: "batch"}},
+                              do_constant_folding=False)
+        synthesis = onnxslim.slim(onnx.load(str(exported)), size_threshold=FOLD_BYTES)
+    _shorten(synthesis.graph, prefix="s")
+    synthesis.ir_version = network.ir_version
+    merged = compose.merge_models(network, synthesis, io_map=[(maps.name, "s.maps")])
+    merged.graph.output.append(maps)
+    tmp = path.with_suffix(".tmp.onnx")
+    onnx.save(merged, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def _opset(model) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _shorten(graph, prefix: str) -> None:
+    """Renames every inner value of ``graph`` to ``prefix`` + a counter, drops node names."""
+    outer = {v.name for v in graph.input} | {v.name for v in graph.output}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in outer:
+            return name
+        return names.setdefault(name, f"{prefix}{len(names):x}")
+
+    for tensor in graph.initializer:
+        tensor.name = short(tensor.name)
+    for node in graph.node:
+        node.name = ""
+        node.ClearField("doc_string")
+        node.input[:] = [short(x) for x in node.input]
+        node.output[:] = [short(x) for x in node.output]
+    del graph.value_info[:]

@@ -22,7 +22,8 @@ class Context:
     ``details`` collects the secondary numbers each measurement reports (per-image hits,
     p90, CV, fingerprint...). With a
     ``reference`` artifact and its recorded ``reference_ms``, latency is timed paired with
-    it and scored as ``reference_ms`` x the measured ratio.
+    it and scored as ``reference_ms`` x the measured ratio. ``end_to_end``: latency scores
+    depth in -> grasp out (the network and its grasp synthesis), else the network alone.
     """
 
     eval_data: Any = None
@@ -32,6 +33,7 @@ class Context:
     min_seconds: float = 0.0  # latency times on until this much of it has been timed
     reference: Artifact | None = None
     reference_ms: float | None = None
+    end_to_end: bool = False
     details: dict[str, Any] = field(default_factory=dict)
 
 

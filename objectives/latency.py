@@ -111,7 +111,7 @@ MAX_RUNS = 20_000
 
 def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs: int = 50,
                     reference: Artifact | None = None, block: int = 1,
-                    min_seconds: float = 0.0) -> LatencyResult:
+                    min_seconds: float = 0.0, end_to_end: bool = False) -> LatencyResult:
     """Times ``runs`` single-image inferences after ``warmup`` untimed ones, going on in
     batches of ``runs`` until ``min_seconds`` of runs have been timed (both artifacts' when
     paired; at most MAX_RUNS runs).
@@ -121,14 +121,15 @@ def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs
     A machine that drifts between speed states for seconds at a time (shared VMs, turbo,
     thermal limits) moves both sides of a pair alike, so the ratio holds still where the
     absolute median does not. Keep ``block`` at 1: blocks of 10 drifted as much as raw
-    medians did (RESULTS §10).
+    medians did (RESULTS §10). ``end_to_end``: depth in, grasp out; else the network alone.
     """
     if runs < 3 or warmup < 0 or threads < 1 or block < 1 or not min_seconds >= 0:
         raise ValueError(f"`runs >= 3, warmup >= 0, threads >= 1, block >= 1, min_seconds >= "
                          f"0` must hold, but got {runs=}, {warmup=}, {threads=}, {block=}, "
                          f"{min_seconds=}.")
-    run = artifact.timed_call(threads)
-    other = reference.timed_call(threads) if reference is not None else None
+    run = artifact.timed_call(threads, end_to_end=end_to_end)
+    other = (reference.timed_call(threads, end_to_end=end_to_end) if reference is not None
+             else None)
     times, reference_times, ratios = [], [], []
     with torch_threads(threads):
         for call in (run,) if other is None else (run, other):
@@ -157,19 +158,31 @@ def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs
     )
 
 
+_NAMES = {True: "latency_e2e_ms", False: "latency_network_ms"}
+
+
 @register_objective
 class Latency:
     name: ClassVar[str] = "latency"
     direction: ClassVar[str] = "minimize"
 
     def __call__(self, artifact: Artifact, ctx: Context) -> float:
+        """The latency the study optimises (``ctx.end_to_end`` or the network alone); the
+        other one is timed too, by the same protocol, unpaired, as a detail
+        (``latency_e2e_ms``, ``latency_network_ms``)."""
         paired = ctx.reference is not None and ctx.reference_ms is not None
         result = measure_latency(artifact, ctx.threads, ctx.warmup, ctx.runs,
                                  reference=ctx.reference if paired else None,
-                                 min_seconds=ctx.min_seconds)
+                                 min_seconds=ctx.min_seconds, end_to_end=ctx.end_to_end)
         ctx.details.update({"latency_p90_ms": result.p90_ms, "latency_cv": result.cv,
                             "latency_runs": result.runs, "latency_raw_ms": result.median_ms,
                             "fingerprint": device_fingerprint(artifact, ctx.threads)})
+        other = not ctx.end_to_end
+        if not other or artifact.runtime == "torch" or artifact.returns_grasp:
+            timed = measure_latency(artifact, ctx.threads, ctx.warmup, ctx.runs,
+                                    min_seconds=ctx.min_seconds, end_to_end=other)
+            ctx.details[_NAMES[other]] = timed.median_ms
+            ctx.details[_NAMES[ctx.end_to_end]] = result.median_ms
         if not paired:
             return result.median_ms
         ctx.details.update({"latency_ratio": result.ratio,

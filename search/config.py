@@ -22,6 +22,7 @@ __all__ = ["SAMPLERS", "Constraint", "StudyConfig", "StudyConfigError", "load_st
 VERSION = 1
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 OBJECTIVES = ("accuracy", "size", "latency")
+LATENCY_SCOPES = ("end_to_end", "network")
 KNOBS = ("upsample", "depthwise", "lowrank", "prune", "precision")
 _CONSTRAINT = re.compile(
     r"^\s*(?P<objective>accuracy|size|latency)\s*(?P<op><=|>=)\s*"
@@ -80,6 +81,7 @@ class StudyConfig:
     objectives: tuple[str, ...] = OBJECTIVES
     constraints: tuple[Constraint, ...] = ()
     confidence: float | None = None  # accuracy constraints on the interval's lower end
+    end_to_end: bool = True  # latency: depth in -> grasp out (else the network alone)
     runtime: str = "onnxruntime"
     device: str = "cpu"
     threads: int = 1
@@ -264,6 +266,9 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
                        "must be a confidence level in [0.5, 1) (accuracy constraints must then "
                        "hold at the lower end of that paired interval), e.g. 0.95",
                        lambda v: 0.5 <= v < 1)
+    scope = o.get("latency", str, "end_to_end",
+                  "must be end_to_end (depth in -> grasp out, as the robot runs it) or network "
+                  "(the network alone)", lambda v: v in LATENCY_SCOPES)
     o.done()
     parsed = tuple(_parse_constraint(path, c) for c in constraints)
 
@@ -312,7 +317,7 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
         recovery_crop=crop, recovery_lr=lr, recovery_lr_schedule=schedule,
         distill_weight=distill, gate_steps=gate_steps, gate_margin=gate_margin,
         objectives=tuple(names), constraints=parsed, confidence=confidence,
-        runtime=runtime, device=device,
+        end_to_end=scope == "end_to_end", runtime=runtime, device=device,
         threads=threads, warmup=warmup, runs=runs, min_seconds=min_seconds, paired=paired,
         allow_other_devices=other_devices,
         sampler=sampler, seed=seed,

@@ -20,7 +20,7 @@ from rich.console import Console
 from grasp.artifact import Artifact
 from grasp.checkpoints import load_checkpoint
 from grasp.data import load_dataset, split
-from grasp.evaluation import HeldOut, score_images
+from grasp.evaluation import HeldOut, score_grasps
 from grasp.urls import redact_url
 from search.config import StudyConfig
 from search.stats import PairedDifference, Rate, paired_difference, rate
@@ -169,12 +169,12 @@ def verify_trials(study: optuna.Study, config: StudyConfig, numbers: list[int],
     for key, artifact in artifacts.items():
         name = "the baseline" if key == BASELINE else f"trial {key}"
         console.print(f"test images: scoring {name} on {len(held)} images")
-        hits[key] = score_images(artifact.predictor(config.threads), held).standard
+        hits[key] = score_grasps(artifact.grasp_predictor(config.threads), held).standard
     outcomes = {}
     if sim:
-        from grasp.sim.evaluate import evaluate_policies_in_sim, model_policy
+        from grasp.sim.evaluate import artifact_policy, evaluate_policies_in_sim
 
-        policies = {key: model_policy(a.predictor(config.threads), config.output_size)
+        policies = {key: artifact_policy(a.grasp_predictor(config.threads), config.output_size)
                     for key, a in artifacts.items()}
         console.print(f"simulated grasps: {scenes} held-out scenes, {len(policies)} models "
                       f"(about {0.1 * scenes + 0.17 * scenes * len(policies):.0f} s)")

@@ -58,6 +58,7 @@ from grasp.artifact import (
     export_onnx,
     export_torch,
 )
+from grasp.synthesis import MIN_DISTANCE, attach_to_onnx
 from spaces.base import KnobConfig, KnobError, register_knob
 
 __all__ = ["PrecisionConfig", "PrecisionKnob", "build_artifact", "int8_layers", "quantize_pt2e"]
@@ -228,7 +229,7 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
                          device=device)
         return Artifact(path, runtime, config.precision, input_size, device)
     if config.precision == "fp32":
-        compact_onnx(export_onnx(model, path, input_size))
+        _with_synthesis(compact_onnx(export_onnx(model, path, input_size)), input_size)
         return Artifact(path, precision="fp32", input_size=input_size, device=device)
     fp32 = export_onnx(model, path.with_suffix(".fp32.onnx"), input_size)
     try:
@@ -265,8 +266,17 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
                 timings["calibration_s"] = time.perf_counter() - start
     finally:
         fp32.unlink(missing_ok=True)
-    compact_onnx(path)
+    _with_synthesis(compact_onnx(path), input_size)
     return Artifact(path, precision=config.precision, input_size=input_size, device=device)
+
+
+def _with_synthesis(path: Path, input_size: int) -> Path:
+    """The shipped ONNX file returns the grasp too (grasp.synthesis), in float32 after any
+    precision: the robot's whole depth -> grasp job in one runtime call. Maps too small for
+    GG-CNN's peak search (tests' tiny models) ship maps only."""
+    if input_size > 2 * MIN_DISTANCE:
+        attach_to_onnx(path, input_size)
+    return path
 
 
 def _int8_layers_torch(artifact: Artifact) -> list[str]:

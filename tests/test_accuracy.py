@@ -203,7 +203,7 @@ def test_export_ships_a_file_scored_as_recorded_and_verified_on_held_out_data(
 
     from grasp.artifact import Artifact
     from grasp.data import load_dataset, split
-    from grasp.evaluation import HeldOut, score_images
+    from grasp.evaluation import HeldOut, score_grasps
     from search.cli import main
     from search.study import load_study
 
@@ -217,11 +217,12 @@ def test_export_ships_a_file_scored_as_recorded_and_verified_on_held_out_data(
     dataset = load_dataset("jacquard", trained[1], output_size=96)
     parts = split(dataset, "preset", 0.1, 0.1, 0)
     val = HeldOut.load(dataset.subset(parts["val"]))
-    # The shipped file scores exactly what the study recorded for the trial.
-    assert score_images(shipped.predictor(), val).accuracy == trial.user_attrs["values"][
+    # The shipped file's own grasps score exactly what the study recorded for the trial.
+    assert shipped.returns_grasp
+    assert score_grasps(shipped.grasp_predictor(), val).accuracy == trial.user_attrs["values"][
         "accuracy"]
     verified = json.loads((out / "config.json").read_text())["verified"]
-    test = score_images(shipped.predictor(), HeldOut.load(dataset.subset(parts["test"])))
+    test = score_grasps(shipped.grasp_predictor(), HeldOut.load(dataset.subset(parts["test"])))
     assert verified["test_images"] == 18 and verified["test_accuracy"] == test.accuracy
     low, high = verified["test_accuracy_ci"]
     assert low < test.accuracy < high

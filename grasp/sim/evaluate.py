@@ -25,8 +25,8 @@ from grasp.sim.generate import scene_seed
 from grasp.sim.gripper import execute_grasp, pose_from_grasp
 from grasp.sim.scene import Scene, connect, generate_scene, load_scene, render
 
-__all__ = ["SimResult", "evaluate_in_sim", "evaluate_policies_in_sim", "model_policy",
-           "random_policy", "wilson_interval"]
+__all__ = ["SimResult", "artifact_policy", "evaluate_in_sim", "evaluate_policies_in_sim",
+           "model_policy", "random_policy", "wilson_interval"]
 
 #: A policy sees the metric depth image (and the mask, for baselines) and picks one grasp.
 Policy = Callable[[np.ndarray, np.ndarray], Grasp | None]
@@ -71,16 +71,29 @@ def model_policy(predict: Callable[[torch.Tensor], torch.Tensor],
     [1, 4, S, S]): the best peak, or the quality map's maximum. A predictor built for
     another ``input_size`` than the camera's sees the image resized, and its grasp is
     scaled back to the camera's pixels."""
+    return _policy(lambda x: scored_grasps(predict(x).float().cpu().numpy()[0])[1], input_size)
 
+
+def artifact_policy(predict_grasps: Callable[[torch.Tensor], np.ndarray],
+                    input_size: int | None = None) -> Policy:
+    """The grasp an artifact returns itself (``Artifact.grasp_predictor``: [1, 6], see
+    grasp.synthesis), executed whether or not it cleared GG-CNN's 0.2, as a robot would."""
+
+    def grasp(x: torch.Tensor) -> Grasp:
+        row, col, angle, opening, *_ = (float(v) for v in predict_grasps(x)[0])
+        return Grasp((row, col), angle, opening, opening / 2)
+
+    return _policy(grasp, input_size)
+
+
+def _policy(grasp_of: Callable[[torch.Tensor], Grasp], input_size: int | None) -> Policy:
     def policy(depth: np.ndarray, mask: np.ndarray) -> Grasp | None:
         size = input_size or depth.shape[0]
         scale = depth.shape[0] / size
         if size != depth.shape[0]:
             depth = resize(depth, (size, size), order=1, preserve_range=True,
                            anti_aliasing=True).astype(np.float32)
-        x = torch.from_numpy(normalise_depth(depth))[None, None]
-        maps = predict(x).float().cpu().numpy()[0]
-        grasp = scored_grasps(maps)[1]
+        grasp = grasp_of(torch.from_numpy(normalise_depth(depth))[None, None])
         return grasp.scaled(scale) if scale != 1 else grasp
 
     return policy
