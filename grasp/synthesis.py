@@ -112,7 +112,7 @@ class GraspSynthesis(nn.Module):
         angle_kernel, opening_kernel = (torch.tensor(k) for k in self.kernels[1:])
         cos = self._window(flat_maps, 1, row, col, line[:len(angle_kernel)])
         sin = self._window(flat_maps, 2, row, col, line[:len(angle_kernel)])
-        angle = (torch.atan2(sin, cos) / 2 * torch.outer(angle_kernel, angle_kernel).flatten()
+        angle = (_atan2(sin, cos) / 2 * torch.outer(angle_kernel, angle_kernel).flatten()
                  ).sum(1)
         opening = (self._window(flat_maps, 3, row, col, line[:len(opening_kernel)])
                    * MAX_WIDTH_PX
@@ -144,6 +144,14 @@ class GraspSynthesis(nn.Module):
         cols = (col[:, None] + offsets[None]).clamp(0, size - 1)
         index = (rows[:, :, None] * size + cols[:, None, :]).view(-1, side * side)
         return flat_maps.gather(1, index + channel * size * size)
+
+
+def _atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """numpy's arctan2, (0, 0) -> 0 included, from ops every ONNX runtime has: the exporter's
+    own atan2 divides 0 by 0 there, and an int8 map's cos and sin are often both exactly 0."""
+    base = torch.atan(y / torch.where(x == 0, torch.ones_like(x), x))
+    turned = torch.where(y >= 0, base + torch.pi, base - torch.pi)
+    return torch.where(x > 0, base, torch.where(x < 0, turned, torch.sign(y) * (torch.pi / 2)))
 
 
 def _window_max(image: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:

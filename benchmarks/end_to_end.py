@@ -1,0 +1,187 @@
+"""Depth in, grasp out: network, post-processing and end-to-end latency, side by side in
+one run, and how closely the in-graph grasp synthesis reproduces GG-CNN's post-processing.
+
+    python benchmarks/end_to_end.py [--data data/sim] [--images 300] [--study STUDY.toml]
+
+Rows (ONNX Runtime, batch 1, 1 thread, the study protocol's timing: warm-up, then at least
+100 runs and 1 s):
+
+- the uncompressed GG-CNN (its fastest exact form) with today's numpy post-processing
+  (``grasp.rectangles.post_process`` + ``best_grasp``: three float64 Gaussians over the
+  full maps, arctan2 over the whole map, skimage's peak_local_max);
+- the same network with ``scored_grasps`` (numpy: only the quality map blurred in full);
+- the **strongest baseline**: the same network with its grasp synthesis in the file
+  (grasp.synthesis), the runtime doing the whole job;
+- int8 only (the same network quantized, grasp synthesis in the file);
+- with ``--study``: the fastest model of that study's feasible front (its own artifact).
+
+Network ms times the file without its grasp synthesis; end-to-end ms times depth in ->
+grasp out (for the numpy rows, the network call followed by the numpy code); the
+post-processing column is their difference. Ratios are to the strongest baseline's
+end-to-end median, all measured in this run.
+
+Agreement: on ``--images`` validation images, the grasp each file returns against the
+float64 numpy reference on the same file's maps: identical peak pixel and peak flag, and
+the IoU grasp-match accuracy both ways, paired.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from grasp.artifact import INPUT_NAME, OUTPUT_NAME, Artifact
+from grasp.checkpoints import load_checkpoint
+from grasp.data import load_dataset, split
+from grasp.evaluation import HeldOut, score_grasps, score_images
+from grasp.rectangles import best_grasp, post_process, scored_grasps
+from objectives.latency import device_fingerprint, measure_latency
+from search.stats import paired_difference, rate
+from spaces.precision import PrecisionConfig, build_artifact
+from spaces.upsample import rewrite_all
+
+TIMING = {"threads": 1, "warmup": 20, "runs": 100, "min_seconds": 1.0}
+
+
+class _Call:
+    """A plain callable in the shape measure_latency times (an artifact's timed call)."""
+
+    def __init__(self, run: Callable[[], None]) -> None:
+        self.run = run
+
+    def timed_call(self, threads: int = 1, end_to_end: bool = False) -> Callable[[], None]:
+        return self.run
+
+
+def _median_ms(run: Callable[[], None]) -> float:
+    return measure_latency(_Call(run), **TIMING).median_ms  # type: ignore[arg-type]
+
+
+def _with_numpy(artifact: Artifact, post: Callable[[np.ndarray], object]) -> Callable[[], None]:
+    """The network (without its grasp synthesis) followed by numpy post-processing."""
+    session = artifact.session(1, network_only=True)
+    image = np.random.default_rng(0).standard_normal(
+        (1, 1, artifact.input_size, artifact.input_size)).astype(np.float32) * 0.01
+
+    def run() -> None:
+        post(session.run([OUTPUT_NAME], {INPUT_NAME: image})[0][0])
+
+    return run
+
+
+def _reference(maps: np.ndarray) -> object:
+    quality, angle, opening = post_process(maps[0], maps[1], maps[2], maps[3])
+    return best_grasp(quality, angle, opening)
+
+
+def cpu_line() -> str:
+    flags = next((line.split(":", 1)[1].split() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")),
+                 [])
+    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
+    fp = device_fingerprint(None, 1)
+    return f"{fp['cpu']}, {fp['cores']} cores, {' '.join(shown) or 'no AVX2'}"
+
+
+def agreement(artifact: Artifact, held: HeldOut) -> dict[str, object]:
+    """The file's own grasps against the float64 reference on its maps, image by image."""
+    maps = artifact.predictor(1)
+    grasps = artifact.grasp_predictor(1)
+    same = 0
+    for start in range(0, len(held), 8):
+        x = held.inputs[start:start + 8]
+        for m, g in zip(maps(x).numpy(), grasps(x), strict=True):
+            top, executed = scored_grasps(m)
+            chosen = top or executed
+            same += ((int(g[0]), int(g[1]), bool(g[5]))
+                     == (int(chosen.center[0]), int(chosen.center[1]), top is not None))
+    in_graph = score_grasps(grasps, held).standard
+    reference = score_images(maps, held).standard
+    return {"same": same, "graph": rate(in_graph), "reference": rate(reference),
+            "paired": paired_difference(in_graph, reference)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data/sim")
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--calibration", default="data/sim",
+                        help="a dataset whose training images calibrate int8")
+    parser.add_argument("--study", default=None, help="a study file: time its fastest front "
+                                                      "model too")
+    args = parser.parse_args()
+    console = Console(width=130)
+    dataset = load_dataset("jacquard", args.data, output_size=300)
+    parts = split(dataset, "preset", 0.1, 0.1, 0)
+    held = HeldOut.load(dataset.subset(parts["val"][:args.images]))
+    train = load_dataset("jacquard", args.calibration, output_size=300)
+    calibration = [train.item(i)[0] for i in split(train, "preset", 0.1, 0.1, 0)["train"][:32]]
+    model = load_checkpoint("grasp/checkpoints/ggcnn.pt", "ggcnn").model.eval()
+    rows: list[tuple[str, Callable[[], None], Callable[[], None] | None]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = {name: build_artifact(m, PrecisionConfig("fp32"), Path(tmp) / name)
+                    for name, m in (("plain", model), ("subpixel", rewrite_all(model)))}
+        network = {name: _median_ms(a.timed_call(1)) for name, a in variants.items()}
+        best = min(network, key=network.get)
+        fp32 = variants[best]
+        int8 = build_artifact(rewrite_all(model), PrecisionConfig("int8"), Path(tmp) / "int8",
+                              calibration)
+        artifacts = {"strongest baseline (fp32, synthesis in the file)": fp32,
+                     "int8 only (synthesis in the file)": int8}
+        if args.study:
+            artifacts["fastest front model of the study"] = _front_artifact(args.study)
+        rows.append(("uncompressed fp32 + today's numpy post-processing",
+                     fp32.timed_call(1), _with_numpy(fp32, _reference)))
+        rows.append(("uncompressed fp32 + scored_grasps (numpy, quality map only)",
+                     fp32.timed_call(1), _with_numpy(fp32, scored_grasps)))
+        rows += [(name, a.timed_call(1), a.timed_call(1, end_to_end=True))
+                 for name, a in artifacts.items()]
+        timed = [(name, _median_ms(net), _median_ms(e2e)) for name, net, e2e in rows]
+        strongest = next(e2e for name, _, e2e in timed if name.startswith("strongest"))
+        table = Table(title=f"Depth in -> grasp out, GG-CNN 300 px, ONNX Runtime, 1 thread "
+                            f"[{cpu_line()}]")
+        for column in ("row", "network ms", "post-processing ms", "end-to-end ms",
+                       "ratio to strongest baseline, e2e"):
+            table.add_column(column, justify="left" if column == "row" else "right")
+        for name, net, e2e in timed:
+            table.add_row(name, f"{net:.2f}", f"{e2e - net:.2f}", f"{e2e:.2f}",
+                          f"{strongest / e2e:.2f}x")
+        console.print(table)
+        console.print(f"(the uncompressed network's fastest exact form here: {best}; "
+                      f"post-processing = end-to-end minus network, both measured)")
+        agree = Table(title=f"In-graph grasp against the float64 numpy reference on the same "
+                            f"maps, {len(held)} validation images")
+        for column in ("file", "same peak pixel and flag", "accuracy, in the file",
+                       "accuracy, numpy reference", "paired difference"):
+            agree.add_column(column, justify="left" if column == "file" else "right")
+        for name, artifact in artifacts.items():
+            a = agreement(artifact, held)
+            agree.add_row(name, f"{a['same']}/{len(held)} ({a['same'] / len(held):.1%})",
+                          str(a["graph"]), str(a["reference"]), str(a["paired"]))
+        console.print(agree)
+
+
+def _front_artifact(study_file: str) -> Artifact:
+    from search.config import load_study_config
+    from search.pareto import feasible_front
+    from search.study import load_study
+
+    config = load_study_config(study_file)
+    front = feasible_front(load_study(config), config.objectives)
+    if not front:
+        raise SystemExit(f"{study_file}: the study has no feasible front yet.")
+    trial = front[0]  # fastest first
+    return Artifact(Path(trial.user_attrs["artifact"]), config.runtime,
+                    trial.user_attrs["precision"], config.output_size)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()
