@@ -22,7 +22,9 @@ candidates' smoothed qualities agree to about 1e-7.
 
 Output, per image, float32: ``[row, col, angle (rad), opening (px), quality, peak]`` with
 ``peak`` 1.0 when the quality cleared 0.2 (GG-CNN's top grasp), 0.0 when it did not (the
-grasp a robot executes anyway). The jaw size is half the opening, as in GG-CNN.
+grasp a robot executes anyway). The jaw size is half the opening, as in GG-CNN. An input
+image with NaN or infinite values, or with no relief at all (constant: a sensor that
+returned nothing), gives no grasp: ``[-1, -1, 0, 0, 0, 0]``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ MIN_DISTANCE = 20
 THRESHOLD = 0.2
 GRASP_FIELDS = ("row", "col", "angle", "opening", "quality", "peak")
 GRASP_OUTPUT = "grasp"
+NO_GRASP = torch.tensor([-1.0, -1.0, 0.0, 0.0, 0.0, 0.0])
 FOLD_BYTES = 64
 
 
@@ -87,7 +90,8 @@ class GraspSynthesis(nn.Module):
         self.size = size
         self.kernels = [torch.from_numpy(gaussian_kernel(s)).float().tolist() for s in SIGMAS]
 
-    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+    def forward(self, maps: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """``maps``: the network's output for ``depth`` ([N, 1, size, size], its input)."""
         size = self.size
         line = torch.arange(maps.shape[-1])  # traced: a Range op in the file, not a constant
         flat_maps = maps.float().flatten(1)  # [N, 4 size²]: quality, cos, sin, width
@@ -117,8 +121,13 @@ class GraspSynthesis(nn.Module):
         opening = (self._window(flat_maps, 3, row, col, line[:len(opening_kernel)])
                    * MAX_WIDTH_PX
                    * torch.outer(opening_kernel, opening_kernel).flatten()).sum(1)
-        return torch.stack([row.float(), col.float(), angle, opening,
-                            flat.gather(1, pixel[:, None])[:, 0], peak.float()], 1)
+        grasp = torch.stack([row.float(), col.float(), angle, opening,
+                             flat.gather(1, pixel[:, None])[:, 0], peak.float()], 1)
+        # No grasp from an image with NaN or infinite values or no relief at all (a sensor
+        # that returned nothing): row and col -1, everything else 0.
+        image = depth.flatten(1)
+        usable = torch.isfinite(image).all(1) & (image.amax(1) > image.amin(1))
+        return torch.where(usable[:, None], grasp, NO_GRASP)
 
     def _blur_rows(self, image: torch.Tensor, band: torch.Tensor, line: torch.Tensor
                    ) -> torch.Tensor:
@@ -189,16 +198,25 @@ def attach_to_onnx(path: str | Path, size: int) -> Path:
         exported = Path(scratch) / "synthesis.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(GraspSynthesis(size), (torch.zeros(1, 4, size, size),),
-                              str(exported), dynamo=False, input_names=["s.maps"],
+            torch.onnx.export(GraspSynthesis(size), (torch.zeros(1, 4, size, size),
+                                                     torch.zeros(1, 1, size, size)),
+                              str(exported), dynamo=False, input_names=["s.maps", "s.depth"],
                               output_names=[GRASP_OUTPUT], opset_version=_opset(network),
-                              dynamic_axes={"s.maps": {0: "batch"}, GRASP_OUTPUT: {0: "batch"}},
+                              dynamic_axes={"s.maps": {0: "batch"}, "s.depth": {0: "batch"},
+                                            GRASP_OUTPUT: {0: "batch"}},
                               do_constant_folding=False)
         synthesis = onnxslim.slim(onnx.load(str(exported)), size_threshold=FOLD_BYTES)
     _shorten(synthesis.graph, prefix="s")
     synthesis.ir_version = network.ir_version
     merged = compose.merge_models(network, synthesis, io_map=[(maps.name, "s.maps")])
     merged.graph.output.append(maps)
+    # The synthesis reads the network's own input: one input, ``depth``, for the whole file.
+    depth = network.graph.input[0].name
+    for node in merged.graph.node:
+        node.input[:] = [depth if x == "s.depth" else x for x in node.input]
+    kept = [v for v in merged.graph.input if v.name != "s.depth"]
+    del merged.graph.input[:]
+    merged.graph.input.extend(kept)
     tmp = path.with_suffix(".tmp.onnx")
     onnx.save(merged, str(tmp))
     os.replace(tmp, path)

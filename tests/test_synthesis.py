@@ -49,6 +49,11 @@ def _cases(size: int) -> np.ndarray:
     return np.stack([*maps, flat, low, edge, twins, still])
 
 
+def _depth(n: int, size: int) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(1).normal(0, 0.1, (n, 1, size, size))
+                            .astype(np.float32))
+
+
 def _reference(maps: np.ndarray) -> list[tuple[int, int, float, float, bool]]:
     out = []
     for m in maps:
@@ -72,7 +77,8 @@ def test_the_graph_finds_the_reference_grasp_on_every_hard_case():
     assert reference[-3][:2] == (150, 150)  # the border peak is not the top grasp
     assert reference[-2][:2] == (100, 200)
     with torch.no_grad():
-        _check(GraspSynthesis(300)(torch.from_numpy(maps)).numpy(), reference)
+        _check(GraspSynthesis(300)(torch.from_numpy(maps), _depth(len(maps), 300)).numpy(),
+               reference)
 
 
 def test_the_graph_finds_the_reference_grasp_on_a_trained_models_maps(trained):
@@ -90,7 +96,7 @@ def test_the_graph_finds_the_reference_grasp_on_a_trained_models_maps(trained):
     reference = _reference(maps.numpy())
     assert sum(peak for *_, peak in reference) >= len(reference) // 2
     with torch.no_grad():
-        _check(GraspSynthesis(96)(maps).numpy(), reference)
+        _check(GraspSynthesis(96)(maps, held.inputs).numpy(), reference)
 
 
 def test_onnx_runtime_runs_the_same_graph(tmp_path):
@@ -98,13 +104,40 @@ def test_onnx_runtime_runs_the_same_graph(tmp_path):
     path = tmp_path / "synthesis.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(GraspSynthesis(300), (maps[:1],), str(path), dynamo=False,
-                          input_names=["maps"], output_names=["grasp"], opset_version=17,
-                          dynamic_axes={"maps": {0: "batch"}, "grasp": {0: "batch"}})
+        torch.onnx.export(GraspSynthesis(300), (maps[:1], _depth(1, 300)), str(path),
+                          dynamo=False, input_names=["maps", "depth"], output_names=["grasp"],
+                          opset_version=17, dynamic_axes={"maps": {0: "batch"},
+                                                          "depth": {0: "batch"},
+                                                          "grasp": {0: "batch"}})
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    _check(session.run(["grasp"], {"maps": maps.numpy()})[0], _reference(maps.numpy()))
+    feed = {"maps": maps.numpy(), "depth": _depth(len(maps), 300).numpy()}
+    _check(session.run(["grasp"], feed)[0], _reference(maps.numpy()))
 
 
 def test_maps_too_small_for_the_peak_search_are_refused():
     with pytest.raises(ValueError, match=r"over 40 pixels wide.*got 40"):
         GraspSynthesis(40)
+
+
+def test_the_shipped_file_answers_bad_depth_with_no_grasp_or_a_clear_error(tmp_path):
+    import re
+
+    from grasp.artifact import INPUT_NAME
+    from grasp.models import get_model
+    from spaces.precision import PrecisionConfig, build_artifact
+
+    torch.manual_seed(0)
+    artifact = build_artifact(get_model("ggcnn").eval(), PrecisionConfig("fp32"),
+                              tmp_path / "model", input_size=96)
+    session = artifact.session()
+    assert [o.name for o in session.get_inputs()] == [INPUT_NAME]
+    depth = np.random.default_rng(0).normal(0, 0.1, (4, 1, 96, 96)).astype(np.float32)
+    depth[1, 0, 40, 40] = np.nan  # one missing pixel
+    depth[2] = 0.0  # a sensor that returned nothing
+    depth[3, 0, 0, 0] = np.inf
+    grasps = session.run(["grasp"], {INPUT_NAME: depth})[0]
+    assert grasps[0, 0] >= 0 and np.isfinite(grasps[0]).all()
+    assert (grasps[1:] == [-1, -1, 0, 0, 0, 0]).all()
+    with pytest.raises(Exception, match=re.compile(r"invalid dimensions.*depth.*Expected: 96",
+                                                   re.S)):
+        session.run(["grasp"], {INPUT_NAME: np.zeros((1, 1, 80, 80), np.float32)})
