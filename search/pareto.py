@@ -90,6 +90,7 @@ def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[st
             "accuracy": v["accuracy"], "accuracy_ci": _interval(stats.get("accuracy_ci")),
             "images": stats.get("images"),
             "size_bytes": v["size"], "latency_ms": v["latency"],
+            **_latencies(v, t.user_attrs.get("extra", {}), _scope(study)),
             "accuracy_change_pp": 100 * (v["accuracy"] - base.get("accuracy", np.nan)),
             "accuracy_change_ci_pp": [100 * x for x in _interval(
                 paired and (paired["low"], paired["high"]))],
@@ -100,6 +101,28 @@ def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[st
             "macs": t.user_attrs.get("extra", {}).get("macs"),
         })
     return rows
+
+
+SCOPE_NAMES = {"end_to_end": "depth -> grasp", "network": "network alone"}
+
+
+def _scope(study: optuna.Study) -> str:
+    """What the study's latency objective times; studies from before it was recorded timed
+    the network alone."""
+    return study.user_attrs.get("config", {}).get("study.latency", "network")
+
+
+def _latencies(values: dict[str, float], extra: dict[str, Any], scope: str
+               ) -> dict[str, float]:
+    """Both latencies of a trial or the baseline: the one the study optimised is its
+    ``latency``; the other was timed beside it (absent from older studies: NaN)."""
+    both = {k: float(extra.get(k, np.nan)) for k in ("latency_e2e_ms", "latency_network_ms")}
+    both["latency_e2e_ms" if scope == "end_to_end" else "latency_network_ms"] = values["latency"]
+    return both
+
+
+def _ms(value: float) -> str:
+    return "" if np.isnan(value) else f"{value:.2f}"
 
 
 def _ci(pair: list[float], form: str = "{:.3f}") -> str:
@@ -121,13 +144,17 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
         f"{level:.0%} Wilson interval; Δ: paired with the baseline on the same images, "
         f"{level:.0%} bootstrap interval, +better/-worse images. Validation chooses; "
         f"test figures come with `ggopt export` / `ggopt verify`." if images else None))
+    scope = _scope(study)
+    other = "latency_network_ms" if scope == "end_to_end" else "latency_e2e_ms"
     for col in ("trial", "precision", "val accuracy", "Δ vs baseline (pp)", "±", "size kB",
-                "size ÷", "latency ms", "speed-up", "MMACs"):
+                "size ÷", f"latency ms ({SCOPE_NAMES[scope]})", "speed-up",
+                f"{'network' if scope == 'end_to_end' else 'end-to-end'} ms", "MMACs"):
         table.add_column(col, justify="right", no_wrap=True)
     if base:
         table.add_row("baseline", f"fp32 {base.get('variant', '')}",
                       f"{base['accuracy']:.3f}{_ci(base.get('accuracy_ci'))}", "0.0", "",
                       f"{base['size'] / 1e3:.1f}", "1.0", f"{base['latency']:.2f}", "1.00",
+                      _ms(_latencies(base, base, scope)[other]),
                       f"{base.get('macs', 0) / 1e6:.0f}", style="dim")
     for r in front_rows(study, objectives):
         better, worse = r["discordant"]
@@ -136,7 +163,7 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
                       f"{r['accuracy_change_pp']:+.1f}{_ci(r['accuracy_change_ci_pp'], '{:+.1f}')}",
                       f"+{better}/-{worse}" if better is not None else "",
                       f"{r['size_bytes'] / 1e3:.1f}", f"{r['size_reduction']:.1f}",
-                      f"{r['latency_ms']:.2f}", f"{r['speedup']:.2f}",
+                      f"{r['latency_ms']:.2f}", f"{r['speedup']:.2f}", _ms(r[other]),
                       f"{(r['macs'] or 0) / 1e6:.0f}")
     return table
 
@@ -314,7 +341,15 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
              if images else "IoU grasp-match accuracy (validation: chose the model)",
              "accuracy", "{:.3f}"),
             (f"size (bytes of {model_path.name})", "size", "{:.0f}"),
-            (f"latency (median ms, batch 1, {fp.get('threads')} thread)", "latency", "{:.2f}")]
+            (f"latency, depth in -> grasp out (median ms, batch 1, {fp.get('threads')} "
+             f"thread)", "latency_e2e_ms", "{:.2f}"),
+            (f"latency, network alone (median ms, batch 1, {fp.get('threads')} thread)",
+             "latency_network_ms", "{:.2f}")]
+    scope = _scope(study)
+    v = {**v, **_latencies(v, finished.details if remade else trial.user_attrs.get("extra", {}),
+                           scope)}
+    studied = {**studied, **_latencies(studied, trial.user_attrs.get("extra", {}), scope)}
+    base = {**base, **_latencies(base, base, scope)} if base else base
     columns = ["this model", *(["the trial in the study"] if remade else []),
                "uncompressed baseline"]
     table = ["| objective | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -452,7 +487,8 @@ accuracy {base.get('accuracy', float('nan')):.3f}, {base.get('size', 0) / 1e3:.1
 <p>Validation accuracy on {base.get('accuracy_images')} images with its 95 % interval; Δ is
 paired with the baseline on the same images, with its 95 % interval.</p>
 <table><tr><th>trial</th><th>precision</th><th>val accuracy</th>
-<th>Δ pp</th><th>kB</th><th>smaller</th><th>ms</th><th>faster</th></tr>{rows}</table>
+<th>Δ pp</th><th>kB</th><th>smaller</th><th>ms ({SCOPE_NAMES[_scope(study)]})</th>
+<th>faster</th></tr>{rows}</table>
 <img src="pareto.png"><h2>Hypervolume</h2><img src="hypervolume.png">
 <h2>What each front model changed, per layer</h2><img src="layers.png"></body></html>"""
     (out / "index.html").write_text(page)
