@@ -9,8 +9,10 @@ is touched).
 running new ones: the per-stage cost of an overnight study without spending another night.
 
 Stages, as each trial records them: apply (the structural knobs), recovery (distillation,
-with the gate), export (ONNX), calibration (int8 calibration and quantization), accuracy,
-size, latency; "other" is the rest of the trial's wall time (sampling, tracking, storage).
+with the gate), export (ONNX), calibration (int8 calibration and quantization), accuracy
+(both passes on a large validation split, search/screening.py), size, latency (both
+figures, end to end and network); "other" is the rest of the trial's wall time (sampling,
+tracking, storage).
 Trials per hour counts finished trials over the optimisation's wall time, and again with
 the one-off setup (data check, baseline measurement) included. Target (issue 7): >= 60
 trials/hour for the quick-start study on 2 cores.
@@ -69,6 +71,15 @@ def _run(args: argparse.Namespace):
         return config, study, time.perf_counter() - start
 
 
+def _pruned(trials, mark: str) -> int:
+    """Pruned trials stopped at a stage: the gate (``gate_accuracy``; screened trials passed
+    it too) or the first scoring pass (``screened``)."""
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    if mark == "gate_accuracy":
+        return sum(mark in t.user_attrs and "screened" not in t.user_attrs for t in pruned)
+    return sum(mark in t.user_attrs for t in pruned)
+
+
 def _report(console: Console, config, study, trials, total: float | None) -> None:
     walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
     first = min(t.datetime_start for t in trials)
@@ -77,7 +88,8 @@ def _report(console: Console, config, study, trials, total: float | None) -> Non
 
     table = Table(title=f"{config.name}: {len(trials)} trials "
                         f"({sum(t.state == TrialState.COMPLETE for t in trials)} complete, "
-                        f"{sum(t.state == TrialState.PRUNED for t in trials)} pruned by the gate)")
+                        f"{_pruned(trials, 'gate_accuracy')} pruned by the gate, "
+                        f"{_pruned(trials, 'screened')} screened out after the first pass)")
     for column in ("stage", "median s", "mean s", "max s", "share of trial time"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     whole = sum(walls)

@@ -209,7 +209,10 @@ def attach_to_onnx(path: str | Path, size: int) -> Path:
     _shorten(synthesis.graph, prefix="s")
     synthesis.ir_version = network.ir_version
     merged = compose.merge_models(network, synthesis, io_map=[(maps.name, "s.maps")])
-    merged.graph.output.append(maps)
+    grasp = list(merged.graph.output)
+    del merged.graph.output[:]
+    merged.graph.output.extend([maps, *grasp])  # maps first, as before: run(None)[0]
+    del merged.graph.value_info[:]  # shape annotations: the runtime infers them
     # The synthesis reads the network's own input: one input, ``depth``, for the whole file.
     depth = network.graph.input[0].name
     for node in merged.graph.node:

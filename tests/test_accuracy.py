@@ -13,7 +13,7 @@ from test_search import write_study
 
 from search.config import StudyConfigError, load_study_config
 from search.stats import images_to_resolve, pack_hits, paired_difference, rate, unpack_hits
-from search.study import run_study
+from search.study import METRIC_VERSION, run_study
 
 
 def test_rate_is_the_wilson_interval():
@@ -191,7 +191,7 @@ def test_resuming_a_study_scored_by_the_old_metric_is_refused(tmp_path, trained)
     study = optuna.load_study(study_name="tiny", storage=config.storage)
     attrs = study.user_attrs["config"]
     study.set_user_attr("config", {k: v for k, v in attrs.items() if k != "study.metric"})
-    with pytest.raises(StudyConfigError, match=r"metric was 1, now 2"):
+    with pytest.raises(StudyConfigError, match=rf"metric was 1, now {METRIC_VERSION}"):
         run_study(load_study_config(path, {"n_trials": 2}), track=False)
 
 
