@@ -100,18 +100,20 @@ class GraspSynthesis(nn.Module):
         band = _band(torch.tensor(self.kernels[0]), _block(size), line)
         across = self._blur_rows(flat_maps[:, :size * size].view(-1, size, size), band, line)
         quality_t = self._blur_rows(across.transpose(1, 2), band, line)  # [N, col, row]
-        padded = torch.arange(maps.shape[-1] + 2 * MIN_DISTANCE) - MIN_DISTANCE
-        neighbourhood = _window_max(_window_max(quality_t, padded).transpose(1, 2), padded)
+        # Peaks are searched MIN_DISTANCE or more inside the border: the neighbourhood
+        # maximum is needed there only (its window still reaches the border).
+        inner = size - 2 * MIN_DISTANCE
+        neighbourhood = _window_max(_window_max(quality_t, size).transpose(1, 2), size)
         quality = quality_t.transpose(1, 2)
-        local_max = (quality == neighbourhood).flatten(1)
         flat = quality.flatten(1)
-        away = (line >= MIN_DISTANCE) & (line < size - MIN_DISTANCE)
-        inside = (away[:, None] & away[None, :]).flatten()
-        candidates = local_max & inside & (flat > THRESHOLD)
-        best = torch.where(candidates, flat, torch.full_like(flat, -torch.inf)).argmax(1)
+        centre = quality[:, MIN_DISTANCE:size - MIN_DISTANCE, MIN_DISTANCE:size - MIN_DISTANCE]
+        candidates = ((centre == neighbourhood) & (centre > THRESHOLD)).flatten(1)
+        centre = centre.flatten(1)
+        best = torch.where(candidates, centre, torch.full_like(centre, -torch.inf)).argmax(1)
         trivial = flat.amax(1) == flat.amin(1)  # every pixel its neighbourhood's maximum
         peak = candidates.gather(1, best[:, None])[:, 0] & ~trivial
-        pixel = torch.where(peak, best, flat.argmax(1))
+        inner_pixel = (best // inner + MIN_DISTANCE) * size + best % inner + MIN_DISTANCE
+        pixel = torch.where(peak, inner_pixel, flat.argmax(1))
         row, col = pixel // size, pixel % size
         angle_kernel, opening_kernel = (torch.tensor(k) for k in self.kernels[1:])
         cos = self._window(flat_maps, 1, row, col, line[:len(angle_kernel)])
@@ -126,7 +128,7 @@ class GraspSynthesis(nn.Module):
         # No grasp from an image with NaN or infinite values or no relief at all (a sensor
         # that returned nothing): row and col -1, everything else 0.
         image = depth.flatten(1)
-        usable = torch.isfinite(image).all(1) & (image.amax(1) > image.amin(1))
+        usable = torch.isfinite(image.sum(1)) & (image.amax(1) > image.amin(1))  # NaN, inf
         return torch.where(usable[:, None], grasp, NO_GRASP)
 
     def _blur_rows(self, image: torch.Tensor, band: torch.Tensor, line: torch.Tensor
@@ -163,21 +165,19 @@ def _atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > 0, base, torch.where(x < 0, turned, torch.sign(y) * (torch.pi / 2)))
 
 
-def _window_max(image: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
-    """The maximum over the 2 MIN_DISTANCE + 1 rows centred on each row of [N, size, size]
-    ``image``, the window clipped at the border (edge padding gives the same maximum), by
+def _window_max(image: torch.Tensor, rows: int) -> torch.Tensor:
+    """The maximum over the 2 MIN_DISTANCE + 1 rows centred on each row of [N, rows, W]
+    ``image`` that lies MIN_DISTANCE or more inside (rows - 2 MIN_DISTANCE out), by
     doubling: six elementwise maxima of whole-row slices instead of a 41-row pooling
-    window's 40 comparisons (ONNX Runtime's MaxPool took 7 ms). ``padded``: -20 .. size + 19.
-    """
-    size = image.shape[1]
-    span = image.index_select(1, padded.clamp(0, size - 1))
-    length, width = size + 2 * MIN_DISTANCE, 1  # span[:, i] = max of padded rows [i, i + width)
+    window's 40 comparisons (ONNX Runtime's MaxPool took 7 ms)."""
+    span, length, width = image, rows, 1  # span[:, i] = max of rows [i, i + width)
     while 2 * width <= 2 * MIN_DISTANCE + 1:
         length -= width
         span = torch.maximum(span[:, :length], span[:, width:width + length])
         width *= 2
     rest = 2 * MIN_DISTANCE + 1 - width
-    return torch.maximum(span[:, :size], span[:, rest:rest + size])
+    length -= rest
+    return torch.maximum(span[:, :length], span[:, rest:rest + length])
 
 
 def attach_to_onnx(path: str | Path, size: int) -> Path:
