@@ -125,6 +125,11 @@ def test_every_trial_is_paired_with_the_baseline_on_the_same_images(tmp_path, tr
         assert paired["better"] == int((hits & ~base_hits).sum())
         assert paired["worse"] == int((~hits & base_hits).sum())
         assert paired["difference"] == pytest.approx(hits.mean() - base_hits.mean())
+        # Latency is end to end by default (depth in, grasp out), the network timed beside it.
+        extra = t.user_attrs["extra"]
+        assert t.user_attrs["values"]["latency"] == extra["latency_e2e_ms"]
+        assert 0 < extra["latency_network_ms"] < extra["latency_e2e_ms"] * 1.5
+    assert study.user_attrs["config"]["study.latency"] == "end_to_end"
     # Trial 0 is the uncompressed model itself: the same outcome on every image.
     first = study.trials[0].user_attrs["accuracy_stats"]["paired"]
     assert (first["better"], first["worse"], first["low"], first["high"]) == (0, 0, 0.0, 0.0)
@@ -134,11 +139,13 @@ def test_confidence_checks_the_accuracy_constraint_on_the_paired_lower_end(tmp_p
     # With 24 images, a margin of 0.6 clears images_to_resolve (11 at 95 %).
     constraint = '["accuracy >= baseline - 0.6"]'
     path = _trained_study(tmp_path, trained, constraints=constraint,
-                          objectives="confidence = 0.95", n_trials=3)
+                          objectives='confidence = 0.95\nlatency = "network"', n_trials=3)
     study = run_study(load_study_config(path), track=False)
     base = study.user_attrs["baseline"]
+    assert base["latency"] == base["latency_network_ms"] and "latency_e2e_ms" in base
     discordant = 0
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert t.user_attrs["values"]["latency"] == t.user_attrs["extra"]["latency_network_ms"]
         paired = t.user_attrs["accuracy_stats"]["paired"]
         # The violation is measured from the paired interval's lower end, not the point.
         assert t.user_attrs["constraints"][0] == pytest.approx(-0.6 - paired["low"])

@@ -286,6 +286,8 @@ def test_a_size_constraint_stops_oversized_trials_before_recovery_or_scoring(
     ('name = "ggcnn"', 'name = "resnet"', r"\[model\] name: must be one of"),
     ('name = "ggcnn"', 'name = "ggcnn2"', r"checkpoint: .*ggcnn"),
     ("output_size = 96", "output_size = 100", r"output_size: must be an integer multiple"),
+    ("[objectives]", '[objectives]\nlatency = "e2e"',
+     r"\[objectives\] latency: must be end_to_end .* or network"),
     ("runs = 3", "runs = 3\ncores = 4", r"\[runtime\] cores: unknown key"),
     ('storage = "sqlite', 'storage = "nonsense:/', r"storage: must be a database URL"),
     ('"accuracy >= baseline - 1.0"', '"accuracy > 0.5"', r"constraints: each must read"),
