@@ -367,7 +367,10 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
         f"Model `{config.model}` compressed by ggopt; file `{model_path.name}` for "
         f"{config.runtime} ({trial.user_attrs.get('precision')}, input `depth` "
         f"[B,1,{config.output_size},{config.output_size}], output `maps` [B,4,...]: "
-        "quality, cos 2θ, sin 2θ, width/150).",
+        "quality, cos 2θ, sin 2θ, width/150"
+        + (", and `grasp` [B,6]: row, col, angle, opening, quality, peak: depth in, grasp "
+           "out, see ggopt's docs/robot.md)." if model_path.suffix == ".onnx" else
+           "; GG-CNN's post-processing runs after it: `grasp.synthesis.GraspSynthesis`)."),
         "", *table, "",
         *([*verified.lines(), "", "Test images and simulated scenes were never seen by the "
            "study: it chose on validation images only. Intervals are 95 % (Wilson for rates; "
