@@ -201,7 +201,7 @@ def plot_front(study: optuna.Study, objectives: tuple[str, ...], path: Path) -> 
     if base:
         ax.scatter([base["latency"]], [base["accuracy"]], marker="*", s=160, color="black",
                    label="uncompressed baseline")
-    ax.set_xlabel("latency (ms, median, measured)")
+    ax.set_xlabel(f"latency, {SCOPE_NAMES[_scope(study)]} (ms, median, measured)")
     images = (base or {}).get("accuracy_images")
     ax.set_ylabel("IoU grasp-match accuracy (validation"
                   + (f", {images} images, 95 % CI)" if images else ")"))
