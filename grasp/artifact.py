@@ -504,7 +504,7 @@ class Artifact:
 
         def predict_maps(x: torch.Tensor) -> np.ndarray:
             with torch.inference_mode():
-                return synthesis(maps(x)).numpy()
+                return synthesis(maps(x), x.cpu()).numpy()
 
         return predict_maps
 
@@ -521,7 +521,7 @@ class Artifact:
             module, x = self.module(), torch.from_numpy(image).to(self.device)
             synthesis = GraspSynthesis(self.input_size).to(self.device) if end_to_end else None
             if self.device == "cuda":
-                program = module if synthesis is None else (lambda v: synthesis(module(v)))
+                program = module if synthesis is None else (lambda v: synthesis(module(v), v))
                 replay, _ = cuda_graph(program, x)
                 return replay
 
@@ -529,7 +529,7 @@ class Artifact:
                 with torch.inference_mode():
                     maps = module(x)
                     if synthesis is not None:
-                        synthesis(maps)
+                        synthesis(maps, x)
 
             return run_torch
         if end_to_end and not self.returns_grasp:

@@ -70,7 +70,7 @@ def test_two_workers_share_one_study_on_postgres(tmp_path, checkpoint, jacquard_
 def test_a_killed_worker_loses_nothing_and_its_trial_is_retried(
         tmp_path, checkpoint, jacquard_root, postgres_url, mlflow_uri):
     path = distributed_study(tmp_path, checkpoint, jacquard_root, postgres_url, mlflow_uri,
-                             "crash", n_trials=5, steps=30)
+                             "crash", n_trials=5, steps=150)  # trials outlast a stalled poll
     worker = start_worker(path, tmp_path / "first.log")
     config = load_study_config(path)
     deadline = time.monotonic() + 300
