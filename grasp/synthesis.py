@@ -29,6 +29,7 @@ returned nothing), gives no grasp: ``[-1, -1, 0, 0, 0, 0]``.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import warnings
@@ -188,26 +189,13 @@ def attach_to_onnx(path: str | Path, size: int) -> Path:
     slicing bounds): the indices and masks stay ``Range`` ops, folded by the runtime at load
     (folded in the file they would be 110 kB). Value names are shortened as the network's."""
     import onnx
-    import onnxslim
     from onnx import compose
 
     path = Path(path)
     network = onnx.load(str(path))
     maps = network.graph.output[0]
-    with tempfile.TemporaryDirectory() as scratch:
-        exported = Path(scratch) / "synthesis.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(GraspSynthesis(size), (torch.zeros(1, 4, size, size),
-                                                     torch.zeros(1, 1, size, size)),
-                              str(exported), dynamo=False, input_names=["s.maps", "s.depth"],
-                              output_names=[GRASP_OUTPUT], opset_version=_opset(network),
-                              dynamic_axes={"s.maps": {0: "batch"}, "s.depth": {0: "batch"},
-                                            GRASP_OUTPUT: {0: "batch"}},
-                              do_constant_folding=False)
-        synthesis = onnxslim.slim(onnx.load(str(exported)), size_threshold=FOLD_BYTES)
-    _shorten(synthesis.graph, prefix="s")
-    synthesis.ir_version = network.ir_version
+    synthesis = onnx.ModelProto()
+    synthesis.ParseFromString(_synthesis_graph(size, _opset(network), network.ir_version))
     merged = compose.merge_models(network, synthesis, io_map=[(maps.name, "s.maps")])
     grasp = list(merged.graph.output)
     del merged.graph.output[:]
@@ -224,6 +212,30 @@ def attach_to_onnx(path: str | Path, size: int) -> Path:
     onnx.save(merged, str(tmp))
     os.replace(tmp, path)
     return path
+
+
+@functools.lru_cache(maxsize=8)
+def _synthesis_graph(size: int, opset: int, ir_version: int) -> bytes:
+    """The synthesis as a standalone ONNX model (serialized), exported once per process for
+    each size and opset: exporting and slimming it takes over a second, merging it little."""
+    import onnx
+    import onnxslim
+
+    with tempfile.TemporaryDirectory() as scratch:
+        exported = Path(scratch) / "synthesis.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(GraspSynthesis(size), (torch.zeros(1, 4, size, size),
+                                                     torch.zeros(1, 1, size, size)),
+                              str(exported), dynamo=False, input_names=["s.maps", "s.depth"],
+                              output_names=[GRASP_OUTPUT], opset_version=opset,
+                              dynamic_axes={"s.maps": {0: "batch"}, "s.depth": {0: "batch"},
+                                            GRASP_OUTPUT: {0: "batch"}},
+                              do_constant_folding=False)
+        synthesis = onnxslim.slim(onnx.load(str(exported)), size_threshold=FOLD_BYTES)
+    _shorten(synthesis.graph, prefix="s")
+    synthesis.ir_version = ir_version
+    return synthesis.SerializeToString()
 
 
 def _opset(model) -> int:
