@@ -20,6 +20,7 @@ from rich.progress import track
 
 from grasp.data.base import GraspSubset
 from grasp.rectangles import Grasp, grasp_match, maps_outcomes
+from grasp.synthesis import as_grasp
 
 __all__ = ["HeldOut", "ImageHits", "grasp_outcomes", "score_grasps", "score_images"]
 
@@ -121,9 +122,8 @@ def grasp_outcomes(grasp: np.ndarray, truths: Sequence[Grasp]) -> tuple[bool, bo
     """One synthesised grasp ([row, col, angle, opening, quality, peak]) scored as
     :func:`~grasp.rectangles.maps_outcomes` scores maps: without a peak above 0.2 it is a
     miss by GG-CNN's protocol, and the executed grasp is scored all the same."""
-    row, col, angle, opening, _, peak = (float(v) for v in grasp)
-    hit = grasp_match(Grasp((row, col), angle, opening, opening / 2), truths)
-    return (hit if peak else False), hit
+    hit = grasp_match(as_grasp(grasp), truths)
+    return (hit if grasp[5] else False), hit
 
 
 def _score(outputs: Callable[[torch.Tensor], np.ndarray],

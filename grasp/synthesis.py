@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from grasp.rectangles import MAX_WIDTH_PX, SIGMAS, TRUNCATE
+from grasp.rectangles import MAX_WIDTH_PX, SIGMAS, TRUNCATE, Grasp
 
 __all__ = ["GRASP_FIELDS", "GRASP_OUTPUT", "MIN_DISTANCE", "THRESHOLD", "GraspSynthesis",
-           "attach_to_onnx", "gaussian_kernel"]
+           "as_grasp", "attach_to_onnx", "gaussian_kernel"]
 
 MIN_DISTANCE = 20
 THRESHOLD = 0.2
@@ -50,6 +50,12 @@ GRASP_FIELDS = ("row", "col", "angle", "opening", "quality", "peak")
 GRASP_OUTPUT = "grasp"
 NO_GRASP = torch.tensor([-1.0, -1.0, 0.0, 0.0, 0.0, 0.0])
 FOLD_BYTES = 64
+
+
+def as_grasp(output: np.ndarray) -> Grasp:
+    """One row of the ``grasp`` output as a :class:`Grasp` (jaw size half the opening)."""
+    row, col, angle, opening, *_ = (float(v) for v in output)
+    return Grasp((row, col), angle, opening, opening / 2)
 
 
 def gaussian_kernel(sigma: float) -> np.ndarray:

@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
+from objectives.latency import LATENCY_KEYS
 from search.config import StudyConfig
 
 __all__ = ["export_trial", "feasible_front", "front_rows", "front_table", "hypervolume_history",
@@ -116,8 +117,8 @@ def _latencies(values: dict[str, float], extra: dict[str, Any], scope: str
                ) -> dict[str, float]:
     """Both latencies of a trial or the baseline: the one the study optimised is its
     ``latency``; the other was timed beside it (absent from older studies: NaN)."""
-    both = {k: float(extra.get(k, np.nan)) for k in ("latency_e2e_ms", "latency_network_ms")}
-    both["latency_e2e_ms" if scope == "end_to_end" else "latency_network_ms"] = values["latency"]
+    both = {k: float(extra.get(k, np.nan)) for k in LATENCY_KEYS.values()}
+    both[LATENCY_KEYS[scope == "end_to_end"]] = values["latency"]
     return both
 
 
@@ -145,7 +146,7 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
         f"{level:.0%} bootstrap interval, +better/-worse images. Validation chooses; "
         f"test figures come with `ggopt export` / `ggopt verify`." if images else None))
     scope = _scope(study)
-    other = "latency_network_ms" if scope == "end_to_end" else "latency_e2e_ms"
+    other = LATENCY_KEYS[scope != "end_to_end"]
     for col in ("trial", "precision", "val accuracy", "Δ vs baseline (pp)", "±", "size kB",
                 "size ÷", f"latency ms ({SCOPE_NAMES[scope]})", "speed-up",
                 f"{'network' if scope == 'end_to_end' else 'end-to-end'} ms", "MMACs"):
@@ -342,9 +343,9 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
              "accuracy", "{:.3f}"),
             (f"size (bytes of {model_path.name})", "size", "{:.0f}"),
             (f"latency, depth in -> grasp out (median ms, batch 1, {fp.get('threads')} "
-             f"thread)", "latency_e2e_ms", "{:.2f}"),
+             f"thread)", LATENCY_KEYS[True], "{:.2f}"),
             (f"latency, network alone (median ms, batch 1, {fp.get('threads')} thread)",
-             "latency_network_ms", "{:.2f}")]
+             LATENCY_KEYS[False], "{:.2f}")]
     scope = _scope(study)
     v = {**v, **_latencies(v, finished.details if remade else trial.user_attrs.get("extra", {}),
                            scope)}

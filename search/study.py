@@ -38,7 +38,7 @@ from grasp.evaluation import HeldOut, ImageHits, score_images
 from grasp.train import predict_maps
 from grasp.urls import redact_url
 from objectives import Context, count_macs, count_params, device_fingerprint, get_objective
-from objectives.latency import fingerprint_key
+from objectives.latency import LATENCY_KEYS, fingerprint_key
 from search.config import StudyConfig, StudyConfigError
 from search.recovery import Recipe, RecoveryPool, recover, recover_graph
 from search.screening import SCREEN_IMAGES, dominating_trial, screens
@@ -277,15 +277,15 @@ def measure_baseline(setup: StudySetup, folder: Path, console: Console) -> dict[
 
 
 #: The two latencies every artifact is timed at, whichever the study optimises.
-LATENCY_DETAILS = ("latency_e2e_ms", "latency_network_ms")
+LATENCY_DETAILS = tuple(LATENCY_KEYS.values())
 
 
 def _latency_note(config: StudyConfig, details: dict[str, Any]) -> str:
     """" end to end (network 4.10 ms)": what the latency figure beside it times."""
     if config.end_to_end:
-        network = details.get("latency_network_ms")
+        network = details.get(LATENCY_KEYS[False])
         return f" end to end (network {network:.2f} ms)" if network is not None else ""
-    e2e = details.get("latency_e2e_ms")
+    e2e = details.get(LATENCY_KEYS[True])
     return f" network (end to end {e2e:.2f} ms)" if e2e is not None else " network"
 
 

@@ -24,6 +24,7 @@ from grasp.sim.candidates import random_candidates
 from grasp.sim.generate import scene_seed
 from grasp.sim.gripper import execute_grasp, pose_from_grasp
 from grasp.sim.scene import Scene, connect, generate_scene, load_scene, render
+from grasp.synthesis import as_grasp
 
 __all__ = ["SimResult", "artifact_policy", "evaluate_in_sim", "evaluate_policies_in_sim",
            "model_policy", "random_policy", "wilson_interval"]
@@ -78,12 +79,7 @@ def artifact_policy(predict_grasps: Callable[[torch.Tensor], np.ndarray],
                     input_size: int | None = None) -> Policy:
     """The grasp an artifact returns itself (``Artifact.grasp_predictor``: [1, 6], see
     grasp.synthesis), executed whether or not it cleared GG-CNN's 0.2, as a robot would."""
-
-    def grasp(x: torch.Tensor) -> Grasp:
-        row, col, angle, opening, *_ = (float(v) for v in predict_grasps(x)[0])
-        return Grasp((row, col), angle, opening, opening / 2)
-
-    return _policy(grasp, input_size)
+    return _policy(lambda x: as_grasp(predict_grasps(x)[0]), input_size)
 
 
 def _policy(grasp_of: Callable[[torch.Tensor], Grasp], input_size: int | None) -> Policy:
