@@ -36,7 +36,17 @@ import torch
 from torch import nn
 
 from grasp.models import HEAD_NAMES
-from grasp.synthesis import GRASP_OUTPUT, GraspSynthesis
+from grasp.synthesis import GraspSynthesis
+from grasp.timing import (
+    GRASP_OUTPUT,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    TimingError,
+    fixed_input,
+    onnx_session,
+    onnx_timed_call,
+    without_synthesis,
+)
 
 __all__ = ["PRECISIONS", "RUNTIMES", "SUFFIXES", "Artifact", "ArtifactError", "check_device",
            "compact_onnx", "cuda_graph", "deployable", "export_onnx", "export_torch",
@@ -46,7 +56,6 @@ RUNTIMES = ("onnxruntime", "torch")
 #: The artifact file's suffix on each runtime.
 SUFFIXES = {"onnxruntime": ".onnx", "torch": ".pt2"}
 PRECISIONS = ("fp32", "fp16", "int8")
-INPUT_NAME, OUTPUT_NAME = "depth", "maps"
 
 
 class ArtifactError(ValueError):
@@ -428,35 +437,17 @@ class Artifact:
         """An ONNX Runtime session with a fixed thread count (1 thread times stably).
         ``network_only``: the file without its grasp synthesis (ONNX Runtime runs every node
         of a file whatever outputs are asked for), to time the network alone."""
-        import onnxruntime as ort
-
         if self.runtime != "onnxruntime":
             raise ArtifactError(f"{self.path}: a {self.runtime} artifact has no onnxruntime "
                                 "session.")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
         check_device(self.runtime, self.device)
-        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
-                     if self.device == "cuda" else ["CPUExecutionProvider"])
         source: str | bytes = str(self.path)
         if network_only and self.returns_grasp:
-            import onnx
-
-            network = onnx.utils.Extractor(onnx.load(source)).extract_model([INPUT_NAME],
-                                                                             [OUTPUT_NAME])
-            source = network.SerializeToString()
+            source = without_synthesis(Path(self.path).read_bytes())
         try:
-            session = ort.InferenceSession(source, options, providers=providers)
-        except Exception as error:  # onnxruntime raises its own untyped errors
-            raise ArtifactError(f"{self.path}: cannot be loaded by onnxruntime: {error}") from None
-        if session.get_providers()[0] != providers[0]:
-            raise ArtifactError(f"{self.path}: onnxruntime could not start {providers[0]} "
-                                f"(CUDA or cuDNN libraries missing?) and fell back to "
-                                f"{session.get_providers()}.")
-        return session
+            return onnx_session(source, threads, self.device)
+        except TimingError as error:
+            raise ArtifactError(f"{self.path}: {error}") from None
 
     def module(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The loaded torch program; only for the ``torch`` runtime."""
@@ -514,9 +505,7 @@ class Artifact:
         times; ``end_to_end``: depth in, grasp out (the network and grasp synthesis), else
         the network alone. The input is converted once, outside the call; a torch caller
         sets the thread count around its loop (:func:`torch_threads`)."""
-        rng = np.random.default_rng(seed)
-        image = rng.standard_normal((1, 1, self.input_size, self.input_size)).astype(
-            np.float32) * 0.01
+        image = fixed_input(self.input_size, seed)
         if self.runtime == "torch":
             module, x = self.module(), torch.from_numpy(image).to(self.device)
             synthesis = GraspSynthesis(self.input_size).to(self.device) if end_to_end else None
@@ -536,10 +525,5 @@ class Artifact:
             raise ArtifactError(f"{self.path}: has no grasp output to time end to end (written "
                                 f"by an older ggopt, or maps of {self.input_size} px, too "
                                 f"small for GG-CNN's peak search).")
-        session = self.session(threads, network_only=not end_to_end)
-        output, feed = GRASP_OUTPUT if end_to_end else OUTPUT_NAME, {INPUT_NAME: image}
-
-        def run() -> None:
-            session.run([output], feed)
-
-        return run
+        return onnx_timed_call(self.session(threads, network_only=not end_to_end),
+                               self.input_size, end_to_end, seed)

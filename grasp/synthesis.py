@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from grasp.rectangles import MAX_WIDTH_PX, SIGMAS, TRUNCATE, Grasp
+from grasp.timing import GRASP_OUTPUT
 
 __all__ = ["GRASP_FIELDS", "GRASP_OUTPUT", "MIN_DISTANCE", "THRESHOLD", "GraspSynthesis",
            "as_grasp", "attach_to_onnx", "gaussian_kernel"]
@@ -47,7 +48,6 @@ __all__ = ["GRASP_FIELDS", "GRASP_OUTPUT", "MIN_DISTANCE", "THRESHOLD", "GraspSy
 MIN_DISTANCE = 20
 THRESHOLD = 0.2
 GRASP_FIELDS = ("row", "col", "angle", "opening", "quality", "peak")
-GRASP_OUTPUT = "grasp"
 NO_GRASP = torch.tensor([-1.0, -1.0, 0.0, 0.0, 0.0, 0.0])
 FOLD_BYTES = 64
 

@@ -24,6 +24,9 @@ class Context:
     ``reference`` artifact and its recorded ``reference_ms``, latency is timed paired with
     it and scored as ``reference_ms`` x the measured ratio. ``end_to_end``: latency scores
     depth in -> grasp out (the network and its grasp synthesis), else the network alone.
+    ``target``: a timing agent's client (``search.agent.AgentClient``) when latency is
+    measured on the robot's computer, with ``measure`` shaped like
+    ``objectives.latency.measure_latency`` and ``fingerprint(artifact, threads)``.
     """
 
     eval_data: Any = None
@@ -34,6 +37,7 @@ class Context:
     reference: Artifact | None = None
     reference_ms: float | None = None
     end_to_end: bool = False
+    target: Any = None
     details: dict[str, Any] = field(default_factory=dict)
 
 

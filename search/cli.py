@@ -159,6 +159,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-trials", type=int, default=None,
                    help="total number of finished trials to reach (overrides the file)")
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--target", default=None, metavar="URL",
+                   help="time latency on the robot's computer, through the timing agent at "
+                        "URL (overrides [runtime] target; token from $GGOPT_AGENT_TOKEN)")
     p.set_defaults(run=_run_search)
 
 
@@ -168,7 +171,7 @@ def _run_search(args: argparse.Namespace) -> None:
 
     if args.n_trials is not None and args.n_trials < 1:
         raise ValueError(f"--n-trials: must be >= 1, got {args.n_trials}.")
-    config = _config(args, n_trials=args.n_trials, timeout=args.timeout)
+    config = _config(args, n_trials=args.n_trials, timeout=args.timeout, target=args.target)
     study = run_study(config, console)
     Console(stderr=True, width=max(console.width, 140)).print(
         front_table(study, config.objectives))
@@ -346,6 +349,19 @@ def _run_report(args: argparse.Namespace) -> None:
     console.print(f"report written to {page}")
 
 
+def _add_agent(sub: argparse._SubParsersAction) -> None:
+    from search.agent import build_parser as agent_parser
+    from search.agent import run_agent
+
+    p = sub.add_parser(
+        "agent", help="time artifacts on this computer for studies run elsewhere",
+        description="The timing agent: run it on the robot's computer and point a study at it "
+                    "([runtime] target or --target). On the robot itself, `ggopt-agent` does "
+                    "the same without torch (docs/agent.md).")
+    agent_parser(p)
+    p.set_defaults(run=run_agent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ggopt",
@@ -358,17 +374,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_verify(sub)
     _add_report(sub)
+    _add_agent(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from search.agent import AgentError
+
     args = build_parser().parse_args(argv)
     # MLflow's database migrations log at INFO on first use; they are not the user's business.
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, AgentError) as exc:
         # escape: messages name TOML tables such as [data], which rich would take as markup
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2

@@ -90,6 +90,8 @@ class StudyConfig:
     min_seconds: float = 1.0
     paired: bool | None = None  # unset: as the study began (search.study.settle_timing)
     allow_other_devices: bool = False
+    target: str | None = None  # a timing agent's URL: latency timed on the robot's computer
+    target_retry_s: float = 300.0  # how long to wait out an agent that went away
     sampler: str = "tpe"
     seed: int = 0
     n_trials: int | None = 20
@@ -164,6 +166,16 @@ def _parse_constraint(path: Path, text: Any) -> Constraint:
     except ValueError:
         raise StudyConfigError(f"{path}: constraints: not a number in {text!r}.") from None
     return Constraint(match["objective"], match["op"], value, bool(match["baseline"]), text)
+
+
+def _check_target(path: Path, where: str, url: str) -> str:
+    """A timing agent's URL, with no credentials in it (shown hidden if it has them)."""
+    from search.agent import check_target_url
+
+    try:
+        return check_target_url(url)
+    except ValueError as error:
+        raise StudyConfigError(f"{path}: {where}: {error}.") from None
 
 
 def _check_storage(path: Path, key: str, url: str) -> None:
@@ -288,6 +300,12 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
     other_devices = rt.get("allow_other_devices", bool, False,
                            "must be true or false (true: workers on other hardware may score "
                            "latency, which is then not comparable across them)")
+    target = rt.get("target", str, None, "must be a timing agent's URL, http://HOST:PORT")
+    if target is not None:
+        target = _check_target(path, "[runtime] target", target)
+    retry = rt.get("target_retry_s", float, 300.0,
+                   "must be a number of seconds from 0 to 86400 (how long a trial waits for "
+                   "a timing agent that went away before it fails)", lambda v: 0 <= v <= 86400)
     rt.done()
 
     s = _Reader(path, _table(path, data, "search"), "search")
@@ -319,7 +337,7 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
         objectives=tuple(names), constraints=parsed, confidence=confidence,
         end_to_end=scope == "end_to_end", runtime=runtime, device=device,
         threads=threads, warmup=warmup, runs=runs, min_seconds=min_seconds, paired=paired,
-        allow_other_devices=other_devices,
+        allow_other_devices=other_devices, target=target, target_retry_s=retry,
         sampler=sampler, seed=seed,
         n_trials=n_trials, timeout=timeout, storage=storage,
         heartbeat_interval=heartbeat, grace_period=grace, artifacts_dir=artifacts,
@@ -329,6 +347,8 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
         if value is not None:
             fields[key] = value
     _check_storage(path, "[search] storage", fields["storage"])
+    if overrides and overrides.get("target"):
+        fields["target"] = _check_target(path, "--target", fields["target"])
     config = StudyConfig(**fields)
     _check_runtime(config)
     _check_inputs(config)

@@ -39,6 +39,7 @@ from grasp.train import predict_maps
 from grasp.urls import redact_url
 from objectives import Context, count_macs, count_params, device_fingerprint, get_objective
 from objectives.latency import LATENCY_KEYS, fingerprint_key
+from search.agent import AgentClient, AgentDeviceChanged, AgentError, read_token
 from search.config import StudyConfig, StudyConfigError
 from search.recovery import Recipe, RecoveryPool, recover, recover_graph
 from search.screening import SCREEN_IMAGES, dominating_trial, screens
@@ -242,7 +243,8 @@ def measure_artifact(setup: StudySetup, artifact: Artifact,
     image). ``details["hits"]``: the per-image outcomes (grasp.evaluation.ImageHits)."""
     c = setup.config
     ctx = Context(setup.eval_data if images is None else images, c.threads, c.warmup, c.runs,
-                  c.min_seconds, reference, reference_ms, c.end_to_end)
+                  c.min_seconds, reference, reference_ms, c.end_to_end,
+                  target=timing_agent(c) if c.target else None)
     values = {}
     for name in names:
         start = time.perf_counter()
@@ -276,8 +278,32 @@ def measure_baseline(setup: StudySetup, folder: Path, console: Console) -> dict[
     return best
 
 
+def timing_agent(config: StudyConfig) -> AgentClient:
+    """The study's connection to its timing agent (``[runtime] target``), one per process."""
+    return _agent(config.target, read_token(), config.target_retry_s)
+
+
+@functools.cache
+def _agent(url: str, token: str, retry_s: float) -> AgentClient:
+    return AgentClient(url, token, retry_s)
+
+
+def connect_agent(config: StudyConfig) -> AgentClient:
+    """The timing agent, reached before any work: a study whose agent cannot be reached or
+    refuses the token stops here, naming the URL."""
+    try:
+        client = timing_agent(config)
+        client.connect()
+    except AgentError as error:
+        raise StudyConfigError(f"{config.path}: [runtime] target: {error}") from None
+    return client
+
+
 #: The two latencies every artifact is timed at, whichever the study optimises.
 LATENCY_DETAILS = tuple(LATENCY_KEYS.values())
+#: What timing on an agent cost a trial (s): uploads, waiting for other workers' timings,
+#: and the timing itself.
+AGENT_COSTS = ("agent_upload_s", "agent_wait_s", "agent_timing_s")
 
 
 def _latency_note(config: StudyConfig, details: dict[str, Any]) -> str:
@@ -473,7 +499,7 @@ class _Pipeline:
             extra = {"macs": count_macs(model, c.output_size), "params": count_params(model),
                      **{k: details[k] for k in ("latency_p90_ms", "latency_cv", "latency_raw_ms",
                                                 "latency_ratio", "latency_runs",
-                                                *LATENCY_DETAILS)
+                                                *LATENCY_DETAILS, *AGENT_COSTS)
                         if k in details}}
             trial.set_user_attr("extra", extra)
             if run_id:
@@ -488,6 +514,9 @@ class _Pipeline:
             raise
         except Exception as error:
             trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}")
+            if isinstance(error, AgentDeviceChanged):  # every next trial would fail alike
+                self.console.print(f"[red]stopping:[/] {error}")
+                self.study.stop()
             raise
         finally:
             trial.set_user_attr("times", times)
@@ -496,6 +525,7 @@ class _Pipeline:
                 fp = trial.user_attrs.get("fingerprint")
                 if fp:
                     tags["ggopt.device"] = fingerprint_key(fp)
+                    tags["ggopt.timed_by"] = fp.get("agent", "this worker")
                 self.tracker.end_trial(run_id, state, tags)
 
     def _measure(self, trial: optuna.Trial, artifact: Artifact, folder: Path,
@@ -703,10 +733,13 @@ def run_study(config: StudyConfig, console: Console | None = None,
     worker sharing it) or this worker's timeout."""
     console = console or Console(stderr=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:  # here, not at load: pareto and export read a GPU study's results on any machine
-        check_device(config.runtime, config.device)
-    except ArtifactError as error:
-        raise StudyConfigError(f"{config.path}: [runtime] {error}") from None
+    if config.target:  # latency is timed there, whatever this machine has
+        connect_agent(config)
+    else:
+        try:  # here, not at load: pareto and export read a GPU study's results anywhere
+            check_device(config.runtime, config.device)
+        except ArtifactError as error:
+            raise StudyConfigError(f"{config.path}: [runtime] {error}") from None
     # The storage is opened first: an unreachable server fails in a second, not after setup.
     storage = open_storage(config.storage, config.heartbeat_interval, config.grace_period,
                            config.tracking_uri if track else None)
@@ -891,10 +924,23 @@ def _check_eval_set(config: StudyConfig, setup: StudySetup, baseline: dict[str, 
 
 
 def _check_device(config: StudyConfig, baseline: dict[str, Any], console: Console) -> None:
-    """Latencies compare only on the hardware that measured the baseline."""
+    """Latencies compare only on the hardware that measured the baseline: this worker's, or
+    the timing agent's (which is then held to it for the rest of the run)."""
+    theirs = fingerprint_key(baseline["fingerprint"])
+    if config.target:
+        agent = timing_agent(config)
+        here = fingerprint_key(agent.fingerprint(None, config.threads, config.runtime,
+                                                 config.device))
+        if here != theirs:
+            raise StudyConfigError(
+                f"{config.path}: [runtime] target: the timing agent at {config.target} runs on "
+                f"{here}, not on the device that timed the study's baseline ({theirs}); its "
+                f"latencies would not compare. Start it on that device, or give the study a "
+                f"new `name`.")
+        agent.expected = theirs
+        return
     here = fingerprint_key(device_fingerprint(None, config.threads, config.runtime,
                                               config.device))
-    theirs = fingerprint_key(baseline["fingerprint"])
     if here == theirs:
         return
     if not config.allow_other_devices:
@@ -965,6 +1011,7 @@ def _config_attrs(config: StudyConfig) -> dict[str, Any]:
             "study.storage": redact_url(config.storage), "study.runtime": config.runtime,
             "study.threads": config.threads, "study.paired_latency": config.paired,
             "study.min_seconds": config.min_seconds,
+            "study.timed_by": config.target or "each worker",
             "study.qat_steps": config.knob_options.get("precision", {}).get("qat_steps", 0),
             "study.artifact_format": ARTIFACT_FORMAT}
 
