@@ -1,5 +1,6 @@
 """Real servers for the distributed tests: a private PostgreSQL cluster and an MLflow
-tracking server backed by it, both on free local ports, both torn down after the tests.
+tracking server backed by it, both on free local ports, both torn down after the tests;
+and ggopt's timing agent, run as on a robot: torch, MLflow, Optuna and pybullet unimportable.
 
 PostgreSQL comes from the Debian package (``.ci/run`` installs it). Its binaries refuse to
 run as root, so as root the cluster runs as the ``postgres`` system user.
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["find_postgres", "mlflow_server", "postgres_server"]
+__all__ = ["AgentProcess", "find_postgres", "free_port", "mlflow_server", "postgres_server"]
 
 
 def find_postgres() -> Path | None:
@@ -101,3 +102,74 @@ def mlflow_server(backend_url: str, artifacts: Path) -> Iterator[str]:
         os.killpg(process.pid, 15)
         process.wait(timeout=30)
         log.close()
+
+
+#: Runs ``ggopt-agent`` as it runs on a robot: with torch, MLflow, Optuna, pybullet and scipy
+#: unimportable. ``GGOPT_TEST_CPU`` names another CPU (an agent "on other hardware").
+AGENT_RUNNER = """
+import os, runpy, sys
+for name in ("torch", "mlflow", "optuna", "pybullet", "scipy", "skimage", "torch_pruning"):
+    sys.modules[name] = None
+if os.environ.get("GGOPT_TEST_CPU"):
+    import grasp.timing
+    grasp.timing.cpu_model = lambda: os.environ["GGOPT_TEST_CPU"]
+sys.argv = ["ggopt-agent", *sys.argv[1:]]
+runpy.run_module("search.agent", run_name="__main__")
+"""
+
+
+class AgentProcess:
+    """A timing agent in a subprocess on a fixed local port, which can be stopped and
+    started again there (as a robot's agent restarts)."""
+
+    def __init__(self, folder: Path, token: str, *options: str, cpu: str | None = None,
+                 light: bool = True) -> None:
+        """``light``: as installed on a robot, without torch (not with --allow-torch)."""
+        self.folder, self.token, self.options, self.cpu = folder, token, options, cpu
+        self.light = light
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = folder / f"agent-{self.port}.jsonl"
+        self.output = folder / f"agent-{self.port}.out"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, cpu: str | None = None) -> AgentProcess:
+        env = {**os.environ, "GGOPT_AGENT_TOKEN": self.token}
+        env.pop("GGOPT_TEST_CPU", None)
+        if cpu or self.cpu:
+            env["GGOPT_TEST_CPU"] = cpu or self.cpu
+        out = self.output.open("a")
+        runner = ["-c", AGENT_RUNNER] if self.light else ["-m", "search.agent"]
+        self.process = subprocess.Popen(
+            [sys.executable, *runner, "--port", str(self.port), "--log", str(self.log),
+             *self.options], stdout=out, stderr=subprocess.STDOUT, env=env,
+            cwd=Path(__file__).resolve().parents[1])
+        out.close()
+        deadline = time.monotonic() + 60
+        request = urllib.request.Request(f"{self.url}/fingerprint",
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the timing agent did not start:\n"
+                                   + self.output.read_text()[-3000:])
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def timings(self) -> list[dict]:
+        """The agent's log: one record per timing, with its start and end (wall clock)."""
+        import json
+
+        if not self.log.is_file():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]

@@ -1,8 +1,9 @@
-"""Several workers on one study: PostgreSQL storage, an MLflow server, kill -9 recovery,
-the SQLite refusal and the device check. The workers are real `ggopt search` processes."""
+"""Several workers on one study: PostgreSQL storage, an MLflow server, one timing agent,
+kill -9 recovery, the SQLite refusal and the device check. The workers are real `ggopt search` processes."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from servers import AgentProcess
 from test_search import write_study
 
 from search.cli import main
@@ -47,12 +49,20 @@ def child_runs(tracking: str, study: optuna.Study) -> list:
 
 
 def test_two_workers_share_one_study_on_postgres(tmp_path, checkpoint, jacquard_root,
-                                                 postgres_url, mlflow_uri):
+                                                 postgres_url, mlflow_uri, monkeypatch):
+    """... and one timing agent, which times their artifacts one at a time."""
+    agent = AgentProcess(tmp_path, "shared-token").start()
     path = distributed_study(tmp_path, checkpoint, jacquard_root, postgres_url, mlflow_uri,
                              "shared", n_trials=8)
-    workers = [start_worker(path, tmp_path / f"worker{i}.log") for i in range(2)]
-    for i, worker in enumerate(workers):
-        assert worker.wait(timeout=600) == 0, (tmp_path / f"worker{i}.log").read_text()
+    path.write_text(path.read_text().replace("[runtime]\n",
+                                             f'[runtime]\ntarget = "{agent.url}"\n'))
+    monkeypatch.setenv("GGOPT_AGENT_TOKEN", "shared-token")  # the workers inherit it
+    try:
+        workers = [start_worker(path, tmp_path / f"worker{i}.log") for i in range(2)]
+        for i, worker in enumerate(workers):
+            assert worker.wait(timeout=600) == 0, (tmp_path / f"worker{i}.log").read_text()
+    finally:
+        agent.stop()
     study = load_study(load_study_config(path))
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     # The budget is the study's, not each worker's: exactly 8, whatever the interleaving.
@@ -65,6 +75,12 @@ def test_two_workers_share_one_study_on_postgres(tmp_path, checkpoint, jacquard_
     assert sorted(by_trial) == sorted(str(t.number) for t in counted(study))
     assert all(r.info.status == "FINISHED" for r in runs
                if r.data.tags["ggopt.state"] == "COMPLETE")
+    # Every latency was timed on the agent, and no two timings overlapped.
+    assert all(t.user_attrs["fingerprint"]["agent"] == agent.url for t in complete)
+    records = sorted(agent.timings(), key=lambda r: r["start"])
+    assert len(records) >= 2 * (len(complete) + 1)  # each trial and the baseline, both ways
+    for earlier, later in itertools.pairwise(records):
+        assert later["start"] >= earlier["end"], "two workers' timings overlapped"
 
 
 def test_a_killed_worker_loses_nothing_and_its_trial_is_retried(

@@ -1,0 +1,299 @@
+"""The timing agent on loopback: run as on a robot (no torch, MLflow, Optuna or pybullet),
+its safety rules, a study timed through it, the agent lost and restarted mid-study, an agent
+on other hardware, concurrent requests timed one at a time. Two study workers sharing one
+agent: tests/test_distributed.py."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from optuna.trial import TrialState
+from servers import AgentProcess
+from test_search import write_study
+
+import search.study
+from grasp.artifact import Artifact, export_onnx
+from grasp.models import get_model
+from search.agent import AgentClient, AgentDeviceChanged, AgentError, AgentUnavailable
+from search.config import StudyConfigError, load_study_config
+from search.study import load_study, run_study
+from search.workers import finished
+from spaces.precision import PrecisionConfig, build_artifact
+
+SIZE = 96
+TOKEN = "test-token-0123456789abcdef"
+FAST = {"warmup": 1, "runs": 3, "min_seconds": 0.05}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Artifact]:
+    """A file that returns the grasp, one with maps only, and a torch .pt2 package."""
+    folder = tmp_path_factory.mktemp("agent-files")
+    torch.manual_seed(0)
+    model = get_model("ggcnn").eval()
+    grasping = build_artifact(model, PrecisionConfig("fp32"), folder / "grasp.onnx",
+                              input_size=SIZE)
+    maps = Artifact(export_onnx(model, folder / "maps.onnx", SIZE), input_size=SIZE)
+    torch_file = build_artifact(model, PrecisionConfig("fp32"), folder / "model.pt2",
+                                input_size=SIZE, runtime="torch")
+    return {"grasp": grasping, "maps": maps, "pt2": torch_file}
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    process = AgentProcess(tmp_path_factory.mktemp("agent"), TOKEN, "--max-mb", "1").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def token(monkeypatch):
+    monkeypatch.setenv("GGOPT_AGENT_TOKEN", TOKEN)
+    monkeypatch.delenv("GGOPT_AGENT_TOKEN_FILE", raising=False)
+
+
+def call(url: str, method: str, path: str, body: bytes | None = None,
+         token: str | None = TOKEN) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(url + path, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as reply:
+        return reply.code, json.loads(reply.read() or b"{}")
+
+
+def test_the_agent_times_by_the_study_protocol_without_torch(agent, files):
+    """The agent process cannot import torch, MLflow, Optuna or pybullet, and still times."""
+    client = AgentClient(agent.url, TOKEN)
+    device = client.connect()
+    assert device["accepts"] == ["onnx"] and "torch" not in device["versions"]
+    result = client.measure(files["grasp"], warmup=2, runs=5, min_seconds=0.3, end_to_end=True)
+    assert result.runs >= 5 and sum(result.times) >= 300 and len(result.times) == result.runs
+    assert result.p90_ms >= result.median_ms > 0
+    paired = client.measure(files["grasp"], reference=files["maps"], **FAST)
+    assert paired.ratio is not None and len(paired.reference_times) == paired.runs
+    costs = client.take_costs()
+    assert costs["agent_upload_s"] > 0 and costs["agent_timing_s"] >= 0.3
+    assert client.take_costs() == {}
+    # Same machine, same runtime: the agent's fingerprint is the one a local worker records.
+    from objectives.latency import device_fingerprint, fingerprint_key
+
+    mine = client.fingerprint(files["grasp"], 1)
+    assert mine["agent"] == agent.url
+    assert fingerprint_key(mine) == fingerprint_key(device_fingerprint(files["grasp"], 1))
+    # End to end needs the grasp output: the flag reaches the agent, which says what is missing.
+    with pytest.raises(AgentError, match="has no 'grasp' output"):
+        client.measure(files["maps"], end_to_end=True, **FAST)
+    assert client.measure(files["maps"], **FAST).median_ms > 0
+
+
+def test_the_agent_refuses_bad_requests_and_keeps_serving(agent, files, tmp_path):
+    data = files["grasp"].path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    assert call(agent.url, "GET", "/fingerprint", token=None)[0] == 401
+    status, answer = call(agent.url, "GET", "/fingerprint", token="wrong")
+    assert status == 401 and "token" in answer["error"]
+    with pytest.raises(AgentError, match="refused the token"):
+        AgentClient(agent.url, "wrong").connect()
+    # Over the size limit (--max-mb 1), named with the limit.
+    big = os.urandom(1_100_000)
+    status, answer = call(agent.url, "PUT", f"/artifacts/{hashlib.sha256(big).hexdigest()}", big)
+    assert status == 413 and "1048576" in answer["error"]
+    # Not an ONNX model; not the bytes the hash names; a .pt2 package without --allow-torch.
+    junk = b"not an onnx file"
+    status, answer = call(agent.url, "PUT", f"/artifacts/{hashlib.sha256(junk).hexdigest()}",
+                          junk)
+    assert status == 400 and "not an ONNX model" in answer["error"]
+    status, answer = call(agent.url, "PUT", f"/artifacts/{'0' * 64}", data)
+    assert status == 400 and sha in answer["error"]
+    pt2 = files["pt2"].path.read_bytes()
+    status, answer = call(agent.url, "PUT",
+                          f"/artifacts/{hashlib.sha256(pt2).hexdigest()}?kind=pt2", pt2)
+    assert status == 415 and "--allow-torch" in answer["error"]
+    with pytest.raises(AgentError, match="--allow-torch"):
+        AgentClient(agent.url, TOKEN).measure(files["pt2"], **FAST)
+    # A bad timing request names its field and rule; an unknown artifact says to upload it.
+    for body, expected in (({"artifact": sha, "runs": 1}, "runs >= 3"),
+                           ({"artifact": sha, "speed": "max"}, "unknown field 'speed'"),
+                           ({"runs": 5}, "`artifact`"), ([1, 2], "JSON object")):
+        status, answer = call(agent.url, "POST", "/time", json.dumps(body).encode())
+        assert status == 400 and expected in answer["error"], answer
+    status, answer = call(agent.url, "POST", "/time", json.dumps({"artifact": "f" * 64}).encode())
+    assert status == 404 and "upload it" in answer["error"]
+    # ... and it goes on serving.
+    assert AgentClient(agent.url, TOKEN).measure(files["grasp"], **FAST).median_ms > 0
+    assert agent.process.poll() is None
+    assert TOKEN not in agent.output.read_text()
+
+
+def test_torch_packages_are_timed_only_with_allow_torch(files, tmp_path):
+    # --allow-torch needs torch on the agent's computer: a full install, not the light one.
+    agent = AgentProcess(tmp_path, TOKEN, "--allow-torch", light=False).start()
+    try:
+        client = AgentClient(agent.url, TOKEN)
+        assert client.connect()["accepts"] == ["onnx", "pt2"]
+        assert client.measure(files["pt2"], **FAST).median_ms > 0
+        assert client.fingerprint(files["pt2"], 1)["runtime"] == "torch"
+    finally:
+        agent.stop()
+
+
+def with_target(path: Path, url: str, *more: str) -> Path:
+    """The study file at ``path`` with ``[runtime] target = url`` (and ``more`` lines)."""
+    lines = "\n".join((f'target = "{url}"', *more))
+    path.write_text(path.read_text().replace("[runtime]\n", f"[runtime]\n{lines}\n"))
+    return path
+
+
+def test_the_token_comes_from_the_environment_or_a_file_never_the_study(
+        tmp_path, checkpoint, jacquard_root, monkeypatch):
+    from search.agent import read_token
+
+    monkeypatch.delenv("GGOPT_AGENT_TOKEN", raising=False)
+    monkeypatch.delenv("GGOPT_AGENT_TOKEN_FILE", raising=False)
+    with pytest.raises(AgentError, match="GGOPT_AGENT_TOKEN"):
+        read_token()
+    secret = tmp_path / "token"
+    secret.write_text("from-a-file\n")
+    monkeypatch.setenv("GGOPT_AGENT_TOKEN_FILE", str(secret))
+    assert read_token() == "from-a-file"
+    monkeypatch.setenv("GGOPT_AGENT_TOKEN", "from-the-env")
+    assert read_token() == "from-the-env"
+    for url, rule in (("http://user:hunter2@robot:8765", "must not hold credentials"),
+                      ("http://robot:8765/?token=hunter2", "must not hold credentials"),
+                      ("ftp://robot", "http:// or https://")):
+        path = with_target(write_study(tmp_path, checkpoint, jacquard_root), url)
+        with pytest.raises(StudyConfigError, match=rule) as error:
+            load_study_config(path)
+        assert "hunter2" not in str(error.value) and "[runtime] target" in str(error.value)
+    with pytest.raises(StudyConfigError, match="--target"):
+        load_study_config(write_study(tmp_path, checkpoint, jacquard_root),
+                          {"target": "robot:8765"})
+
+
+def test_a_study_times_on_the_agent_and_survives_losing_it(
+        tmp_path, checkpoint, jacquard_root, token, monkeypatch):
+    agent = AgentProcess(tmp_path, TOKEN).start()
+    path = with_target(write_study(tmp_path, checkpoint, jacquard_root, n_trials=3), agent.url,
+                       "target_retry_s = 2")
+    search.study._agent.cache_clear()
+    try:
+        study = run_study(load_study_config(path))
+        baseline = study.user_attrs["baseline"]
+        assert baseline["fingerprint"]["agent"] == agent.url
+        complete = study.get_trials(states=(TrialState.COMPLETE,))
+        assert len(complete) == 3
+        for trial in complete:
+            assert trial.user_attrs["fingerprint"]["agent"] == agent.url
+            assert trial.user_attrs["extra"]["agent_timing_s"] > 0
+        timed = {record["artifact"] for record in agent.timings()}
+        for trial in complete:
+            sha = hashlib.sha256(Path(trial.user_attrs["artifact"]).read_bytes()).hexdigest()
+            assert sha[:12] in timed  # every trial's own file was timed there
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+        runs = mlflow.search_runs(experiment_names=["tiny"])
+        assert set(runs["tags.ggopt.timed_by"].dropna()) == {agent.url}
+        assert not any(TOKEN in str(v) for v in runs.to_numpy().ravel())
+
+        # Unreachable when the study starts: it stops before any work, naming the URL.
+        agent.stop()
+        with pytest.raises(StudyConfigError, match=f"{agent.url}.*cannot be reached"):
+            run_study(load_study_config(path, {"n_trials": 4}))
+        assert finished(load_study(load_study_config(path))) == 3
+
+        # Lost mid-study: trial 3's timing waits target_retry_s, then the trial fails with
+        # the reason; the agent is back for trial 4, which times there again.
+        agent.start()
+        real_build = search.study.build_trial_artifact
+
+        def build(setup, model, configs, folder, *args, **kwargs):
+            built = real_build(setup, model, configs, folder, *args, **kwargs)
+            if folder.name == "trial-3":
+                agent.stop()
+            if folder.name == "trial-4":
+                agent.start()
+            return built
+
+        monkeypatch.setattr(search.study, "build_trial_artifact", build)
+        study = run_study(load_study_config(path, {"n_trials": 5}))
+        states = {t.number: t.state for t in study.trials}
+        assert states[3] == TrialState.FAIL and states[4] == TrialState.COMPLETE
+        reason = study.trials[3].user_attrs["fail_reason"]
+        assert "AgentUnavailable" in reason and agent.url in reason and "retried" in reason
+        assert study.trials[4].user_attrs["fingerprint"]["agent"] == agent.url
+        monkeypatch.setattr(search.study, "build_trial_artifact", real_build)
+
+        # Restarted on other hardware: refused at the start ...
+        agent.stop()
+        agent.start(cpu="Cortex-A78AE (a Jetson)")
+        with pytest.raises(StudyConfigError, match="Cortex-A78AE"):
+            run_study(load_study_config(path, {"n_trials": 6}))
+        # ... and caught mid-study: the trial fails, and the worker stops.
+        agent.stop()
+        agent.start()
+
+        def swap(setup, model, configs, folder, *args, **kwargs):
+            built = real_build(setup, model, configs, folder, *args, **kwargs)
+            agent.stop()
+            agent.start(cpu="Cortex-A78AE (a Jetson)")
+            return built
+
+        monkeypatch.setattr(search.study, "build_trial_artifact", swap)
+        study = run_study(load_study_config(path, {"n_trials": 8}))
+        assert finished(study) == 6
+        assert study.trials[5].state == TrialState.FAIL
+        assert "AgentDeviceChanged" in study.trials[5].user_attrs["fail_reason"]
+    finally:
+        agent.stop()
+        search.study._agent.cache_clear()
+
+
+def test_an_agent_that_went_away_is_waited_for_then_reported(files, tmp_path):
+    agent = AgentProcess(tmp_path, TOKEN).start()
+    client = AgentClient(agent.url, TOKEN, retry_s=1)
+    client.measure(files["grasp"], **FAST)
+    agent.stop()
+    with pytest.raises(AgentUnavailable, match=r"retried for 1 s"):
+        client.measure(files["grasp"], **FAST)
+    agent.start()  # a restarted agent holds no files: they are sent again
+    assert client.measure(files["grasp"], **FAST).median_ms > 0
+    agent.stop()
+    client.expected = "some other device"
+    agent.start()
+    with pytest.raises(AgentDeviceChanged, match="would not compare"):
+        client.measure(files["grasp"], **FAST)
+    agent.stop()
+
+
+def test_concurrent_requests_are_timed_one_at_a_time_in_order(agent, files):
+    clients = [AgentClient(agent.url, TOKEN) for _ in range(3)]
+    before = len(agent.timings())
+    waits: list[float] = []
+
+    def work(client: AgentClient, artifact: Artifact) -> None:
+        for _ in range(2):
+            client.measure(artifact, warmup=1, runs=3, min_seconds=0.3)
+            waits.append(client.take_costs()["agent_wait_s"])
+
+    threads = [threading.Thread(target=work, args=(c, files[k]))
+               for c, k in zip(clients, ("grasp", "maps", "grasp"), strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    records = sorted(agent.timings()[before:], key=lambda r: r["start"])
+    assert len(records) == 6
+    for earlier, later in itertools.pairwise(records):
+        assert later["start"] >= earlier["end"], "two timings overlapped"
+    assert max(waits) > 0.2  # someone queued behind a 0.3 s timing, and it was reported
