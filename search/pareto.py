@@ -380,7 +380,8 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
         *_loading(config.runtime, trial.user_attrs.get("precision"), config.device),
         "All three numbers were measured on this file. Latency was measured on: "
         f"{fp.get('cpu')} ({fp.get('cores')} cores), {fp.get('runtime')} "
-        f"{fp.get('runtime_version')}, {fp.get('device')}.", "",
+        f"{fp.get('runtime_version')}, {fp.get('device')}"
+        + (f", by the timing agent at {fp['agent']}." if fp.get("agent") else "."), "",
         f"Study file: `{config.path}`; storage: study `{study.study_name}`.", "",
         "Knob parameters:", "", "```json", json.dumps(trial.params, indent=2), "```", ""]
     (out / "MODEL_CARD.md").write_text("\n".join(card))

@@ -1,5 +1,6 @@
 """Several workers on one study: PostgreSQL storage, an MLflow server, one timing agent,
-kill -9 recovery, the SQLite refusal and the device check. The workers are real `ggopt search` processes."""
+kill -9 recovery, the SQLite refusal and the device check. The workers are real
+`ggopt search` processes."""
 
 from __future__ import annotations
 
