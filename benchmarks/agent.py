@@ -7,9 +7,11 @@ The agent runs in a subprocess on loopback (``python -m search.agent``), as it w
 robot's computer. Each artifact (the uncompressed GG-CNN in its fastest exact form with its
 grasp synthesis, and int8) is timed at both scopes (end to end, network alone) by the
 study's protocol ([runtime] defaults: 1 thread, 10 warm-up runs, at least 50 runs and
-1 s), locally and through the agent in alternation (ABBA order over ``--rounds`` rounds), so
-that a drift of the machine's speed touches both alike. "agent / local" is the ratio of the
-two medians of medians, with the range of the per-round ratios.
+1 s), locally and through the agent in alternation over ``--rounds`` rounds (the first of
+the two alternating), and locally once more as a control. "agent / local" is the median of
+the per-round ratios with a bootstrap 95 % interval; "local / local" is the same for the
+control: on a machine whose speed drifts for seconds at a time, it shows how far two
+timings of one file move with nothing between them.
 
 The cost table times what a trial adds by going through an agent: a file the agent has not
 seen (a trial's artifact is new), both latencies timed there, with one worker and with two
@@ -31,9 +33,11 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 from rich.console import Console
 from rich.table import Table
+from scipy import stats
 
 from grasp.artifact import Artifact
 from grasp.checkpoints import load_checkpoint
@@ -88,6 +92,13 @@ def trial_through_agent(client: AgentClient, artifact: Artifact) -> dict[str, fl
     return {"wall_s": time.perf_counter() - start, **client.take_costs()}
 
 
+def ratio_cell(numerator: list[float], denominator: list[float]) -> str:
+    ratios = np.array(numerator) / np.array(denominator)
+    ci = stats.bootstrap((ratios,), np.median, confidence_level=0.95, n_resamples=4000,
+                         method="percentile", random_state=0).confidence_interval
+    return f"{np.median(ratios):.3f} [{ci.low:.3f}, {ci.high:.3f}]"
+
+
 def trial_here(artifact: Artifact) -> float:
     start = time.perf_counter()
     for end_to_end in (True, False):
@@ -116,32 +127,36 @@ def main() -> None:
                          for precision in ("fp32", "int8")}
             rows = [(f"GG-CNN {p}, {'end to end' if e2e else 'network alone'}", a, e2e)
                     for p, a in artifacts.items() for e2e in (True, False)]
-            local: dict[str, list[float]] = {name: [] for name, *_ in rows}
-            remote: dict[str, list[float]] = {name: [] for name, *_ in rows}
+            # Per round and row: local, agent, agent, local (ABBA); a second local timing
+            # is the control: how far the machine itself moves between two timings.
+            times: dict[str, dict[str, list[float]]] = {
+                name: {"local": [], "agent": [], "again": []} for name, *_ in rows}
             for r in range(args.rounds):
                 for name, artifact, e2e in rows:
-                    order = ("local", "agent") if r % 2 == 0 else ("agent", "local")
+                    order = (("local", "agent", "again") if r % 2 == 0 else
+                             ("agent", "local", "again"))
                     for side in order:
-                        if side == "local":
-                            local[name].append(measure_latency(artifact, end_to_end=e2e,
-                                                               **PROTOCOL).median_ms)
-                        else:
-                            remote[name].append(client.measure(artifact, end_to_end=e2e,
-                                                               **PROTOCOL).median_ms)
+                        timer = client.measure if side == "agent" else measure_latency
+                        times[name][side].append(
+                            timer(artifact, end_to_end=e2e, **PROTOCOL).median_ms)
                 console.print(f"round {r + 1}/{args.rounds} done", style="dim")
             client.take_costs()
             table = Table(title=f"Local timing against a timing agent on the same machine "
                                 f"(ONNX Runtime, 1 thread, study protocol; {args.rounds} "
-                                f"rounds, ABBA) [{cpu_line()}]")
-            for column in ("artifact", "local ms", "agent ms", "agent / local",
-                           "per-round ratio, range"):
+                                f"rounds) [{cpu_line()}]")
+            for column in ("artifact", "local ms", "agent ms", "agent / local [95 % CI]",
+                           "control: local / local [95 % CI]"):
                 table.add_column(column, justify="left" if column == "artifact" else "right")
             for name, *_ in rows:
-                here, there = statistics.median(local[name]), statistics.median(remote[name])
-                ratios = [b / a for a, b in zip(local[name], remote[name], strict=True)]
-                table.add_row(name, f"{here:.3f}", f"{there:.3f}", f"{there / here:.3f}",
-                              f"{min(ratios):.3f}-{max(ratios):.3f}")
+                t = times[name]
+                table.add_row(name, f"{statistics.median(t['local']):.3f}",
+                              f"{statistics.median(t['agent']):.3f}",
+                              ratio_cell(t["agent"], t["local"]),
+                              ratio_cell(t["again"], t["local"]))
             console.print(table)
+            console.print("(ratios: the median of per-round ratios, each between timings made "
+                          "seconds apart, with a bootstrap 95 % interval; the control row "
+                          "is the machine's own drift between two local timings)")
 
             cost = Table(title="What the agent adds to a trial (both latencies of a new "
                                "file; seconds, median over trials)")

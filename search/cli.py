@@ -343,10 +343,18 @@ def _run_report(args: argparse.Namespace) -> None:
 
     from search.pareto import write_report
     from search.study import load_study
+    from search.tracking import PARENT_KEY
 
     config = _config(args)
-    page = write_report(load_study(config), config, Path(args.out))
+    study = load_study(config)
+    page = write_report(study, config, Path(args.out))
     console.print(f"report written to {page}")
+    parent = study.user_attrs.get(PARENT_KEY)
+    if parent:  # the morning review: the report beside the front on the study's parent run
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(config.tracking_uri).log_artifacts(parent, str(page.parent), "report")
+        console.print(f"and attached to the study's MLflow run {parent} (report/index.html)")
 
 
 def _add_agent(sub: argparse._SubParsersAction) -> None:

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from objectives.latency import LATENCY_KEYS
 from search.config import StudyConfig
+from search.tracking import FRONT_TAG
 
 __all__ = ["export_trial", "feasible_front", "front_rows", "front_table", "hypervolume_history",
            "likely_picks", "plot_front", "refresh_front", "write_report"]
@@ -173,7 +174,7 @@ def plot_front(study: optuna.Study, objectives: tuple[str, ...], path: Path) -> 
     """Accuracy vs latency of every complete trial, size as colour, the front joined."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if "values" in t.user_attrs]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
     if done:
         lat = [_values(t)["latency"] for t in done]
         acc = [_values(t)["accuracy"] for t in done]
@@ -206,8 +207,9 @@ def plot_front(study: optuna.Study, objectives: tuple[str, ...], path: Path) -> 
     images = (base or {}).get("accuracy_images")
     ax.set_ylabel("IoU grasp-match accuracy (validation"
                   + (f", {images} images, 95 % CI)" if images else ")"))
-    ax.set_title(study.study_name)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{study.study_name}: {len(done)} complete trials", fontsize=10)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, fontsize=8,
+              frameon=False)  # below the axes: never over a point
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,23 +223,109 @@ def hypervolume_history(study: optuna.Study, objectives: tuple[str, ...]) -> lis
     as is, size and latency relative to the baseline), reference point (0, 2, 2)."""
     from optuna._hypervolume import compute_hypervolume
 
-    base = study.user_attrs.get("baseline", {})
-    scale = {"accuracy": 1.0, "size": base.get("size", 1.0), "latency": base.get("latency", 1.0)}
-    ref = np.array([0.0 if o == "accuracy" else 2.0 for o in objectives]) * \
-        np.array([SIGN[o] for o in objectives])
-    points, history = [], []
+    ref, points, history = _reference_point(objectives), [], []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if t.state == TrialState.COMPLETE and "values" in t.user_attrs and _feasible(t):
-            p = np.array([SIGN[o] * _values(t)[o] / scale[o] for o in objectives])
-            if np.all(p < ref):
-                points.append(p)
+        point = _normalised(study, t, objectives)
+        if point is not None and np.all(point < ref):
+            points.append(point)
         history.append(float(compute_hypervolume(np.array(points), ref)) if points else 0.0)
     return history
 
 
+def hypervolume(study: optuna.Study, objectives: tuple[str, ...]) -> float:
+    """The feasible front's hypervolume now: the last entry of :func:`hypervolume_history`,
+    computed once."""
+    from optuna._hypervolume import compute_hypervolume
+
+    ref = _reference_point(objectives)
+    points = [p for t in study.get_trials(deepcopy=False)
+              if (p := _normalised(study, t, objectives)) is not None and np.all(p < ref)]
+    return float(compute_hypervolume(np.array(points), ref)) if points else 0.0
+
+
+def _reference_point(objectives: tuple[str, ...]) -> np.ndarray:
+    return np.array([0.0 if o == "accuracy" else 2.0 for o in objectives]) * \
+        np.array([SIGN[o] for o in objectives])
+
+
+def _normalised(study: optuna.Study, trial: FrozenTrial, objectives: tuple[str, ...]
+                ) -> np.ndarray | None:
+    """A feasible complete trial's point, minimised: accuracy as is, size and latency
+    relative to the baseline's; None for any other trial."""
+    if not (trial.state == TrialState.COMPLETE and "values" in trial.user_attrs
+            and _feasible(trial)):
+        return None
+    base = study.user_attrs.get("baseline", {})
+    scale = {"accuracy": 1.0, "size": base.get("size", 1.0), "latency": base.get("latency", 1.0)}
+    return np.array([SIGN[o] * _values(trial)[o] / scale[o] for o in objectives])
+
+
 def refresh_front(study: optuna.Study, config: StudyConfig, tracker: Any, folder: Path) -> None:
+    """The parent run's morning view, after each trial: plot, front table and metrics,
+    description, and which trial runs are on the front."""
+    from search.workers import RUN_ID_KEY, finished
+
     png = plot_front(study, config.objectives, folder / "pareto.png")
-    tracker.log_front(png, front_rows(study, config.objectives))
+    rows = front_rows(study, config.objectives)
+    on_front = {r["trial"] for r in rows}
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    metrics = {"front_size": float(len(rows)),
+               "hypervolume": hypervolume(study, config.objectives),
+               "trials_complete": float(states.count(TrialState.COMPLETE)),
+               "trials_stopped": float(states.count(TrialState.PRUNED)),
+               "trials_failed": float(states.count(TrialState.FAIL))}
+    if rows:
+        metrics |= {"best_speedup": max(r["speedup"] for r in rows),
+                    "best_size_reduction": max(r["size_reduction"] for r in rows),
+                    "best_accuracy": max(r["accuracy"] for r in rows)}
+    runs = {t.user_attrs[RUN_ID_KEY]: t.number in on_front for t in trials
+            if t.state == TrialState.COMPLETE and t.user_attrs.get(RUN_ID_KEY)}
+    tracker.log_front(png, rows, metrics, step=finished(study), note=front_note(study, rows),
+                      front_runs=runs)
+
+
+def baseline_metrics(baseline: dict[str, Any]) -> dict[str, float]:
+    """The baseline's figures as the parent run's metrics."""
+    metrics = {f"baseline_{key}": float(baseline[key])
+               for key in ("accuracy", "executed_accuracy", "accuracy_images", "macs", "params")
+               if baseline.get(key) is not None}
+    metrics |= {"baseline_size_bytes": float(baseline["size"]),
+                "baseline_latency_ms": float(baseline["latency"]),
+                **{f"baseline_{k}": float(baseline[k]) for k in LATENCY_KEYS.values()
+                   if baseline.get(k) is not None}}
+    if baseline.get("accuracy_ci"):
+        low, high = baseline["accuracy_ci"]
+        metrics |= {"baseline_accuracy_ci_low": low, "baseline_accuracy_ci_high": high}
+    return metrics
+
+
+def front_note(study: optuna.Study, rows: list[dict[str, Any]]) -> str:
+    """The parent run's description: the baseline, the front as a markdown table, and where
+    to go next."""
+    base = study.user_attrs.get("baseline", {})
+    scope = SCOPE_NAMES[_scope(study)]
+    lines = [f"## {study.study_name}: feasible Pareto front", "",
+             f"{len(study.trials)} trials. Baseline (uncompressed, fp32, "
+             f"{base.get('variant', '')}): accuracy {base.get('accuracy', float('nan')):.3f}"
+             f"{_ci(base.get('accuracy_ci'))} on {base.get('accuracy_images')} validation "
+             f"images, {base.get('size', 0) / 1e3:.1f} kB, {base.get('latency', float('nan')):.2f}"
+             f" ms ({scope}). Every figure is measured on the shipped file.", "",
+             f"| trial | precision | val accuracy [95 % CI] | Δ pp vs baseline [95 % CI] | kB "
+             f"| × smaller | ms ({scope}) | × faster |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['trial']} | {r['precision']} | {r['accuracy']:.3f}{_ci(r['accuracy_ci'])} "
+            f"| {r['accuracy_change_pp']:+.1f}{_ci(r['accuracy_change_ci_pp'], '{:+.1f}')} "
+            f"| {r['size_bytes'] / 1e3:.1f} | {r['size_reduction']:.1f} "
+            f"| {r['latency_ms']:.2f} | {r['speedup']:.2f} |")
+    if not rows:
+        lines.append("| (no feasible trial yet) | | | | | | | |")
+    lines += ["", f"Front trials: filter runs by `tags.{FRONT_TAG} = 'true'`. Δ is paired "
+              "with the baseline on the same images. Validation chooses; `ggopt export` "
+              "and `ggopt verify` report test and simulated figures. Plot: `pareto.png`; "
+              "report (after `ggopt report`): `report/index.html`."]
+    return "\n".join(lines)
 
 
 def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Path,
@@ -480,11 +568,28 @@ def write_report(study: optuna.Study, config: StudyConfig, out: Path) -> Path:
         f"<td>{r['speedup']:.2f}×</td></tr>" for r in front_rows(study, config.objectives))
     base = study.user_attrs.get("baseline", {})
     variant = html.escape(str(base.get("variant")))
+    picks = likely_picks(front, config.objectives, 1)
+    recommended = "<p>No feasible trial yet.</p>"
+    if picks:
+        row = next(r for r in front_rows(study, config.objectives)
+                   if r["trial"] == picks[0].number)
+        recommended = (
+            f"<p class='pick'><b>Recommended: trial {row['trial']}</b> ({row['precision']}), "
+            f"the knee of the front: validation accuracy {row['accuracy']:.3f}"
+            f"{_ci(row['accuracy_ci'])}, {row['accuracy_change_pp']:+.1f} pp against the "
+            f"baseline{_ci(row['accuracy_change_ci_pp'], '{:+.1f}')}; "
+            f"{row['size_bytes'] / 1e3:.1f} kB ({row['size_reduction']:.1f}× smaller); "
+            f"{row['latency_ms']:.2f} ms ({row['speedup']:.2f}× faster, "
+            f"{SCOPE_NAMES[_scope(study)]}).<br>Ship it with <code>ggopt export "
+            f"{html.escape(str(config.path))} --trial {row['trial']} --out best/</code>, which "
+            f"also scores it on the test images and grasps with it in simulation.</p>")
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>{html.escape(study.study_name)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:0 .8em;
-text-align:right}}</style></head><body>
+text-align:right}}.pick{{background:#eef6ee;padding:.6em;border-left:4px solid #393}}
+img{{max-width:100%}}</style></head><body>
 <h1>{html.escape(study.study_name)}</h1>
+{recommended}
 <p>{len(study.trials)} trials; baseline (uncompressed, fp32, {variant}):
 accuracy {base.get('accuracy', float('nan')):.3f}, {base.get('size', 0) / 1e3:.1f} kB,
 {base.get('latency', float('nan')):.2f} ms. All numbers are measured on the exported artifact.</p>
@@ -510,8 +615,8 @@ def _plot_layers(front: list[FrozenTrial], path: Path) -> None:
             if parts[0] in ("prune", "lowrank", "depthwise", "upsample") and len(parts) > 1 \
                     and parts[1] not in ("criterion", "round_to") and parts[1] not in layers:
                 layers.append(parts[1])
-    fig, ax = plt.subplots(figsize=(max(4, len(layers) * 0.8), max(2, len(front) * 0.5 + 1)),
-                           dpi=110)
+    fig, ax = plt.subplots(figsize=(max(6.5, len(layers) * 0.9 + 3),
+                                    max(2.5, len(front) * 0.32 + 1.6)), dpi=110)
     grid = np.ones((max(len(front), 1), max(len(layers), 1)))
     for i, t in enumerate(front):
         for j, layer in enumerate(layers):
@@ -523,13 +628,16 @@ def _plot_layers(front: list[FrozenTrial], path: Path) -> None:
                 marks += "D"
             mode = t.params.get(f"upsample.{layer}", "keep")
             marks += {"subpixel": "S", "nearest": "N", "bilinear": "B", "lowres": "R"}.get(mode, "")
-            ax.text(j, i, marks, ha="center", va="center", fontsize=8, color="white")
+            ax.text(j, i, marks, ha="center", va="center", fontsize=8,
+                    color="white" if grid[i, j] < 0.6 else "black")
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="magma", aspect="auto")
     ax.set_xticks(range(len(layers)), layers, rotation=45)
     ax.set_yticks(range(len(front)), [f"trial {t.number} ({t.user_attrs.get('precision')})"
                                       for t in front])
-    fig.colorbar(im, ax=ax, label="channels kept")
-    ax.set_title("L lowrank · D depthwise · S/N/B/R sub-pixel/nearest/bilinear/low-res decoder")
-    fig.tight_layout()
+    fig.colorbar(im, ax=ax, label="channels kept", fraction=0.04)
+    ax.set_title("What each front model changed, per layer", fontsize=10)
+    fig.text(0.01, 0.01, "L low-rank · D depthwise · decoder S sub-pixel, N nearest, "
+             "B bilinear, R low-res", fontsize=8, color="dimgray")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path)
     plt.close(fig)

@@ -509,8 +509,9 @@ class _Pipeline:
                 self.tracker.log_file(run_id, artifact.path, TRACKED_FOLDERS["artifact"])
             state = "COMPLETE"
             return tuple(values[o] for o in c.objectives)
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as stop:
             state = "PRUNED"
+            trial.set_user_attr("stop_reason", str(stop))
             raise
         except Exception as error:
             trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}")
@@ -521,12 +522,15 @@ class _Pipeline:
         finally:
             trial.set_user_attr("times", times)
             if run_id:
-                tags = {"ggopt.fail_reason": trial.user_attrs.get("fail_reason", "")[:5000]}
+                why = (trial.user_attrs.get("fail_reason")
+                       or trial.user_attrs.get("stop_reason", ""))[:5000]
+                tags = {"ggopt.fail_reason": trial.user_attrs.get("fail_reason", "")[:5000],
+                        "ggopt.stop_reason": trial.user_attrs.get("stop_reason", "")[:5000]}
                 fp = trial.user_attrs.get("fingerprint")
                 if fp:
                     tags["ggopt.device"] = fingerprint_key(fp)
                     tags["ggopt.timed_by"] = fp.get("agent", "this worker")
-                self.tracker.end_trial(run_id, state, tags)
+                self.tracker.end_trial(run_id, state, tags, why)
 
     def _measure(self, trial: optuna.Trial, artifact: Artifact, folder: Path,
                   times: dict[str, float], run_id: str | None
@@ -826,7 +830,7 @@ def _check_resume(config: StudyConfig, stored: dict[str, Any]) -> None:
 
 def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: Console,
          track: bool) -> optuna.Study:
-    from search.pareto import refresh_front
+    from search.pareto import baseline_metrics, refresh_front
     from search.tracking import StudyTracker
 
     folder = Path(config.artifacts_dir) / config.name
@@ -844,6 +848,8 @@ def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: C
         _check_choices(config, setup, study)
         tracker = StudyTracker(config.tracking_uri, config.experiment, study,
                                attrs) if track else None
+        if tracker is not None:
+            tracker.log_baseline(baseline_metrics(study.user_attrs["baseline"]))
         # Trials of workers that died while nobody ran: failed and queued again now.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

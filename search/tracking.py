@@ -4,6 +4,13 @@ The parent run's id is kept in the Optuna study's user attributes, so a resumed 
 another worker) attaches to the same parent. Runs are written through ``MlflowClient``
 rather than the global active run, so nothing leaks between trials. URLs are logged only
 redacted: a password in a storage URL never reaches the tracking store.
+
+The parent run is the morning review: the baseline's figures and the front's size,
+hypervolume (per finished trial) and best ratios as metrics, the front table as its
+description, the Pareto plot, and the report once ``ggopt report`` has written it. Front
+trials are tagged ``ggopt.front = true``; a stopped or failed trial says why
+(``ggopt.stop_reason``, ``ggopt.fail_reason``, and its description). The experiment is
+marked as model training, so that MLflow 3 opens it on its runs, not its GenAI traces.
 """
 
 from __future__ import annotations
@@ -22,6 +29,11 @@ from grasp.urls import redact_url
 __all__ = ["StudyTracker"]
 
 PARENT_KEY = "mlflow_parent_run_id"
+#: MLflow 3 opens an experiment in the view its kind names; ours trains models.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+#: The run description MLflow's UI shows (markdown).
+NOTE = "mlflow.note.content"
+FRONT_TAG = "ggopt.front"
 
 
 class StudyTracker:
@@ -32,6 +44,9 @@ class StudyTracker:
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (found.experiment_id if found is not None
                               else self.client.create_experiment(experiment))
+        if found is None or EXPERIMENT_KIND[0] not in found.tags:
+            self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
+        self._front: dict[str, bool] | None = None  # run id -> on the front, as last tagged
         parent = study.user_attrs.get(PARENT_KEY)
         if parent is None or self._missing(parent):
             run = self.client.create_run(self.experiment_id, run_name=study.study_name,
@@ -71,23 +86,48 @@ class StudyTracker:
     def log_file(self, run_id: str, path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 
-    def end_trial(self, run_id: str, state: str, tags: dict[str, str] | None = None) -> None:
-        """``state``: the Optuna state name (COMPLETE, PRUNED, FAIL)."""
+    def end_trial(self, run_id: str, state: str, tags: dict[str, str] | None = None,
+                  why: str = "") -> None:
+        """``state``: the Optuna state name (COMPLETE, PRUNED, FAIL); ``why`` a stopped or
+        failed trial stopped, shown as the run's description."""
         self.client.set_tag(run_id, "ggopt.state", state)
         for key, value in (tags or {}).items():
             self.client.set_tag(run_id, key, value)
+        if why:
+            verb = "Stopped early" if state == "PRUNED" else "Failed"
+            self.client.set_tag(run_id, NOTE, f"**{verb}**: {why}")
         status = {"COMPLETE": RunStatus.FINISHED, "PRUNED": RunStatus.KILLED}.get(
             state, RunStatus.FAILED)
         self.client.set_terminated(run_id, RunStatus.to_string(status))
 
-    def log_front(self, png: Path | None, table: list[dict[str, Any]]) -> None:
-        """Refreshes the parent run's Pareto plot and front table."""
+    def log_baseline(self, metrics: dict[str, float]) -> None:
+        """The baseline's figures on the parent run, once (every worker offers them)."""
+        logged = self.client.get_run(self.parent_id).data.metrics
+        if not all(key in logged for key in metrics):
+            self.log_metrics(self.parent_id, metrics)
+
+    def log_front(self, png: Path | None, table: list[dict[str, Any]],
+                  metrics: dict[str, float] | None = None, step: int = 0, note: str = "",
+                  front_runs: dict[str, bool] | None = None) -> None:
+        """Refreshes the parent run's Pareto plot, front table, front metrics (at ``step``,
+        the number of finished trials) and description, and the ``ggopt.front`` tag of each
+        trial run whose membership changed (``front_runs``: run id -> on the front)."""
         if png is not None and png.is_file():
             self.client.log_artifact(self.parent_id, str(png))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "front.json"
             path.write_text(json.dumps(table, indent=2))
             self.client.log_artifact(self.parent_id, str(path))
+        if metrics:
+            self.log_metrics(self.parent_id, metrics, step=step)
+        if note:
+            self.client.set_tag(self.parent_id, NOTE, note)
+        if front_runs is not None:
+            known = self._front or {}
+            for run_id, on_front in front_runs.items():
+                if known.get(run_id) != on_front:
+                    self.client.set_tag(run_id, FRONT_TAG, str(on_front).lower())
+            self._front = dict(front_runs)
 
     def finish(self) -> None:
         self.client.set_terminated(self.parent_id, "FINISHED")

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from grasp.artifact import Artifact, ArtifactError
 from search.cli import main
 from search.config import StudyConfigError, load_study_config
+from search.pareto import feasible_front, hypervolume_history
 from search.study import ARTIFACT_FORMAT, build_trial_model, load_study, prepare, run_study
 
 STUDY = """
@@ -115,6 +116,26 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
     assert len(children) == 5
     assert children[["metrics.accuracy", "metrics.size_bytes", "metrics.latency_ms"]].notna(
     ).all().all()
+    # The parent run is the morning review: the experiment opens on model training runs;
+    # the baseline's figures, the front's size, hypervolume per finished trial and best
+    # ratios as metrics; the front table as its description; front trials tagged.
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    kind = client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development"
+    review = client.get_run(parent).data
+    assert review.metrics["baseline_accuracy"] == pytest.approx(baseline["accuracy"])
+    assert review.metrics["baseline_latency_ms"] == pytest.approx(baseline["latency"])
+    front = feasible_front(study, config.objectives)
+    assert front and review.metrics["front_size"] == len(front)
+    history = client.get_metric_history(parent, "hypervolume")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+    assert history[-1].value == pytest.approx(hypervolume_history(study, config.objectives)[-1])
+    assert review.metrics["best_speedup"] == pytest.approx(
+        max(baseline["latency"] / t.user_attrs["values"]["latency"] for t in front))
+    note = review.tags["mlflow.note.content"]
+    assert all(f"| {t.number} | {t.user_attrs['precision']} |" in note for t in front)
+    on_front = children[children["tags.ggopt.front"] == "true"]["tags.ggopt.trial"]
+    assert sorted(int(n) for n in on_front) == sorted(t.number for t in front)
     # Resumed with other scoring settings (timing, recovery, teacher): refused before any
     # setup.
     with pytest.raises(StudyConfigError, match=r"paired_latency was True, now False"):
@@ -166,6 +187,8 @@ def test_pareto_and_export_from_the_cli(tmp_path, checkpoint, jacquard_root, cap
     assert main(["report", str(path), "--out", str(tmp_path / "report")]) == 0
     assert {"index.html", "pareto.png", "hypervolume.png", "layers.png"} <= {
         p.name for p in (tmp_path / "report").iterdir()}
+    parent = study.user_attrs["mlflow_parent_run_id"]  # ... attached to the study's run
+    assert "report/index.html" in {a.path for a in client.list_artifacts(parent, "report")}
     assert main(["export", "--no-sim", str(path),
                  "--trial", "99", "--out", str(out)]) == 2
     assert "no trial 99" in capsys.readouterr().err
@@ -247,7 +270,7 @@ def test_a_size_constraint_stops_oversized_trials_before_recovery_or_scoring(
     budget = size - 100
     tight = write_study(tmp_path / "tight", checkpoint, jacquard_root, n_trials=3,
                         knobs='["prune", "precision"]', constraints=f'["size <= {budget:.0f}"]')
-    study = run_study(load_study_config(tight), track=False)
+    study = run_study(load_study_config(tight))
     stopped = study.trials[2]
     assert stopped.state == TrialState.PRUNED
     assert stopped.user_attrs["oversized"]["before"] == "recovery"
@@ -268,6 +291,13 @@ def test_a_size_constraint_stops_oversized_trials_before_recovery_or_scoring(
     excess = uncompressed.user_attrs["oversized"]["bytes"] - budget
     assert excess > 0
     assert [v for k, v in uncompressed.system_attrs.items() if "size <=" in k] == [excess]
+    # Its MLflow run says why it stopped, instead of a bare KILLED.
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/tight/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["tiny"], filter_string="tags.ggopt.trial = '2'")
+    runs = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert runs["status"].tolist() == ["KILLED"]
+    assert "before recovery breaks" in runs["tags.ggopt.stop_reason"].iloc[0]
+    assert runs["tags.mlflow.note.content"].iloc[0].startswith("**Stopped early**: size")
 
 
 @pytest.mark.parametrize(("fragment", "replacement", "message"), [
