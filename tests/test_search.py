@@ -503,3 +503,14 @@ def test_resuming_with_other_knob_choices_is_refused_before_any_trial(tmp_path, 
         run_study(config)
     ran = [t.state for t in load_study(config).trials if t.state != TrialState.WAITING]
     assert ran == [TrialState.COMPLETE]  # the queued warm starts were not started
+
+
+def test_the_study_file_reference_is_the_loaders_own():
+    """docs/study-file.md is written from the keys and rules the loader reads; after a
+    change to them, regenerate it: python -m search.config > docs/study-file.md"""
+    from search.config import study_file_reference
+
+    page = study_file_reference()
+    assert "| `target` | string | `(unset)` |" in page and "## [knobs.prune]" in page
+    assert Path("docs/study-file.md").read_text() == page, (
+        "docs/study-file.md is stale: python -m search.config > docs/study-file.md")
