@@ -157,7 +157,7 @@ def with_target(path: Path, url: str, *more: str) -> Path:
 
 
 def test_the_token_comes_from_the_environment_or_a_file_never_the_study(
-        tmp_path, checkpoint, jacquard_root, monkeypatch):
+        tmp_path, checkpoint, jacquard_root, monkeypatch, capsys):
     from search.agent import read_token
 
     monkeypatch.delenv("GGOPT_AGENT_TOKEN", raising=False)
@@ -180,6 +180,15 @@ def test_the_token_comes_from_the_environment_or_a_file_never_the_study(
     with pytest.raises(StudyConfigError, match="--target"):
         load_study_config(write_study(tmp_path, checkpoint, jacquard_root),
                           {"target": "robot:8765"})
+    # `ggopt search --target URL` with no agent there: stopped before any work, URL named.
+    from search.cli import main
+
+    path = write_study(tmp_path, checkpoint, jacquard_root)
+    capsys.readouterr()
+    assert main(["search", str(path), "--target", "http://127.0.0.1:9"]) == 2
+    error = capsys.readouterr().err
+    assert "http://127.0.0.1:9" in error and "cannot be reached" in error
+    assert not (tmp_path / "artifacts").exists()
 
 
 def test_a_study_times_on_the_agent_and_survives_losing_it(
