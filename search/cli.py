@@ -166,6 +166,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_search(args: argparse.Namespace) -> None:
+    from grasp.urls import redact_url
     from search.pareto import front_table
     from search.study import run_study
 
@@ -176,7 +177,15 @@ def _run_search(args: argparse.Namespace) -> None:
     Console(stderr=True, width=max(console.width, 140)).print(
         front_table(study, config.objectives))
     console.print(f"next: ggopt pareto {config.path} · ggopt export {config.path} --trial N "
-                  f"--out DIR · mlflow ui --backend-store-uri {config.tracking_uri}")
+                  f"--out DIR · mlflow ui --backend-store-uri {redact_url(config.tracking_uri)}")
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    if parent:
+        from mlflow.tracking import MlflowClient
+
+        experiment = MlflowClient(config.tracking_uri).get_run(parent).info.experiment_id
+        console.print(f"the study's MLflow run (with mlflow ui on its default port): "
+                      f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent}"
+                      f"?workflowType=machine_learning")
 
 
 def _add_pareto(sub: argparse._SubParsersAction) -> None:

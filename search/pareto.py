@@ -300,12 +300,33 @@ def baseline_metrics(baseline: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
+def _recommendation(study: optuna.Study, rows: list[dict[str, Any]]) -> list[str]:
+    """One markdown line on the knee of the front, the model a user would most likely ship."""
+    front = [t for t in feasible_front(study, _objectives(study))
+             if t.number in {r["trial"] for r in rows}]
+    picks = likely_picks(front, _objectives(study), 1)
+    if not picks:
+        return []
+    r = next(r for r in rows if r["trial"] == picks[0].number)
+    return [f"**Recommended** (the knee of the front): trial {r['trial']} ({r['precision']}), "
+            f"validation accuracy {r['accuracy']:.3f}{_ci(r['accuracy_ci'])}, "
+            f"{r['accuracy_change_pp']:+.1f} pp against the baseline, {r['size_reduction']:.1f}× "
+            f"smaller, {r['speedup']:.2f}× faster.", ""]
+
+
+def _objectives(study: optuna.Study) -> tuple[str, ...]:
+    """The objectives a study recorded (all three for studies from before they were)."""
+    names = study.user_attrs.get("config", {}).get("study.objectives")
+    return tuple(names.split(",")) if names else ("accuracy", "size", "latency")
+
+
 def front_note(study: optuna.Study, rows: list[dict[str, Any]]) -> str:
     """The parent run's description: the baseline, the front as a markdown table, and where
     to go next."""
     base = study.user_attrs.get("baseline", {})
     scope = SCOPE_NAMES[_scope(study)]
     lines = [f"## {study.study_name}: feasible Pareto front", "",
+             *_recommendation(study, rows),
              f"{len(study.trials)} trials. Baseline (uncompressed, fp32, "
              f"{base.get('variant', '')}): accuracy {base.get('accuracy', float('nan')):.3f}"
              f"{_ci(base.get('accuracy_ci'))} on {base.get('accuracy_images')} validation "
