@@ -132,6 +132,11 @@ def _run_data_sim(args: argparse.Namespace) -> None:
                          per_object=per_object, console=console, splits=splits)
 
 
+#: The front table's full width: a narrower terminal wraps its lines rather than cutting
+#: the intervals short.
+TABLE_WIDTH = 170
+
+
 def _study_args(p: argparse.ArgumentParser, tracking: bool = True) -> None:
     p.add_argument("study", help="study file (TOML), e.g. studies/quickstart.toml")
     p.add_argument("--storage", default=None,
@@ -174,7 +179,7 @@ def _run_search(args: argparse.Namespace) -> None:
         raise ValueError(f"--n-trials: must be >= 1, got {args.n_trials}.")
     config = _config(args, n_trials=args.n_trials, timeout=args.timeout, target=args.target)
     study = run_study(config, console)
-    Console(stderr=True, width=max(console.width, 140)).print(
+    Console(stderr=True, width=max(console.width, TABLE_WIDTH)).print(
         front_table(study, config.objectives))
     console.print(f"next: ggopt pareto {config.path} · ggopt export {config.path} --trial N "
                   f"--out DIR · mlflow ui --backend-store-uri {redact_url(config.tracking_uri)}")
@@ -225,7 +230,8 @@ def _run_pareto(args: argparse.Namespace) -> None:
         raise ValueError(f"--verify: the number of front trials must be >= 0, got {args.verify}.")
     rows = front_rows(study, config.objectives)
     if not args.json:
-        Console(width=max(Console().width, 140)).print(front_table(study, config.objectives))
+        Console(width=max(Console().width, TABLE_WIDTH)).print(
+            front_table(study, config.objectives))
     if args.verify:
         from search.pareto import feasible_front, likely_picks
         from search.verify import verify_trials
@@ -332,7 +338,7 @@ def _run_verify(args: argparse.Namespace) -> None:
 def _print_verified(results: dict) -> None:
     """Each verified trial's held-out table, on stdout like the front it goes with."""
     for number, result in results.items():
-        Console(width=max(Console().width, 140)).print(
+        Console(width=max(Console().width, TABLE_WIDTH)).print(
             f"\n[bold]trial {number}[/]\n" + escape("\n".join(result.lines())),
             highlight=False)
 
