@@ -91,15 +91,16 @@ def test_a_killed_worker_loses_nothing_and_its_trial_is_retried(
     worker = start_worker(path, tmp_path / "first.log")
     config = load_study_config(path)
     deadline = time.monotonic() + 300
-    victim = None
+    victim, study = None, None
     while victim is None:
         assert worker.poll() is None, (tmp_path / "first.log").read_text()
         assert time.monotonic() < deadline, "no trial got under way"
-        time.sleep(0.2)
-        try:
-            study = load_study(config)
-        except ValueError:  # not created yet
-            continue
+        time.sleep(0.05)
+        if study is None:
+            try:  # once: opening the storage takes longer than a tiny trial runs
+                study = load_study(config)
+            except ValueError:  # not created yet
+                continue
         running = [t for t in study.get_trials(states=(TrialState.RUNNING,))
                    if t.number >= 2 and t.user_attrs.get("mlflow_run_id")]
         victim = running[0].number if running else None
