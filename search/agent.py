@@ -292,8 +292,9 @@ def create_app(token: str, folder: Path, max_bytes: int = DEFAULT_MAX_MB << 20,
             try:
                 result = await run_in_threadpool(_measure, paths["artifact"], body["kind"],
                                                  body, paths.get("reference"))
-            except (TimingError, ValueError, RuntimeError) as problem:
-                return error(400, f"cannot time artifact {body['artifact']}: {problem}")
+            except Exception as problem:  # whatever a file does, the agent keeps serving
+                name = "" if isinstance(problem, TimingError) else f"{type(problem).__name__}: "
+                return error(400, f"cannot time artifact {body['artifact']}: {name}{problem}")
             end = time.time()
         runtime = "torch" if body["kind"] == "pt2" else "onnxruntime"
         device = {k: base[k] for k in ("cpu", "cores", "machine", "system", "device")}
