@@ -216,7 +216,8 @@ def create_app(token: str, folder: Path, max_bytes: int = DEFAULT_MAX_MB << 20,
 
     store, lock, expected = _Store(folder), asyncio.Lock(), token.encode()
     base = {**host_fingerprint(), "device": "cpu", "versions": _runtime_versions(allow_torch),
-            "accepts": sorted(k for k in KINDS if k == "onnx" or allow_torch)}
+            "accepts": sorted(k for k in KINDS if k == "onnx" or allow_torch),
+            "max_upload_bytes": max_bytes}
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -247,16 +248,14 @@ def create_app(token: str, folder: Path, max_bytes: int = DEFAULT_MAX_MB << 20,
         if kind == "pt2" and not allow_torch:
             return error(415, "torch .pt2 packages hold native code; this agent accepts ONNX "
                               "files only (start it with --allow-torch to accept them).")
-        declared = request.headers.get("content-length")
-        if declared is not None and int(declared) > max_bytes:
-            return error(413, f"the upload is {int(declared)} bytes, over this agent's limit "
-                              f"of {max_bytes} bytes (--max-mb).")
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > max_bytes:
-                return error(413, f"the upload is over this agent's limit of {max_bytes} "
-                                  f"bytes (--max-mb).")
+        data, received = bytearray(), 0
+        async for chunk in request.stream():  # read to the end even when over the limit:
+            received += len(chunk)  # a client cut off mid-upload sees a broken pipe, not 413
+            if received <= max_bytes:
+                data += chunk
+        if received > max_bytes:
+            return error(413, f"the upload is {received} bytes, over this agent's limit of "
+                              f"{max_bytes} bytes (--max-mb).")
         if hashlib.sha256(data).hexdigest() != sha:
             return error(400, f"the upload's sha256 is {hashlib.sha256(data).hexdigest()}, "
                               f"not {sha}: corrupted in transit?")
@@ -501,6 +500,11 @@ class AgentClient:
         if sha in self._sent:
             return sha
         kind = "pt2" if Path(artifact.path).suffix == ".pt2" else "onnx"
+        limit = (self.device or {}).get("max_upload_bytes")
+        if limit is not None and len(data) > limit:
+            raise AgentError(f"{artifact.path} is {len(data)} bytes, over the upload limit of "
+                             f"the timing agent at {self.url} ({limit} bytes; start it with a "
+                             f"larger --max-mb).")
         start = time.perf_counter()
         status, answer = self._patiently(lambda: self._request(
             "PUT", f"/artifacts/{sha}?kind={kind}", data, "application/octet-stream"))

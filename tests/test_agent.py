@@ -106,10 +106,16 @@ def test_the_agent_refuses_bad_requests_and_keeps_serving(agent, files, tmp_path
     assert status == 401 and "token" in answer["error"]
     with pytest.raises(AgentError, match="refused the token"):
         AgentClient(agent.url, "wrong").connect()
-    # Over the size limit (--max-mb 1), named with the limit.
+    # Over the size limit (--max-mb 1), named with the limit; a client that knows the limit
+    # says so before it uploads.
     big = os.urandom(1_100_000)
     status, answer = call(agent.url, "PUT", f"/artifacts/{hashlib.sha256(big).hexdigest()}", big)
     assert status == 413 and "1048576" in answer["error"]
+    (tmp_path / "big.onnx").write_bytes(big)
+    client = AgentClient(agent.url, TOKEN)
+    client.connect()
+    with pytest.raises(AgentError, match=r"big.onnx is 1100000 bytes, over the upload limit"):
+        client.measure(Artifact(tmp_path / "big.onnx", input_size=SIZE), **FAST)
     # Not an ONNX model; not the bytes the hash names; a .pt2 package without --allow-torch.
     junk = b"not an onnx file"
     status, answer = call(agent.url, "PUT", f"/artifacts/{hashlib.sha256(junk).hexdigest()}",
