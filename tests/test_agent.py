@@ -12,6 +12,7 @@ import os
 import threading
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import mlflow
@@ -37,16 +38,18 @@ FAST = {"warmup": 1, "runs": 3, "min_seconds": 0.05}
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Artifact]:
-    """A file that returns the grasp, one with maps only, and a torch .pt2 package."""
+    """A file that returns the grasp, one with maps only, and a stand-in .pt2 package (a zip
+    archive: the agent refuses it before it reads it)."""
     folder = tmp_path_factory.mktemp("agent-files")
     torch.manual_seed(0)
     model = get_model("ggcnn").eval()
     grasping = build_artifact(model, PrecisionConfig("fp32"), folder / "grasp.onnx",
                               input_size=SIZE)
     maps = Artifact(export_onnx(model, folder / "maps.onnx", SIZE), input_size=SIZE)
-    torch_file = build_artifact(model, PrecisionConfig("fp32"), folder / "model.pt2",
-                                input_size=SIZE, runtime="torch")
-    return {"grasp": grasping, "maps": maps, "pt2": torch_file}
+    with zipfile.ZipFile(folder / "model.pt2", "w") as package:
+        package.writestr("model/version", "0")
+    stand_in = Artifact(folder / "model.pt2", runtime="torch", input_size=SIZE)
+    return {"grasp": grasping, "maps": maps, "pt2": stand_in}
 
 
 @pytest.fixture(scope="module")
@@ -143,14 +146,18 @@ def test_the_agent_refuses_bad_requests_and_keeps_serving(agent, files, tmp_path
     assert TOKEN not in agent.output.read_text()
 
 
-def test_torch_packages_are_timed_only_with_allow_torch(files, tmp_path):
+@pytest.mark.slow
+def test_torch_packages_are_timed_with_allow_torch(tmp_path):
     # --allow-torch needs torch on the agent's computer: a full install, not the light one.
+    torch.manual_seed(0)
+    package = build_artifact(get_model("ggcnn").eval(), PrecisionConfig("fp32"),
+                             tmp_path / "model.pt2", input_size=SIZE, runtime="torch")
     agent = AgentProcess(tmp_path, TOKEN, "--allow-torch", light=False).start()
     try:
         client = AgentClient(agent.url, TOKEN)
         assert client.connect()["accepts"] == ["onnx", "pt2"]
-        assert client.measure(files["pt2"], **FAST).median_ms > 0
-        assert client.fingerprint(files["pt2"], 1)["runtime"] == "torch"
+        assert client.measure(package, **FAST).median_ms > 0
+        assert client.fingerprint(package, 1)["runtime"] == "torch"
     finally:
         agent.stop()
 
