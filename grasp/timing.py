@@ -141,13 +141,6 @@ def fixed_input(size: int, seed: int = 0) -> np.ndarray:
     return rng.standard_normal((1, 1, size, size)).astype(np.float32) * 0.01
 
 
-def outputs(model: bytes) -> tuple[str, ...]:
-    """The output names of a serialized ONNX model."""
-    import onnx
-
-    return tuple(o.name for o in onnx.load_from_string(model).graph.output)
-
-
 def without_synthesis(model: bytes) -> bytes:
     """The file without its grasp synthesis (ONNX Runtime runs every node of a file whatever
     outputs are asked for), to time the network alone; unchanged when it has none."""

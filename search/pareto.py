@@ -281,8 +281,8 @@ def refresh_front(study: optuna.Study, config: StudyConfig, tracker: Any, folder
                     "best_accuracy": max(r["accuracy"] for r in rows)}
     runs = {t.user_attrs[RUN_ID_KEY]: t.number in on_front for t in trials
             if t.state == TrialState.COMPLETE and t.user_attrs.get(RUN_ID_KEY)}
-    tracker.log_front(png, rows, metrics, step=finished(study), note=front_note(study, rows),
-                      front_runs=runs)
+    tracker.log_front(png, rows, metrics, step=finished(study),
+                      note=front_note(study, rows, config.objectives), front_runs=runs)
 
 
 def baseline_metrics(baseline: dict[str, Any]) -> dict[str, float]:
@@ -300,33 +300,33 @@ def baseline_metrics(baseline: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def _recommendation(study: optuna.Study, rows: list[dict[str, Any]]) -> list[str]:
-    """One markdown line on the knee of the front, the model a user would most likely ship."""
-    front = [t for t in feasible_front(study, _objectives(study))
-             if t.number in {r["trial"] for r in rows}]
-    picks = likely_picks(front, _objectives(study), 1)
-    if not picks:
+def recommended_row(study: optuna.Study, objectives: tuple[str, ...],
+                    rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The front row of the knee, the model a user would most likely ship (``rows``:
+    :func:`front_rows`); None without a feasible front."""
+    picks = likely_picks(feasible_front(study, objectives), objectives, 1)
+    return next((r for r in rows if r["trial"] == picks[0].number), None) if picks else None
+
+
+def _recommendation(row: dict[str, Any] | None) -> list[str]:
+    """One markdown line on the recommended model."""
+    if row is None:
         return []
-    r = next(r for r in rows if r["trial"] == picks[0].number)
+    r = row
     return [f"**Recommended** (the knee of the front): trial {r['trial']} ({r['precision']}), "
             f"validation accuracy {r['accuracy']:.3f}{_ci(r['accuracy_ci'])}, "
             f"{r['accuracy_change_pp']:+.1f} pp against the baseline, {r['size_reduction']:.1f}× "
             f"smaller, {r['speedup']:.2f}× faster.", ""]
 
 
-def _objectives(study: optuna.Study) -> tuple[str, ...]:
-    """The objectives a study recorded (all three for studies from before they were)."""
-    names = study.user_attrs.get("config", {}).get("study.objectives")
-    return tuple(names.split(",")) if names else ("accuracy", "size", "latency")
-
-
-def front_note(study: optuna.Study, rows: list[dict[str, Any]]) -> str:
+def front_note(study: optuna.Study, rows: list[dict[str, Any]],
+               objectives: tuple[str, ...]) -> str:
     """The parent run's description: the baseline, the front as a markdown table, and where
     to go next."""
     base = study.user_attrs.get("baseline", {})
     scope = SCOPE_NAMES[_scope(study)]
     lines = [f"## {study.study_name}: feasible Pareto front", "",
-             *_recommendation(study, rows),
+             *_recommendation(recommended_row(study, objectives, rows)),
              f"{len(study.trials)} trials. Baseline (uncompressed, fp32, "
              f"{base.get('variant', '')}): accuracy {base.get('accuracy', float('nan')):.3f}"
              f"{_ci(base.get('accuracy_ci'))} on {base.get('accuracy_images')} validation "
@@ -589,11 +589,9 @@ def write_report(study: optuna.Study, config: StudyConfig, out: Path) -> Path:
         f"<td>{r['speedup']:.2f}×</td></tr>" for r in front_rows(study, config.objectives))
     base = study.user_attrs.get("baseline", {})
     variant = html.escape(str(base.get("variant")))
-    picks = likely_picks(front, config.objectives, 1)
+    row = recommended_row(study, config.objectives, front_rows(study, config.objectives))
     recommended = "<p>No feasible trial yet.</p>"
-    if picks:
-        row = next(r for r in front_rows(study, config.objectives)
-                   if r["trial"] == picks[0].number)
+    if row is not None:
         recommended = (
             f"<p class='pick'><b>Recommended: trial {row['trial']}</b> ({row['precision']}), "
             f"the knee of the front: validation accuracy {row['accuracy']:.3f}"
