@@ -23,7 +23,10 @@ VERSION = 1
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 OBJECTIVES = ("accuracy", "size", "latency")
 LATENCY_SCOPES = ("end_to_end", "network")
-KNOBS = ("upsample", "depthwise", "lowrank", "prune", "precision")
+KNOBS = ("upsample", "dilate", "group", "depthwise", "lowrank", "prune", "precision")
+#: Enabled when a study file does not say: ``dilate`` and ``group`` are there to be asked for
+#: until a study shows that they earn their place on the front (benchmarks/RESULTS.md).
+DEFAULT_KNOBS = ("upsample", "depthwise", "lowrank", "prune", "precision")
 _CONSTRAINT = re.compile(
     r"^\s*(?P<objective>accuracy|size|latency)\s*(?P<op><=|>=)\s*"
     r"(?:(?P<baseline>baseline)\s*(?:(?P<sign>[+-])\s*(?P<offset>[0-9.eE+-]+))?"
@@ -68,7 +71,7 @@ class StudyConfig:
     output_size: int = 300
     eval_images: int = 0
     calibration_images: int = 16
-    knobs: tuple[str, ...] = KNOBS
+    knobs: tuple[str, ...] = DEFAULT_KNOBS
     knob_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     recovery_steps: int = 40
     recovery_batch_size: int = 4
@@ -267,7 +270,7 @@ def _parse(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     d.done()
 
     k = _Reader(path, _table(path, data, "knobs"), "knobs")
-    enabled = k.get("enabled", list, list(KNOBS), f"must be a list of knobs from {KNOBS}",
+    enabled = k.get("enabled", list, list(DEFAULT_KNOBS), f"must be a list of knobs from {KNOBS}",
                     lambda v: all(isinstance(x, str) for x in v))
     for knob in enabled:
         if knob not in KNOBS:
@@ -405,6 +408,14 @@ def _check_runtime(config: StudyConfig) -> None:
                                "AOTInductor, which needs a C++ compiler (c++ or g++) on PATH.")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _names(value: Any) -> bool:
+    return all(isinstance(x, str) for x in value)
+
+
 _KNOB_OPTIONS: dict[str, dict[str, tuple[type, str, Any]]] = {
     "prune": {"max_ratio": (float, "must be in (0, 1)", lambda v: 0 < v < 1)},
     "lowrank": {"fractions": (list, "must be a non-empty list of numbers in (0, 1]",
@@ -412,6 +423,16 @@ _KNOB_OPTIONS: dict[str, dict[str, tuple[type, str, Any]]] = {
                                                   and not isinstance(x, bool) and 0 < x <= 1
                                                   for x in v))},
     "depthwise": {},
+    "dilate": {"dilations": (list, "must be a non-empty list of integers >= 2 (default [2, 4]); "
+                                   "a layer is offered those that cover its span",
+                             lambda v: v and all(_is_int(x) and x >= 2 for x in v)),
+               "layers": (list, "must be a list of layer names, each of which one of the "
+                                "dilations fits (default: every such layer)", _names)},
+    "group": {"groups": (list, "must be a non-empty list of integers >= 2 (default [2, 4]); "
+                               "with it, pruning keeps channel counts they all divide",
+                         lambda v: v and all(_is_int(x) and x >= 2 for x in v)),
+              "layers": (list, "must be a list of layer names whose input and output channels "
+                               "all the groups divide (default: every such layer)", _names)},
     "upsample": {"modes": (list, f"must be a non-empty list from {', '.join(UPSAMPLE_MODES)}, "
                                  "with a mode besides lowres for the other decoders (lowres "
                                  "applies to the last one only)",
@@ -443,6 +464,14 @@ def _knob_options(path: Path, knob: str, table: dict[str, Any], model_name: str
                                       f"(layers: {', '.join(layers)})", exclude)
             options["exclude"] = tuple(exclude)
     reader.done()
+    if knob in ("dilate", "group"):  # whether they fit the model's layers, named now
+        from grasp.models import get_model
+        from spaces import KnobError, get_knob
+
+        try:
+            get_knob(knob, **options).check(get_model(model_name))
+        except KnobError as error:
+            raise StudyConfigError(f"{path}: {error}") from None
     return options
 
 

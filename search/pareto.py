@@ -626,12 +626,14 @@ paired with the baseline on the same images, with its 95 % interval.</p>
 
 def _plot_layers(front: list[FrozenTrial], path: Path) -> None:
     """A grid: front models × layers, showing the kept fraction of each layer's channels
-    (prune), and marking factorised (L), depthwise (D) and rewritten decoder (S/N/B) layers."""
+    (prune), and marking factorised (L), depthwise (D), dilated (d2: dilation 2), grouped
+    (g4: 4 groups) and rewritten decoder (S/N/B/R) layers."""
     layers: list[str] = []
     for t in front:
         for key in t.params:
             parts = key.split(".")
-            if parts[0] in ("prune", "lowrank", "depthwise", "upsample") and len(parts) > 1 \
+            if parts[0] in ("prune", "lowrank", "depthwise", "upsample", "dilate", "group") \
+                    and len(parts) > 1 \
                     and parts[1] not in ("criterion", "round_to") and parts[1] not in layers:
                 layers.append(parts[1])
     fig, ax = plt.subplots(figsize=(max(6.5, len(layers) * 0.9 + 3),
@@ -647,6 +649,9 @@ def _plot_layers(front: list[FrozenTrial], path: Path) -> None:
                 marks += "D"
             mode = t.params.get(f"upsample.{layer}", "keep")
             marks += {"subpixel": "S", "nearest": "N", "bilinear": "B", "lowres": "R"}.get(mode, "")
+            for knob, letter in (("dilate", "d"), ("group", "g")):
+                if int(t.params.get(f"{knob}.{layer}", 1)) > 1:
+                    marks += f" {letter}{t.params[f'{knob}.{layer}']}"
             ax.text(j, i, marks, ha="center", va="center", fontsize=8,
                     color="white" if grid[i, j] < 0.6 else "black")
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="magma", aspect="auto")
@@ -655,8 +660,8 @@ def _plot_layers(front: list[FrozenTrial], path: Path) -> None:
                                       for t in front])
     fig.colorbar(im, ax=ax, label="channels kept", fraction=0.04)
     ax.set_title("What each front model changed, per layer", fontsize=10)
-    fig.text(0.01, 0.01, "L low-rank · D depthwise · decoder S sub-pixel, N nearest, "
-             "B bilinear, R low-res", fontsize=8, color="dimgray")
+    fig.text(0.01, 0.01, "L low-rank · D depthwise · dN dilation N · gN N groups · decoder "
+             "S sub-pixel, N nearest, B bilinear, R low-res", fontsize=8, color="dimgray")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path)
     plt.close(fig)

@@ -1,10 +1,11 @@
 """The Optuna study: sampler, storage, the trial pipeline, constraints, failures.
 
-A trial: the knobs suggest and apply in order (prune -> upsample -> depthwise -> lowrank) to
-a copy of the base model; recovery fine-tunes the student by distillation from the base
-model (with an early gate that prunes hopeless trials); precision builds the artifact; each
-objective measures that artifact. Constraints are Optuna constraints (violation > 0 is
-infeasible), so the feasible front is what ``ggopt pareto`` shows.
+A trial: the knobs suggest and apply in order (prune -> upsample -> dilate -> group ->
+depthwise -> lowrank, ``spaces.ORDER``) to a copy of the base model; recovery fine-tunes
+the student by distillation from the base model (with an early gate that prunes hopeless
+trials); precision builds the artifact; each objective measures that artifact. Constraints
+are Optuna constraints (violation > 0 is infeasible), so the feasible front is what
+``ggopt pareto`` shows.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def prepare(config: StudyConfig, console: Console | None = None) -> StudySetup:
     eval_data = HeldOut.load(dataset.subset(val), "reading the validation images", console)
     # int8 calibration uses training images only, never the images accuracy is scored on.
     calibration = [dataset.item(i)[0] for i in parts["train"][:config.calibration_images]]
-    knobs = {name: get_knob(name, **config.knob_options.get(name, {})) for name in config.knobs}
+    knobs = make_knobs(config)
     if "prune" in knobs:  # fixed, un-augmented training images for Taylor importance
         items = [dataset.item(i) for i in parts["train"][:8]]
         knobs["prune"].examples = (torch.stack([x for x, _, _ in items]),
@@ -143,6 +144,15 @@ def prepare(config: StudyConfig, console: Console | None = None) -> StudySetup:
                       augment=True), eval_data, calibration, knobs,
                       float(trained.get("pos_weight", 1.0)),
                       test_data=dataset.subset(parts["test"]))
+
+
+def make_knobs(config: StudyConfig) -> dict[str, Any]:
+    """The study's knobs with their options. With ``group``, pruning keeps channel counts
+    that every group count divides, so that each layer's group choices fit every trial."""
+    knobs = {name: get_knob(name, **config.knob_options.get(name, {})) for name in config.knobs}
+    if "group" in knobs and "prune" in knobs:
+        knobs["prune"].channel_multiple = knobs["group"].channel_multiple
+    return knobs
 
 
 def check_resolution(config: StudyConfig, images: int) -> None:
@@ -230,6 +240,10 @@ def changes_function(configs: dict[str, KnobConfig]) -> bool:
         if name == "lowrank" and data["ranks"]:
             return True
         if name == "depthwise" and data["layers"]:
+            return True
+        if name == "dilate" and data["dilations"]:
+            return True
+        if name == "group" and data["groups"]:
             return True
     return False
 
@@ -407,6 +421,8 @@ def _warm_start(setup: StudySetup) -> list[dict[str, Any]]:
                 out.update({f"upsample.{layer}": m for layer, m in wanted.items()})
             elif name in ("depthwise", "lowrank"):
                 out.update({f"{name}.{layer}": False for layer in knob.layers(model)})
+            elif name in ("dilate", "group"):
+                out.update({f"{name}.{layer}": 1 for layer in knob.layers(model)})
             elif name == "prune":
                 r = min(ratio, math.floor(knob.max_ratio * 20) / 20)
                 out.update({f"prune.{layer}.ratio": r for layer in knob.layers(model)})

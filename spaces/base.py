@@ -22,10 +22,12 @@ __all__ = [
     "Knob",
     "KnobConfig",
     "KnobError",
+    "conv_sites",
     "get_knob",
     "layers_of",
     "list_knobs",
     "register_knob",
+    "replace_conv_site",
     "spatial_convs",
 ]
 
@@ -99,6 +101,32 @@ def spatial_convs(model: nn.Module, exclude: Iterable[str] = ()) -> list[str]:
     return [name for name in layers_of(model, (nn.Conv2d, nn.ConvTranspose2d),
                                        (*HEAD_NAMES, *exclude))
             if getattr(model, name).groups == 1 and getattr(model, name).kernel_size != (1, 1)]
+
+
+def conv_sites(model: nn.Module, exclude: Iterable[str] = ()
+               ) -> dict[str, nn.Conv2d | nn.ConvTranspose2d]:
+    """Each direct child layer outside the heads, as the convolution doing its work: the
+    layer itself, or the ``.conv`` inside an ``upsample`` rewrite (sub-pixel, resize, lowres).
+    Knobs that change a kernel's shape (dilate, group) act there, whatever form the layer
+    has taken."""
+    sites = {}
+    for name, module in model.named_children():
+        if name in HEAD_NAMES or name in set(exclude):
+            continue
+        conv = module if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) else getattr(
+            module, "conv", None)
+        if isinstance(conv, nn.Conv2d | nn.ConvTranspose2d):
+            sites[name] = conv
+    return sites
+
+
+def replace_conv_site(model: nn.Module, name: str, conv: nn.Module) -> None:
+    """Puts ``conv`` where :func:`conv_sites` found layer ``name``'s convolution."""
+    module = getattr(model, name)
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+        setattr(model, name, conv)
+    else:
+        module.conv = conv
 
 
 def copy_model(model: nn.Module) -> nn.Module:

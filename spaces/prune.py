@@ -11,6 +11,7 @@ so ``apply`` still depends only on (model, config).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -59,11 +60,18 @@ class PruneKnob:
 
     name: ClassVar[str] = "prune"
 
-    def __init__(self, max_ratio: float = MAX_RATIO, exclude: tuple[str, ...] = ()) -> None:
+    def __init__(self, max_ratio: float = MAX_RATIO, exclude: tuple[str, ...] = (),
+                 channel_multiple: int = 1) -> None:
         if not 0 < max_ratio < 1:
             raise KnobError(f"prune: `0 < max_ratio < 1` must hold, but got {max_ratio!r}.")
+        if not isinstance(channel_multiple, int) or channel_multiple < 1:
+            raise KnobError(f"prune: `channel_multiple >= 1` must hold, but got "
+                            f"{channel_multiple!r}.")
         self.max_ratio = max_ratio
         self.exclude = tuple(exclude)
+        #: Every kept channel count is a multiple of this (and of the trial's ``round_to``):
+        #: set by a study with the ``group`` knob, whose group counts must divide them.
+        self.channel_multiple = channel_multiple
         #: (inputs [B,1,S,S], target maps [B,4,S,S]) for Taylor importance; None: magnitude only.
         self.examples: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -110,6 +118,7 @@ class PruneKnob:
         if not any(ratio > 0 for _, ratio in config.ratios):
             return pruned
         modules = dict(pruned.named_children())
+        round_to = math.lcm(config.round_to, self.channel_multiple)
         ratio_of = {modules[layer]: ratio for layer, ratio in config.ratios}
         # Everything not named keeps its channels: heads, excluded and rewritten layers.
         ignored = [m for m in pruned.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)
@@ -117,7 +126,7 @@ class PruneKnob:
         pruner = tp.pruner.MetaPruner(
             pruned, torch.randn(1, 1, 64, 64), importance=_importance(config.criterion),
             pruning_ratio=0.0, pruning_ratio_dict=ratio_of, ignored_layers=ignored,
-            round_to=config.round_to if config.round_to > 1 else None,
+            round_to=round_to if round_to > 1 else None,
             output_transform=lambda out: sum(o.sum() for o in out),
         )
         if config.criterion == "taylor":

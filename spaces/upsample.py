@@ -60,7 +60,8 @@ class SubPixelConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        if torch.onnx.is_in_onnx_export():
+        if torch.onnx.is_in_onnx_export() and self.conv.groups == 1:
+            # (a grouped conv's output channels must stay in group order: plain form)
             y = self._shuffle_channels_last(x)
         else:
             y = self.shuffle(self.conv(self.pad(x)))
@@ -80,26 +81,28 @@ class SubPixelConv2d(nn.Module):
         phase_first = torch.arange(c * s * s).reshape(c, s * s).T.reshape(-1)
         bias = None if self.conv.bias is None else self.conv.bias[phase_first]
         left, right, top, bottom = self.pad.padding
-        kh, kw = self.conv.kernel_size
+        (kh, kw), (dh, dw) = self.conv.kernel_size, self.conv.dilation
         # Sizes from the unpadded input: a Shape op reading the conv's output would keep the
         # quantizer from fusing the ReLU that follows into the conv (and one reading the
         # padded input, ONNX Runtime from fusing the padding into it).
-        h = x.shape[-2] + top + bottom - kh + 1
-        w = x.shape[-1] + left + right - kw + 1
-        y = F.conv2d(self.pad(x), self.conv.weight[phase_first], bias)
+        h = x.shape[-2] + top + bottom - dh * (kh - 1)
+        w = x.shape[-1] + left + right - dw * (kw - 1)
+        y = F.conv2d(self.pad(x), self.conv.weight[phase_first], bias, dilation=(dh, dw))
         y = y.permute(0, 2, 3, 1).reshape(-1, h, w, s, s * c).permute(0, 1, 3, 2, 4)
         return y.reshape(-1, h * s, w * s, c).permute(0, 3, 1, 2)
 
     @classmethod
     def from_conv_transpose(cls, layer: nn.ConvTranspose2d, name: str = "layer"
                             ) -> SubPixelConv2d:
-        """Builds the exact equivalent of ``layer`` (square stride, no dilation or groups)."""
+        """Builds the exact equivalent of ``layer`` (square stride). A dilated or grouped
+        layer is rewritten through its dense equivalent (zero-filled kernel, block-diagonal
+        weights): exact, and the sub-pixel conv keeps the groups but not the dilation's
+        saving (its phases share one kernel)."""
         sh, sw = layer.stride
         if sh != sw:
             raise KnobError(f"upsample.{name}: needs a square stride, got {layer.stride}.")
         if layer.dilation != (1, 1) or layer.groups != 1:
-            raise KnobError(f"upsample.{name}: needs dilation 1 and groups 1, got "
-                            f"dilation={layer.dilation}, groups={layer.groups}.")
+            return cls._from_dense_equivalent(layer, name)
         s = sh
         weight = layer.weight.detach()  # [in, out, kh, kw]
         c_in, c_out, kh, kw = weight.shape
@@ -137,6 +140,37 @@ class SubPixelConv2d(nn.Module):
             module.conv.weight.copy_(new.reshape(c_out * s * s, c_in, *kernel))
             bias = layer.bias.detach() if layer.bias is not None else torch.zeros(c_out)
             module.conv.bias.copy_(bias.repeat_interleave(s * s))
+        return module
+
+
+    @classmethod
+    def _from_dense_equivalent(cls, layer: nn.ConvTranspose2d, name: str) -> SubPixelConv2d:
+        g, (dh, dw) = layer.groups, layer.dilation
+        c_in, c_out = layer.in_channels, layer.out_channels
+        (kh, kw) = layer.kernel_size
+        dense = nn.ConvTranspose2d(c_in, c_out, (dh * (kh - 1) + 1, dw * (kw - 1) + 1),
+                                   stride=layer.stride, padding=layer.padding,
+                                   output_padding=layer.output_padding,
+                                   bias=layer.bias is not None)
+        with torch.no_grad():
+            dense.weight.zero_()
+            per_in, per_out = c_in // g, c_out // g
+            for i in range(g):  # weight [in, out/g, kh, kw]: group i's block on the diagonal
+                dense.weight[i * per_in:(i + 1) * per_in, i * per_out:(i + 1) * per_out,
+                             ::dh, ::dw] = layer.weight[i * per_in:(i + 1) * per_in]
+            if layer.bias is not None:
+                dense.bias.copy_(layer.bias)
+        module = cls.from_conv_transpose(dense, name)
+        if g > 1:  # keep only the diagonal blocks: output channel o*s*s+phase is o's group
+            conv = module.conv
+            grouped = nn.Conv2d(c_in, conv.out_channels, conv.kernel_size, groups=g)
+            per_conv_out = conv.out_channels // g
+            with torch.no_grad():
+                for i in range(g):
+                    grouped.weight[i * per_conv_out:(i + 1) * per_conv_out] = conv.weight[
+                        i * per_conv_out:(i + 1) * per_conv_out, i * per_in:(i + 1) * per_in]
+                grouped.bias.copy_(conv.bias)
+            module.conv = grouped
         return module
 
 

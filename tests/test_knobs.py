@@ -10,6 +10,8 @@ from torch import nn
 from grasp.models import get_model, list_models
 from spaces import ORDER, KnobError, get_knob, list_knobs
 from spaces.depthwise import DepthwiseConfig, depthwise_separable
+from spaces.dilate import DilateConfig
+from spaces.group import GroupConfig
 from spaces.lowrank import LowRankConfig, tucker2
 from spaces.precision import PrecisionConfig, int8_layers
 from spaces.prune import PruneConfig
@@ -40,6 +42,11 @@ def compressing_config(name, model):
         return DepthwiseConfig(tuple(layers)), _params
     if name == "upsample":  # what int8 cannot run: transposed convs
         return UpsampleConfig(tuple((layer, "subpixel") for layer in layers)), _transposed
+    if name == "dilate":
+        return DilateConfig(tuple((layer, knob.choices(model)[layer][-1])
+                                  for layer in layers)), _params
+    if name == "group":
+        return GroupConfig(tuple((layer, 2) for layer in layers)), _params
     raise AssertionError(f"no compressing config for knob {name!r}: add one here")
 
 
@@ -114,6 +121,10 @@ def test_depthwise_fit_is_exact_when_the_weights_are_separable(kind):
     ("lowrank", LowRankConfig((("convt9", 0.5, 0.5),)), r"lowrank.convt9: .*convt1"),
     ("depthwise", DepthwiseConfig(("conv9",)), r"depthwise.conv9: .*conv2"),
     ("upsample", UpsampleConfig((("conv1", "subpixel"),)), r"upsample.conv1: .*convt1"),
+    ("dilate", DilateConfig((("conv3", 2),)), r"dilate.conv3: dilation 2 does not fit.*span 3"),
+    ("dilate", DilateConfig((("convt9", 2),)), r"dilate.convt9: .*conv1"),
+    ("group", GroupConfig((("conv1", 2),)), r"group.conv1: 2 groups need .*1 in, 32 out"),
+    ("group", GroupConfig((("conv9", 2),)), r"group.conv9: .*conv1"),
     ("precision", PrecisionConfig("int4"), r"precision: .*'int4'"),
 ], ids=lambda v: v if isinstance(v, str) and " " not in v and "\\" not in v else None)
 def test_bad_configs_name_the_layer_and_value(name, config, message):
@@ -122,7 +133,7 @@ def test_bad_configs_name_the_layer_and_value(name, config, message):
 
 
 def test_unknown_knob_lists_the_valid_ones():
-    with pytest.raises(KnobError, match="valid knobs are: depthwise, lowrank"):
+    with pytest.raises(KnobError, match="valid knobs are: depthwise, dilate, group, lowrank"):
         get_knob("quantum")
     with pytest.raises(KnobError, match=r"prune: .*0 < max_ratio < 1.*1.5"):
         get_knob("prune", max_ratio=1.5)

@@ -168,12 +168,17 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
 
 
 def test_pareto_and_export_from_the_cli(tmp_path, checkpoint, jacquard_root, capsys):
-    path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=3)
+    # Every structural knob, and trials past the warm starts that dilate and group layers.
+    path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=6, knobs=(
+        '["upsample", "dilate", "group", "depthwise", "lowrank", "prune", "precision"]'))
     assert main(["search", str(path)]) == 0
     assert main(["pareto", str(path)]) == 0
     shown = capsys.readouterr().out
     assert "baseline" in shown and "feasible Pareto front" in shown
     study = load_study(load_study_config(path))
+    drawn = [t.params for t in study.trials[4:]]
+    assert any(p.get(f"{knob}.{layer}", 1) > 1 for p in drawn for knob in ("dilate", "group")
+               for layer in ("conv1", "conv2", "convt3"))
     best = min(study.get_trials(states=(TrialState.COMPLETE,)),
                key=lambda t: t.user_attrs["values"]["size"])
     out = tmp_path / "export"
