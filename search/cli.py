@@ -343,6 +343,45 @@ def _print_verified(results: dict) -> None:
             highlight=False)
 
 
+def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
+    from search.sensitivity import DEFAULT_STEPS
+
+    p = sub.add_parser(
+        "sensitivity", help="measure how much each layer loses under each knob setting",
+        description="For every layer and every setting the study's knobs offer, one layer at "
+                    "a time: the accuracy change against the uncompressed model on the "
+                    "validation images, paired, before and after a short recovery. "
+                    "Resumable (rerun to continue), logged to MLflow as its own run, drawn as "
+                    "a heat map that `ggopt report` shows.")
+    _study_args(p)
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                   help=f"recovery steps per probe, the study's recipe (default "
+                        f"{DEFAULT_STEPS}; 0: no recovery)")
+    p.add_argument("--images", type=int, default=0,
+                   help="score on the first N validation images (default: all)")
+    p.add_argument("--knobs", nargs="+", default=(), metavar="KNOB",
+                   help="only these knobs (default: every structural knob the study enables)")
+    p.set_defaults(run=_run_sensitivity)
+
+
+def _run_sensitivity(args: argparse.Namespace) -> None:
+    from search.sensitivity import records_path, run_sensitivity
+
+    config = _config(args)
+    records = run_sensitivity(config, args.steps, args.images, tuple(args.knobs), console)
+    measured = [r for r in records if r["knob"] != "baseline"]
+    worst = sorted(measured, key=lambda r: (r.get("after") or r["before"])["paired"][
+        "difference"])[:5]
+    for r in worst:
+        stage = r.get("after") or r["before"]
+        p = stage["paired"]
+        console.print(f"  {r['key']:28s} {100 * p['difference']:+6.1f} pp "
+                      f"[{100 * p['low']:+.1f}, {100 * p['high']:+.1f}]")
+    folder = records_path(config).parent
+    console.print(f"{len(measured)} probes; the most sensitive above. Heat map: "
+                  f"{folder / 'sensitivity.png'}, records: {records_path(config)}")
+
+
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write a study's plots and HTML report",
                        description="PNG plots and an HTML page: the Pareto front, the "
@@ -396,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pareto(sub)
     _add_export(sub)
     _add_verify(sub)
+    _add_sensitivity(sub)
     _add_report(sub)
     _add_agent(sub)
     return parser

@@ -619,9 +619,22 @@ paired with the baseline on the same images, with its 95 % interval.</p>
 <th>Δ pp</th><th>kB</th><th>smaller</th><th>ms ({SCOPE_NAMES[_scope(study)]})</th>
 <th>faster</th></tr>{rows}</table>
 <img src="pareto.png"><h2>Hypervolume</h2><img src="hypervolume.png">
-<h2>What each front model changed, per layer</h2><img src="layers.png"></body></html>"""
+<h2>What each front model changed, per layer</h2><img src="layers.png">
+{_sensitivity_section(config, out)}</body></html>"""
     (out / "index.html").write_text(page)
     return out / "index.html"
+
+
+def _sensitivity_section(config: StudyConfig, out: Path) -> str:
+    """The heat map of ``ggopt sensitivity``, when it has been run for this study."""
+    plot = Path(config.artifacts_dir) / config.name / "sensitivity.png"
+    if not plot.is_file():
+        return (f"<p>Per-layer sensitivity: not measured (<code>ggopt sensitivity "
+                f"{html.escape(str(config.path))}</code>).</p>")
+    shutil.copyfile(plot, out / "sensitivity.png")
+    return ("<h2>Per-layer sensitivity</h2><p>Each knob setting on one layer alone, "
+            "the accuracy change against the baseline on the validation images (paired), "
+            "after a short recovery.</p><img src=\"sensitivity.png\">")
 
 
 def _plot_layers(front: list[FrozenTrial], path: Path) -> None:

@@ -55,6 +55,11 @@ class Knob(Protocol):
 
     def from_params(self, params: dict[str, Any], model: nn.Module) -> KnobConfig: ...
 
+    def probes(self, model: nn.Module) -> list[tuple[str, Any, KnobConfig]]:
+        """(layer, setting, config) that changes that one layer only, for each setting a
+        study may draw (coarsely for continuous ones): what ``ggopt sensitivity`` measures."""
+        ...
+
     def apply(self, model: nn.Module, config: KnobConfig) -> nn.Module: ...
 
 

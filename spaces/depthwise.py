@@ -80,6 +80,10 @@ class DepthwiseKnob:
             layer for layer in self.layers(model)
             if trial.suggest_categorical(f"depthwise.{layer}", [False, True])))
 
+    def probes(self, model: nn.Module) -> list[tuple[str, Any, DepthwiseConfig]]:
+        """One layer replaced at a time."""
+        return [(layer, True, DepthwiseConfig((layer,))) for layer in self.layers(model)]
+
     def from_params(self, params: dict[str, Any], model: nn.Module) -> DepthwiseConfig:
         return DepthwiseConfig(tuple(layer for layer in self.layers(model)
                                      if params.get(f"depthwise.{layer}")))

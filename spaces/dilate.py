@@ -220,6 +220,11 @@ class DilateKnob:
                   for layer, choices in self.choices(model).items())
         return DilateConfig(tuple((layer, d) for layer, d in picked if d > 1))
 
+    def probes(self, model: nn.Module) -> list[tuple[str, Any, DilateConfig]]:
+        """Each dilation on one layer at a time."""
+        return [(layer, d, DilateConfig(((layer, d),)))
+                for layer, choices in self.choices(model).items() for d in choices[1:]]
+
     def from_params(self, params: dict[str, Any], model: nn.Module) -> DilateConfig:
         return DilateConfig(tuple((layer, int(params[f"dilate.{layer}"]))
                                   for layer in self.layers(model)

@@ -184,6 +184,11 @@ class GroupKnob:
                   for layer in self.layers(model))
         return GroupConfig(tuple((layer, g) for layer, g in picked if g > 1))
 
+    def probes(self, model: nn.Module) -> list[tuple[str, Any, GroupConfig]]:
+        """Each group count on one layer at a time."""
+        return [(layer, g, GroupConfig(((layer, g),))) for layer in self.layers(model)
+                for g in self.groups]
+
     def from_params(self, params: dict[str, Any], model: nn.Module) -> GroupConfig:
         return GroupConfig(tuple((layer, int(params[f"group.{layer}"]))
                                  for layer in self.layers(model)

@@ -144,6 +144,12 @@ class LowRankKnob:
             ranks.append((layer, r_in, r_out))
         return LowRankConfig(tuple(ranks))
 
+    def probes(self, model: nn.Module) -> list[tuple[str, Any, LowRankConfig]]:
+        """One layer factorised at a time, both ranks at each fraction."""
+        return [(layer, f, LowRankConfig(((layer, 1.0 if getattr(model, layer).in_channels == 1
+                                                   else f, f),)))
+                for layer in self.layers(model) for f in self.fractions]
+
     def from_params(self, params: dict[str, Any], model: nn.Module) -> LowRankConfig:
         return LowRankConfig(tuple(
             (layer, float(params.get(f"lowrank.{layer}.rank_in", 1.0)),

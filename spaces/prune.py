@@ -28,6 +28,7 @@ __all__ = ["CRITERIA", "PruneConfig", "PruneKnob"]
 CRITERIA = ("l1", "l2", "taylor")
 ROUND_TO = (1, 4, 8)
 MAX_RATIO = 0.9
+PROBE_RATIOS = (0.25, 0.5, 0.75)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,11 @@ class PruneKnob:
         criterion = trial.suggest_categorical("prune.criterion", self.criteria)
         round_to = trial.suggest_categorical("prune.round_to", ROUND_TO)
         return PruneConfig(ratios, criterion, round_to)
+
+    def probes(self, model: nn.Module) -> list[tuple[str, Any, PruneConfig]]:
+        """One layer pruned at a time, at a coarse grid of ratios (``ggopt sensitivity``)."""
+        return [(layer, ratio, PruneConfig(((layer, ratio),))) for layer in self.layers(model)
+                for ratio in PROBE_RATIOS if ratio <= self.max_ratio]
 
     def from_params(self, params: dict[str, Any], model: nn.Module) -> PruneConfig:
         return PruneConfig(

@@ -315,6 +315,12 @@ class UpsampleKnob:
             (layer, trial.suggest_categorical(f"upsample.{layer}", self.modes_for(model, layer)))
             for layer in self.layers(model)))
 
+    def probes(self, model: nn.Module) -> list[tuple[str, Any, UpsampleConfig]]:
+        """Each approximate mode on one layer at a time (sub-pixel is exact: nothing to
+        measure)."""
+        return [(layer, mode, UpsampleConfig(((layer, mode),))) for layer in self.layers(model)
+                for mode in self.modes_for(model, layer) if mode not in ("keep", "subpixel")]
+
     def from_params(self, params: dict[str, Any], model: nn.Module) -> UpsampleConfig:
         return UpsampleConfig.from_dict(params)
 

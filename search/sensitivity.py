@@ -1,0 +1,283 @@
+"""``ggopt sensitivity STUDY``: how much accuracy each layer loses under each knob setting.
+
+Every structural knob the study enables offers its settings one layer at a time
+(``Knob.probes``: pruning at 25/50/75 %, each rank fraction, depthwise, each dilation and
+group count, each approximate decoder mode). Each probe is applied to the uncompressed
+model alone, scored on the study's validation images, recovered for a short fixed number
+of steps with the study's recipe, and scored again; both scores are paired with the
+baseline on the same images (bootstrap interval, McNemar p). Scored in fp32 torch: this
+ranks layers, it does not measure an artifact a robot would run.
+
+Resumable: each probe's record is appended to ``<artifacts_dir>/<study>/sensitivity.jsonl``
+as soon as it is measured, and a rerun with the same steps and images measures only what
+is missing. Logged to MLflow as its own run in the study's experiment, with the heat map
+(``sensitivity.png``) that ``ggopt report`` also shows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from grasp.evaluation import HeldOut, ImageHits, score_images
+from grasp.train import predict_maps
+from objectives import count_macs, count_params
+from search.config import StudyConfig
+from search.recovery import recover
+from search.stats import pack_hits, paired_difference, rate, unpack_hits
+from search.study import StudySetup, prepare
+from spaces import ORDER, KnobConfig
+
+__all__ = ["Probe", "plot_sensitivity", "probes", "read_records", "records_path",
+           "run_sensitivity"]
+
+RECORDS = "sensitivity.jsonl"
+PLOT = "sensitivity.png"
+DEFAULT_STEPS = 100
+RUN_KEY = "mlflow_run_id"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One knob setting on one layer."""
+
+    knob: str
+    layer: str
+    value: Any
+    config: KnobConfig
+
+    @property
+    def key(self) -> str:
+        """Stable name, also the MLflow metric's: ``prune.conv2.0.5``, ``depthwise.conv2``."""
+        return f"{self.knob}.{self.layer}" + ("" if self.value is True else f".{self.value}")
+
+    @property
+    def setting(self) -> str:
+        """The heat map's column: the knob and its value, whatever the layer."""
+        if self.value is True:
+            return self.knob
+        if self.knob in ("prune", "lowrank"):
+            return f"{self.knob} {self.value:.0%}"
+        return f"{self.knob} {self.value}"
+
+
+def probes(setup: StudySetup, knobs: tuple[str, ...] = ()) -> list[Probe]:
+    """Every probe of the study's structural knobs (or of ``knobs``), in the apply order."""
+    out = []
+    for name in ORDER:
+        knob = setup.knobs.get(name)
+        if knob is None or name == "precision" or (knobs and name not in knobs):
+            continue
+        out += [Probe(name, layer, value, config)
+                for layer, value, config in knob.probes(setup.base)]
+    return out
+
+
+def records_path(config: StudyConfig) -> Path:
+    return Path(config.artifacts_dir) / config.name / RECORDS
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records in ``path``; a line cut off by a crash mid-write is dropped."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _score(model, images: HeldOut) -> ImageHits:
+    return score_images(predict_maps(model.eval()), images)
+
+
+def _check_args(config: StudyConfig, steps: int, images: int, knobs: tuple[str, ...]
+                ) -> None:
+    """Before any image is read."""
+    if steps < 0:
+        raise ValueError(f"--steps: must be >= 0, got {steps}.")
+    if images < 0:
+        raise ValueError(f"--images: must be >= 0 (0: every validation image), got {images}.")
+    offered = [k for k in ORDER if k in config.knobs and k != "precision"]
+    for name in knobs:
+        if name not in offered:
+            raise ValueError(f"--knobs: {name!r} is not a structural knob {config.path} "
+                             f"enables; it enables: {', '.join(offered)}.")
+
+
+def run_sensitivity(config: StudyConfig, steps: int = DEFAULT_STEPS, images: int = 0,
+                    knobs: tuple[str, ...] = (), console: Console | None = None,
+                    track: bool = True) -> list[dict[str, Any]]:
+    """Measures every probe not yet in the records; returns this run's records (steps and
+    images as given), the baseline's first."""
+    console = console or Console(stderr=True)
+    _check_args(config, steps, images, knobs)
+    setup = prepare(config, console)
+    held = setup.eval_data.head(images) if images else setup.eval_data
+    path = records_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    same = {"steps": steps, "eval_set": held.fingerprint()}
+    kept = read_records(path)
+    if path.is_file() and len(kept) != len(path.read_text().splitlines()):
+        # A record cut off by a crash: keep the whole ones, so appending starts on a new line.
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.replace(path)
+    records = [r for r in kept if all(r.get(k) == v for k, v in same.items())]
+    base = next((r for r in records if r["knob"] == "baseline"), None)
+    tracker = _Tracker(config, base.get(RUN_KEY) if base else None, steps, len(held)) \
+        if track else None
+    if base is None:
+        hits = _score(setup.base, held)
+        base = {**same, "knob": "baseline", "layer": "", "value": None, "key": "baseline",
+                "accuracy": hits.accuracy, "accuracy_ci": _ci(hits), "images": len(held),
+                "hits": pack_hits(hits.standard), "macs": count_macs(setup.base,
+                config.output_size), "params": count_params(setup.base),
+                RUN_KEY: tracker.run_id if tracker else None}
+        _append(path, base)
+        records.append(base)
+    base_hits = unpack_hits(base["hits"])
+    done = {r["key"] for r in records}
+    todo = [p for p in probes(setup, knobs) if p.key not in done]
+    console.print(f"sensitivity of {config.name}: {len(todo)} probes to measure "
+                  f"({len(done) - 1} already in {path}), {len(held)} validation images, "
+                  f"{steps} recovery steps each")
+    recipe = dataclasses.replace(setup.recipe(), seed=config.seed)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+               "{task.total}"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("probes", total=len(todo))
+        for probe in todo:
+            progress.update(task, description=f"{probe.key}")
+            start = time.perf_counter()
+            model = setup.knobs[probe.knob].apply(setup.base, probe.config)
+            before = _score(model, held)
+            record = {**same, "knob": probe.knob, "layer": probe.layer, "value": probe.value,
+                      "key": probe.key, "setting": probe.setting,
+                      "macs": count_macs(model, config.output_size),
+                      "params": count_params(model), "images": len(held),
+                      "before": _paired(before, base_hits, config)}
+            if steps:
+                recover(model.train(), setup.recovery_pool(), steps, recipe, 0, steps)
+                record["after"] = _paired(_score(model, held), base_hits, config)
+            record["seconds"] = time.perf_counter() - start
+            _append(path, record)
+            records.append(record)
+            if tracker:
+                tracker.log_probe(record)
+            progress.advance(task)
+    plot = path.parent / PLOT
+    plot_sensitivity(records, plot, config.name)
+    if tracker:
+        tracker.finish(records, plot)
+    return records
+
+
+def _ci(hits: ImageHits) -> list[float]:
+    r = rate(hits.standard)
+    return [r.low, r.high]
+
+
+def _paired(hits: ImageHits, base_hits: np.ndarray, config: StudyConfig) -> dict[str, Any]:
+    level = config.confidence or 0.95
+    paired = paired_difference(hits.standard, base_hits, level)
+    return {"accuracy": hits.accuracy, "accuracy_ci": _ci(hits), "paired": paired.to_dict()}
+
+
+class _Tracker:
+    """The sensitivity scan's own MLflow run, in the study's experiment (resumed by id)."""
+
+    def __init__(self, config: StudyConfig, run_id: str | None, steps: int, images: int
+                 ) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from search.tracking import EXPERIMENT_KIND
+
+        self.client = MlflowClient(config.tracking_uri)
+        found = self.client.get_experiment_by_name(config.experiment)
+        experiment = (found.experiment_id if found is not None
+                      else self.client.create_experiment(config.experiment))
+        if found is None or EXPERIMENT_KIND[0] not in found.tags:
+            self.client.set_experiment_tag(experiment, *EXPERIMENT_KIND)
+        try:
+            if run_id is not None:
+                self.client.update_run(run_id, status="RUNNING")
+        except Exception:  # another tracking store: start afresh there
+            run_id = None
+        if run_id is None:
+            run = self.client.create_run(
+                experiment, run_name=f"{config.name}-sensitivity",
+                tags={"ggopt.study": config.name, "ggopt.kind": "sensitivity"})
+            run_id = run.info.run_id
+            self.client.log_param(run_id, "recovery_steps", steps)
+            self.client.log_param(run_id, "images", images)
+        self.run_id = run_id
+
+    def log_probe(self, record: dict[str, Any]) -> None:
+        for stage in ("before", "after"):
+            if stage in record:
+                self.client.log_metric(self.run_id, f"{record['key']}.{stage}_pp",
+                                       100 * record[stage]["paired"]["difference"])
+
+    def finish(self, records: list[dict[str, Any]], plot: Path) -> None:
+        rows = [{k: v for k, v in r.items() if k not in ("hits", RUN_KEY)} for r in records]
+        self.client.log_dict(self.run_id, rows, "sensitivity.json")
+        self.client.log_artifact(self.run_id, str(plot))
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+
+def plot_sensitivity(records: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Heat map, layers × settings: the paired accuracy change (pp) after the short
+    recovery (before it where no recovery ran); ``*`` where the interval excludes 0."""
+    probes_ = [r for r in records if r["knob"] != "baseline"]
+    layers = list(dict.fromkeys(r["layer"] for r in probes_))
+    settings = list(dict.fromkeys(r["setting"] for r in probes_))
+    grid = np.full((max(len(layers), 1), max(len(settings), 1)), np.nan)
+    marks = {}
+    for r in probes_:
+        stage = r.get("after") or r["before"]
+        p = stage["paired"]
+        i, j = layers.index(r["layer"]), settings.index(r["setting"])
+        grid[i, j] = 100 * p["difference"]
+        marks[i, j] = f"{grid[i, j]:+.1f}" + ("*" if p["high"] < 0 or p["low"] > 0 else "")
+    scale = max(5.0, float(np.nanmax(np.abs(grid))) if probes_ else 5.0)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.85 * len(settings) + 2.5),
+                                    max(2.6, 0.45 * len(layers) + 1.8)), dpi=110)
+    im = ax.imshow(grid, cmap="RdBu", vmin=-scale, vmax=scale, aspect="auto")
+    for (i, j), text in marks.items():
+        ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                color="white" if abs(grid[i, j]) > 0.6 * scale else "black")
+    ax.set_xticks(range(len(settings)), settings, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(layers)), layers, fontsize=8)
+    base = next((r for r in records if r["knob"] == "baseline"), {})
+    ax.set_title(f"{title}: accuracy change vs the baseline, pp, one layer at a time\n"
+                 f"{base.get('images', '?')} validation images, {base.get('steps', '?')} "
+                 f"recovery steps; * the paired 95 % interval excludes 0", fontsize=9)
+    fig.colorbar(im, ax=ax, label="pp", fraction=0.04)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
