@@ -357,6 +357,8 @@ def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                    help=f"recovery steps per probe, the study's recipe (default "
                         f"{DEFAULT_STEPS}; 0: no recovery)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate of the short recovery (default: the study's)")
     p.add_argument("--images", type=int, default=0,
                    help="score on the first N validation images (default: all)")
     p.add_argument("--knobs", nargs="+", default=(), metavar="KNOB",
@@ -368,7 +370,8 @@ def _run_sensitivity(args: argparse.Namespace) -> None:
     from search.sensitivity import records_path, run_sensitivity
 
     config = _config(args)
-    records = run_sensitivity(config, args.steps, args.images, tuple(args.knobs), console)
+    records = run_sensitivity(config, args.steps, args.images, tuple(args.knobs), console,
+                              lr=args.lr)
     measured = [r for r in records if r["knob"] != "baseline"]
     worst = sorted(measured, key=lambda r: (r.get("after") or r["before"])["paired"][
         "difference"])[:5]

@@ -4,9 +4,11 @@ Every structural knob the study enables offers its settings one layer at a time
 (``Knob.probes``: pruning at 25/50/75 %, each rank fraction, depthwise, each dilation and
 group count, each approximate decoder mode). Each probe is applied to the uncompressed
 model alone, scored on the study's validation images, recovered for a short fixed number
-of steps with the study's recipe, and scored again; both scores are paired with the
-baseline on the same images (bootstrap interval, McNemar p). Scored in fp32 torch: this
-ranks layers, it does not measure an artifact a robot would run.
+of steps with the study's recipe (at a lower peak rate if asked: a few steps at an
+overnight study's rate can shake a converged model more than they recover it), and scored
+again; both scores are paired with the baseline on the same images (bootstrap interval,
+McNemar p). Scored in fp32 torch: this ranks layers, it does not measure an artifact a
+robot would run.
 
 Resumable: each probe's record is appended to ``<artifacts_dir>/<study>/sensitivity.jsonl``
 as soon as it is measured, and a rerun with the same steps and images measures only what
@@ -130,16 +132,19 @@ def _check_args(config: StudyConfig, steps: int, images: int, knobs: tuple[str, 
 
 def run_sensitivity(config: StudyConfig, steps: int = DEFAULT_STEPS, images: int = 0,
                     knobs: tuple[str, ...] = (), console: Console | None = None,
-                    track: bool = True) -> list[dict[str, Any]]:
-    """Measures every probe not yet in the records; returns this run's records (steps and
-    images as given), the baseline's first."""
+                    track: bool = True, lr: float | None = None) -> list[dict[str, Any]]:
+    """Measures every probe not yet in the records; returns this run's records (steps,
+    images and peak rate ``lr`` as given, default the study's), the baseline's first."""
     console = console or Console(stderr=True)
     _check_args(config, steps, images, knobs)
+    if lr is not None and not lr > 0:
+        raise ValueError(f"--lr: must be > 0, got {lr}.")
+    lr = config.recovery_lr if lr is None else lr
     setup = prepare(config, console)
     held = setup.eval_data.head(images) if images else setup.eval_data
     path = records_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
-    same = {"steps": steps, "eval_set": held.fingerprint()}
+    same = {"steps": steps, "lr": lr, "eval_set": held.fingerprint()}
     kept = read_records(path)
     if path.is_file() and len(kept) != len(path.read_text().splitlines()):
         # A record cut off by a crash: keep the whole ones, so appending starts on a new line.
@@ -164,8 +169,8 @@ def run_sensitivity(config: StudyConfig, steps: int = DEFAULT_STEPS, images: int
     todo = [p for p in probes(setup, knobs) if p.key not in done]
     console.print(f"sensitivity of {config.name}: {len(todo)} probes to measure "
                   f"({len(done) - 1} already in {path}), {len(held)} validation images, "
-                  f"{steps} recovery steps each")
-    recipe = dataclasses.replace(setup.recipe(), seed=config.seed)
+                  f"{steps} recovery steps each at peak rate {lr:g}")
+    recipe = dataclasses.replace(setup.recipe(lr), seed=config.seed)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                "{task.total}"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
@@ -275,7 +280,8 @@ def plot_sensitivity(records: list[dict[str, Any]], path: Path, title: str = "")
     base = next((r for r in records if r["knob"] == "baseline"), {})
     ax.set_title(f"{title}: accuracy change vs the baseline, pp, one layer at a time\n"
                  f"{base.get('images', '?')} validation images, {base.get('steps', '?')} "
-                 f"recovery steps; * the paired 95 % interval excludes 0", fontsize=9)
+                 f"recovery steps (peak rate {base.get('lr', '?')}); * the paired 95 % "
+                 f"interval excludes 0", fontsize=9)
     fig.colorbar(im, ax=ax, label="pp", fraction=0.04)
     fig.tight_layout()
     fig.savefig(path)
