@@ -103,6 +103,8 @@ class StudyConfig:
     heartbeat_interval: int = 30
     grace_period: int = 120
     artifacts_dir: str = "ggopt-artifacts"
+    sensitivity: str | None = None
+    sensitivity_max_loss: float = 0.03
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "ggopt"
 
@@ -347,6 +349,13 @@ def _parse(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     grace = s.get("grace_period", int, 120, f"must be an integer number of seconds > "
                   f"heartbeat_interval ({heartbeat})", lambda v: v > heartbeat)
     artifacts = s.get("artifacts_dir", str, "ggopt-artifacts", "must be a folder path")
+    sensitivity = s.get("sensitivity", str, None, "must be the records of a `ggopt sensitivity` "
+                        "scan of this study's model (<artifacts_dir>/<study>/sensitivity.jsonl)"
+                        " or runs:/<its MLflow run id>; each layer then keeps only the knob "
+                        "settings that lost at most sensitivity_max_loss there", bool)
+    max_loss = s.get("sensitivity_max_loss", float, 0.03, "must be an accuracy fraction in "
+                     "(0, 1] (0.03: 3 pp, after the scan's short recovery)",
+                     lambda v: 0 < v <= 1)
     s.done()
 
     t = _Reader(path, _table(path, data, "tracking"), "tracking")
@@ -368,6 +377,7 @@ def _parse(path: Path, data: dict[str, Any]) -> dict[str, Any]:
         sampler=sampler, seed=seed,
         n_trials=n_trials, timeout=timeout, storage=storage,
         heartbeat_interval=heartbeat, grace_period=grace, artifacts_dir=artifacts,
+        sensitivity=sensitivity, sensitivity_max_loss=max_loss,
         tracking_uri=tracking_uri, experiment=experiment,
     )
     return fields
@@ -495,6 +505,10 @@ def _check_inputs(config: StudyConfig) -> None:
     if not any(root.iterdir()):
         raise StudyConfigError(f"{path}: [data] root: dataset folder is empty, got "
                                f"{config.data_root!r}.")
+    if config.sensitivity:  # readable, and measured on this model and checkpoint
+        from search.sensitivity import load_narrowing
+
+        load_narrowing(config)
 
 
 def _toml(value: Any) -> str:

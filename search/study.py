@@ -147,9 +147,19 @@ def prepare(config: StudyConfig, console: Console | None = None) -> StudySetup:
 
 
 def make_knobs(config: StudyConfig) -> dict[str, Any]:
-    """The study's knobs with their options. With ``group``, pruning keeps channel counts
-    that every group count divides, so that each layer's group choices fit every trial."""
-    knobs = {name: get_knob(name, **config.knob_options.get(name, {})) for name in config.knobs}
+    """The study's knobs with their options, narrowed by a sensitivity scan if the study
+    names one. With ``group``, pruning keeps channel counts that every group count divides,
+    so that each layer's group choices fit every trial."""
+    options = {name: dict(config.knob_options.get(name, {})) for name in config.knobs}
+    if config.sensitivity:
+        from search.sensitivity import load_narrowing
+
+        for name, narrowed in load_narrowing(config).items():
+            if name in options:
+                options[name]["allowed"] = narrowed["allowed"]
+                options[name]["exclude"] = (*options[name].get("exclude", ()),
+                                            *narrowed["exclude"])
+    knobs = {name: get_knob(name, **options[name]) for name in config.knobs}
     if "group" in knobs and "prune" in knobs:
         knobs["prune"].channel_multiple = knobs["group"].channel_multiple
     return knobs
@@ -424,8 +434,9 @@ def _warm_start(setup: StudySetup) -> list[dict[str, Any]]:
             elif name in ("dilate", "group"):
                 out.update({f"{name}.{layer}": 1 for layer in knob.layers(model)})
             elif name == "prune":
-                r = min(ratio, math.floor(knob.max_ratio * 20) / 20)
-                out.update({f"prune.{layer}.ratio": r for layer in knob.layers(model)})
+                out.update({f"prune.{layer}.ratio": min(
+                    ratio, math.floor(knob.max_ratio_for(layer) * 20) / 20)
+                    for layer in knob.layers(model)})
                 out.update({"prune.criterion": "l2", "prune.round_to": 1})
             elif name == "precision":
                 if precision not in knob.precisions:

@@ -69,11 +69,15 @@ class DepthwiseKnob:
 
     name: ClassVar[str] = "depthwise"
 
-    def __init__(self, exclude: tuple[str, ...] = ()) -> None:
+    def __init__(self, exclude: tuple[str, ...] = (),
+                 allowed: dict[str, tuple[bool, ...]] | None = None) -> None:
         self.exclude = tuple(exclude)
+        #: Per layer, (True,) or (): whether a sensitivity scan let the replacement through.
+        self.allowed = dict(allowed or {})
 
     def layers(self, model: nn.Module) -> list[str]:
-        return spatial_convs(model, self.exclude)
+        return [layer for layer in spatial_convs(model, self.exclude)
+                if self.allowed.get(layer, (True,))]
 
     def suggest(self, trial: optuna.Trial, model: nn.Module) -> DepthwiseConfig:
         return DepthwiseConfig(tuple(

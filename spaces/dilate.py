@@ -171,7 +171,8 @@ class DilateKnob:
     name: ClassVar[str] = "dilate"
 
     def __init__(self, dilations: tuple[int, ...] = DILATIONS, layers: tuple[str, ...] = (),
-                 exclude: tuple[str, ...] = ()) -> None:
+                 exclude: tuple[str, ...] = (),
+                 allowed: dict[str, tuple[int, ...]] | None = None) -> None:
         bad = [d for d in dilations if not isinstance(d, int) or isinstance(d, bool) or d < 2]
         if bad or not dilations:
             raise KnobError(f"dilate: `dilations` must be integers >= 2, but got "
@@ -179,12 +180,16 @@ class DilateKnob:
         self.dilations = tuple(sorted(set(dilations)))
         self.only = tuple(layers)
         self.exclude = tuple(exclude)
+        #: Per layer, the dilations a sensitivity scan let through.
+        self.allowed = dict(allowed or {})
 
     def choices(self, model: nn.Module) -> dict[str, tuple[int, ...]]:
         """Per layer that can take one, the dilations a trial may draw (1 first: keep)."""
         out = {}
         for name, conv in conv_sites(model, self.exclude).items():
             fits = dilations_for(conv, self.dilations)
+            if name in self.allowed:
+                fits = tuple(d for d in fits if d in self.allowed[name])
             if fits and (not self.only or name in self.only):
                 out[name] = (1, *fits)
         return out

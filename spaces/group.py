@@ -138,13 +138,19 @@ class GroupKnob:
     name: ClassVar[str] = "group"
 
     def __init__(self, groups: tuple[int, ...] = GROUPS, layers: tuple[str, ...] = (),
-                 exclude: tuple[str, ...] = ()) -> None:
+                 exclude: tuple[str, ...] = (),
+                 allowed: dict[str, tuple[int, ...]] | None = None) -> None:
         bad = [g for g in groups if not isinstance(g, int) or isinstance(g, bool) or g < 2]
         if bad or not groups:
             raise KnobError(f"group: `groups` must be integers >= 2, but got {list(groups)!r}.")
         self.groups = tuple(sorted(set(groups)))
         self.only = tuple(layers)
         self.exclude = tuple(exclude)
+        #: Per layer, the group counts a sensitivity scan let through.
+        self.allowed = dict(allowed or {})
+
+    def groups_for(self, layer: str) -> tuple[int, ...]:
+        return tuple(g for g in self.groups if g in self.allowed.get(layer, self.groups))
 
     @property
     def channel_multiple(self) -> int:
@@ -158,7 +164,8 @@ class GroupKnob:
     def layers(self, model: nn.Module) -> list[str]:
         sites = conv_sites(model, self.exclude)
         return [name for name, conv in sites.items()
-                if (not self.only or name in self.only) and self._fits(conv)]
+                if (not self.only or name in self.only) and self._fits(conv)
+                and self.groups_for(name)]
 
     def check(self, model: nn.Module) -> None:
         """Refuses, before any work, a named layer whose channels do not divide, or options
@@ -180,14 +187,15 @@ class GroupKnob:
                             f"by {self.channel_multiple}.")
 
     def suggest(self, trial: optuna.Trial, model: nn.Module) -> GroupConfig:
-        picked = ((layer, trial.suggest_categorical(f"group.{layer}", (1, *self.groups)))
+        picked = ((layer, trial.suggest_categorical(f"group.{layer}",
+                                                    (1, *self.groups_for(layer))))
                   for layer in self.layers(model))
         return GroupConfig(tuple((layer, g) for layer, g in picked if g > 1))
 
     def probes(self, model: nn.Module) -> list[tuple[str, Any, GroupConfig]]:
         """Each group count on one layer at a time."""
         return [(layer, g, GroupConfig(((layer, g),))) for layer in self.layers(model)
-                for g in self.groups]
+                for g in self.groups_for(layer)]
 
     def from_params(self, params: dict[str, Any], model: nn.Module) -> GroupConfig:
         return GroupConfig(tuple((layer, int(params[f"group.{layer}"]))

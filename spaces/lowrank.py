@@ -122,25 +122,32 @@ class LowRankKnob:
 
     name: ClassVar[str] = "lowrank"
 
-    def __init__(self, fractions: tuple[float, ...] = FRACTIONS, exclude: tuple[str, ...] = ()
-                 ) -> None:
+    def __init__(self, fractions: tuple[float, ...] = FRACTIONS, exclude: tuple[str, ...] = (),
+                 allowed: dict[str, tuple[float, ...]] | None = None) -> None:
         bad = [f for f in fractions if not 0 < f <= 1]
         if bad or not fractions:
             raise KnobError(f"lowrank.fractions: each must be in (0, 1], got {list(fractions)}.")
         self.fractions = tuple(float(f) for f in fractions)
         self.exclude = tuple(exclude)
+        #: Per layer, the rank fractions a sensitivity scan let through.
+        self.allowed = dict(allowed or {})
+
+    def fractions_for(self, layer: str) -> tuple[float, ...]:
+        return tuple(f for f in self.fractions if f in self.allowed.get(layer, self.fractions))
 
     def layers(self, model: nn.Module) -> list[str]:
-        return spatial_convs(model, self.exclude)
+        return [layer for layer in spatial_convs(model, self.exclude)
+                if self.fractions_for(layer)]
 
     def suggest(self, trial: optuna.Trial, model: nn.Module) -> LowRankConfig:
         ranks = []
         for layer in self.layers(model):
             if not trial.suggest_categorical(f"lowrank.{layer}", [False, True]):
                 continue
+            fractions = self.fractions_for(layer)
             r_in = (1.0 if getattr(model, layer).in_channels == 1 else
-                    trial.suggest_categorical(f"lowrank.{layer}.rank_in", self.fractions))
-            r_out = trial.suggest_categorical(f"lowrank.{layer}.rank_out", self.fractions)
+                    trial.suggest_categorical(f"lowrank.{layer}.rank_in", fractions))
+            r_out = trial.suggest_categorical(f"lowrank.{layer}.rank_out", fractions)
             ranks.append((layer, r_in, r_out))
         return LowRankConfig(tuple(ranks))
 
@@ -148,7 +155,7 @@ class LowRankKnob:
         """One layer factorised at a time, both ranks at each fraction."""
         return [(layer, f, LowRankConfig(((layer, 1.0 if getattr(model, layer).in_channels == 1
                                                    else f, f),)))
-                for layer in self.layers(model) for f in self.fractions]
+                for layer in self.layers(model) for f in self.fractions_for(layer)]
 
     def from_params(self, params: dict[str, Any], model: nn.Module) -> LowRankConfig:
         return LowRankConfig(tuple(

@@ -62,7 +62,8 @@ class PruneKnob:
     name: ClassVar[str] = "prune"
 
     def __init__(self, max_ratio: float = MAX_RATIO, exclude: tuple[str, ...] = (),
-                 channel_multiple: int = 1) -> None:
+                 channel_multiple: int = 1, allowed: dict[str, tuple[float, ...]] | None = None
+                 ) -> None:
         if not 0 < max_ratio < 1:
             raise KnobError(f"prune: `0 < max_ratio < 1` must hold, but got {max_ratio!r}.")
         if not isinstance(channel_multiple, int) or channel_multiple < 1:
@@ -73,8 +74,19 @@ class PruneKnob:
         #: Every kept channel count is a multiple of this (and of the trial's ``round_to``):
         #: set by a study with the ``group`` knob, whose group counts must divide them.
         self.channel_multiple = channel_multiple
+        #: Per layer, the probe ratios a sensitivity scan let through (``[search] sensitivity``).
+        self.allowed = dict(allowed or {})
         #: (inputs [B,1,S,S], target maps [B,4,S,S]) for Taylor importance; None: magnitude only.
         self.examples: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def max_ratio_for(self, layer: str) -> float:
+        """The study's ``max_ratio``, or less where a sensitivity scan stopped the layer at a
+        smaller probe ratio."""
+        if layer not in self.allowed:
+            return self.max_ratio
+        top = max((r for r in PROBE_RATIOS if r <= self.max_ratio), default=0.0)
+        ok = self.allowed[layer]
+        return self.max_ratio if top in ok else max(ok, default=0.0)
 
     @property
     def criteria(self) -> tuple[str, ...]:
@@ -83,11 +95,13 @@ class PruneKnob:
     def layers(self, model: nn.Module) -> list[str]:
         """Plain convolutions outside the heads (layers rewritten by earlier knobs are
         pruned only through their coupling with these)."""
-        return layers_of(model, (nn.Conv2d, nn.ConvTranspose2d), (*HEAD_NAMES, *self.exclude))
+        return [layer for layer in layers_of(model, (nn.Conv2d, nn.ConvTranspose2d),
+                                             (*HEAD_NAMES, *self.exclude))
+                if self.max_ratio_for(layer) > 0]
 
     def suggest(self, trial: optuna.Trial, model: nn.Module) -> PruneConfig:
-        ratios = tuple((layer, trial.suggest_float(f"prune.{layer}.ratio", 0.0, self.max_ratio,
-                                                   step=0.05))
+        ratios = tuple((layer, trial.suggest_float(f"prune.{layer}.ratio", 0.0,
+                                                   self.max_ratio_for(layer), step=0.05))
                        for layer in self.layers(model))
         criterion = trial.suggest_categorical("prune.criterion", self.criteria)
         round_to = trial.suggest_categorical("prune.round_to", ROUND_TO)
@@ -96,7 +110,7 @@ class PruneKnob:
     def probes(self, model: nn.Module) -> list[tuple[str, Any, PruneConfig]]:
         """One layer pruned at a time, at a coarse grid of ratios (``ggopt sensitivity``)."""
         return [(layer, ratio, PruneConfig(((layer, ratio),))) for layer in self.layers(model)
-                for ratio in PROBE_RATIOS if ratio <= self.max_ratio]
+                for ratio in PROBE_RATIOS if ratio <= self.max_ratio_for(layer)]
 
     def from_params(self, params: dict[str, Any], model: nn.Module) -> PruneConfig:
         return PruneConfig(

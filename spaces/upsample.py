@@ -30,6 +30,8 @@ __all__ = ["MODES", "LowResConv2d", "ResizeConv2d", "SubPixelConv2d", "UpsampleC
            "UpsampleKnob", "rewrite_all"]
 
 MODES = ("keep", "subpixel", "nearest", "bilinear", "lowres")
+#: Modes that compute exactly what the transposed conv did.
+EXACT_MODES = ("keep", "subpixel")
 #: Modes for the last transposed conv only (the layer whose output the heads read).
 LAST_LAYER_MODES = ("lowres",)
 
@@ -283,12 +285,15 @@ class UpsampleConfig(KnobConfig):
 class UpsampleKnob:
     name: ClassVar[str] = "upsample"
 
-    def __init__(self, modes: tuple[str, ...] = MODES, exclude: tuple[str, ...] = ()) -> None:
+    def __init__(self, modes: tuple[str, ...] = MODES, exclude: tuple[str, ...] = (),
+                 allowed: dict[str, tuple[str, ...]] | None = None) -> None:
         bad = [m for m in modes if m not in MODES]
         if bad:
             raise KnobError(f"upsample: unknown mode {bad[0]!r}; valid modes are: "
                             f"{', '.join(MODES)}.")
         self.modes, self.exclude = tuple(modes), tuple(exclude)
+        #: Per layer, the approximate modes a sensitivity scan let through (exact ones stay).
+        self.allowed = dict(allowed or {})
 
     def layers(self, model: nn.Module) -> list[str]:
         return layers_of(model, (nn.ConvTranspose2d,), self.exclude)
@@ -301,9 +306,15 @@ class UpsampleKnob:
 
     def modes_for(self, model: nn.Module, layer: str) -> tuple[str, ...]:
         """The modes a trial may draw for ``layer``: ``lowres`` only for the last layer."""
+        modes = self.modes
+        if layer in self.allowed:
+            modes = tuple(m for m in modes if m in EXACT_MODES or m in self.allowed[layer])
+            if not modes:
+                raise KnobError(f"upsample: the sensitivity scan leaves {layer} none of the "
+                                f"modes {list(self.modes)}; add 'subpixel' (exact).")
         if layer == self.last_layer(model):
-            return self.modes
-        modes = tuple(m for m in self.modes if m not in LAST_LAYER_MODES)
+            return modes
+        modes = tuple(m for m in modes if m not in LAST_LAYER_MODES)
         if not modes:
             raise KnobError(f"upsample: modes {list(self.modes)} leave no mode for {layer}: "
                             f"{', '.join(LAST_LAYER_MODES)} applies only to "
@@ -319,7 +330,7 @@ class UpsampleKnob:
         """Each approximate mode on one layer at a time (sub-pixel is exact: nothing to
         measure)."""
         return [(layer, mode, UpsampleConfig(((layer, mode),))) for layer in self.layers(model)
-                for mode in self.modes_for(model, layer) if mode not in ("keep", "subpixel")]
+                for mode in self.modes_for(model, layer) if mode not in EXACT_MODES]
 
     def from_params(self, params: dict[str, Any], model: nn.Module) -> UpsampleConfig:
         return UpsampleConfig.from_dict(params)

@@ -101,3 +101,94 @@ def test_bad_arguments_are_refused_before_any_probe(study_file, capsys, extra, m
     assert re.search(message, shown)
     assert "held-out images" not in shown  # refused before reading any
     assert not records_path(load_study_config(study_file)).exists()
+
+
+def _record(knob, layer, value, change):
+    return {"knob": knob, "layer": layer, "value": value, "steps": 5, "lr": 1e-3,
+            "before": {"paired": {"difference": -0.5}},
+            "after": {"paired": {"difference": change}}}
+
+
+def _scan(checkpoint_sha):
+    return [{"knob": "baseline", "layer": "", "value": None, "steps": 5, "lr": 1e-3,
+             "model": "ggcnn", "checkpoint_sha256": checkpoint_sha},
+            _record("prune", "conv1", 0.25, -0.01), _record("prune", "conv1", 0.5, -0.08),
+            _record("prune", "conv1", 0.75, -0.02),  # a lucky draw past the first failure
+            _record("prune", "conv2", 0.25, -0.2), _record("prune", "conv2", 0.5, -0.3),
+            _record("prune", "conv3", 0.25, 0.0), _record("prune", "conv3", 0.5, 0.0),
+            _record("dilate", "conv1", 2, -0.02), _record("dilate", "conv1", 4, -0.09),
+            _record("dilate", "convt3", 2, -0.01), _record("dilate", "convt3", 4, 0.01),
+            _record("depthwise", "conv2", True, -0.12), _record("depthwise", "conv3", True, 0.0),
+            _record("upsample", "convt3", "lowres", -0.2),
+            _record("upsample", "convt3", "nearest", -0.01),
+            _record("upsample", "convt2", "bilinear", -0.2),
+            # another scan's steps in the same file: ignored
+            {**_record("dilate", "convt3", 4, -0.5), "steps": 50}]
+
+
+def test_narrowing_keeps_each_layers_settings_within_the_loss():
+    from search.sensitivity import narrowing
+
+    out = narrowing(_scan("x")[:-1], max_loss=0.03)
+    assert out["prune"] == {"allowed": {"conv1": (0.25,)}, "exclude": ("conv2",)}
+    assert out["dilate"] == {"allowed": {"conv1": (2,)}, "exclude": ()}
+    assert out["depthwise"] == {"allowed": {}, "exclude": ("conv2",)}
+    # A decoder keeps its exact forms whatever the scan says.
+    assert out["upsample"] == {"allowed": {"convt3": ("nearest",), "convt2": ()},
+                               "exclude": ()}
+
+
+def test_a_study_narrowed_by_a_scan_never_draws_what_the_scan_ruled_out(tmp_path, trained):
+    import hashlib
+
+    import optuna
+
+    from search.study import make_knobs
+    from spaces import ORDER
+
+    checkpoint, data = trained
+    scan = tmp_path / "scan.jsonl"
+    sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    scan.write_text("".join(json.dumps(r) + "\n" for r in _scan(sha)))
+    knobs = '["upsample", "dilate", "depthwise", "prune", "precision"]'
+    plain = load_study_config(write_study(tmp_path, checkpoint, data, split="preset",
+                                          knobs=knobs))
+    path = write_study(tmp_path, checkpoint, data, split="preset", knobs=knobs)
+    path.write_text(path.read_text().replace(
+        "[search]\n", f'[search]\nsensitivity = "{scan}"\nsensitivity_max_loss = 0.03\n'))
+    narrowed = load_study_config(path)
+    model = prepare(narrowed).base
+
+    def draws(config):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        knobs = make_knobs(config)
+        params = []
+        for _ in range(40):
+            trial = study.ask()
+            current = model
+            for name in ORDER:
+                knob = knobs.get(name)
+                if knob is not None and name != "precision":
+                    current = knob.apply(current, knob.suggest(trial, current))
+            params.append(trial.params)
+            study.tell(trial, 0.0)
+        return params
+
+    def seen(params, key):
+        return {p[key] for p in params if key in p}
+
+    before, after = draws(plain), draws(narrowed)
+    assert 4 in seen(before, "dilate.conv1") and 4 not in seen(after, "dilate.conv1")
+    assert max(seen(before, "prune.conv1.ratio")) > 0.25 >= max(seen(after, "prune.conv1.ratio"))
+    assert seen(before, "prune.conv2.ratio") and not seen(after, "prune.conv2.ratio")
+    assert seen(before, "depthwise.conv2") and not seen(after, "depthwise.conv2")
+    assert "lowres" in seen(before, "upsample.convt3")
+    assert seen(after, "upsample.convt3") == {"keep", "subpixel", "nearest"}
+    assert seen(after, "dilate.convt3") == {1, 2, 4}  # the other scan's loss is not read
+    # A scan of another checkpoint is refused when the study file is read.
+    scan.write_text("".join(json.dumps(r) + "\n" for r in _scan("0" * 64)))
+    from search.config import StudyConfigError
+
+    with pytest.raises(StudyConfigError, match=r"sensitivity = .*scan.jsonl.*checkpoint sha256 "
+                                               r"000000000000"):
+        load_study_config(path)
