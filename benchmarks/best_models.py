@@ -49,6 +49,7 @@ from rich.console import Console
 from rich.table import Table
 
 from grasp.artifact import Artifact, fuse_heads
+from grasp.timing import machine_line
 from grasp.train import evaluate
 from objectives import count_macs, device_fingerprint
 from objectives.latency import measure_latency
@@ -190,7 +191,7 @@ def main() -> None:
     done = len(load_study(config).get_trials(states=(TrialState.COMPLETE,)))
     fp = device_fingerprint(None, config.threads, rt, config.device)
     console.print(f"study: {done} complete trials; recovery for single techniques: {steps} "
-                  f"steps; machine: {fp['cpu']}, {fp['cores']} cores, {rt} "
+                  f"steps; machine: {machine_line(fp)}, {rt} "
                   f"{fp['runtime_version']}")
 
 

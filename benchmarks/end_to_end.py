@@ -45,6 +45,7 @@ from grasp.checkpoints import load_checkpoint
 from grasp.data import load_dataset, split
 from grasp.evaluation import HeldOut, score_grasps, score_images
 from grasp.rectangles import best_grasp, post_process, scored_grasps
+from grasp.timing import machine_line
 from objectives.latency import device_fingerprint, measure_latency
 from search.stats import paired_difference, rate
 from spaces.precision import PrecisionConfig, build_artifact
@@ -111,12 +112,7 @@ def _reference(maps: np.ndarray) -> object:
 
 
 def cpu_line() -> str:
-    flags = next((line.split(":", 1)[1].split() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")),
-                 [])
-    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
-    fp = device_fingerprint(None, 1)
-    return f"{fp['cpu']}, {fp['cores']} cores, {' '.join(shown) or 'no AVX2'}"
+    return machine_line(device_fingerprint(None, 1))
 
 
 def agreement(artifact: Artifact, held: HeldOut) -> dict[str, object]:

@@ -31,6 +31,7 @@ from rich.table import Table
 
 from grasp.artifact import RUNTIMES, check_device
 from grasp.models import get_model
+from grasp.timing import machine_line
 from objectives import count_macs, count_params, device_fingerprint
 from objectives.latency import measure_latency
 from search.config import load_study_config
@@ -174,7 +175,7 @@ def main() -> None:
                   "fastest runtime)")
     fp = device_fingerprint(device=args.device)
     gpu = f", GPU {fp['gpu']}" if "gpu" in fp else ""
-    console.print(f"machine: {fp['cpu']}, {fp['cores']} cores{gpu}, onnxruntime "
+    console.print(f"machine: {machine_line(fp)}{gpu}, onnxruntime "
                   f"{fp['runtime_version']}, torch {torch.__version__}")
 
 

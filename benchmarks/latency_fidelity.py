@@ -31,6 +31,7 @@ from scipy import stats
 from scipy.stats import spearmanr
 
 from grasp.artifact import Artifact
+from grasp.timing import machine_line
 from objectives import device_fingerprint
 from objectives.latency import measure_latency
 from search.config import load_study_config
@@ -116,7 +117,7 @@ def main() -> None:
                       f"CV across rounds: median {statistics.median(spread):.1%}, max "
                       f"{max(spread):.1%} (target <= 3 %); within 3 %: "
                       f"{sum(c <= 0.03 for c in spread)}/{len(spread)}")
-    console.print(f"[{fp['cpu']}, {fp['cores']} cores]")
+    console.print(f"[{machine_line(fp)}]")
     if args.estimators:
         console.print(_estimator_table(runs))
 

@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt
 from rich.console import Console
 from rich.table import Table
 
+from grasp.timing import machine_line
 from objectives import device_fingerprint
 from search.config import load_study_config
 from search.pareto import hypervolume_history
@@ -85,7 +86,7 @@ def main() -> None:
             f"@{k} {means['tpe'][k] / means['random'][k]:.2f}x" if means["random"][k] else
             f"@{k} n/a" for k in marks) + "   (target >= 1.2x at 50)")
     fp = device_fingerprint(None, 1)
-    console.print(f"[{fp['cpu']}, {fp['cores']} cores; {len(args.seeds) * len(args.samplers)} "
+    console.print(f"[{machine_line(fp)}; {len(args.seeds) * len(args.samplers)} "
                   f"studies of {args.trials} trials in "
                   f"{(time.perf_counter() - started) / 60:.0f} min]")
     _plot(histories, Path(args.plot))

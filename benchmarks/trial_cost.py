@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
+from grasp.timing import machine_line
 from objectives import device_fingerprint
 from search.config import load_study_config
 from search.pareto import front_table
@@ -119,7 +120,7 @@ def _report(console: Console, config, study, trials, total: float | None) -> Non
     setup = ("" if total is None else f", {len(trials) / total * 3600:.0f} including setup "
              f"({total - optimise:.0f} s: data check, baseline)")
     console.print(f"trials/hour: {len(trials) / optimise * 3600:.0f} while optimising{setup}"
-                  f"   [{fp['cpu']}, {fp['cores']} cores, {config.threads} thread(s) for "
+                  f"   [{machine_line(fp)}, {config.threads} thread(s) for "
                   f"latency]")
 
 

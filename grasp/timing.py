@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GRASP_OUTPUT", "INPUT_NAME", "MAX_RUNS", "OUTPUT_NAME", "LatencyResult",
-           "TimingError", "check_protocol", "fingerprint_key",
-           "fixed_input", "host_fingerprint", "onnx_session",
+__all__ = ["GRASP_OUTPUT", "INPUT_NAME", "MAX_RUNS", "OUTPUT_NAME", "SIMD_FLAGS",
+           "LatencyResult", "TimingError", "check_protocol", "cpu_flags", "fingerprint_key",
+           "fixed_input", "host_fingerprint", "machine_line", "onnx_session",
            "onnx_timed_call", "time_calls", "without_synthesis"]
 
 #: The artifact's input, its maps output, and the grasp output of an end-to-end file.
@@ -122,10 +122,33 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: The CPU features that rank int8 against fp32 (VNNI) and set the kernels' width.
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_flags() -> str:
+    """Which of :data:`SIMD_FLAGS` this CPU has, e.g. ``"avx2"`` or ``"avx2 avx512f
+    avx512_vnni"``; ``"no AVX2"`` when none (or not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return " ".join(f for f in SIMD_FLAGS if f in flags) or "no AVX2"
+
+
 def host_fingerprint() -> dict[str, Any]:
-    """The hardware part of a device fingerprint: CPU model, cores, machine, system."""
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
-            "system": platform.system()}
+    """The hardware part of a device fingerprint: CPU model, SIMD flags, cores, machine,
+    system. (The flags are shown with every figure, not compared: the CPU model fixes them.)"""
+    return {"cpu": cpu_model(), "flags": cpu_flags(), "cores": os.cpu_count(),
+            "machine": platform.machine(), "system": platform.system()}
+
+
+def machine_line(fingerprint: dict[str, Any]) -> str:
+    """``AMD EPYC, avx2, 2 cores``: how every benchmark names its machine."""
+    return (f"{fingerprint.get('cpu')}, {fingerprint.get('flags', 'flags unknown')}, "
+            f"{fingerprint.get('cores')} cores")
 
 
 def fingerprint_key(fingerprint: dict[str, Any]) -> str:

@@ -54,6 +54,7 @@ from grasp.timing import (
     check_protocol,
     fingerprint_key,
     host_fingerprint,
+    machine_line,
     onnx_session,
     onnx_timed_call,
     time_calls,
@@ -332,8 +333,8 @@ def serve(host: str, port: int, token: str, max_mb: int, allow_torch: bool,
     with tempfile.TemporaryDirectory(prefix="ggopt-agent-") as folder:
         app = create_app(token, Path(folder), max_mb << 20, allow_torch, timing_log)
         fp = host_fingerprint()
-        print(f"ggopt agent on http://{host}:{port}: {fp['cpu']} ({fp['cores']} cores, "
-              f"{platform.machine()}), onnxruntime {_runtime_versions(False)['onnxruntime']}"
+        print(f"ggopt agent on http://{host}:{port}: {machine_line(fp)} "
+              f"({platform.machine()}), onnxruntime {_runtime_versions(False)['onnxruntime']}"
               f"{', accepts torch .pt2' if allow_torch else ''}", file=sys.stderr, flush=True)
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 

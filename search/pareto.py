@@ -488,7 +488,8 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
           if verified else ["Not verified on the test images or in simulation.", ""]),
         *_loading(config.runtime, trial.user_attrs.get("precision"), config.device),
         "All three numbers were measured on this file. Latency was measured on: "
-        f"{fp.get('cpu')} ({fp.get('cores')} cores), {fp.get('runtime')} "
+        f"{fp.get('cpu')} ({fp.get('flags', 'flags not recorded')}, {fp.get('cores')} "
+        f"cores), {fp.get('runtime')} "
         f"{fp.get('runtime_version')}, {fp.get('device')}"
         + (f", by the timing agent at {fp['agent']}." if fp.get("agent") else "."), "",
         f"Study file: `{config.path}`; storage: study `{study.study_name}`.", "",
