@@ -362,17 +362,18 @@ def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=0,
                    help="score on the first N validation images (default: all)")
     p.add_argument("--knobs", nargs="+", default=(), metavar="KNOB",
-                   help="only these knobs (default: every structural knob the study enables)")
+                   help="only these knobs (default: every knob the study enables; precision: "
+                        "int8 on one layer at a time)")
     p.set_defaults(run=_run_sensitivity)
 
 
 def _run_sensitivity(args: argparse.Namespace) -> None:
-    from search.sensitivity import records_path, run_sensitivity
+    from search.sensitivity import NOT_PROBES, records_path, run_sensitivity
 
     config = _config(args)
     records = run_sensitivity(config, args.steps, args.images, tuple(args.knobs), console,
                               lr=args.lr)
-    measured = [r for r in records if r["knob"] != "baseline"]
+    measured = [r for r in records if r["knob"] not in NOT_PROBES]
     worst = sorted(measured, key=lambda r: (r.get("after") or r["before"])["paired"][
         "difference"])[:5]
     for r in worst:

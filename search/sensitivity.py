@@ -43,8 +43,10 @@ from objectives import count_macs, count_params
 from search.config import StudyConfig, StudyConfigError
 from search.recovery import recover
 from search.stats import pack_hits, paired_difference, rate, unpack_hits
-from search.study import StudySetup, prepare
+from search.study import StudySetup, measure_artifact, prepare
 from spaces import ORDER, KnobConfig
+from spaces.base import conv_sites
+from spaces.upsample import rewrite_all
 
 __all__ = ["Probe", "plot_sensitivity", "probes", "read_records", "records_path",
            "run_sensitivity"]
@@ -53,6 +55,8 @@ RECORDS = "sensitivity.jsonl"
 PLOT = "sensitivity.png"
 DEFAULT_STEPS = 100
 RUN_KEY = "mlflow_run_id"
+#: Records that are not probes: the torch baseline, and the fp32 file int8 probes pair with.
+NOT_PROBES = ("baseline", "reference")
 
 
 @dataclass(frozen=True)
@@ -80,15 +84,42 @@ class Probe:
 
 
 def probes(setup: StudySetup, knobs: tuple[str, ...] = ()) -> list[Probe]:
-    """Every probe of the study's structural knobs (or of ``knobs``), in the apply order."""
+    """Every probe of the study's knobs (or of ``knobs``), in the apply order; ``precision``
+    probes int8 on one layer at a time (ONNX Runtime studies that offer int8)."""
     out = []
     for name in ORDER:
         knob = setup.knobs.get(name)
-        if knob is None or name == "precision" or (knobs and name not in knobs):
+        if knob is None or (knobs and name not in knobs):
+            continue
+        if name == "precision":
+            out += [Probe(name, layer, "int8", None) for layer in _int8_layers(setup)]
             continue
         out += [Probe(name, layer, value, config)
                 for layer, value, config in knob.probes(setup.base)]
     return out
+
+
+def _int8_layers(setup: StudySetup) -> list[str]:
+    """The layers int8 can be probed on: every conv of the exact sub-pixel form (transposed
+    convs run in float on both runtimes), where the study ships ONNX int8."""
+    if setup.config.runtime != "onnxruntime" or "int8" not in setup.knobs[
+            "precision"].precisions:
+        return []
+    return list(conv_sites(rewrite_all(setup.base)))
+
+
+def _int8_hits(setup: StudySetup, held: HeldOut, layer: str | None) -> np.ndarray:
+    """Per-image outcomes of the sub-pixel model's ONNX file, fp32 (``layer`` None) or with
+    that one layer's convs in int8, scored as a study scores a trial (the file's grasp)."""
+    from spaces.precision import PrecisionConfig, build_artifact
+
+    with tempfile.TemporaryDirectory(prefix="ggopt-sensitivity-") as folder:
+        artifact = build_artifact(
+            rewrite_all(setup.base), PrecisionConfig("fp32" if layer is None else "int8"),
+            Path(folder) / "model", setup.calibration, setup.config.output_size,
+            int8_only=None if layer is None else (layer,))
+        _, details = measure_artifact(setup, artifact, images=held, names=("accuracy",))
+    return details["hits"].standard
 
 
 def records_path(config: StudyConfig) -> Path:
@@ -126,11 +157,11 @@ def _check_args(config: StudyConfig, steps: int, images: int, knobs: tuple[str, 
         raise ValueError(f"--steps: must be >= 0, got {steps}.")
     if images < 0:
         raise ValueError(f"--images: must be >= 0 (0: every validation image), got {images}.")
-    offered = [k for k in ORDER if k in config.knobs and k != "precision"]
+    offered = [k for k in ORDER if k in config.knobs]
     for name in knobs:
         if name not in offered:
-            raise ValueError(f"--knobs: {name!r} is not a structural knob {config.path} "
-                             f"enables; it enables: {', '.join(offered)}.")
+            raise ValueError(f"--knobs: {name!r} is not a knob {config.path} enables; it "
+                             f"enables: {', '.join(offered)}.")
 
 
 def run_sensitivity(config: StudyConfig, steps: int = DEFAULT_STEPS, images: int = 0,
@@ -182,6 +213,23 @@ def run_sensitivity(config: StudyConfig, steps: int = DEFAULT_STEPS, images: int
         for probe in todo:
             progress.update(task, description=f"{probe.key}")
             start = time.perf_counter()
+            if probe.knob == "precision":  # int8 on one layer: the file, no recovery
+                reference = _reference_hits(setup, held, same, path, records)
+                hits = _int8_hits(setup, held, probe.layer)
+                paired = paired_difference(hits, reference, config.confidence or 0.95)
+                record = {**same, "knob": probe.knob, "layer": probe.layer,
+                          "value": probe.value, "key": probe.key, "setting": probe.setting,
+                          "macs": base["macs"], "params": base["params"], "images": len(held),
+                          "before": {"accuracy": float(hits.mean()),
+                                     "accuracy_ci": list(_rate_ci(hits)),
+                                     "paired": paired.to_dict()},
+                          "seconds": time.perf_counter() - start}
+                _append(path, record)
+                records.append(record)
+                if tracker:
+                    tracker.log_probe(record)
+                progress.advance(task)
+                continue
             model = setup.knobs[probe.knob].apply(setup.base, probe.config)
             before = _score(model, held)
             record = {**same, "knob": probe.knob, "layer": probe.layer, "value": probe.value,
@@ -218,8 +266,8 @@ def narrowing(records: list[dict[str, Any]], max_loss: float
     setting of which passed are not listed."""
     results: dict[str, dict[str, list[tuple[Any, bool]]]] = {}
     for r in records:
-        if r["knob"] == "baseline":
-            continue
+        if r["knob"] in NOT_PROBES or r["knob"] == "precision":  # int8 per layer informs;
+            continue  # the precision knob stays one choice for the whole model
         change = (r.get("after") or r["before"])["paired"]["difference"]
         results.setdefault(r["knob"], {}).setdefault(r["layer"], []).append(
             (r["value"], -change <= max_loss))
@@ -282,6 +330,25 @@ def load_narrowing(config: StudyConfig) -> dict[str, dict[str, Any]]:
                      config.sensitivity_max_loss)
 
 
+def _reference_hits(setup: StudySetup, held: HeldOut, same: dict[str, Any], path: Path,
+                    records: list[dict[str, Any]]) -> np.ndarray:
+    """What int8 probes pair with: the fp32 file of the same sub-pixel model, scored the
+    same way (measured once, kept as the ``reference`` record)."""
+    ref = next((r for r in records if r["knob"] == "reference"), None)
+    if ref is None:
+        hits = _int8_hits(setup, held, None)
+        ref = {**same, "knob": "reference", "layer": "", "value": None, "key": "reference",
+               "accuracy": float(hits.mean()), "images": len(held), "hits": pack_hits(hits)}
+        _append(path, ref)
+        records.append(ref)
+    return unpack_hits(ref["hits"])
+
+
+def _rate_ci(hits: np.ndarray) -> tuple[float, float]:
+    r = rate(hits)
+    return r.low, r.high
+
+
 def _ci(hits: ImageHits) -> list[float]:
     r = rate(hits.standard)
     return [r.low, r.high]
@@ -338,7 +405,7 @@ class _Tracker:
 def plot_sensitivity(records: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Heat map, layers × settings: the paired accuracy change (pp) after the short
     recovery (before it where no recovery ran); ``*`` where the interval excludes 0."""
-    probes_ = [r for r in records if r["knob"] != "baseline"]
+    probes_ = [r for r in records if r["knob"] not in NOT_PROBES]
     layers = list(dict.fromkeys(r["layer"] for r in probes_))
     settings = list(dict.fromkeys(r["setting"] for r in probes_))
     grid = np.full((max(len(layers), 1), max(len(settings), 1)), np.nan)

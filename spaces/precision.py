@@ -203,11 +203,14 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
                    calibration: Sequence[torch.Tensor] = (), input_size: int = 300,
                    device: str = "cpu", timings: dict[str, float] | None = None,
                    runtime: str = "onnxruntime",
-                   finetune: Callable[[nn.Module], None] | None = None) -> Artifact:
+                   finetune: Callable[[nn.Module], None] | None = None,
+                   int8_only: Sequence[str] | None = None) -> Artifact:
     """Exports ``model`` at ``config.precision`` for ``runtime`` to ``path`` (its suffix
     becomes the runtime's: .onnx or .pt2); ``timings`` receives ``calibration_s``, the int8
     calibration and quantization time (training included). ``finetune`` makes a torch int8
-    build quantization-aware (:func:`quantize_pt2e`); other builds ignore it."""
+    build quantization-aware (:func:`quantize_pt2e`); other builds ignore it.
+    ``int8_only`` (ONNX int8) quantizes the convs of those layers alone, the rest
+    stays float: what ``ggopt sensitivity`` measures int8 per layer with."""
     if config.precision not in PRECISIONS:
         raise KnobError(f"precision: must be one of {', '.join(PRECISIONS)}, "
                         f"got {config.precision!r}.")
@@ -259,6 +262,8 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
                     reduce_range=WEIGHTS_ON_7_BITS,
                     calibrate_method=CalibrationMethod.Percentile,
                     nodes_to_exclude=_float_resize_nodes(prepared),
+                    nodes_to_quantize=(None if int8_only is None
+                                       else _layer_convs(prepared, int8_only)),
                     extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
                 )
             prepared.unlink(missing_ok=True)
@@ -268,6 +273,17 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
         fp32.unlink(missing_ok=True)
     _with_synthesis(compact_onnx(path), input_size)
     return Artifact(path, precision=config.precision, input_size=input_size, device=device)
+
+
+def _layer_convs(path: Path, layers: Sequence[str]) -> list[str]:
+    """The Conv nodes of the given layers (ONNX node names keep their module paths)."""
+    import onnx
+
+    nodes = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"
+             and any(f"/{layer}/" in n.name for layer in layers)]
+    if not nodes:
+        raise KnobError(f"precision: no conv of layers {list(layers)} in the exported file.")
+    return nodes
 
 
 def _with_synthesis(path: Path, input_size: int) -> Path:

@@ -187,6 +187,12 @@ def test_int8_runs_transposed_convs_only_after_the_subpixel_rewrite(calibration,
     sub = knob.build(rewritten, PrecisionConfig("int8"), tmp_path / "b.onnx", calibration, SIZE)
     assert int8_layers(sub) == ["conv1", "conv2", "conv3", "convt1", "convt2", "convt3",
                                 "fused_heads"]
+    # One layer alone (what ggopt sensitivity probes): the rest stays float.
+    from spaces.precision import build_artifact
+
+    one = build_artifact(rewritten, PrecisionConfig("int8"), tmp_path / "c.onnx", calibration,
+                         SIZE, int8_only=("convt2",))
+    assert int8_layers(one) == ["convt2"]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

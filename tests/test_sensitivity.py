@@ -88,9 +88,23 @@ def test_a_rerun_measures_only_what_is_missing(study_file, monkeypatch):
     assert len(applied) == len(lines) - 1
 
 
+def test_int8_is_probed_one_layer_at_a_time_on_the_shipped_file(study_file):
+    assert main(["sensitivity", str(study_file), "--knobs", "precision", "--images", "8"]) == 0
+    records = read_records(records_path(load_study_config(study_file)))
+    probed = [r for r in records if r["knob"] == "precision"]
+    assert [r["layer"] for r in probed] == ["conv1", "conv2", "conv3", "convt1", "convt2",
+                                            "convt3"]
+    reference = next(r for r in records if r["knob"] == "reference")
+    for r in probed:  # paired with the fp32 file of the same model on the same 8 images
+        assert r["before"]["paired"]["n"] == reference["images"] == 8
+        assert r["before"]["accuracy"] == pytest.approx(
+            reference["accuracy"] + r["before"]["paired"]["difference"])
+        assert "after" not in r  # int8 is not recovered
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--steps", "-1"], "--steps: must be >= 0"),
-    (["--knobs", "lowrank"], "'lowrank' is not a structural knob .* enables: prune, dilate"),
+    (["--knobs", "lowrank"], "'lowrank' is not a knob .* enables: prune, dilate"),
 ], ids=["steps", "knob"])
 def test_bad_arguments_are_refused_before_any_probe(study_file, capsys, extra, message):
     import re
