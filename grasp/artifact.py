@@ -281,7 +281,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int = 300) -> Pa
 
     Node names keep the module path (``/model/conv2/Conv``), which is how a per-layer
     precision choice finds a layer's nodes. The heads are :class:`TapSumHeads` here only:
-    measured side by side (RESULTS §21), ONNX Runtime ran GG-CNN 8-9 % faster with them in
+    measured side by side, ONNX Runtime ran GG-CNN 8-9 % faster with them in
     fp32 and 28 % in int8, while on torch a 50 %-pruned GG-CNN ran 3-10 % slower (fp32,
     int8) and only the uncompressed fp32 one gained (2.5 %).
     """

@@ -4,15 +4,15 @@ Batch 1 at the artifact's input size, a fixed thread count (1 thread times stabl
 busy machine, 2 do not), warm-up runs outside the timed region, then back-to-back timed
 runs, at least ``runs`` of them and at least ``min_seconds`` of timing: median, p90 and
 coefficient of variation. A 2 ms model gets as much timing as a 20 ms one, so its median
-holds as still (RESULTS §29). The device fingerprint travels with the number, because a
+holds as still. The device fingerprint travels with the number, because a
 latency is only comparable on the same hardware and runtime.
 
 Paired timing (``[runtime] paired = true``): the artifact and the study's baseline run in
 strict alternation, and the score is the baseline's recorded latency times the median of
 the per-pair ratios. It helps on a machine that drifts between speed states shared by
-every model (RESULTS §10); where the baseline's own timing wanders more than the
+every model; where the baseline's own timing wanders more than the
 artifact's (a large fp32 model on a shared L3 cache against a small int8 one), it adds
-that noise instead (RESULTS §29). The raw median is kept beside it (``latency_raw_ms``).
+that noise instead. The raw median is kept beside it (``latency_raw_ms``).
 
 The protocol itself lives in :mod:`grasp.timing`, without torch, so that the timing agent
 on the robot's computer (``[runtime] target``, :mod:`search.agent`) times by the same one.
@@ -69,7 +69,7 @@ def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs
     A machine that drifts between speed states for seconds at a time (shared VMs, turbo,
     thermal limits) moves both sides of a pair alike, so the ratio holds still where the
     absolute median does not. Keep ``block`` at 1: blocks of 10 drifted as much as raw
-    medians did (RESULTS §10). ``end_to_end``: depth in, grasp out; else the network alone.
+    medians did. ``end_to_end``: depth in, grasp out; else the network alone.
     """
     check_protocol(threads, warmup, runs, block, min_seconds)
     run = artifact.timed_call(threads, end_to_end=end_to_end)

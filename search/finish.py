@@ -10,7 +10,7 @@ of training views, builds its artifact at the trial's precision, and measures al
 objectives on that artifact, as the study did (latency raw or paired with the same baseline
 file, as the study timed it: search.study.settle_timing).
 Continuing, not restarting, matters: a trial's short recovery is one random draw, and the
-front favours the lucky ones, which a restart would not reproduce (RESULTS §18).
+front favours the lucky ones, which a restart would not reproduce.
 
 ``ggopt export --rebuild`` is the same path with no steps: the kept weights, as the study
 recovered them, built into an artifact by this ggopt. A newer ggopt writes faster files for
@@ -54,8 +54,8 @@ __all__ = ["CONTINUE_LR_FRACTION", "FINISH_POOL", "Finished", "finish_trial", "f
 #: views a dozen times each. 1024 crops of 192 px with their maps take ~1.4 GB.
 FINISH_POOL = 1024
 #: A finishing run that continues from the study's recovered weights starts at this fraction
-#: of the study's peak learning rate: the model is already in its basin. Measured (RESULTS
-#: §19, an ONNX Runtime trial, 2400 steps): 1x left it where it was, 0.3x gained 2.1 pp
+#: of the study's peak learning rate: the model is already in its basin. Measured (an ONNX
+#: Runtime trial, 2400 steps, in an earlier version): 1x left it where it was, 0.3x gained 2.1 pp
 #: on the study, 0.1x lost 1.2 pp.
 CONTINUE_LR_FRACTION = 0.3
 

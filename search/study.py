@@ -595,7 +595,7 @@ class _Pipeline:
                           run_id: str | None) -> None:
         """Stops a trial that breaks a size constraint before its recovery: an artifact's
         bytes depend on the architecture and precision, and on the weights' values only by a
-        few bytes (11 in 22.8 kB, RESULTS §25), so a file built from the untrained model
+        few bytes (11 in 22.8 kB), so a file built from the untrained model
         weighs what the recovered one will. A size budget then costs a second or two per
         oversized trial instead of minutes of training; the shipped file is weighed again."""
         if not self.size_limits:
@@ -816,7 +816,7 @@ def files_format(runtime: str, artifact_format: int) -> int:
 def settle_timing(config: StudyConfig, stored: dict[str, Any]) -> StudyConfig:
     """``[runtime] paired`` left unset: a study goes on timing as it began (``stored``, its
     recorded config), and a new one times raw medians, which held steadier than pairs with
-    the baseline on this project's machines since RESULTS §28-§29."""
+    the baseline on this project's machines in earlier measurements."""
     if config.paired is not None:
         return config
     return dataclasses.replace(config, paired=bool(stored.get("study.paired_latency", False)))

@@ -6,15 +6,15 @@ uint8 activations calibrated on training images (never validation images), one i
 time, by the runtime's own tool:
 
 - ``onnxruntime``: static QDQ (``quantize_static``), each activation's range set at the
-  99.99th percentile of its calibration histogram: measured (RESULTS §19), min-max ranges
+  99.99th percentile of its calibration histogram: measured, min-max ranges
   cost the uncompressed GG-CNN 1.2 pp and a 50 %-pruned one 0.9 pp against fp32; percentile
   ranges cost the first nothing and scored the second 2.9 pp above fp32. A few extreme
   activations no longer stretch the grid that all the others share. Weights use 7 of
   their 8 bits (``reduce_range``): x86 CPUs without VNNI (AVX2, AVX-512 before Cascade
   Lake / Zen 4) sum uint8 x int8 products in pairs into int16, which saturates when both
   are large, and a depth image's background sits at the top of its uint8 range. On an
-  AVX2 EPYC the full-range file scored 0.25 where fp32 scored 1.00 (the quick start,
-  RESULTS §22); 7 bits scored 1.00 at the same latency. A robot's CPU may be such a CPU
+  AVX2 EPYC the full-range file scored 0.25 where fp32 scored 1.00 (the quick start);
+  7 bits scored 1.00 at the same latency. A robot's CPU may be such a CPU
   even where the study's is not, so every file is built this way.
 - ``torch``: PyTorch 2 export quantization (torchao's PT2E with the X86 Inductor
   quantizer), compiled ahead of time by AOTInductor when the artifact is built.

@@ -9,8 +9,7 @@ before fine-tuning; resize + conv is cheaper again but only approximate.
 ``lowres`` goes further for the layer the heads read: it runs at its input's resolution
 (stride 1), the heads run there too, and only their four maps are resized (bilinear) by the
 layer's stride. On GG-CNN those two layers at 300 px held ~80 % of the MACs left after
-50 % pruning, and their maps are smooth; approximate, recovered by distillation
-(RESULTS §28).
+50 % pruning, and their maps are smooth; approximate, recovered by distillation.
 """
 
 from __future__ import annotations

@@ -371,8 +371,8 @@ def test_int8_onnx_weights_use_seven_bits_so_avx2_cannot_saturate(tmp_path):
     """x86 CPUs without VNNI multiply uint8 activations by int8 weights in pairs summed into
     int16 (VPMADDUBSW), which saturates when both are large. A depth image's background
     (~0) is the top of its uint8 range, so the shipped GG-CNN's first conv saturated there:
-    the quick start's int8 model scored 0.25 against fp32's 1.00 on such a CPU (RESULTS
-    §22). On 7 bits (ONNX Runtime's reduce_range) no pair sum can reach 2^15. The weights
+    the quick start's int8 model scored 0.25 against fp32's 1.00 on such a CPU. On 7 bits
+    (ONNX Runtime's reduce_range) no pair sum can reach 2^15. The weights
     are checked on every CPU; the numbers differ only where the CPU saturates (without the
     7 bits, here: 149 % mean error on an AVX2 EPYC, 2 % with them)."""
     import onnx
