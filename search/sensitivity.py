@@ -417,8 +417,8 @@ def plot_sensitivity(records: list[dict[str, Any]], path: Path, title: str = "")
         grid[i, j] = 100 * p["difference"]
         marks[i, j] = f"{grid[i, j]:+.1f}" + ("*" if p["high"] < 0 or p["low"] > 0 else "")
     scale = max(5.0, float(np.nanmax(np.abs(grid))) if probes_ else 5.0)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.85 * len(settings) + 2.5),
-                                    max(2.6, 0.45 * len(layers) + 1.8)), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.85 * len(settings) + 2.5),
+                                    max(2.8, 0.45 * len(layers) + 1.9)), dpi=110)
     im = ax.imshow(grid, cmap="RdBu", vmin=-scale, vmax=scale, aspect="auto")
     for (i, j), text in marks.items():
         ax.text(j, i, text, ha="center", va="center", fontsize=7,
@@ -426,10 +426,10 @@ def plot_sensitivity(records: list[dict[str, Any]], path: Path, title: str = "")
     ax.set_xticks(range(len(settings)), settings, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(layers)), layers, fontsize=8)
     base = next((r for r in records if r["knob"] == "baseline"), {})
-    ax.set_title(f"{title}: accuracy change vs the baseline, pp, one layer at a time\n"
-                 f"{base.get('images', '?')} validation images, {base.get('steps', '?')} "
-                 f"recovery steps (peak rate {base.get('lr', '?')}); * the paired 95 % "
-                 f"interval excludes 0", fontsize=9)
+    ax.set_title(f"{title}: accuracy change vs the baseline (pp), one layer at a time\n"
+                 f"{base.get('images', '?')} val images · after {base.get('steps', '?')} "
+                 f"recovery steps at {base.get('lr', '?')} (int8: none) · * 95 % paired "
+                 f"interval excludes 0", fontsize=8.5)
     fig.colorbar(im, ax=ax, label="pp", fraction=0.04)
     fig.tight_layout()
     fig.savefig(path)
