@@ -20,6 +20,7 @@ Where the layer sits:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -97,20 +98,34 @@ def _tap_responses(layer: nn.Conv2d | nn.ConvTranspose2d, kernel: int, dilation:
     return y.permute(0, 2, 3, 1).reshape(-1, kernel * kernel)
 
 
-def fit_matrix(layer: nn.Conv2d | nn.ConvTranspose2d, dilation: int, samples: int = 24,
-               seed: int = 0) -> torch.Tensor:
+def fit_matrix(layer: nn.Conv2d | nn.ConvTranspose2d, dilation: int) -> torch.Tensor:
     """M [k'², k²] with ``vec(W') = M vec(W)`` the least-squares fit of the layer's output on
     smooth inputs, for any in/out channel pair (the problem separates per pair). Seeded, so
-    ``apply`` is deterministic."""
-    k, span = layer.kernel_size[0], _span(layer)
+    ``apply`` is deterministic; solved once per layer geometry."""
+    transposed = isinstance(layer, nn.ConvTranspose2d)
+    return _fit_matrix(transposed, layer.kernel_size[0], layer.dilation[0], layer.stride[0],
+                       layer.padding[0], layer.output_padding[0] if transposed else 0,
+                       dilation).clone()
+
+
+@functools.lru_cache(maxsize=64)
+def _fit_matrix(transposed: bool, k: int, dilation0: int, stride: int, padding: int,
+                output_padding: int, dilation: int, samples: int = 24, seed: int = 0
+                ) -> torch.Tensor:
+    if transposed:
+        layer = nn.ConvTranspose2d(1, 1, k, stride=stride, padding=padding,
+                                   output_padding=output_padding, dilation=dilation0)
+    else:
+        layer = nn.Conv2d(1, 1, k, stride=stride, padding=padding, dilation=dilation0)
+    span = _span(layer)
     small = (span - 1) // dilation + 1
     # Inputs smooth at the new tap spacing. In input pixels that is the spacing itself for
     # a conv; a transposed conv's taps are spaced in output pixels, but blurring its input
     # as much fitted GG-CNN's trained convt3 best on real activations (sigma 0.5-4 tried).
-    size = 3 * span if not isinstance(layer, nn.ConvTranspose2d) else span + 8
+    size = span + 8 if transposed else 3 * span
     generator = torch.Generator().manual_seed(seed)
     x = _smooth_noise((samples, 1, size, size), float(dilation), generator)
-    dense = _tap_responses(layer, k, layer.dilation[0], x)
+    dense = _tap_responses(layer, k, dilation0, x)
     sparse = _tap_responses(layer, small, dilation, x)
     return torch.linalg.lstsq(sparse, dense).solution  # [k'², k²]
 

@@ -169,7 +169,7 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
 
 def test_pareto_and_export_from_the_cli(tmp_path, checkpoint, jacquard_root, capsys):
     # Every structural knob, and trials past the warm starts that dilate and group layers.
-    path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=6, knobs=(
+    path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=5, knobs=(
         '["upsample", "dilate", "group", "depthwise", "lowrank", "prune", "precision"]'))
     assert main(["search", str(path)]) == 0
     assert main(["pareto", str(path)]) == 0
