@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import optuna
+import torch
 from torch import nn
 
 from grasp.models import HEAD_NAMES
@@ -22,6 +23,7 @@ __all__ = [
     "Knob",
     "KnobConfig",
     "KnobError",
+    "conv_like",
     "conv_sites",
     "get_knob",
     "layers_of",
@@ -132,6 +134,23 @@ def replace_conv_site(model: nn.Module, name: str, conv: nn.Module) -> None:
         setattr(model, name, conv)
     else:
         module.conv = conv
+
+
+def conv_like(layer: nn.Conv2d | nn.ConvTranspose2d, weight: torch.Tensor, **changes: Any
+              ) -> nn.Conv2d | nn.ConvTranspose2d:
+    """A conv of ``layer``'s kind and geometry with ``changes`` (``kernel_size``,
+    ``dilation``, ``groups``), holding ``weight`` and ``layer``'s bias."""
+    geometry = {"kernel_size": layer.kernel_size, "stride": layer.stride,
+                "padding": layer.padding, "dilation": layer.dilation, "groups": layer.groups,
+                "bias": layer.bias is not None}
+    if isinstance(layer, nn.ConvTranspose2d):
+        geometry["output_padding"] = layer.output_padding
+    new = type(layer)(layer.in_channels, layer.out_channels, **{**geometry, **changes})
+    with torch.no_grad():
+        new.weight.copy_(weight.to(layer.weight.dtype))
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias.detach())
+    return new
 
 
 def copy_model(model: nn.Module) -> nn.Module:

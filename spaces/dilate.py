@@ -33,6 +33,7 @@ from torch import nn
 from spaces.base import (
     KnobConfig,
     KnobError,
+    conv_like,
     conv_sites,
     copy_model,
     register_knob,
@@ -143,24 +144,11 @@ def dilated(layer: nn.Conv2d | nn.ConvTranspose2d, dilation: int, name: str = "l
             f"the dilation coprime with its stride and at least stride taps).")
     span = _span(layer)
     small = (span - 1) // dilation + 1
-    transposed = isinstance(layer, nn.ConvTranspose2d)
     m = fit_matrix(layer, dilation)
     weight = layer.weight.detach().double()
     a, b = weight.shape[:2]
     fitted = (weight.reshape(a * b, -1) @ m.T).reshape(a, b, small, small)
-    if transposed:
-        new = nn.ConvTranspose2d(layer.in_channels, layer.out_channels, small,
-                                 stride=layer.stride, padding=layer.padding,
-                                 output_padding=layer.output_padding, dilation=dilation,
-                                 bias=layer.bias is not None)
-    else:
-        new = nn.Conv2d(layer.in_channels, layer.out_channels, small, stride=layer.stride,
-                        padding=layer.padding, dilation=dilation, bias=layer.bias is not None)
-    with torch.no_grad():
-        new.weight.copy_(fitted.to(layer.weight.dtype))
-        if layer.bias is not None:
-            new.bias.copy_(layer.bias.detach())
-    return new
+    return conv_like(layer, fitted, kernel_size=small, dilation=dilation)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from torch import nn
 from spaces.base import (
     KnobConfig,
     KnobError,
+    conv_like,
     conv_sites,
     copy_model,
     register_knob,
@@ -101,18 +102,7 @@ def grouped(layer: nn.Conv2d | nn.ConvTranspose2d, groups: int, name: str = "lay
     blocks = [weight[i * per_in:(i + 1) * per_in, i * per_out:(i + 1) * per_out] if transposed
               else weight[i * per_out:(i + 1) * per_out, i * per_in:(i + 1) * per_in]
               for i in range(groups)]
-    common = {"stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation,
-              "groups": groups, "bias": layer.bias is not None}
-    if transposed:
-        new = nn.ConvTranspose2d(c_in, c_out, layer.kernel_size,
-                                 output_padding=layer.output_padding, **common)
-    else:
-        new = nn.Conv2d(c_in, c_out, layer.kernel_size, **common)
-    with torch.no_grad():
-        new.weight.copy_(torch.cat(blocks, 0))
-        if layer.bias is not None:
-            new.bias.copy_(layer.bias.detach())
-    return new
+    return conv_like(layer, torch.cat(blocks, 0), groups=groups)
 
 
 @dataclass(frozen=True)
