@@ -55,6 +55,18 @@ def _importance(criterion: str) -> tp.importance.Importance:
     return tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
 
 
+def _ratio_keeping_multiples(channels: int, ratio: float, multiple: int) -> float:
+    """The ratio that keeps the multiple of ``multiple`` channels nearest to what ``ratio``
+    keeps (a tie prunes more), never fewer than ``multiple``. (torch-pruning's ``round_to``
+    rounds the kept channels down, and a layer rounded down to none kept them all.)"""
+    if channels % multiple:
+        return ratio  # cannot be met; the group knob does not offer such a layer
+    kept = max(multiple, math.ceil(channels * (1 - ratio) / multiple - 0.5) * multiple)
+    if kept >= channels:
+        return 0.0
+    return (channels - kept - 0.5) / channels  # torch-pruning keeps int(C * (1 - ratio))
+
+
 class PruneKnob:
     """Parameters: ``prune.<layer>.ratio`` per prunable layer, ``prune.criterion``,
     ``prune.round_to``."""
@@ -138,8 +150,13 @@ class PruneKnob:
         if not any(ratio > 0 for _, ratio in config.ratios):
             return pruned
         modules = dict(pruned.named_children())
-        round_to = math.lcm(config.round_to, self.channel_multiple)
+        round_to = config.round_to
         ratio_of = {modules[layer]: ratio for layer, ratio in config.ratios}
+        if self.channel_multiple > 1:  # a study with groups: multiples, never below one
+            multiple = math.lcm(config.round_to, self.channel_multiple)
+            ratio_of = {m: _ratio_keeping_multiples(m.out_channels, r, multiple)
+                        for m, r in ratio_of.items()}
+            round_to = 1
         # Everything not named keeps its channels: heads, excluded and rewritten layers.
         ignored = [m for m in pruned.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)
                    and m not in ratio_of]

@@ -168,6 +168,11 @@ def test_a_study_with_groups_prunes_to_channel_counts_they_divide(tmp_path):
     counts = [m.out_channels for name, m in pruned.named_children() if name.startswith("conv")]
     assert counts != [32, 16, 8, 8, 16, 32]
     assert all(c % 4 == 0 for c in counts), counts
+    # The nearest multiple, never none: an 8-channel layer keeps 8 at 10 % and 4 at 75 %
+    # (torch-pruning's round_to alone rounds 2 kept channels down to 0 and prunes nothing).
+    kept = [knobs["prune"].apply(model, PruneConfig((("conv3", r),))).conv3.out_channels
+            for r in (0.1, 0.25, 0.75)]
+    assert kept == [8, 4, 4]
     grouped = knobs["group"].apply(pruned, GroupConfig(
         tuple((layer, 4) for layer in knobs["group"].layers(pruned))))
     with torch.no_grad():
