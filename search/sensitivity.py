@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -406,7 +407,10 @@ def plot_sensitivity(records: list[dict[str, Any]], path: Path, title: str = "")
     """Heat map, layers × settings: the paired accuracy change (pp) after the short
     recovery (before it where no recovery ran); ``*`` where the interval excludes 0."""
     probes_ = [r for r in records if r["knob"] not in NOT_PROBES]
-    layers = list(dict.fromkeys(r["layer"] for r in probes_))
+    # conv1 < conv2 < convt1 < convt3: the architectures' own order, however a resumed scan
+    # appended its records.
+    layers = sorted(dict.fromkeys(r["layer"] for r in probes_), key=lambda name: [
+        int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)])
     settings = list(dict.fromkeys(r["setting"] for r in probes_))
     grid = np.full((max(len(layers), 1), max(len(settings), 1)), np.nan)
     marks = {}
