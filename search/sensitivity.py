@@ -37,7 +37,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from grasp.evaluation import HeldOut, ImageHits, score_images
+from grasp.evaluation import HeldOut, score_images
 from grasp.train import predict_maps
 from grasp.urls import redact_url
 from objectives import count_macs, count_params
@@ -147,8 +147,9 @@ def _append(path: Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def _score(model, images: HeldOut) -> ImageHits:
-    return score_images(predict_maps(model.eval()), images)
+def _score(model, images: HeldOut) -> np.ndarray:
+    """The per-image outcomes (GG-CNN's protocol) of a torch model."""
+    return score_images(predict_maps(model.eval()), images).standard
 
 
 def _check_args(config: StudyConfig, steps: int, images: int, knobs: tuple[str, ...]
@@ -194,8 +195,8 @@ def run_sensitivity(config: StudyConfig, steps: int = DEFAULT_STEPS, images: int
         hits = _score(setup.base, held)
         base = {**same, "knob": "baseline", "layer": "", "value": None, "key": "baseline",
                 "model": config.model, "checkpoint_sha256": _checkpoint_sha(config),
-                "accuracy": hits.accuracy, "accuracy_ci": _ci(hits), "images": len(held),
-                "hits": pack_hits(hits.standard), "macs": count_macs(setup.base,
+                "accuracy": float(hits.mean()), "accuracy_ci": _ci(hits), "images": len(held),
+                "hits": pack_hits(hits), "macs": count_macs(setup.base,
                 config.output_size), "params": count_params(setup.base),
                 RUN_KEY: tracker.run_id if tracker else None}
         _append(path, base)
@@ -214,33 +215,20 @@ def run_sensitivity(config: StudyConfig, steps: int = DEFAULT_STEPS, images: int
         for probe in todo:
             progress.update(task, description=f"{probe.key}")
             start = time.perf_counter()
+            record = {**same, "knob": probe.knob, "layer": probe.layer, "value": probe.value,
+                      "key": probe.key, "setting": probe.setting, "images": len(held)}
             if probe.knob == "precision":  # int8 on one layer: the file, no recovery
                 reference = _reference_hits(setup, held, same, path, records)
-                hits = _int8_hits(setup, held, probe.layer)
-                paired = paired_difference(hits, reference, config.confidence or 0.95)
-                record = {**same, "knob": probe.knob, "layer": probe.layer,
-                          "value": probe.value, "key": probe.key, "setting": probe.setting,
-                          "macs": base["macs"], "params": base["params"], "images": len(held),
-                          "before": {"accuracy": float(hits.mean()),
-                                     "accuracy_ci": list(_rate_ci(hits)),
-                                     "paired": paired.to_dict()},
-                          "seconds": time.perf_counter() - start}
-                _append(path, record)
-                records.append(record)
-                if tracker:
-                    tracker.log_probe(record)
-                progress.advance(task)
-                continue
-            model = setup.knobs[probe.knob].apply(setup.base, probe.config)
-            before = _score(model, held)
-            record = {**same, "knob": probe.knob, "layer": probe.layer, "value": probe.value,
-                      "key": probe.key, "setting": probe.setting,
-                      "macs": count_macs(model, config.output_size),
-                      "params": count_params(model), "images": len(held),
-                      "before": _paired(before, base_hits, config)}
-            if steps:
-                recover(model.train(), setup.recovery_pool(), steps, recipe, 0, steps)
-                record["after"] = _paired(_score(model, held), base_hits, config)
+                record.update(macs=base["macs"], params=base["params"], before=_paired(
+                    _int8_hits(setup, held, probe.layer), reference, config))
+            else:
+                model = setup.knobs[probe.knob].apply(setup.base, probe.config)
+                record.update(macs=count_macs(model, config.output_size),
+                              params=count_params(model),
+                              before=_paired(_score(model, held), base_hits, config))
+                if steps:
+                    recover(model.train(), setup.recovery_pool(), steps, recipe, 0, steps)
+                    record["after"] = _paired(_score(model, held), base_hits, config)
             record["seconds"] = time.perf_counter() - start
             _append(path, record)
             records.append(record)
@@ -345,20 +333,17 @@ def _reference_hits(setup: StudySetup, held: HeldOut, same: dict[str, Any], path
     return unpack_hits(ref["hits"])
 
 
-def _rate_ci(hits: np.ndarray) -> tuple[float, float]:
+def _ci(hits: np.ndarray) -> list[float]:
     r = rate(hits)
-    return r.low, r.high
-
-
-def _ci(hits: ImageHits) -> list[float]:
-    r = rate(hits.standard)
     return [r.low, r.high]
 
 
-def _paired(hits: ImageHits, base_hits: np.ndarray, config: StudyConfig) -> dict[str, Any]:
-    level = config.confidence or 0.95
-    paired = paired_difference(hits.standard, base_hits, level)
-    return {"accuracy": hits.accuracy, "accuracy_ci": _ci(hits), "paired": paired.to_dict()}
+def _paired(hits: np.ndarray, reference: np.ndarray, config: StudyConfig) -> dict[str, Any]:
+    """Per-image outcomes as a probe's record: accuracy, its interval, and the paired
+    difference to ``reference`` on the same images."""
+    paired = paired_difference(hits, reference, config.confidence or 0.95)
+    return {"accuracy": float(hits.mean()), "accuracy_ci": _ci(hits),
+            "paired": paired.to_dict()}
 
 
 class _Tracker:

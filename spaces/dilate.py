@@ -4,9 +4,8 @@ span, e.g. 9×9 -> 5×5 with dilation 2 (31 % of the multiplies), 5×5 -> 3×3 w
 The span, stride and padding stay, so every output keeps its size and its receptive field.
 The smaller kernel is a least-squares fit of the layer's *output*, not of its weights: the
 kernel that best reproduces the dense layer on smooth inputs (white noise blurred at the new
-tap spacing). For a conv that comes out as each dense tap shared between its neighbouring
-new taps by linear interpolation, which is exact on inputs that vary linearly, so a smooth
-kernel starts close to the dense layer and recovery has less to relearn.
+tap spacing). A kernel that already lies on the dilated grid is reproduced exactly, and a
+smooth one starts close to the dense layer, so recovery has less to relearn.
 
 Where the layer sits:
 - a plain conv, and the stride-1 conv of an ``upsample`` resize mode, take it directly;
