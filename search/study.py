@@ -26,6 +26,7 @@ from typing import Any
 
 import optuna
 import torch
+from mlflow.exceptions import MlflowException
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
@@ -37,7 +38,7 @@ from grasp.checkpoints import load_checkpoint
 from grasp.data import load_dataset, split
 from grasp.evaluation import HeldOut, ImageHits, score_images
 from grasp.train import predict_maps
-from grasp.urls import redact_url
+from grasp.urls import redact_text, redact_url
 from objectives import Context, count_macs, count_params, device_fingerprint, get_objective
 from objectives.latency import LATENCY_KEYS, fingerprint_key
 from search.agent import AgentClient, AgentDeviceChanged, AgentError, read_token
@@ -905,7 +906,13 @@ def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: C
                       f"[dim]{done}/{config.n_trials or '∞'} done, {count[0]} by this worker, "
                       f"{_states(study)}, {_front(study, config)}{eta}[/]")
         if tracker is not None:
-            refresh_front(study, config, tracker, folder)
+            try:
+                refresh_front(study, config, tracker, folder)
+            except (MlflowException, OSError) as error:  # a view; the night goes on
+                why = f"{type(error).__name__}: {redact_text(str(error))}"
+                console.print(f"[yellow]MLflow's front view was not refreshed after trial "
+                              f"{trial.number} ({why}); the trial is kept in the study, and "
+                              f"the next trial refreshes it[/]")
         if not budget_left(study, config.n_trials):
             study.stop()
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import optuna
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from grasp.urls import redact_url
@@ -121,13 +123,27 @@ class StudyTracker:
         if metrics:
             self.log_metrics(self.parent_id, metrics, step=step)
         if note:
-            self.client.set_tag(self.parent_id, NOTE, note)
+            self._set_shared_tag(self.parent_id, NOTE, note)
         if front_runs is not None:
             known = self._front or {}
             for run_id, on_front in front_runs.items():
                 if known.get(run_id) != on_front:
-                    self.client.set_tag(run_id, FRONT_TAG, str(on_front).lower())
+                    self._set_shared_tag(run_id, FRONT_TAG, str(on_front).lower())
             self._front = dict(front_runs)
+
+    def _set_shared_tag(self, run_id: str, key: str, value: str, attempts: int = 4) -> None:
+        """A tag that several workers write: two first writes of the same tag race in
+        MLflow's SQL store (both insert, one gets a unique-key violation), and the retry
+        then finds the row and updates it. Setting a tag is idempotent, so retrying is
+        safe."""
+        for attempt in range(attempts):
+            try:
+                self.client.set_tag(run_id, key, value)
+                return
+            except MlflowException:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     def finish(self) -> None:
         self.client.set_terminated(self.parent_id, "FINISHED")

@@ -220,6 +220,32 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, checkpoint,
     assert failed and all("deliberately broken" in t.user_attrs["fail_reason"] for t in failed)
 
 
+def test_a_tracking_server_error_does_not_end_the_night(tmp_path, checkpoint, jacquard_root,
+                                                        monkeypatch, capsys):
+    from mlflow.exceptions import MlflowException
+
+    import search.pareto
+
+    original = search.pareto.refresh_front
+    calls = []
+
+    def flaky(study, *args):
+        calls.append(len(study.trials))
+        if len(calls) == 1:
+            raise MlflowException("cannot reach http://ggopt:hunter2@tracking:5000/api")
+        return original(study, *args)
+
+    monkeypatch.setattr(search.pareto, "refresh_front", flaky)
+    path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=3,
+                       knobs='["precision"]')
+    study = run_study(load_study_config(path))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert len(calls) == 3  # the refresh after the failed one catches up
+    out = " ".join(capsys.readouterr().err.split())  # the study's console, lines unwrapped
+    assert "front view was not refreshed after trial 0" in out
+    assert "hunter2" not in out and "ggopt:***@tracking" in out
+
+
 def test_the_gate_prunes_hopeless_trials(tmp_path, checkpoint, jacquard_root):
     # An impossible gate (accuracy above the baseline by 0.5) prunes every recovered trial.
     path = write_study(tmp_path, checkpoint, jacquard_root, steps=3, gate_steps=1,
