@@ -50,6 +50,8 @@ THRESHOLD = 0.2
 GRASP_FIELDS = ("row", "col", "angle", "opening", "quality", "peak")
 NO_GRASP = torch.tensor([-1.0, -1.0, 0.0, 0.0, 0.0, 0.0])
 FOLD_BYTES = 64
+#: 3x3 maxima checked for a peak, best first (see _top_peak).
+CANDIDATES = 16
 
 
 def as_grasp(output: np.ndarray) -> Grasp:
@@ -107,20 +109,12 @@ class GraspSynthesis(nn.Module):
         band = _band(torch.tensor(self.kernels[0]), _block(size), line)
         across = self._blur_rows(flat_maps[:, :size * size].view(-1, size, size), band, line)
         quality_t = self._blur_rows(across.transpose(1, 2), band, line)  # [N, col, row]
-        # Peaks are searched MIN_DISTANCE or more inside the border: the neighbourhood
-        # maximum is needed there only (its window still reaches the border).
-        inner = size - 2 * MIN_DISTANCE
-        neighbourhood = _window_max(_window_max(quality_t, size).transpose(1, 2), size)
         quality = quality_t.transpose(1, 2)
         flat = quality.flatten(1)
-        centre = quality[:, MIN_DISTANCE:size - MIN_DISTANCE, MIN_DISTANCE:size - MIN_DISTANCE]
-        candidates = ((centre == neighbourhood) & (centre > THRESHOLD)).flatten(1)
-        centre = centre.flatten(1)
-        best = torch.where(candidates, centre, torch.full_like(centre, -torch.inf)).argmax(1)
+        pixel, peak = _top_peak(quality, size, line)
         trivial = flat.amax(1) == flat.amin(1)  # every pixel its neighbourhood's maximum
-        peak = candidates.gather(1, best[:, None])[:, 0] & ~trivial
-        inner_pixel = (best // inner + MIN_DISTANCE) * size + best % inner + MIN_DISTANCE
-        pixel = torch.where(peak, inner_pixel, flat.argmax(1))
+        peak = peak & ~trivial
+        pixel = torch.where(peak, pixel, flat.argmax(1))
         row, col = pixel // size, pixel % size
         angle_kernel, opening_kernel = (torch.tensor(k) for k in self.kernels[1:])
         cos = self._window(flat_maps, 1, row, col, line[:len(angle_kernel)])
@@ -172,19 +166,35 @@ def _atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > 0, base, torch.where(x < 0, turned, torch.sign(y) * (torch.pi / 2)))
 
 
-def _window_max(image: torch.Tensor, rows: int) -> torch.Tensor:
-    """The maximum over the 2 MIN_DISTANCE + 1 rows centred on each row of [N, rows, W]
-    ``image`` that lies MIN_DISTANCE or more inside (rows - 2 MIN_DISTANCE out), by
-    doubling: six elementwise maxima of whole-row slices instead of a 41-row pooling
-    window's 40 comparisons (ONNX Runtime's MaxPool took 7 ms)."""
-    span, length, width = image, rows, 1  # span[:, i] = max of rows [i, i + width)
-    while 2 * width <= 2 * MIN_DISTANCE + 1:
-        length -= width
-        span = torch.maximum(span[:, :length], span[:, width:width + length])
-        width *= 2
-    rest = 2 * MIN_DISTANCE + 1 - width
-    length -= rest
-    return torch.maximum(span[:, :length], span[:, rest:rest + length])
+def _top_peak(quality: torch.Tensor, size: int, line: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixel (flat index) of the best peak of [N, size, size] ``quality``, and whether
+    there is one: the highest pixel MIN_DISTANCE or more inside the border that exceeds
+    THRESHOLD and equals the maximum of its 41x41 neighbourhood (ties: raster order).
+
+    A 41x41 neighbourhood maximum over the whole map is the expensive part (six doubling
+    passes of whole-map slices). Any such peak is also the maximum of its 3x3 neighbourhood,
+    and a smoothed map has few of those above THRESHOLD: the CANDIDATES highest of them
+    (TopK keeps raster order among ties) are checked against their own 41x41 window only,
+    and the first that passes is the peak."""
+    inner = size - 2 * MIN_DISTANCE
+    lo, hi = MIN_DISTANCE - 1, size - MIN_DISTANCE + 1  # the interior and a 1-pixel rim
+    rows = torch.maximum(torch.maximum(quality[:, lo:hi - 2, lo:hi], quality[:, lo + 1:hi - 1,
+                                                                               lo:hi]),
+                         quality[:, lo + 2:hi, lo:hi])
+    local = torch.maximum(torch.maximum(rows[:, :, :-2], rows[:, :, 1:-1]), rows[:, :, 2:])
+    centre = quality[:, MIN_DISTANCE:size - MIN_DISTANCE, MIN_DISTANCE:size - MIN_DISTANCE]
+    candidates = (centre == local) & (centre > THRESHOLD)
+    scores = torch.where(candidates, centre, torch.full_like(centre, -torch.inf)).flatten(1)
+    value, index = scores.topk(min(CANDIDATES, inner * inner), dim=1)  # [N, K]
+    pixel = (index // inner + MIN_DISTANCE) * size + index % inner + MIN_DISTANCE
+    offsets = line[:2 * MIN_DISTANCE + 1] - MIN_DISTANCE
+    window = (offsets[:, None] * size + offsets[None]).flatten()  # relative flat indices
+    around = (pixel[:, :, None] + window).flatten(1)  # inside the map: peaks keep off the rim
+    neighbourhood = quality.flatten(1).gather(1, around).view(*value.shape, -1).amax(2)
+    passed = (value == neighbourhood) & (value > THRESHOLD)
+    first = passed.to(torch.uint8).argmax(1, keepdim=True)  # the first True, best first
+    return pixel.gather(1, first)[:, 0], passed.gather(1, first)[:, 0]
 
 
 def attach_to_onnx(path: str | Path, size: int) -> Path:

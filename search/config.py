@@ -60,6 +60,17 @@ class Constraint:
 
 
 @dataclass(frozen=True)
+class Promotion:
+    """``[search] promote``: after every ``every`` finished trials, the ``top`` front trials
+    a user would most likely pick continue their recovery ``steps`` more steps, each as a
+    trial of its own (search.promotion)."""
+
+    every: int
+    top: int
+    steps: int
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     path: Path
     name: str
@@ -105,6 +116,7 @@ class StudyConfig:
     artifacts_dir: str = "ggopt-artifacts"
     sensitivity: str | None = None
     sensitivity_max_loss: float = 0.03
+    promote: Promotion | None = None
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "ggopt"
 
@@ -356,6 +368,7 @@ def _parse(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     max_loss = s.get("sensitivity_max_loss", float, 0.03, "must be an accuracy fraction in "
                      "(0, 1] (0.03: 3 pp, after the scan's short recovery)",
                      lambda v: 0 < v <= 1)
+    promote = _promotion(s, s.get("promote", dict, None, PROMOTE_RULE), steps)
     s.done()
 
     t = _Reader(path, _table(path, data, "tracking"), "tracking")
@@ -377,10 +390,32 @@ def _parse(path: Path, data: dict[str, Any]) -> dict[str, Any]:
         sampler=sampler, seed=seed,
         n_trials=n_trials, timeout=timeout, storage=storage,
         heartbeat_interval=heartbeat, grace_period=grace, artifacts_dir=artifacts,
-        sensitivity=sensitivity, sensitivity_max_loss=max_loss,
+        sensitivity=sensitivity, sensitivity_max_loss=max_loss, promote=promote,
         tracking_uri=tracking_uri, experiment=experiment,
     )
     return fields
+
+
+PROMOTE_RULE = ("must be a table {every = N, top = K, steps = S} of integers >= 1: after every "
+                "N finished trials, the K front trials a user would most likely pick continue "
+                "their recovery S more steps, each as a trial of its own")
+
+
+def _promotion(reader: _Reader, table: dict[str, Any] | None, recovery_steps: int
+               ) -> Promotion | None:
+    """``[search] promote``, every field checked: promotion continues a trial's recovered
+    weights, so a study that recovers nothing has none to continue."""
+    if table is None:
+        return None
+    keys = ("every", "top", "steps")
+    if set(table) != set(keys) or not all(
+            isinstance(table[k], int) and not isinstance(table[k], bool) and table[k] >= 1
+            for k in keys):
+        raise reader.fail("promote", PROMOTE_RULE, table)
+    if recovery_steps == 0:
+        raise reader.fail("promote", "needs trials that recover ([recovery] steps >= 1): it "
+                          "continues a trial's recovered weights", table)
+    return Promotion(**{k: table[k] for k in keys})
 
 
 def _check_runtime(config: StudyConfig) -> None:

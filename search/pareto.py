@@ -24,6 +24,7 @@ from rich.table import Table
 from objectives.latency import LATENCY_KEYS
 from search.config import StudyConfig
 from search.tracking import FRONT_TAG
+from search.workers import PROMOTED_FROM, superseded
 
 __all__ = ["export_trial", "feasible_front", "front_rows", "front_table", "hypervolume_history",
            "likely_picks", "plot_front", "refresh_front", "write_report"]
@@ -46,9 +47,12 @@ def _dominates(a: dict[str, float], b: dict[str, float], objectives: tuple[str, 
 
 
 def feasible_front(study: optuna.Study, objectives: tuple[str, ...]) -> list[FrozenTrial]:
-    """Complete, feasible, non-dominated trials, fastest first."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if "values" in t.user_attrs and _feasible(t)]
+    """Complete, feasible, non-dominated trials, fastest first; a promoted trial's
+    continuation stands for it (search.promotion)."""
+    trials = study.get_trials(deepcopy=False)
+    replaced = superseded(trials)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and "values" in t.user_attrs
+            and _feasible(t) and t.number not in replaced]
     front = [t for t in done if not any(_dominates(_values(o), _values(t), objectives)
                                         for o in done if o is not t)]
     return sorted(front, key=lambda t: _values(t)["latency"])
@@ -89,6 +93,7 @@ def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[st
         paired = stats.get("paired", {})
         rows.append({
             "trial": t.number, "precision": t.user_attrs.get("precision"),
+            "promoted_from": t.user_attrs.get(PROMOTED_FROM),
             "accuracy": v["accuracy"], "accuracy_ci": _interval(stats.get("accuracy_ci")),
             "images": stats.get("images"),
             "size_bytes": v["size"], "latency_ms": v["latency"],
@@ -145,7 +150,8 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
         f"validation accuracy on {images} images (GG-CNN's IoU grasp match), "
         f"{level:.0%} Wilson interval; Δ: paired with the baseline on the same images, "
         f"{level:.0%} bootstrap interval, +better/-worse images. Validation chooses; "
-        f"test figures come with `ggopt export` / `ggopt verify`." if images else None))
+        f"test figures come with `ggopt export` / `ggopt verify`. (from N): trial N's "
+        f"recovery continued by promotion." if images else None))
     scope = _scope(study)
     other = LATENCY_KEYS[scope != "end_to_end"]
     for col in ("trial", "precision", "val accuracy", "Δ vs baseline (pp)", "±", "size kB",
@@ -160,7 +166,9 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
                       f"{base.get('macs', 0) / 1e6:.0f}", style="dim")
     for r in front_rows(study, objectives):
         better, worse = r["discordant"]
-        table.add_row(str(r["trial"]), str(r["precision"]),
+        source = r["promoted_from"]
+        table.add_row(f"{r['trial']}" + (f" (from {source})" if source is not None else ""),
+                      str(r["precision"]),
                       f"{r['accuracy']:.3f}{_ci(r['accuracy_ci'])}",
                       f"{r['accuracy_change_pp']:+.1f}{_ci(r['accuracy_change_ci_pp'], '{:+.1f}')}",
                       f"+{better}/-{worse}" if better is not None else "",
@@ -223,12 +231,15 @@ def hypervolume_history(study: optuna.Study, objectives: tuple[str, ...]) -> lis
     as is, size and latency relative to the baseline), reference point (0, 2, 2)."""
     from optuna._hypervolume import compute_hypervolume
 
-    ref, points, history = _reference_point(objectives), [], []
+    ref, points, history = _reference_point(objectives), {}, []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         point = _normalised(study, t, objectives)
+        if t.state == TrialState.COMPLETE:  # a continuation stands for what it continued
+            points.pop(t.user_attrs.get(PROMOTED_FROM), None)
         if point is not None and np.all(point < ref):
-            points.append(point)
-        history.append(float(compute_hypervolume(np.array(points), ref)) if points else 0.0)
+            points[t.number] = point
+        history.append(float(compute_hypervolume(np.array(list(points.values())), ref))
+                       if points else 0.0)
     return history
 
 
@@ -237,9 +248,10 @@ def hypervolume(study: optuna.Study, objectives: tuple[str, ...]) -> float:
     computed once."""
     from optuna._hypervolume import compute_hypervolume
 
-    ref = _reference_point(objectives)
-    points = [p for t in study.get_trials(deepcopy=False)
-              if (p := _normalised(study, t, objectives)) is not None and np.all(p < ref)]
+    ref, trials = _reference_point(objectives), study.get_trials(deepcopy=False)
+    replaced = superseded(trials)
+    points = [p for t in trials if t.number not in replaced
+              and (p := _normalised(study, t, objectives)) is not None and np.all(p < ref)]
     return float(compute_hypervolume(np.array(points), ref)) if points else 0.0
 
 

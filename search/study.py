@@ -54,6 +54,7 @@ from search.stats import (
     unpack_hits,
 )
 from search.workers import (
+    PROMOTED_FROM,
     RUN_ID_KEY,
     SURPLUS_KEY,
     budget_left,
@@ -471,10 +472,12 @@ class _Pipeline:
         self.reference = (reference_artifact(setup, self.folder, self.baseline["variant"])
                           if c.paired else None)
         self.size_limits = [k for k in c.constraints if k.objective == "size"]
+        self.promotion_pool: RecoveryPool | None = None
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         c = self.setup.config
-        if not in_budget(self.study, trial.number, c.n_trials):
+        source = trial.user_attrs.get(PROMOTED_FROM)  # a promotion: on top of the budget
+        if source is None and not in_budget(self.study, trial.number, c.n_trials):
             # Another worker started a trial at the same moment and took the last place.
             trial.set_user_attr(SURPLUS_KEY, True)
             self.study.stop()
@@ -495,8 +498,11 @@ class _Pipeline:
             folder = self.folder / f"trial-{trial.number}"
             recovers = changes_function(configs) and c.recovery_steps > 0
             if recovers:
-                self._check_size_first(trial, model, configs, times, run_id)
-                model = self._recover(trial, model, times, run_id)
+                if source is not None:
+                    model = self._continue(trial, model, source, times)
+                else:
+                    self._check_size_first(trial, model, configs, times, run_id)
+                    model = self._recover(trial, model, times, run_id)
                 weights = save_weights(model, folder)
                 trial.set_user_attr(WEIGHTS_KEY, str(weights))
                 if run_id:
@@ -511,7 +517,8 @@ class _Pipeline:
                 except optuna.TrialPruned:
                     shutil.rmtree(folder)  # a stopped trial keeps no files, as when recovered
                     raise
-            values, details, hits = self._measure(trial, artifact, folder, times, run_id)
+            values, details, hits = self._measure(trial, artifact, folder, times, run_id,
+                                                  screen=source is None)
             stats = accuracy_stats(c, hits, self.baseline)
             trial.set_user_attr("hits", pack_hits(hits.standard))
             trial.set_user_attr("accuracy_stats", stats)
@@ -554,6 +561,8 @@ class _Pipeline:
                        or trial.user_attrs.get("stop_reason", ""))[:5000]
                 tags = {"ggopt.fail_reason": trial.user_attrs.get("fail_reason", "")[:5000],
                         "ggopt.stop_reason": trial.user_attrs.get("stop_reason", "")[:5000]}
+                if source is not None:
+                    tags["ggopt.promoted_from"] = str(source)
                 fp = trial.user_attrs.get("fingerprint")
                 if fp:
                     tags["ggopt.device"] = fingerprint_key(fp)
@@ -561,13 +570,13 @@ class _Pipeline:
                 self.tracker.end_trial(run_id, state, tags, why)
 
     def _measure(self, trial: optuna.Trial, artifact: Artifact, folder: Path,
-                  times: dict[str, float], run_id: str | None
+                  times: dict[str, float], run_id: str | None, screen: bool = True
                   ) -> tuple[dict[str, float], dict[str, Any], ImageHits]:
         """Size, latency and accuracy; on a large validation split, accuracy in two passes
         (search.screening): the rest of the images only for a trial the front does not
-        already beat."""
+        already beat (``screen``; a promotion is measured in full)."""
         c, everything = self.setup.config, self.setup.eval_data
-        screening = screens(c.objectives, len(everything))
+        screening = screen and screens(c.objectives, len(everything))
         first = everything[:SCREEN_IMAGES] if screening else everything
         values, details = measure_artifact(self.setup, artifact, times, self.reference,
                                            self.baseline["latency"], first)
@@ -627,6 +636,27 @@ class _Pipeline:
             self.tracker.log_metrics(run_id, {"oversized_bytes": size} | times)
         raise optuna.TrialPruned(f"size {size / 1e3:.1f} kB before {before} breaks "
                                  f"`{broken[0][0].text}`")
+
+    def _continue(self, trial: optuna.Trial, model: nn.Module, source: int,
+                  times: dict[str, float]) -> nn.Module:
+        """A promotion: trial ``source``'s kept weights, recovered ``promote.steps`` more
+        steps at the finishing rate on the finishing pool (search.finish), as ``ggopt export
+        --finish`` would."""
+        from search.finish import CONTINUE_LR_FRACTION, finishing_pool, load_trial_weights
+
+        c, start = self.setup.config, time.perf_counter()
+        steps = c.promote.steps
+        kept = next(t for t in self.study.get_trials(deepcopy=False) if t.number == source)
+        load_trial_weights(kept, model, self.console, c.tracking_uri, required=True)
+        if self.promotion_pool is None:  # built once per worker, as the study's own pool
+            self.promotion_pool = finishing_pool(self.setup, steps)
+        lr = c.recovery_lr * CONTINUE_LR_FRACTION
+        trial.set_user_attr("promotion", {"steps": steps, "lr": lr,
+                                          "recovery_steps": c.recovery_steps + steps})
+        recipe = dataclasses.replace(self.setup.recipe(lr), seed=trial.number + 200_000)
+        recover(model, self.promotion_pool, steps, recipe)
+        times["recovery_s"] = time.perf_counter() - start
+        return model.eval()
 
     def _recover(self, trial: optuna.Trial, model: nn.Module, times: dict[str, float],
                  run_id: str | None) -> nn.Module:
@@ -882,6 +912,7 @@ def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: C
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+    _promote(study, config, storage, console)  # a round missed, or promote newly set
     done = finished(study)
     todo = max(0, config.n_trials - done) if config.n_trials else None
     console.print(f"study {config.name!r} in {redact_url(config.storage)}: {done} trials "
@@ -913,6 +944,7 @@ def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: C
                 console.print(f"[yellow]MLflow's front view was not refreshed after trial "
                               f"{trial.number} ({why}); the trial is kept in the study, and "
                               f"the next trial refreshes it[/]")
+        _promote(study, config, storage, console)
         if not budget_left(study, config.n_trials):
             study.stop()
 
@@ -921,6 +953,17 @@ def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: C
     if tracker is not None and not budget_left(study, config.n_trials):
         tracker.finish()
     return study
+
+
+def _promote(study: optuna.Study, config: StudyConfig, storage: RDBStorage,
+             console: Console) -> None:
+    from search.promotion import promote_due
+
+    numbers = promote_due(study, config, storage)
+    if numbers:
+        console.print(f"promoting trial{'s' * (len(numbers) > 1)} "
+                      f"{', '.join(map(str, numbers))}: {config.promote.steps} more recovery "
+                      f"steps each, queued as trials of their own")
 
 
 def _check_choices(config: StudyConfig, setup: StudySetup, study: optuna.Study) -> None:
@@ -1002,9 +1045,12 @@ def _outcome(trial: FrozenTrial, config: StudyConfig) -> str:
         paired = trial.user_attrs.get("accuracy_stats", {}).get("paired")
         delta = (f" ({100 * paired['difference']:+.1f} pp [{100 * paired['low']:+.1f}, "
                  f"{100 * paired['high']:+.1f}])" if paired else "")
+        source = trial.user_attrs.get(PROMOTED_FROM)
+        promoted = (f"  (trial {source} continued {trial.user_attrs['promotion']['steps']} "
+                    f"steps)" if source is not None else "")
         return (f"accuracy {v['accuracy']:.3f}{delta}  size {v['size'] / 1e3:.1f} kB  latency "
                 f"{v['latency']:.2f} ms{note}  [{trial.user_attrs['precision']}]"
-                f"{'' if ok else '  (infeasible)'}")
+                f"{'' if ok else '  (infeasible)'}{promoted}")
     gate = trial.user_attrs.get("gate_accuracy")
     if trial.user_attrs.get("fail_reason"):
         return trial.user_attrs["fail_reason"]

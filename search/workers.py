@@ -7,8 +7,9 @@ run. Heartbeats find the trials of workers that died: Optuna fails them and the 
 callback queues them again once, and their MLflow runs are closed as failed.
 
 ``n_trials`` is a budget for the whole study, not per worker: the first ``n_trials`` trials
-by number that count (not a stale failure that was retried, not a surplus) are in it, so
-workers that start trials at the same moment never overshoot it.
+by number that count (not a stale failure that was retried, not a surplus, not a promotion)
+are in it, so workers that start trials at the same moment never overshoot it. Promotions
+(search.promotion) come on top of the budget: a worker runs the queued ones before it stops.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from optuna.trial import FrozenTrial, TrialState
 from grasp.urls import redact_url
 
 __all__ = ["WorkerConflict", "budget_left", "counted", "in_budget", "open_storage",
-           "setup_lock", "sqlite_worker_lock", "worker_id"]
+           "setup_lock", "sqlite_worker_lock", "superseded", "worker_id"]
 
 RUN_ID_KEY = "mlflow_run_id"
 SCHEMA_LOCK = zlib.crc32(b"ggopt:optuna-schema")
 SURPLUS_KEY = "surplus"
+PROMOTED_FROM = "promoted_from"  # a promotion's user attribute: the trial it continues
 DISTRIBUTED_HELP = ("for several workers use PostgreSQL: [search] storage = "
                     "\"postgresql+psycopg2://USER@HOST/DB\" (README: \"Distributed studies\")")
 
@@ -179,12 +181,20 @@ def setup_lock(storage: RDBStorage, study_name: str) -> Iterator[None]:
 
 def counted(study: optuna.Study) -> list[FrozenTrial]:
     """The trials that count against ``n_trials``, by number: all but the stale failures that
-    were retried (their retry counts instead) and the surplus trials that did no work."""
+    were retried (their retry counts instead), the surplus trials that did no work and the
+    promotions."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.system_attrs["retry_history"][-1] for t in trials
                if t.system_attrs.get("retry_history")}
     return sorted((t for t in trials if t.number not in retried
-                   and not t.user_attrs.get(SURPLUS_KEY)), key=lambda t: t.number)
+                   and not t.user_attrs.get(SURPLUS_KEY) and PROMOTED_FROM not in t.user_attrs),
+                  key=lambda t: t.number)
+
+
+def superseded(trials: list[FrozenTrial]) -> set[int]:
+    """The trials a complete promotion continued: the promotion stands for them."""
+    return {t.user_attrs[PROMOTED_FROM] for t in trials
+            if t.state == TrialState.COMPLETE and PROMOTED_FROM in t.user_attrs}
 
 
 def finished(study: optuna.Study) -> int:
@@ -200,8 +210,10 @@ def in_budget(study: optuna.Study, number: int, n_trials: int | None) -> bool:
 
 def budget_left(study: optuna.Study, n_trials: int | None) -> bool:
     """Whether a worker should start another trial: the budget has room, or a queued trial
-    inside it (a retry, a warm start) waits to be run."""
+    inside it (a retry, a warm start) or a queued promotion waits to be run."""
     if n_trials is None:
         return True
-    first = counted(study)[:n_trials]
-    return len(first) < n_trials or any(t.state == TrialState.WAITING for t in first)
+    first = {t.number for t in counted(study)[:n_trials]}
+    return len(first) < n_trials or any(
+        t.state == TrialState.WAITING and (t.number in first or PROMOTED_FROM in t.user_attrs)
+        for t in study.get_trials(deepcopy=False))

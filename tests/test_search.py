@@ -355,6 +355,10 @@ def test_a_size_constraint_stops_oversized_trials_before_recovery_or_scoring(
     ('name = "tiny"', 'name = "my study!"', r"name: must be a non-empty name"),
     ("version = 1", "version = 2", r"version: must be 1, got 2"),
     ("n_trials = 4", "n_trials = 0", r"\[search\] n_trials: must be an integer >= 1, got 0"),
+    ("n_trials = 4", "n_trials = 4\npromote = {every = 0, top = 1, steps = 9}",
+     r"\[search\] promote: must be a table \{every = N, top = K, steps = S\} .*'every': 0"),
+    ("n_trials = 4", "n_trials = 4\npromote = {every = 5, steps = 9}",
+     r"\[search\] promote: must be a table"),
     ('storage = "sqlite', 'heartbeat_interval = 0\nstorage = "sqlite',
      r"\[search\] heartbeat_interval: must be .* >= 1, got 0"),
     ('storage = "sqlite', 'heartbeat_interval = 10\ngrace_period = 10\nstorage = "sqlite',
@@ -545,3 +549,70 @@ def test_the_study_file_reference_is_the_loaders_own():
     assert "| `target` | string | `(unset)` |" in page and "## [knobs.prune]" in page
     assert Path("docs/study-file.md").read_text() == page, (
         "docs/study-file.md is stale: python -m search.config > docs/study-file.md")
+
+
+def test_promotion_continues_the_front_trials_on_top_of_the_budget(tmp_path, checkpoint,
+                                                                   jacquard_root):
+    import torch
+
+    from search.finish import CONTINUE_LR_FRACTION
+    from search.pareto import feasible_front, hypervolume, hypervolume_history
+    from search.study import build_trial_model, prepare
+    from search.workers import PROMOTED_FROM, finished
+
+    path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=4,
+                       knobs='["prune", "precision"]', constraints="[]")
+    path.write_text(path.read_text().replace(
+        "n_trials = 4", "n_trials = 4\npromote = {every = 3, top = 1, steps = 4}"))
+    config = load_study_config(path)
+    study = run_study(config)
+    trials = study.get_trials(deepcopy=False)
+    promotions = [t for t in trials if PROMOTED_FROM in t.user_attrs]
+    assert finished(study) == 4  # promotions come on top of n_trials
+    # One round after 3 trials, one when the budget is spent; a trial is promoted once.
+    assert len(promotions) == 2 and all(t.state == TrialState.COMPLETE for t in promotions)
+    sources = [t.user_attrs[PROMOTED_FROM] for t in promotions]
+    assert len(set(sources)) == 2 and not set(sources) & {t.number for t in promotions}
+    by_number = {t.number: t for t in trials}
+    for promotion, source in zip(promotions, sources, strict=True):
+        assert promotion.params == by_number[source].params
+        assert promotion.user_attrs["promotion"] == {
+            "steps": 4, "lr": pytest.approx(config.recovery_lr * CONTINUE_LR_FRACTION),
+            "recovery_steps": 6}
+    # Continued from the source's kept weights: nearer them than a fresh rebuild of the model.
+    promotion, source = promotions[0], by_number[sources[0]]
+    kept = torch.load(source.user_attrs["weights"], weights_only=True)
+    continued = torch.load(promotion.user_attrs["weights"], weights_only=True)
+    fresh = build_trial_model(prepare(config), params=source.params)[0].state_dict()
+    distance = lambda a, b: sum(float((a[k] - b[k]).norm()) for k in a)  # noqa: E731
+    assert 0 < distance(continued, kept) < distance(continued, fresh)
+    # The promotion stands for its source on the front and in the hypervolume.
+    front = {t.number for t in feasible_front(study, config.objectives)}
+    assert not front & set(sources)
+    assert hypervolume_history(study, config.objectives)[-1] == pytest.approx(
+        hypervolume(study, config.objectives))
+    client = mlflow.tracking.MlflowClient(config.tracking_uri)
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    runs = client.search_runs([experiment], "tags.`ggopt.promoted_from` != ''")
+    assert sorted(r.data.tags["ggopt.promoted_from"] for r in runs) == sorted(map(str, sources))
+    from rich.console import Console
+
+    from search.pareto import front_table
+
+    console = Console(record=True, width=250)
+    console.print(front_table(study, config.objectives))
+    shown = console.export_text()
+    assert any(f"{t.number} (from {t.user_attrs[PROMOTED_FROM]})" in shown
+               for t in promotions if t.number in front)
+    # Resuming the finished study starts nothing new.
+    again = run_study(config)
+    assert len(again.get_trials(deepcopy=False)) == len(trials)
+
+
+def test_promotion_needs_trials_that_recover(tmp_path, checkpoint, jacquard_root):
+    path = write_study(tmp_path, checkpoint, jacquard_root, steps=0)
+    path.write_text(path.read_text().replace(
+        "n_trials = 4", "n_trials = 4\npromote = {every = 3, top = 1, steps = 4}"))
+    with pytest.raises(StudyConfigError, match=r"\[search\] promote: needs trials that "
+                                               r"recover \(\[recovery\] steps >= 1\)"):
+        load_study_config(path)

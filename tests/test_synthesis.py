@@ -40,13 +40,18 @@ def _cases(size: int) -> np.ndarray:
     twins = _blobs(rng, size)
     twins[0] = 0.0
     twins[0, 100, 200] = twins[0, 200, 100] = 50.0  # an exact tie: raster order decides
+    crowd = _blobs(rng, size)
+    crowd[0] = 0.0
+    crowd[0, 3, :] = 50.0  # a ridge in the border, higher than everything inside
+    crowd[0, 21, 30:300 - 30:20] = 45.0  # 12 inner maxima, each below the ridge's reach
+    crowd[0, 150, 150] = 30.0  # the peak: lower than all 12, so the 13th checked
     still = _blobs(rng, size)
     peak = np.unravel_index(np.argmax(still[0]), still[0].shape)
     still[1:3, peak[0] - 8:peak[0] + 9, peak[1] - 8:peak[1] + 9] = 0.0  # int8: cos = sin = 0
     still[1, peak[0], peak[1] + 1] = -0.5  # and the quadrants of arctan2 around it
     still[2, peak[0] + 1, peak[1]] = -0.5
     still[1:3, peak[0] - 1, peak[1] - 1] = -0.5
-    return np.stack([*maps, flat, low, edge, twins, still])
+    return np.stack([*maps, flat, low, edge, twins, crowd, still])
 
 
 def _depth(n: int, size: int) -> torch.Tensor:
@@ -74,8 +79,9 @@ def test_the_graph_finds_the_reference_grasp_on_every_hard_case():
     maps = _cases(300)
     reference = _reference(maps)
     assert sum(peak for *_, peak in reference) < len(reference)  # misses are among the cases
-    assert reference[-3][:2] == (150, 150)  # the border peak is not the top grasp
-    assert reference[-2][:2] == (100, 200)
+    assert reference[-4][:2] == (150, 150)  # the border peak is not the top grasp
+    assert reference[-3][:2] == (100, 200)
+    assert reference[-2][:2] == (150, 150) and reference[-2][4]  # 12 higher maxima fail
     with torch.no_grad():
         _check(GraspSynthesis(300)(torch.from_numpy(maps), _depth(len(maps), 300)).numpy(),
                reference)
