@@ -69,9 +69,10 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
 
 
 def _block(size: int) -> int:
-    """Rows blurred per matrix product: the largest divisor of ``size`` up to 50 (50-row
+    """Rows blurred per matrix product: the smallest divisor of ``size`` from 10 up (the
+    band matrix multiplies 2 x 8 more rows than it keeps, so short blocks waste less; 10-row
     blocks ran fastest on ONNX Runtime's CPU provider), or the whole map."""
-    return max((b for b in range(8, 51) if size % b == 0), default=size)
+    return min((b for b in range(10, 51) if size % b == 0), default=size)
 
 
 def _band(kernel: torch.Tensor, block: int, line: torch.Tensor) -> torch.Tensor:
@@ -99,15 +100,19 @@ class GraspSynthesis(nn.Module):
         self.size = size
         self.kernels = [torch.from_numpy(gaussian_kernel(s)).float().tolist() for s in SIGMAS]
 
-    def forward(self, maps: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-        """``maps``: the network's output for ``depth`` ([N, 1, size, size], its input)."""
+    def forward(self, maps: torch.Tensor, depth: torch.Tensor,
+                line: torch.Tensor | None = None) -> torch.Tensor:
+        """``maps``: the network's output for ``depth`` ([N, 1, size, size], its input).
+        ``line``: 0, 1 .. size - 1, from which every index and band matrix is computed; the
+        exported graph takes it as an input that attach_to_onnx turns into a Range op."""
         size = self.size
-        line = torch.arange(maps.shape[-1])  # traced: a Range op in the file, not a constant
+        line = torch.arange(size) if line is None else line
         flat_maps = maps.float().flatten(1)  # [N, 4 size²]: quality, cos, sin, width
         # Blur along rows, then along columns in the transposed layout, and take the
         # neighbourhood maximum the same way: every pass slices whole rows (contiguous).
         band = _band(torch.tensor(self.kernels[0]), _block(size), line)
-        across = self._blur_rows(flat_maps[:, :size * size].view(-1, size, size), band, line)
+        # The quality map's rows are read straight out of all four maps' (no copy first).
+        across = self._blur_rows(flat_maps.view(-1, 4 * size, size), band, line)
         quality_t = self._blur_rows(across.transpose(1, 2), band, line)  # [N, col, row]
         quality = quality_t.transpose(1, 2)
         flat = quality.flatten(1)
@@ -134,7 +139,8 @@ class GraspSynthesis(nn.Module):
 
     def _blur_rows(self, image: torch.Tensor, band: torch.Tensor, line: torch.Tensor
                    ) -> torch.Tensor:
-        """[N, size, size] smoothed along dim 1, edge padded: blocks of rows, each read with
+        """[N, size, size] smoothed along dim 1 (of a taller [N, rows, size] ``image``, its
+        first size rows), edge padded: blocks of rows, each read with
         its margin (the row indices clamped at the border are the edge padding), times a
         band matrix (ONNX Runtime's CPU provider ran this in 0.7 ms, a separable
         convolution in 2.5 ms)."""
@@ -179,13 +185,10 @@ def _top_peak(quality: torch.Tensor, size: int, line: torch.Tensor
     and the first that passes is the peak."""
     inner = size - 2 * MIN_DISTANCE
     lo, hi = MIN_DISTANCE - 1, size - MIN_DISTANCE + 1  # the interior and a 1-pixel rim
-    rows = torch.maximum(torch.maximum(quality[:, lo:hi - 2, lo:hi], quality[:, lo + 1:hi - 1,
-                                                                               lo:hi]),
-                         quality[:, lo + 2:hi, lo:hi])
-    local = torch.maximum(torch.maximum(rows[:, :, :-2], rows[:, :, 1:-1]), rows[:, :, 2:])
+    local = nn.functional.max_pool2d(quality[:, None, lo:hi, lo:hi], 3, stride=1)[:, 0]
     centre = quality[:, MIN_DISTANCE:size - MIN_DISTANCE, MIN_DISTANCE:size - MIN_DISTANCE]
     candidates = (centre == local) & (centre > THRESHOLD)
-    scores = torch.where(candidates, centre, torch.full_like(centre, -torch.inf)).flatten(1)
+    scores = (centre * candidates.float()).flatten(1)  # the rest 0, below THRESHOLD
     value, index = scores.topk(min(CANDIDATES, inner * inner), dim=1)  # [N, K]
     pixel = (index // inner + MIN_DISTANCE) * size + index % inner + MIN_DISTANCE
     offsets = line[:2 * MIN_DISTANCE + 1] - MIN_DISTANCE
@@ -242,16 +245,38 @@ def _synthesis_graph(size: int, opset: int, ir_version: int) -> bytes:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(GraspSynthesis(size), (torch.zeros(1, 4, size, size),
-                                                     torch.zeros(1, 1, size, size)),
-                              str(exported), dynamo=False, input_names=["s.maps", "s.depth"],
+                                                     torch.zeros(1, 1, size, size),
+                                                     torch.arange(size)),
+                              str(exported), dynamo=False,
+                              input_names=["s.maps", "s.depth", "s.line"],
                               output_names=[GRASP_OUTPUT], opset_version=opset,
                               dynamic_axes={"s.maps": {0: "batch"}, "s.depth": {0: "batch"},
                                             GRASP_OUTPUT: {0: "batch"}},
                               do_constant_folding=False)
         synthesis = onnxslim.slim(onnx.load(str(exported)), size_threshold=FOLD_BYTES)
+    _line_from_range(synthesis.graph, size)
     _shorten(synthesis.graph, prefix="s")
     synthesis.ir_version = ir_version
     return synthesis.SerializeToString()
+
+
+def _line_from_range(graph, size: int) -> None:
+    """Input ``s.line`` (0 .. size - 1) becomes ``Range(0, size, 1)`` inside the graph.
+    Traced from a constant, the indices and band matrices derived from it would be folded
+    into the file by the exporter (25 kB, as much as a small network); from a Range with
+    constant bounds they stay a few ops, and ONNX Runtime folds them once, at load."""
+    from onnx import TensorProto, helper
+
+    bounds = [helper.make_node("Constant", [], [f"s.line.{name}"], value=helper.make_tensor(
+        f"s.line.{name}", TensorProto.INT64, [], [value]))
+        for name, value in (("start", 0), ("limit", size), ("delta", 1))]
+    line = helper.make_node("Range", [b.output[0] for b in bounds], ["s.line"])
+    kept = [v for v in graph.input if v.name != "s.line"]
+    del graph.input[:]
+    graph.input.extend(kept)
+    nodes = [*bounds, line, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _opset(model) -> int:
