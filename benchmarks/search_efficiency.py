@@ -1,17 +1,31 @@
 """Search efficiency: hypervolume of the feasible front after K trials, per sampler and seed.
 
-    python benchmarks/search_efficiency.py studies/quickstart.toml \\
-        [--samplers tpe random nsga2] [--seeds 0 1 2] [--trials 100] [--steps 0] [--jobs 2]
+    python benchmarks/search_efficiency.py STUDY.toml [--samplers tpe gp nsga2 random]
+        [--seeds 0 1 2 3 4] [--trials 100] [--steps 150] [--gate-steps 50]
+        [--eval-images N] [--jobs 2] [--out DIR] [--report]
 
-Each sampler x seed runs the study (a scratch storage, no tracking) with a cheap recovery
-(``--steps``, default 0), and the hypervolume of its feasible front (accuracy as is, size
-and latency relative to the study's baseline, reference point (0, 2x, 2x)) is read after
-25, 50 and 100 trials. Prints mean and spread per sampler, the ratio of the default sampler
-(TPE) to random search, and writes a plot. Target (issue 7): TPE >= 1.2x random at 50.
+Each sampler x seed is one study of the file (the sampler and seed replaced, no tracking)
+in its own SQLite storage under ``--out`` (default
+``benchmarks/out/search_efficiency/<study name>``), so the benchmark resumes where it was
+stopped: run it again and each study goes on from its finished trials (Optuna fails and
+retries a trial cut off mid-way). ``--report`` only reads the storages.
+
+The recovery is the study file's recipe (learning rate, schedule, crops, distillation)
+with fewer steps when ``--steps`` / ``--gate-steps`` say so: the overnight recipe's 600
+steps cost about a minute a trial, and 20 studies of 100 trials would take 33 hours on two
+cores. Say which steps a table was made with.
+
+Hypervolume: the feasible front's, after 25, 50 and 100 trials, with accuracy as is and size
+and latency relative to each study's baseline, against the fixed reference point
+(accuracy 0, 2x size, 2x latency) (search.pareto.hypervolume_history). Per sampler and
+budget: median and interquartile range over seeds, and a one-sided Mann-Whitney U test
+(scipy) that the sampler's hypervolume is greater than random search's at the same budget;
+and for the study default (TPE), the test that its 50-trial hypervolume is greater than
+random's 100-trial one (issue 33's target: p < 0.05). Writes a plot.
 
 ``--jobs N`` runs N studies at once, one torch thread each. Their latencies then share the
-machine; a study that times latency paired with its baseline (``[runtime] paired``, the
-default) scores the ratio, which such sharing moves far less than the absolute time.
+machine; a study that times latency paired with its baseline (``[runtime] paired = true``)
+scores the ratio, which such sharing moves far less than the absolute time.
 """
 
 from __future__ import annotations
@@ -19,7 +33,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import statistics
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -28,69 +41,77 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
+import optuna
 from rich.console import Console
 from rich.table import Table
+from scipy.stats import mannwhitneyu
 
 from grasp.timing import machine_line
 from objectives import device_fingerprint
-from search.config import load_study_config
+from search.config import SAMPLERS, load_study_config
 from search.pareto import hypervolume_history
 from search.study import run_study
+
+MARKS = (25, 50, 100)
+DEFAULT = "tpe"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", help="study file (TOML)")
-    parser.add_argument("--samplers", nargs="+", default=["tpe", "random", "nsga2"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--samplers", nargs="+", default=["tpe", "gp", "nsga2", "random"],
+                        choices=SAMPLERS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--trials", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=0, help="recovery steps per trial")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="recovery steps per trial (default: the file's)")
+    parser.add_argument("--gate-steps", type=int, default=None,
+                        help="steps before the gate (default: the file's)")
+    parser.add_argument("--eval-images", type=int, default=None,
+                        help="validation images scored (default: the file's)")
     parser.add_argument("--runs", type=int, default=None, help="latency runs (default: file)")
     parser.add_argument("--data", default=None, help="dataset folder (overrides the file)")
     parser.add_argument("--jobs", type=int, default=1, help="studies run at once")
+    parser.add_argument("--out", default=None, help="folder of the studies' storages")
+    parser.add_argument("--report", action="store_true", help="read the storages, run nothing")
     parser.add_argument("--plot", default="benchmarks/search_efficiency.png")
     args = parser.parse_args()
-    marks = [k for k in (25, 50, 100) if k <= args.trials] or [args.trials]
+    if args.trials < 1 or args.jobs < 1:
+        parser.error("--trials and --jobs must be >= 1")
+    base = load_study_config(args.study, _overrides(args, "check", 0, Path("."))).name
+    out = Path(args.out or f"benchmarks/out/search_efficiency/{base}")
+    out.mkdir(parents=True, exist_ok=True)
     console = Console(width=120)
-    histories: dict[str, list[list[float]]] = {s: [] for s in args.samplers}
     started = time.perf_counter()
-    jobs = [(args, sampler, seed) for seed in args.seeds for sampler in args.samplers]
-    with ProcessPoolExecutor(max_workers=args.jobs, initializer=_one_thread,
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_history, *job): job for job in jobs}
-        for future in as_completed(futures):
-            _, sampler, seed = futures[future]
-            history = future.result()
-            histories[sampler].append(history)
-            console.print(f"{sampler} seed {seed}: hypervolume "
-                          + "  ".join(f"@{k} {_at(history, k):.4f}" for k in marks)
-                          + f"   [{(time.perf_counter() - started) / 60:.0f} min]")
-
-    table = Table(title=f"hypervolume of the feasible front (mean ± sd over seeds "
-                        f"{args.seeds}; recovery {args.steps} steps)")
-    table.add_column("sampler")
-    for k in marks:
-        table.add_column(f"after {k}", justify="right")
-    means: dict[str, dict[int, float]] = {}
-    for sampler, runs in histories.items():
-        means[sampler] = {k: statistics.fmean(_at(h, k) for h in runs) for k in marks}
-        cells = []
-        for k in marks:
-            values = [_at(h, k) for h in runs]
-            sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{means[sampler][k]:.4f} ± {sd:.4f}")
-        table.add_row(sampler, *cells)
-    console.print(table)
-    if "tpe" in means and "random" in means:
-        console.print("TPE / random: " + "  ".join(
-            f"@{k} {means['tpe'][k] / means['random'][k]:.2f}x" if means["random"][k] else
-            f"@{k} n/a" for k in marks) + "   (target >= 1.2x at 50)")
-    fp = device_fingerprint(None, 1)
-    console.print(f"[{machine_line(fp)}; {len(args.seeds) * len(args.samplers)} "
-                  f"studies of {args.trials} trials in "
-                  f"{(time.perf_counter() - started) / 60:.0f} min]")
+    if not args.report:
+        jobs = [(args, sampler, seed, out) for seed in args.seeds for sampler in args.samplers]
+        with ProcessPoolExecutor(max_workers=args.jobs, initializer=_one_thread,
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_run, *job): job for job in jobs}
+            for future in as_completed(futures):
+                _, sampler, seed, _ = futures[future]
+                history = future.result()
+                console.print(f"{sampler} seed {seed}: {len(history)} trials, hypervolume "
+                              + "  ".join(f"@{k} {_at(history, k):.4f}" for k in MARKS
+                                          if k <= len(history))
+                              + f"   [{(time.perf_counter() - started) / 60:.0f} min]")
+    histories = {s: {seed: h for seed in args.seeds if (h := _read(out, s, seed))}
+                 for s in args.samplers}
+    _report(console, histories, args)
     _plot(histories, Path(args.plot))
-    console.print(f"plot: {args.plot}")
+    console.print(f"[{machine_line(device_fingerprint(None, 1))}; storages in {out}; "
+                  f"{(time.perf_counter() - started) / 60:.0f} min]\nplot: {args.plot}")
+
+
+def _overrides(args: argparse.Namespace, sampler: str, seed: int, out: Path) -> dict:
+    name = f"efficiency-{sampler}-{seed}"
+    return {"name": name, "sampler": sampler if sampler in SAMPLERS else None, "seed": seed,
+            "n_trials": args.trials, "recovery_steps": args.steps,
+            "gate_steps": args.gate_steps, "eval_images": args.eval_images, "runs": args.runs,
+            "data_root": args.data, "timeout": None,
+            "storage": f"sqlite:///{out.resolve()}/{name}.db",
+            "artifacts_dir": str(out.resolve() / "artifacts")}
 
 
 def _one_thread() -> None:
@@ -100,29 +121,81 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _history(args: argparse.Namespace, sampler: str, seed: int) -> list[float]:
-    """One study in a scratch storage, without tracking: its hypervolume after each trial."""
-    with tempfile.TemporaryDirectory() as tmp:
-        config = load_study_config(args.study, {
-            "name": f"efficiency-{sampler}-{seed}", "sampler": sampler, "seed": seed,
-            "n_trials": args.trials, "recovery_steps": args.steps, "gate_steps": 0,
-            "runs": args.runs, "data_root": args.data, "timeout": None,
-            "storage": f"sqlite:///{tmp}/optuna.db", "artifacts_dir": f"{tmp}/art"})
-        study = run_study(config, Console(stderr=True, quiet=True), track=False)
-        return hypervolume_history(study, config.objectives)
+def _run(args: argparse.Namespace, sampler: str, seed: int, out: Path) -> list[float]:
+    """One study, resumed from its storage if it has one, without tracking: its
+    hypervolume after each trial."""
+    config = load_study_config(args.study, _overrides(args, sampler, seed, out))
+    study = run_study(config, Console(stderr=True, quiet=True), track=False)
+    return hypervolume_history(study, config.objectives)
+
+
+def _read(out: Path, sampler: str, seed: int) -> list[float]:
+    """The hypervolume history of one stored study (empty when it was never run)."""
+    path = out / f"efficiency-{sampler}-{seed}.db"
+    if not path.is_file():
+        return []
+    study = optuna.load_study(study_name=f"efficiency-{sampler}-{seed}",
+                              storage=f"sqlite:///{path}")
+    stored = study.user_attrs.get("config", {}).get("study.objectives", "accuracy,size,latency")
+    objectives = tuple(stored.split(","))
+    return hypervolume_history(study, objectives)
 
 
 def _at(history: list[float], k: int) -> float:
     return history[min(k, len(history)) - 1] if history else 0.0
 
 
-def _plot(histories: dict[str, list[list[float]]], path: Path) -> None:
+def _reached(runs: dict[int, list[float]], k: int) -> list[float]:
+    """The hypervolumes after ``k`` trials of the studies that have run that far."""
+    return [h[k - 1] for h in runs.values() if len(h) >= k]
+
+
+def _report(console: Console, histories: dict[str, dict[int, list[float]]],
+            args: argparse.Namespace) -> None:
+    steps = "the file's recovery" if args.steps is None else f"{args.steps} recovery steps"
+    table = Table(title=f"hypervolume of the feasible front: median [interquartile range] "
+                        f"(studies); one-sided Mann-Whitney U p against random; {steps}")
+    table.add_column("sampler")
+    for k in MARKS:
+        table.add_column(f"after {k}", justify="right")
+        table.add_column("p > random", justify="right")
+    random = histories.get("random", {})
+    for sampler, runs in histories.items():
+        cells = []
+        for k in MARKS:
+            values = _reached(runs, k)
+            if not values:
+                cells += ["-", ""]
+                continue
+            q1, median, q3 = np.percentile(values, [25, 50, 75])
+            cells.append(f"{median:.4f} [{q1:.4f}, {q3:.4f}] ({len(values)})")
+            cells.append(_p(values, _reached(random, k)) if sampler != "random" else "")
+        table.add_row(sampler, *cells)
+    console.print(table)
+    if DEFAULT in histories and random:
+        ours, theirs = _reached(histories[DEFAULT], 50), _reached(random, 100)
+        if ours and theirs:
+            console.print(f"{DEFAULT} after 50 trials ({statistics.median(ours):.4f}, "
+                          f"{len(ours)} studies) against random after 100 "
+                          f"({statistics.median(theirs):.4f}, {len(theirs)}): one-sided "
+                          f"Mann-Whitney U p = {_p(ours, theirs)} (target: p < 0.05)")
+
+
+def _p(values: list[float], random: list[float]) -> str:
+    if len(values) < 2 or len(random) < 2:
+        return "n/a"
+    return f"{mannwhitneyu(values, random, alternative='greater').pvalue:.3f}"
+
+
+def _plot(histories: dict[str, dict[int, list[float]]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for sampler, runs in histories.items():
-        n = min(len(h) for h in runs)
-        mean = [statistics.fmean(h[i] for h in runs) for i in range(n)]
-        ax.plot(range(1, n + 1), mean, label=f"{sampler} (mean of {len(runs)})")
-        for h in runs:
+        if not runs:
+            continue
+        n = min(len(h) for h in runs.values())
+        median = [statistics.median(h[i] for h in runs.values()) for i in range(n)]
+        ax.plot(range(1, n + 1), median, label=f"{sampler} (median of {len(runs)})")
+        for h in runs.values():
             ax.plot(range(1, len(h) + 1), h, alpha=0.2, color=ax.lines[-1].get_color())
     ax.set_xlabel("trials")
     ax.set_ylabel("hypervolume (feasible front)")

@@ -145,13 +145,16 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
     base = study.user_attrs.get("baseline", {})
     images = base.get("accuracy_images")
     level = study.user_attrs.get("config", {}).get("study.confidence") or 0.95
+    rows = front_rows(study, objectives)
+    promoted = any(r["promoted_from"] is not None for r in rows)
     table = Table(title=f"{study.study_name}: feasible Pareto front ({len(study.trials)} "
                         f"trials)", caption=(
         f"validation accuracy on {images} images (GG-CNN's IoU grasp match), "
         f"{level:.0%} Wilson interval; Δ: paired with the baseline on the same images, "
         f"{level:.0%} bootstrap interval, +better/-worse images. Validation chooses; "
-        f"test figures come with `ggopt export` / `ggopt verify`. (from N): trial N's "
-        f"recovery continued by promotion." if images else None))
+        f"test figures come with `ggopt export` / `ggopt verify`."
+        + (" (from N): trial N's recovery continued by promotion." if promoted else "")
+        if images else None))
     scope = _scope(study)
     other = LATENCY_KEYS[scope != "end_to_end"]
     for col in ("trial", "precision", "val accuracy", "Δ vs baseline (pp)", "±", "size kB",
@@ -164,7 +167,7 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
                       f"{base['size'] / 1e3:.1f}", "1.0", f"{base['latency']:.2f}", "1.00",
                       _ms(_latencies(base, base, scope)[other]),
                       f"{base.get('macs', 0) / 1e6:.0f}", style="dim")
-    for r in front_rows(study, objectives):
+    for r in rows:
         better, worse = r["discordant"]
         source = r["promoted_from"]
         table.add_row(f"{r['trial']}" + (f" (from {source})" if source is not None else ""),

@@ -175,6 +175,7 @@ def test_pareto_and_export_from_the_cli(tmp_path, checkpoint, jacquard_root, cap
     assert main(["pareto", str(path)]) == 0
     shown = capsys.readouterr().out
     assert "baseline" in shown and "feasible Pareto front" in shown
+    assert "promotion" not in shown  # said only when the front holds one
     study = load_study(load_study_config(path))
     drawn = [t.params for t in study.trials[4:]]
     assert any(p.get(f"{knob}.{layer}", 1) > 1 for p in drawn for knob in ("dilate", "group")
@@ -604,6 +605,7 @@ def test_promotion_continues_the_front_trials_on_top_of_the_budget(tmp_path, che
     shown = console.export_text()
     assert any(f"{t.number} (from {t.user_attrs[PROMOTED_FROM]})" in shown
                for t in promotions if t.number in front)
+    assert "continued by promotion" in " ".join(shown.split())
     # Resuming the finished study starts nothing new.
     again = run_study(config)
     assert len(again.get_trials(deepcopy=False)) == len(trials)

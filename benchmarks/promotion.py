@@ -1,0 +1,120 @@
+"""Promotion on and off, for the same wall-clock time: the front and the model a user picks.
+
+    python benchmarks/promotion.py STUDY.toml [--minutes 30] [--every 8] [--top 2]
+        [--steps 240] [--seed 0] [--scenes 0] [--out DIR]
+
+Runs the study twice one after the other, same sampler and seed, each for ``--minutes``
+(the file's ``n_trials`` lifted so the clock decides): once as it is, once with
+``[search] promote = {every, top, steps}``. Each arm's storage is kept under ``--out``
+(default ``benchmarks/out/promotion/<study name>``); an arm that finished is read back, an
+arm cut off is run again from scratch (a timed arm cannot be resumed fairly).
+
+Per arm: trials run (sampled, promoted), the feasible front's size and hypervolume
+(search.pareto), and the recommended model (the knee, search.pareto.likely_picks): its
+validation accuracy, then its **test** accuracy paired with the baseline on the same test
+images (search.verify; test images are read here only, after both arms have chosen), and
+with ``--scenes N`` its simulated grasp success paired with the baseline's on N held-out
+scenes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import optuna
+from rich.console import Console
+from rich.table import Table
+
+from grasp.timing import machine_line
+from objectives import device_fingerprint
+from search.config import Promotion, load_study_config
+from search.pareto import feasible_front, hypervolume, likely_picks
+from search.study import run_study
+from search.verify import verify_trials
+from search.workers import PROMOTED_FROM, finished
+
+DONE = "benchmark_minutes"  # study user attribute: the arm ran to its clock
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", help="study file (TOML)")
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--every", type=int, default=8)
+    parser.add_argument("--top", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=240)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scenes", type=int, default=0, help="simulated scenes (0: none)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    if min(args.every, args.top, args.steps) < 1 or args.minutes <= 0:
+        parser.error("--minutes, --every, --top and --steps must be > 0")
+    name = load_study_config(args.study).name
+    out = Path(args.out or f"benchmarks/out/promotion/{name}")
+    console = Console(width=130)
+    arms = {}
+    for arm in ("off", "on"):
+        promote = Promotion(args.every, args.top, args.steps) if arm == "on" else None
+        config = load_study_config(args.study, {
+            "name": f"promotion-{arm}", "seed": args.seed, "n_trials": 100_000,
+            "timeout": args.minutes * 60, "promote": promote,
+            "storage": f"sqlite:///{(out / arm).resolve()}/optuna.db",
+            "artifacts_dir": str((out / arm).resolve() / "artifacts"),
+            "tracking_uri": f"sqlite:///{(out / arm).resolve()}/mlflow.db"})
+        arms[arm] = (config, _arm(config, out / arm, args.minutes, console))
+    table = Table(title=f"promotion off / on, {args.minutes:g} min each, seed {args.seed}; "
+                        f"on: every {args.every} trials the top {args.top} continue "
+                        f"{args.steps} steps")
+    for column in ("arm", "trials (promoted)", "front", "hypervolume", "knee",
+                   "val accuracy", "test accuracy", "test Δ vs baseline (pp)",
+                   *(("sim success", "sim Δ (pp)") if args.scenes else ())):
+        table.add_column(column, justify="right")
+    for arm, (config, study) in arms.items():
+        front = feasible_front(study, config.objectives)
+        knee = likely_picks(front, config.objectives, 1)
+        promoted = sum(PROMOTED_FROM in t.user_attrs for t in study.get_trials(deepcopy=False))
+        row = [arm, f"{finished(study)} ({promoted})", str(len(front)),
+               f"{hypervolume(study, config.objectives):.4f}"]
+        if not knee:
+            table.add_row(*row, "-", "-", "-", "-")
+            continue
+        trial = knee[0]
+        stats = trial.user_attrs["accuracy_stats"]
+        low, high = stats["accuracy_ci"]
+        result = verify_trials(study, config, [trial.number], scenes=args.scenes or 1,
+                               sim=bool(args.scenes), console=console, log=False)[trial.number]
+        source = trial.user_attrs.get(PROMOTED_FROM)
+        row += [f"{trial.number}" + (f" (from {source})" if source is not None else ""),
+                f"{trial.user_attrs['values']['accuracy']:.3f} [{low:.3f}, {high:.3f}] "
+                f"({stats['images']})", str(result.test_accuracy), str(result.test_difference)]
+        if args.scenes:
+            row += [str(result.sim_success), str(result.sim_difference)]
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"[{machine_line(device_fingerprint(None, 1))}; storages in {out}]")
+
+
+def _arm(config, folder: Path, minutes: float, console: Console) -> optuna.Study:
+    """One arm: read back when it ran to its clock before, else run from scratch."""
+    storage = f"sqlite:///{folder.resolve()}/optuna.db"
+    if (folder / "optuna.db").is_file():
+        study = optuna.load_study(study_name=config.name, storage=storage)
+        if study.user_attrs.get(DONE) == minutes:
+            console.print(f"{config.name}: read back ({len(study.trials)} trials)")
+            return study
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    console.print(f"{config.name}: running for {minutes:g} min")
+    started = time.perf_counter()
+    study = run_study(config, Console(stderr=True, quiet=True))
+    study.set_user_attr(DONE, minutes)
+    console.print(f"{config.name}: {len(study.trials)} trials in "
+                  f"{(time.perf_counter() - started) / 60:.1f} min")
+    return study
+
+
+if __name__ == "__main__":
+    main()
