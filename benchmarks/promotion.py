@@ -1,7 +1,7 @@
 """Promotion on and off, for the same wall-clock time: the front and the model a user picks.
 
     python benchmarks/promotion.py STUDY.toml [--minutes 30] [--every 8] [--top 2]
-        [--steps 240] [--seed 0] [--scenes 0] [--out DIR]
+        [--steps 240] [--seed 0] [--scenes 0] [--test-data DIR] [--out DIR]
 
 Runs the study twice one after the other, same sampler and seed, each for ``--minutes``
 (the file's ``n_trials`` lifted so the clock decides): once as it is, once with
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -48,6 +49,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=240)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scenes", type=int, default=0, help="simulated scenes (0: none)")
+    parser.add_argument("--test-data", default=None,
+                        help="a dataset folder whose test split scores the knees (default: "
+                             "the study's; the quick start's keeps 4 test images)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if min(args.every, args.top, args.steps) < 1 or args.minutes <= 0:
@@ -58,6 +62,7 @@ def main() -> None:
     arms = {}
     for arm in ("off", "on"):
         promote = Promotion(args.every, args.top, args.steps) if arm == "on" else None
+        (out / arm).mkdir(parents=True, exist_ok=True)
         config = load_study_config(args.study, {
             "name": f"promotion-{arm}", "seed": args.seed, "n_trials": 100_000,
             "timeout": args.minutes * 60, "promote": promote,
@@ -84,7 +89,8 @@ def main() -> None:
         trial = knee[0]
         stats = trial.user_attrs["accuracy_stats"]
         low, high = stats["accuracy_ci"]
-        result = verify_trials(study, config, [trial.number], scenes=args.scenes or 1,
+        tested = replace(config, data_root=args.test_data) if args.test_data else config
+        result = verify_trials(study, tested, [trial.number], scenes=args.scenes or 1,
                                sim=bool(args.scenes), console=console, log=False)[trial.number]
         source = trial.user_attrs.get(PROMOTED_FROM)
         row += [f"{trial.number}" + (f" (from {source})" if source is not None else ""),
@@ -105,8 +111,8 @@ def _arm(config, folder: Path, minutes: float, console: Console) -> optuna.Study
         if study.user_attrs.get(DONE) == minutes:
             console.print(f"{config.name}: read back ({len(study.trials)} trials)")
             return study
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+        shutil.rmtree(folder)  # cut off before its clock ran out: again, from scratch
+    folder.mkdir(parents=True, exist_ok=True)
     console.print(f"{config.name}: running for {minutes:g} min")
     started = time.perf_counter()
     study = run_study(config, Console(stderr=True, quiet=True))

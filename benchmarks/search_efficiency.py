@@ -93,8 +93,8 @@ def main() -> None:
                 _, sampler, seed, _ = futures[future]
                 history = future.result()
                 console.print(f"{sampler} seed {seed}: {len(history)} trials, hypervolume "
-                              + "  ".join(f"@{k} {_at(history, k):.4f}" for k in MARKS
-                                          if k <= len(history))
+                              + "  ".join(f"@{k} {_at(history, k):.4f}"
+                                          for k in (*MARKS, len(history)) if k <= len(history))
                               + f"   [{(time.perf_counter() - started) / 60:.0f} min]")
     histories = {s: {seed: h for seed in args.seeds if (h := _read(out, s, seed))}
                  for s in args.samplers}
@@ -153,22 +153,23 @@ def _reached(runs: dict[int, list[float]], k: int) -> list[float]:
 def _report(console: Console, histories: dict[str, dict[int, list[float]]],
             args: argparse.Namespace) -> None:
     steps = "the file's recovery" if args.steps is None else f"{args.steps} recovery steps"
-    table = Table(title=f"hypervolume of the feasible front: median [interquartile range] "
+    marks = [k for k in MARKS if k <= args.trials] or [args.trials]
+    table = Table(title=f"hypervolume of the feasible front: median \\[interquartile range] "
                         f"(studies); one-sided Mann-Whitney U p against random; {steps}")
     table.add_column("sampler")
-    for k in MARKS:
+    for k in marks:
         table.add_column(f"after {k}", justify="right")
         table.add_column("p > random", justify="right")
     random = histories.get("random", {})
     for sampler, runs in histories.items():
         cells = []
-        for k in MARKS:
+        for k in marks:
             values = _reached(runs, k)
             if not values:
                 cells += ["-", ""]
                 continue
             q1, median, q3 = np.percentile(values, [25, 50, 75])
-            cells.append(f"{median:.4f} [{q1:.4f}, {q3:.4f}] ({len(values)})")
+            cells.append(f"{median:.4f} \\[{q1:.4f}, {q3:.4f}] ({len(values)})")
             cells.append(_p(values, _reached(random, k)) if sampler != "random" else "")
         table.add_row(sampler, *cells)
     console.print(table)

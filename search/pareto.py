@@ -230,12 +230,13 @@ def plot_front(study: optuna.Study, objectives: tuple[str, ...], path: Path) -> 
 
 
 def hypervolume_history(study: optuna.Study, objectives: tuple[str, ...]) -> list[float]:
-    """Hypervolume of the feasible front after each trial, in normalised units (accuracy
-    as is, size and latency relative to the baseline), reference point (0, 2, 2)."""
+    """Hypervolume of the feasible front after each finished trial, in normalised units
+    (accuracy as is, size and latency relative to the baseline), reference point (0, 2, 2)."""
     from optuna._hypervolume import compute_hypervolume
 
     ref, points, history = _reference_point(objectives), {}, []
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    for t in sorted(study.get_trials(deepcopy=False, states=done), key=lambda t: t.number):
         point = _normalised(study, t, objectives)
         if t.state == TrialState.COMPLETE:  # a continuation stands for what it continued
             points.pop(t.user_attrs.get(PROMOTED_FROM), None)

@@ -832,7 +832,9 @@ METRIC_VERSION = 3
 #: ONNX int8 weights on 7 bits (spaces.precision: no int16 saturation on CPUs without VNNI);
 #: 6 appends grasp synthesis to ONNX files (grasp.synthesis: the file returns the grasp);
 #: 7 searches that synthesis's peak among the best 3x3 maxima, with its indices as ops the
-#: runtime folds at load (2-3x faster, the same grasps on every test case).
+#: runtime folds at load (2-3x faster, the same grasps on every test case), and prunes each
+#: layer to the nearest multiple of round_to, never none (it rounded down, and a layer
+#: rounded down to none kept all its channels).
 #: A study from before the key was stored was written by format 1.
 ARTIFACT_FORMAT = 7
 #: The formats that changed each runtime's files (3-7 touched only ONNX files): a torch

@@ -60,7 +60,7 @@ def _ratio_keeping_multiples(channels: int, ratio: float, multiple: int) -> floa
     keeps (a tie prunes more), never fewer than ``multiple``. (torch-pruning's ``round_to``
     rounds the kept channels down, and a layer rounded down to none kept them all.)"""
     if channels % multiple:
-        return ratio  # cannot be met; the group knob does not offer such a layer
+        return ratio  # cannot be met: kept as torch-pruning rounds, down
     kept = max(multiple, math.ceil(channels * (1 - ratio) / multiple - 0.5) * multiple)
     if kept >= channels:
         return 0.0
@@ -150,20 +150,19 @@ class PruneKnob:
         if not any(ratio > 0 for _, ratio in config.ratios):
             return pruned
         modules = dict(pruned.named_children())
-        round_to = config.round_to
-        ratio_of = {modules[layer]: ratio for layer, ratio in config.ratios}
-        if self.channel_multiple > 1:  # a study with groups: multiples, never below one
-            multiple = math.lcm(config.round_to, self.channel_multiple)
-            ratio_of = {m: _ratio_keeping_multiples(m.out_channels, r, multiple)
-                        for m, r in ratio_of.items()}
-            round_to = 1
+        # Kept channels: the nearest multiple of round_to (and of the group counts a study
+        # offers), never none; torch-pruning's own round_to rounds down, and a layer rounded
+        # down to none kept all its channels (an 8-channel layer at round_to 8 never pruned).
+        multiple = math.lcm(config.round_to, self.channel_multiple)
+        ratio_of = {modules[layer]: _ratio_keeping_multiples(modules[layer].out_channels,
+                                                             ratio, multiple)
+                    for layer, ratio in config.ratios}
         # Everything not named keeps its channels: heads, excluded and rewritten layers.
         ignored = [m for m in pruned.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)
                    and m not in ratio_of]
         pruner = tp.pruner.MetaPruner(
             pruned, torch.randn(1, 1, 64, 64), importance=_importance(config.criterion),
             pruning_ratio=0.0, pruning_ratio_dict=ratio_of, ignored_layers=ignored,
-            round_to=round_to if round_to > 1 else None,
             output_transform=lambda out: sum(o.sum() for o in out),
         )
         if config.criterion == "taylor":

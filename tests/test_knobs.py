@@ -154,6 +154,19 @@ def test_pruning_makes_the_layers_physically_smaller_but_never_the_heads():
                ("pos_output", "cos_output", "sin_output", "width_output"))
 
 
+@pytest.mark.parametrize(("layer", "ratio", "round_to", "kept"), [
+    ("conv3", 0.9, 1, 1),  # 8 channels: 0.8 kept rounds to one, not to none (kept all)
+    ("conv2", 0.75, 8, 8),  # 16 channels: 4 kept rounds to 8, not down to none
+    ("conv2", 0.3, 8, 8),  # 11.2 kept: the nearest multiple of 8
+    ("conv1", 0.35, 1, 21),  # 20.8 kept: the nearest count
+    ("conv3", 0.6, 4, 4),
+])
+def test_pruning_keeps_the_nearest_multiple_never_none(layer, ratio, round_to, kept):
+    pruned = get_knob("prune").apply(get_model("ggcnn"),
+                                     PruneConfig(((layer, ratio),), round_to=round_to))
+    assert getattr(pruned, layer).out_channels == kept
+
+
 @pytest.fixture(scope="module")
 def calibration():
     return [torch.rand(1, SIZE, SIZE) * 0.02 for _ in range(4)]
