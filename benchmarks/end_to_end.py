@@ -15,13 +15,15 @@ Rows (ONNX Runtime, batch 1, 1 thread, the study protocol's timing: warm-up, the
 - int8 only (the same network quantized, grasp synthesis in the file);
 - with ``--study``: the fastest model of that study's feasible front (its own artifact).
 
-Each column is measured on its own: network ms times the file without its grasp synthesis,
-post-processing ms times the post-processing alone on the maps of a real validation image
-(numpy, or the file's synthesis graph run by ONNX Runtime on those maps), end-to-end ms
-times depth in -> grasp out (for the numpy rows, the network call followed by the numpy
-code). Every figure is the median over ``--rounds`` round-robin rounds, so a drift of the
-machine's speed touches every row alike. Ratios are to the strongest baseline's end-to-end
-median.
+Each of the first three columns is measured on its own: network ms times the file without
+its grasp synthesis, post-processing ms times the post-processing alone on the maps of a
+real validation image (numpy, or the file's synthesis graph run by ONNX Runtime on those
+maps), end-to-end ms times depth in -> grasp out (for the numpy rows, the network call
+followed by the numpy code). The fourth, end-to-end minus network, times the two calls in
+strict alternation and takes the median of the per-pair differences: what the robot pays
+for the post-processing, robust to a drift of the machine's speed that separately timed
+columns are not. Every figure is the median over ``--rounds`` round-robin rounds. Ratios
+are to the strongest baseline's end-to-end median.
 
 Agreement: on ``--images`` validation images, the grasp each file returns against the
 float64 numpy reference on the same file's maps: identical peak pixel and peak flag, and
@@ -66,6 +68,26 @@ class _Call:
 
 def _median_ms(run: Callable[[], None]) -> float:
     return measure_latency(_Call(run), **TIMING).median_ms  # type: ignore[arg-type]
+
+
+def _paired_extra_ms(network: Callable[[], None], end_to_end: Callable[[], None],
+                     pairs: int = 200) -> float:
+    """What the post-processing adds to a call, paired: network and end-to-end calls in
+    strict alternation, the median of the per-pair differences (a drift of the machine's
+    speed moves both calls of a pair alike)."""
+    import time
+
+    for _ in range(TIMING["warmup"]):
+        network()
+        end_to_end()
+    extra = []
+    for _ in range(pairs):
+        start = time.perf_counter()
+        network()
+        middle = time.perf_counter()
+        end_to_end()
+        extra.append((time.perf_counter() - middle) - (middle - start))
+    return 1e3 * float(np.median(extra))
 
 
 def _synthesis_alone(artifact: Artifact, image: torch.Tensor) -> Callable[[], None]:
@@ -171,22 +193,25 @@ def main() -> None:
                          _with_numpy(fp32, post)))
         rows += [(name, a.timed_call(1), _synthesis_alone(a, image),
                   a.timed_call(1, end_to_end=True)) for name, a in artifacts.items()]
-        rounds = [[[_median_ms(call) for call in calls] for _, *calls in rows]
+        rounds = [[[_median_ms(call) for call in calls]
+                   + [_paired_extra_ms(calls[0], calls[2])] for _, *calls in rows]
                   for _ in range(args.rounds)]
-        timed = [(name, *(float(np.median([r[i][j] for r in rounds])) for j in range(3)))
+        timed = [(name, *(float(np.median([r[i][j] for r in rounds])) for j in range(4)))
                  for i, (name, *_) in enumerate(rows)]
-        strongest = next(e2e for name, *_, e2e in timed if name.startswith("strongest"))
+        strongest = next(e2e for name, _, _, e2e, _ in timed if name.startswith("strongest"))
         table = Table(title=f"Depth in -> grasp out, GG-CNN 300 px, ONNX Runtime, 1 thread "
                             f"[{cpu_line()}]")
         for column in ("row", "network ms", "post-processing ms", "end-to-end ms",
+                       "end-to-end minus network, paired ms",
                        "ratio to strongest baseline, e2e"):
             table.add_column(column, justify="left" if column == "row" else "right")
-        for name, net, post, e2e in timed:
-            table.add_row(name, f"{net:.2f}", f"{post:.2f}", f"{e2e:.2f}",
+        for name, net, post, e2e, extra in timed:
+            table.add_row(name, f"{net:.2f}", f"{post:.2f}", f"{e2e:.2f}", f"{extra:.2f}",
                           f"{strongest / e2e:.2f}x")
         console.print(table)
-        console.print(f"(the uncompressed network's fastest exact form here: {best}; each "
-                      f"column measured on its own, median of {args.rounds} rounds)")
+        console.print(f"(the uncompressed network's fastest exact form here: {best}; the "
+                      f"first three columns measured each on its own, the fourth as network "
+                      f"and end-to-end calls in alternation; medians of {args.rounds} rounds)")
         agree = Table(title=f"In-graph grasp against the float64 numpy reference on the same "
                             f"maps, {len(held)} validation images")
         for column in ("file", "same peak pixel and flag", "accuracy, in the file",
