@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial
 
 from search.config import StudyConfig
 from search.pareto import feasible_front, likely_picks
+from search.study import WEIGHTS_KEY
 from search.workers import PROMOTED_FROM, finished, setup_lock
 
 __all__ = ["PROMOTED_FROM", "due", "promote_due"]
@@ -41,7 +42,7 @@ def due(study: optuna.Study, config: StudyConfig) -> list[FrozenTrial]:
     front = feasible_front(study, config.objectives)
     picks = likely_picks(front, config.objectives, len(front))
     return [t for t in picks if t.number not in taken and PROMOTED_FROM not in t.user_attrs
-            and t.user_attrs.get("weights")][:config.promote.top]
+            and t.user_attrs.get(WEIGHTS_KEY)][:config.promote.top]
 
 
 def _round_due(study: optuna.Study, config: StudyConfig) -> bool:
@@ -54,10 +55,10 @@ def _round_due(study: optuna.Study, config: StudyConfig) -> bool:
 def promote_due(study: optuna.Study, config: StudyConfig, storage: Any) -> list[int]:
     """Queues this round's promotions, once per round however many workers ask (under the
     study's setup lock on PostgreSQL); returns the numbers of the trials promoted."""
-    if config.promote is None:
-        return []
+    if config.promote is None or not _round_due(study, config):
+        return []  # most trials: no round, and no lock taken
     with setup_lock(storage, study.study_name):
-        if not _round_due(study, config):
+        if not _round_due(study, config):  # another worker queued this round meanwhile
             return []
         picks = due(study, config)
         for trial in picks:
