@@ -10,7 +10,7 @@ Runs the study twice one after the other, same sampler and seed, each for ``--mi
 arm cut off is run again from scratch (a timed arm cannot be resumed fairly).
 
 Per arm: trials run (sampled, promoted), the feasible front's size and hypervolume
-(search.pareto), and the recommended model (the knee, search.pareto.likely_picks): its
+(search.pareto), and the recommended model (the knee, search.pareto.study_picks): its
 validation accuracy, then its **test** accuracy paired with the baseline on the same test
 images (search.verify; test images are read here only, after both arms have chosen), and
 with ``--scenes N`` its simulated grasp success paired with the baseline's on N held-out
@@ -32,7 +32,7 @@ from rich.table import Table
 from grasp.timing import machine_line
 from objectives import device_fingerprint
 from search.config import Promotion, load_study_config
-from search.pareto import feasible_front, hypervolume, likely_picks
+from search.pareto import feasible_front, hypervolume, study_picks
 from search.study import run_study
 from search.verify import verify_trials
 from search.workers import PROMOTED_FROM, finished
@@ -79,7 +79,7 @@ def main() -> None:
         table.add_column(column, justify="right")
     for arm, (config, study) in arms.items():
         front = feasible_front(study, config.objectives)
-        knee = likely_picks(front, config.objectives, 1)
+        knee = study_picks(study, config.objectives, 1)
         promoted = sum(PROMOTED_FROM in t.user_attrs for t in study.get_trials(deepcopy=False))
         row = [arm, f"{finished(study)} ({promoted})", str(len(front)),
                f"{hypervolume(study, config.objectives):.4f}"]

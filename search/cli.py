@@ -233,11 +233,10 @@ def _run_pareto(args: argparse.Namespace) -> None:
         Console(width=max(Console().width, TABLE_WIDTH)).print(
             front_table(study, config.objectives))
     if args.verify:
-        from search.pareto import feasible_front, likely_picks
+        from search.pareto import study_picks
         from search.verify import verify_trials
 
-        picks = [t.number for t in likely_picks(feasible_front(study, config.objectives),
-                                                config.objectives, args.verify)]
+        picks = [t.number for t in study_picks(study, config.objectives, args.verify)]
         if not picks:
             raise ValueError(f"--verify: study {config.name!r} has no feasible front yet.")
         console.print(f"verifying trials {', '.join(map(str, picks))} against the baseline")
@@ -286,9 +285,9 @@ def _run_export(args: argparse.Namespace) -> None:
     config = _config(args)
     study = load_study(config)
     if args.trial == "knee":
-        from search.pareto import feasible_front, likely_picks
+        from search.pareto import study_picks
 
-        picks = likely_picks(feasible_front(study, config.objectives), config.objectives, 1)
+        picks = study_picks(study, config.objectives, 1)
         if not picks:
             raise ValueError(f"--trial knee: study {config.name!r} has no feasible front yet.")
         args.trial = picks[0].number

@@ -27,7 +27,8 @@ from search.tracking import FRONT_TAG
 from search.workers import PROMOTED_FROM, superseded
 
 __all__ = ["export_trial", "feasible_front", "front_rows", "front_table", "hypervolume_history",
-           "likely_picks", "plot_front", "refresh_front", "write_report"]
+           "likely_picks", "plot_front", "refresh_front", "study_picks",
+           "write_report"]
 
 SIGN = {"accuracy": -1.0, "size": 1.0, "latency": 1.0}  # minimisation form
 
@@ -62,24 +63,43 @@ def _interval(pair: Any) -> list[float]:
     return [float(x) for x in pair] if pair else [np.nan, np.nan]
 
 
-def likely_picks(front: list[FrozenTrial], objectives: tuple[str, ...], k: int
-                 ) -> list[FrozenTrial]:
+def likely_picks(front: list[FrozenTrial], objectives: tuple[str, ...], k: int,
+                 baseline: dict[str, float] | None = None) -> list[FrozenTrial]:
     """The ``k`` front trials a user is most likely to ship, in this order: the knee (the
     trial nearest the ideal point once each objective is scaled to the front's range), the
-    fastest, the most accurate, then the others by their distance to the ideal point."""
+    fastest, the most accurate, then the others by their distance to the ideal point.
+
+    With the study's ``baseline`` figures, the knee is taken among the trials no larger and
+    no slower than the baseline (a front may hold a model that is only smaller, and slower
+    than what it would replace: nobody ships that for speed); among all when none is."""
     if not front or k <= 0:
         return []
     points = np.array([[SIGN[o] * _values(t)[o] for o in objectives] for t in front])
     span = np.ptp(points, axis=0)
     scaled = (points - points.min(axis=0)) / np.where(span > 0, span, 1.0)
     by_distance = [front[i] for i in np.argsort(np.linalg.norm(scaled, axis=1), kind="stable")]
+    cheaper = [t for t in by_distance if _no_costlier(t, objectives, baseline or {})]
     fastest = min(front, key=lambda t: _values(t)["latency"])
     accurate = max(front, key=lambda t: _values(t)["accuracy"])
     picks: list[FrozenTrial] = []
-    for t in [by_distance[0], fastest, accurate, *by_distance]:
+    for t in [(cheaper or by_distance)[0], fastest, accurate, *by_distance]:
         if t.number not in {p.number for p in picks}:
             picks.append(t)
     return picks[:k]
+
+
+def study_picks(study: optuna.Study, objectives: tuple[str, ...], k: int) -> list[FrozenTrial]:
+    """:func:`likely_picks` of the study's feasible front, against its baseline."""
+    return likely_picks(feasible_front(study, objectives), objectives, k,
+                        study.user_attrs.get("baseline"))
+
+
+def _no_costlier(trial: FrozenTrial, objectives: tuple[str, ...],
+                 baseline: dict[str, float]) -> bool:
+    """Whether ``trial`` is no larger and no slower than ``baseline`` (objectives the
+    baseline has no figure for do not count)."""
+    return all(_values(trial)[o] <= baseline[o] for o in ("size", "latency")
+               if o in objectives and baseline.get(o) is not None)
 
 
 def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -320,7 +340,7 @@ def recommended_row(study: optuna.Study, objectives: tuple[str, ...],
                     rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The front row of the knee, the model a user would most likely ship (``rows``:
     :func:`front_rows`); None without a feasible front."""
-    picks = likely_picks(feasible_front(study, objectives), objectives, 1)
+    picks = study_picks(study, objectives, 1)
     return next((r for r in rows if r["trial"] == picks[0].number), None) if picks else None
 
 

@@ -40,7 +40,8 @@ def due(study: optuna.Study, config: StudyConfig) -> list[FrozenTrial]:
     trials = study.get_trials(deepcopy=False)
     taken = {t.user_attrs[PROMOTED_FROM] for t in trials if PROMOTED_FROM in t.user_attrs}
     front = feasible_front(study, config.objectives)
-    picks = likely_picks(front, config.objectives, len(front))
+    picks = likely_picks(front, config.objectives, len(front),
+                         study.user_attrs.get("baseline"))
     return [t for t in picks if t.number not in taken and PROMOTED_FROM not in t.user_attrs
             and t.user_attrs.get(WEIGHTS_KEY)][:config.promote.top]
 

@@ -333,6 +333,25 @@ def test_likely_picks_are_the_knee_the_fastest_and_the_most_accurate():
     assert likely_picks([], objectives, 2) == []
 
 
+def test_the_knee_is_no_slower_and_no_larger_than_the_baseline():
+    """The quick start's front on a Zen 4 VM: the plain knee (trial 12) was 3.7x smaller but
+    1.7x slower than the baseline; the recommended model is the one that is both faster and
+    smaller (trial 3), and the whole front counts again when no trial is."""
+    from search.pareto import likely_picks
+
+    objectives = ("accuracy", "size", "latency")
+    front = [_front_trial(3, 0.396, 45.9e3, 4.97),
+             _front_trial(12, 0.420, 72.3e3, 45.25),
+             _front_trial(0, 0.435, 260.0e3, 53.34)]
+    baseline = {"accuracy": 0.435, "size": 269.9e3, "latency": 26.76}
+    assert likely_picks(front, objectives, 1)[0].number == 12  # nearest the ideal point
+    assert [t.number for t in likely_picks(front, objectives, 3, baseline)] == [3, 0, 12]
+    slow = {**baseline, "latency": 1.0}  # a baseline nothing beats: the plain knee again
+    assert likely_picks(front, objectives, 1, slow)[0].number == 12
+    no_latency = {"size": 269.9e3}  # only the figures the baseline has count
+    assert likely_picks(front, objectives[:2], 1, no_latency)[0].number == 12
+
+
 @pytest.mark.parametrize(("args", "message"), [
     ([], "give --scenes N"),
     (["--recipe", "quickstart", "--scenes", "3"], "leave out --scenes"),
