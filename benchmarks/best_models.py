@@ -25,15 +25,19 @@ Reference points, each built as an artifact on the study's runtime:
   budget with ``--steps STEPS``: beyond the study's steps they train, as a finishing run
   does, on the larger pool.
 
-Accuracy is on the study's held-out (validation) images, which the study selected its
-front on, and again on the test images, which nothing here has seen: the honest number.
+Accuracy is GG-CNN's IoU grasp match of the grasp each file returns (as the study scores
+it), on the study's validation images, which the study selected its front on, and again on
+the test images, which nothing here has seen: the honest number. Each comes with its 95 %
+Wilson interval and its paired difference to the strongest baseline on the same images
+(bootstrap interval, better/worse image counts).
 ``--data`` scores both on another copy of the dataset, such as one whose held-out sets were
 grown with ``ggopt data sim --splits val,test`` after the study ran (same training scenes).
 Latency is timed round-robin over every artifact for ``--rounds`` rounds (the study's
 threads, warm-up and runs), each artifact in strict alternation with the torch sub-pixel
-baseline; speed-ups are ratios of the median per-pair ratios, which the machine's speed
-drifts do not move. Then the best speed-up and size reduction at <= 1 pp and <= 3 pp
-accuracy loss.
+baseline, timed as the study times latency (depth in -> grasp out, or the network alone);
+speed-ups are ratios of the median per-pair ratios, which the machine's speed drifts do
+not move. Then the fastest and the smallest model whose paired validation interval rules
+out a loss of more than 1 pp, and of more than 3 pp, against the strongest baseline.
 """
 
 from __future__ import annotations
@@ -49,14 +53,15 @@ from rich.console import Console
 from rich.table import Table
 
 from grasp.artifact import Artifact, fuse_heads
+from grasp.evaluation import score_grasps
 from grasp.timing import machine_line
-from grasp.train import evaluate
 from objectives import count_macs, device_fingerprint
 from objectives.latency import measure_latency
 from search.config import load_study_config
 from search.finish import finishing_pool
 from search.pareto import feasible_front
 from search.recovery import recover
+from search.stats import paired_difference, rate
 from search.study import load_study, prepare
 from spaces import get_knob
 from spaces.depthwise import DepthwiseConfig
@@ -141,15 +146,17 @@ def main() -> None:
                     "macs": t.user_attrs.get("extra", {}).get("macs", float("nan"))}
         rows.update(exported)
         for row in rows.values():
-            predict = row["artifact"].predictor(config.threads)
-            row["accuracy"] = evaluate(predict, setup.eval_data, batch_size=8)
-            row["test"] = evaluate(predict, test_data, batch_size=8) if len(test_data) else 0.0
+            grasps = row["artifact"].grasp_predictor(config.threads)
+            row["val"] = score_grasps(grasps, setup.eval_data, batch_size=8).standard
+            row["test"] = (score_grasps(grasps, test_data, batch_size=8).standard
+                           if len(test_data) else None)
             row["medians"], row["ratios"], row["size"] = [], [], row["artifact"].size_bytes
         pair_with = rows[exact["torch"]]["artifact"]
         for _ in range(args.rounds):  # interleaved: every artifact once per round
             for row in rows.values():
                 result = measure_latency(row["artifact"], config.threads, config.warmup,
-                                         config.runs, reference=pair_with)
+                                         config.runs, reference=pair_with,
+                                         end_to_end=config.end_to_end)
                 row["medians"].append(result.median_ms)
                 row["ratios"].append(result.ratio)
     for row in rows.values():
@@ -158,36 +165,38 @@ def main() -> None:
     best = rows[best_label]
     rows = {(f"strongest baseline: {k}" if k == best_label else k): v for k, v in rows.items()}
     best_label = f"strongest baseline: {best_label}"
+    scope = "depth in -> grasp out" if config.end_to_end else "network alone"
     table = Table(title=f"{config.name}: {len(rows)} artifacts, {args.rounds} interleaved "
-                        f"rounds x {config.runs} runs, {config.threads} thread(s); accuracy on "
-                        f"{len(setup.eval_data)} val and {len(test_data)} test images")
-    for column in ("model", "precision", "val acc", "Δ val (pp)", "test acc", "Δ test (pp)",
-                   "median ms",
-                   "speed-up vs strongest", "size kB", "size ÷", "MMACs"):
+                        f"rounds x {config.runs} runs, {config.threads} thread(s), {scope}; "
+                        f"accuracy on {len(setup.eval_data)} val and {len(test_data)} test "
+                        f"images, 95 % intervals, Δ paired with the strongest baseline")
+    for column in ("model", "precision", "val accuracy", "Δ val", "test accuracy", "Δ test",
+                   "median ms", "speed-up vs strongest", "size kB", "size ÷", "MMACs"):
         table.add_column(column, justify="left" if column == "model" else "right")
     summary = []
     for label, row in rows.items():
-        ms = statistics.median(row["medians"])
-        delta = (row["accuracy"] - best["accuracy"]) * 100
+        val = paired_difference(row["val"], best["val"])
+        test = (paired_difference(row["test"], best["test"]) if row["test"] is not None
+                else None)
         speed, shrink = best["ratio"] / row["ratio"], best["size"] / row["size"]
-        test_delta = (row["test"] - best["test"]) * 100
-        table.add_row(label, row["artifact"].precision, f"{row['accuracy']:.3f}",
-                      f"{delta:+.1f}", f"{row['test']:.3f}", f"{test_delta:+.1f}",
-                      f"{ms:.2f}", f"{speed:.2f}x",
-                      f"{row['size'] / 1e3:.1f}", f"{shrink:.2f}x",
-                      f"{row['macs'] / 1e6:.0f}")
-        summary.append((label, delta, speed, shrink, test_delta))
+        table.add_row(label, row["artifact"].precision, str(rate(row["val"])), str(val),
+                      str(rate(row["test"])) if test else "-", str(test) if test else "-",
+                      f"{statistics.median(row['medians']):.2f}", f"{speed:.2f}x",
+                      f"{row['size'] / 1e3:.1f}", f"{shrink:.2f}x", f"{row['macs'] / 1e6:.0f}")
+        summary.append((label, val, speed, shrink, test))
     console.print(table)
-    for limit in (1.0, 3.0):
-        within = [s for s in summary if s[1] >= -limit and s[0] != best_label]
+    for limit in (1.0, 3.0):  # the paired interval's lower bound: a loss it rules out
+        within = [s for s in summary if 100 * s[1].low >= -limit and s[0] != best_label]
         if not within:
-            console.print(f"within {limit:.0f} pp of the strongest baseline: no model")
+            console.print(f"no model's paired val interval rules out a loss over {limit:.0f} pp "
+                          f"(at {len(setup.eval_data)} images)")
             continue
         fastest = max(within, key=lambda s: s[2])
         smallest = max(within, key=lambda s: s[3])
-        console.print(f"within {limit:.0f} pp on val: fastest {fastest[0]} {fastest[2]:.2f}x "
-                      f"(target >= 5x; test {fastest[4]:+.1f} pp); smallest {smallest[0]} "
-                      f"{smallest[3]:.2f}x smaller (target >= 10x; test {smallest[4]:+.1f} pp)")
+        console.print(f"loss over {limit:.0f} pp ruled out on val: fastest {fastest[0]} "
+                      f"{fastest[2]:.2f}x (val {fastest[1]}; test {fastest[4]}); smallest "
+                      f"{smallest[0]} {smallest[3]:.2f}x smaller (val {smallest[1]}; test "
+                      f"{smallest[4]})")
     done = len(load_study(config).get_trials(states=(TrialState.COMPLETE,)))
     fp = device_fingerprint(None, config.threads, rt, config.device)
     console.print(f"study: {done} complete trials; recovery for single techniques: {steps} "
