@@ -18,8 +18,10 @@ from rich.table import Table
 
 from grasp.checkpoints import SHIPPED, load_checkpoint
 from grasp.data import JacquardDataset, split
+from grasp.evaluation import score_images
 from grasp.sim.evaluate import evaluate_in_sim, model_policy, random_policy
-from grasp.train import evaluate, predict_maps
+from grasp.train import predict_maps
+from search.stats import rate
 
 
 def centre_predictor(size: int):
@@ -48,17 +50,19 @@ def main() -> None:
     test = dataset.subset(split(dataset, "preset")["test"])
     table = Table(title=f"held-out objects: {len(test)} test images, "
                         f"{args.sim_scenes} simulated scenes")
-    for col in ("model", "params", "IoU-match accuracy", "simulated grasp success (95% CI)"):
+    for col in ("model", "params", "IoU-match accuracy (95% CI)",
+                "simulated grasp success (95% CI)"):
         table.add_column(col)
     for path in args.checkpoints or sorted(SHIPPED.glob("*.pt")):
         ckpt = load_checkpoint(path)
         params = sum(p.numel() for p in ckpt.model.parameters())
-        accuracy = evaluate(predict_maps(ckpt.model), test)
+        accuracy = rate(score_images(predict_maps(ckpt.model), test).standard)
         success = evaluate_in_sim(model_policy(predict_maps(ckpt.model)), args.sim_scenes,
                                   progress=True)
-        table.add_row(f"{ckpt.model_name} ({path})", f"{params:,}", f"{accuracy:.1%}", str(success))
+        table.add_row(f"{ckpt.model_name} ({path})", f"{params:,}", str(accuracy),
+                      str(success))
     table.add_row("image centre / random grasp", "0",
-                  f"{evaluate(centre_predictor(dataset.output_size), test):.1%}",
+                  str(rate(score_images(centre_predictor(dataset.output_size), test).standard)),
                   str(evaluate_in_sim(random_policy(0), args.sim_scenes)))
     console.print(table)
 

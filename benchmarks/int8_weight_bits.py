@@ -7,9 +7,10 @@ x86 CPUs without VNNI (AVX2; AVX-512 before Cascade Lake / Zen 4) multiply uint8
 activations by int8 weights in pairs summed into int16, which saturates when both are
 large; ggopt quantizes weights on 7 bits for that reason (``spaces.precision``). Run this
 on a robot's CPU to see what the 8th bit would cost or gain there: each row is the
-uncompressed model with sub-pixel decoders, scored on the study's validation images (and
-its test images), and timed in strict alternation with the other rows (``--pairs`` rounds
-of one run each), so all rows see the same machine states. ``--exported DIR`` takes the
+uncompressed model with sub-pixel decoders, its own grasp scored on the study's validation
+images (and its test images) with 95 % intervals and paired with the fp32 file on the same
+images, and its network timed in strict alternation with the other rows (``--pairs``
+rounds of one run each), so all rows see the same machine states. ``--exported DIR`` takes the
 model from a trial exported with ``ggopt export`` (its ``config.json`` parameters and
 ``weights.pt``) instead of the uncompressed one.
 """
@@ -29,8 +30,9 @@ from rich.console import Console
 from rich.table import Table
 
 import spaces.precision
-from grasp.train import evaluate
+from grasp.evaluation import score_grasps
 from search.config import load_study_config
+from search.stats import paired_difference, rate
 from search.study import WEIGHTS_FILE, build_trial_model, prepare
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.upsample import rewrite_all
@@ -85,10 +87,12 @@ def main() -> None:
             with mock.patch.object(spaces.precision, "WEIGHTS_ON_7_BITS", seven):
                 artifact = build_artifact(model, PrecisionConfig(precision), Path(tmp) / name,
                                           setup.calibration, config.output_size)
-            predict = artifact.predictor(config.threads)
-            rows[label] = {"val": evaluate(predict, setup.eval_data),
-                           "test": evaluate(predict, test_data) if len(test_data) else 0.0,
-                           "predict": predict, "size": artifact.size_bytes, "times": []}
+            grasps = artifact.grasp_predictor(config.threads)
+            rows[label] = {"val": score_grasps(grasps, setup.eval_data).standard,
+                           "test": (score_grasps(grasps, test_data).standard
+                                    if len(test_data) else None),
+                           "predict": artifact.predictor(config.threads),
+                           "size": artifact.size_bytes, "times": []}
         x = setup.eval_data.inputs[:1]
         for _ in range(10):  # warm-up
             for row in rows.values():
@@ -99,15 +103,21 @@ def main() -> None:
                 row["predict"](x)
                 row["times"].append((time.perf_counter() - start) * 1e3)
     table = Table(title=f"{config.name}: ONNX Runtime, {config.threads} thread, VNNI: {vnni()}; "
-                        f"{len(setup.eval_data)} val / {len(test_data)} test images")
-    for column in ("artifact", "val acc", "test acc", "size kB", "median ms", "vs fp32"):
+                        f"{len(setup.eval_data)} val / {len(test_data)} test images, 95 % "
+                        f"intervals, Δ paired with fp32")
+    for column in ("artifact", "val accuracy", "Δ val", "test accuracy", "Δ test", "size kB",
+                   "network median ms", "vs fp32"):
         table.add_column(column, justify="left" if column == "artifact" else "right")
     fp32 = np.median(rows["fp32"]["times"])
     for label, row in rows.items():
         ms = float(np.median(row["times"]))
-        table.add_row(label, f"{row['val']:.3f}", f"{row['test']:.3f}",
+        test = row["test"] is not None
+        table.add_row(label, str(rate(row["val"])),
+                      str(paired_difference(row["val"], rows["fp32"]["val"])),
+                      str(rate(row["test"])) if test else "-",
+                      str(paired_difference(row["test"], rows["fp32"]["test"])) if test else "-",
                       f"{row['size'] / 1e3:.1f}", f"{ms:.2f}", f"{fp32 / ms:.2f}x")
-    Console(width=120).print(table)
+    Console(width=170).print(table)
 
 
 if __name__ == "__main__":
