@@ -35,7 +35,7 @@ from grasp.timing import machine_line
 from objectives import device_fingerprint
 from objectives.latency import measure_latency
 from search.config import load_study_config
-from search.pareto import feasible_front
+from search.pareto import SCOPE_NAMES, feasible_front, latency_scope
 from search.study import baseline_artifact_path, load_study, settle_timing
 
 
@@ -67,9 +67,7 @@ def main() -> None:
     reference = Artifact(reference_path, runtime=config.runtime, precision="fp32",
                          input_size=config.output_size, device=config.device)
     paired = config.paired
-    # As the study timed it: depth in -> grasp out, or (studies from before it was recorded)
-    # the network alone.
-    end_to_end = study.user_attrs.get("config", {}).get("study.latency") == "end_to_end"
+    scope = latency_scope(study)  # as the study timed it
     if args.estimators and not paired:
         raise SystemExit(f"{config.name}: --estimators compares statistics of pairs, and this "
                          f"study times raw medians.")
@@ -80,7 +78,8 @@ def main() -> None:
         for number, artifact in artifacts.items():
             result = measure_latency(artifact, config.threads, config.warmup, config.runs,
                                      reference=reference if paired else None,
-                                     min_seconds=config.min_seconds, end_to_end=end_to_end)
+                                     min_seconds=config.min_seconds,
+                                     end_to_end=scope == "end_to_end")
             raw[number].append(result.median_ms)
             scored[number].append(baseline["latency"] * result.ratio if paired
                                   else result.median_ms)
@@ -90,8 +89,7 @@ def main() -> None:
            f"recorded)" if paired else "raw medians")
     table = Table(title=f"{config.name}: {len(trials)} artifacts, {args.rounds} rounds, "
                         f"{how}, >= {config.runs} runs and >= {config.min_seconds:g} s each, "
-                        f"{config.threads} thread(s), "
-                        f"{'depth in -> grasp out' if end_to_end else 'network alone'}")
+                        f"{config.threads} thread(s), {SCOPE_NAMES[scope]}")
     columns = ["trial", "precision", "study ms", "again ms", "change", "CV"]
     if paired:
         columns += ["raw ms", "CV raw"]

@@ -27,7 +27,7 @@ from search.tracking import FRONT_TAG
 from search.workers import PROMOTED_FROM, superseded
 
 __all__ = ["export_trial", "feasible_front", "front_rows", "front_table", "hypervolume_history",
-           "likely_picks", "plot_front", "refresh_front", "study_picks",
+           "latency_scope", "likely_picks", "plot_front", "refresh_front", "study_picks",
            "write_report"]
 
 SIGN = {"accuracy": -1.0, "size": 1.0, "latency": 1.0}  # minimisation form
@@ -117,7 +117,7 @@ def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[st
             "accuracy": v["accuracy"], "accuracy_ci": _interval(stats.get("accuracy_ci")),
             "images": stats.get("images"),
             "size_bytes": v["size"], "latency_ms": v["latency"],
-            **_latencies(v, t.user_attrs.get("extra", {}), _scope(study)),
+            **_latencies(v, t.user_attrs.get("extra", {}), latency_scope(study)),
             "accuracy_change_pp": 100 * (v["accuracy"] - base.get("accuracy", np.nan)),
             "accuracy_change_ci_pp": [100 * x for x in _interval(
                 paired and (paired["low"], paired["high"]))],
@@ -133,7 +133,7 @@ def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[st
 SCOPE_NAMES = {"end_to_end": "depth -> grasp", "network": "network alone"}
 
 
-def _scope(study: optuna.Study) -> str:
+def latency_scope(study: optuna.Study) -> str:
     """What the study's latency objective times; studies from before it was recorded timed
     the network alone."""
     return study.user_attrs.get("config", {}).get("study.latency", "network")
@@ -175,7 +175,7 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
         f"test figures come with `ggopt export` / `ggopt verify`."
         + (" (from N): trial N's recovery continued by promotion." if promoted else "")
         if images else None))
-    scope = _scope(study)
+    scope = latency_scope(study)
     other = LATENCY_KEYS[scope != "end_to_end"]
     for col in ("trial", "precision", "val accuracy", "Δ vs baseline (pp)", "±", "size kB",
                 "size ÷", f"latency ms ({SCOPE_NAMES[scope]})", "speed-up",
@@ -234,7 +234,7 @@ def plot_front(study: optuna.Study, objectives: tuple[str, ...], path: Path) -> 
     if base:
         ax.scatter([base["latency"]], [base["accuracy"]], marker="*", s=160, color="black",
                    label="uncompressed baseline")
-    ax.set_xlabel(f"latency, {SCOPE_NAMES[_scope(study)]} (ms, median, measured)")
+    ax.set_xlabel(f"latency, {SCOPE_NAMES[latency_scope(study)]} (ms, median, measured)")
     images = (base or {}).get("accuracy_images")
     ax.set_ylabel("IoU grasp-match accuracy (validation"
                   + (f", {images} images, 95 % CI)" if images else ")"))
@@ -360,7 +360,7 @@ def front_note(study: optuna.Study, rows: list[dict[str, Any]],
     """The parent run's description: the baseline, the front as a markdown table, and where
     to go next."""
     base = study.user_attrs.get("baseline", {})
-    scope = SCOPE_NAMES[_scope(study)]
+    scope = SCOPE_NAMES[latency_scope(study)]
     lines = [f"## {study.study_name}: feasible Pareto front", "",
              *_recommendation(recommended_row(study, objectives, rows)),
              f"{len(study.trials)} trials. Baseline (uncompressed, fp32, "
@@ -491,7 +491,7 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
              f"thread)", LATENCY_KEYS[True], "{:.2f}"),
             (f"latency, network alone (median ms, batch 1, {fp.get('threads')} thread)",
              LATENCY_KEYS[False], "{:.2f}")]
-    scope = _scope(study)
+    scope = latency_scope(study)
     v = {**v, **_latencies(v, finished.details if remade else trial.user_attrs.get("extra", {}),
                            scope)}
     studied = {**studied, **_latencies(studied, trial.user_attrs.get("extra", {}), scope)}
@@ -636,7 +636,7 @@ def write_report(study: optuna.Study, config: StudyConfig, out: Path) -> Path:
             f"baseline{_ci(row['accuracy_change_ci_pp'], '{:+.1f}')}; "
             f"{row['size_bytes'] / 1e3:.1f} kB ({row['size_reduction']:.1f}× smaller); "
             f"{row['latency_ms']:.2f} ms ({row['speedup']:.2f}× faster, "
-            f"{SCOPE_NAMES[_scope(study)]}).<br>Ship it with <code>ggopt export "
+            f"{SCOPE_NAMES[latency_scope(study)]}).<br>Ship it with <code>ggopt export "
             f"{html.escape(str(config.path))} --trial {row['trial']} --out best/</code>, which "
             f"also scores it on the test images and grasps with it in simulation.</p>")
     page = f"""<!doctype html><html><head><meta charset="utf-8">
@@ -653,7 +653,7 @@ accuracy {base.get('accuracy', float('nan')):.3f}, {base.get('size', 0) / 1e3:.1
 <p>Validation accuracy on {base.get('accuracy_images')} images with its 95 % interval; Δ is
 paired with the baseline on the same images, with its 95 % interval.</p>
 <table><tr><th>trial</th><th>precision</th><th>val accuracy</th>
-<th>Δ pp</th><th>kB</th><th>smaller</th><th>ms ({SCOPE_NAMES[_scope(study)]})</th>
+<th>Δ pp</th><th>kB</th><th>smaller</th><th>ms ({SCOPE_NAMES[latency_scope(study)]})</th>
 <th>faster</th></tr>{rows}</table>
 <img src="pareto.png"><h2>Hypervolume</h2><img src="hypervolume.png">
 <h2>What each front model changed, per layer</h2><img src="layers.png">
