@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("--estimators", action="store_true",
                         help="also the CV of other ratio estimators, from the same runs")
     args = parser.parse_args()
+    if args.rounds < 2:
+        raise SystemExit(f"--rounds: a coefficient of variation across rounds needs at least 2 "
+                         f"rounds, got {args.rounds}.")
     config = load_study_config(args.study, {"storage": args.storage})
     study = load_study(config)
     config = settle_timing(config, study.user_attrs.get("config", {}))
