@@ -93,10 +93,10 @@ class GraspSynthesis(nn.Module):
 
     def __init__(self, size: int) -> None:
         super().__init__()
-        if size <= 2 * MIN_DISTANCE:
-            raise ValueError(f"grasp synthesis needs maps over {2 * MIN_DISTANCE} pixels wide "
-                             f"(GG-CNN's peak search keeps {MIN_DISTANCE} from the border), "
-                             f"got {size}.")
+        if size <= 2 * MIN_DISTANCE or size % 2:
+            raise ValueError(f"grasp synthesis needs maps of an even width over "
+                             f"{2 * MIN_DISTANCE} pixels (GG-CNN's peak search keeps "
+                             f"{MIN_DISTANCE} from the border, on 2x2 cells), got {size}.")
         self.size = size
         self.kernels = [torch.from_numpy(gaussian_kernel(s)).float().tolist() for s in SIGMAS]
 
@@ -117,18 +117,25 @@ class GraspSynthesis(nn.Module):
         quality = quality_t.transpose(1, 2)
         flat = quality.flatten(1)
         pixel, peak = _top_peak(quality, size, line)
-        trivial = flat.amax(1) == flat.amin(1)  # every pixel its neighbourhood's maximum
+        # Without a peak, the grasp is at the map's maximum: the first row holding it, then
+        # its first column (raster order; one argmax over all pixels costs ten times more).
+        row_max = quality.amax(2)
+        top_row = row_max.argmax(1)
+        top_col = quality.gather(1, top_row[:, None, None].expand(-1, 1, size))[:, 0].argmax(1)
+        trivial = row_max.amax(1) == flat.amin(1)  # every pixel its neighbourhood's maximum
         peak = peak & ~trivial
-        pixel = torch.where(peak, pixel, flat.argmax(1))
+        pixel = torch.where(peak, pixel, top_row * size + top_col)
         row, col = pixel // size, pixel % size
         angle_kernel, opening_kernel = (torch.tensor(k) for k in self.kernels[1:])
-        cos = self._window(flat_maps, 1, row, col, line[:len(angle_kernel)])
-        sin = self._window(flat_maps, 2, row, col, line[:len(angle_kernel)])
+        side = len(angle_kernel)
+        cos, sin, width = self._windows(flat_maps, row, col, line[:side]).unbind(1)
         angle = (_atan2(sin, cos) / 2 * torch.outer(angle_kernel, angle_kernel).flatten()
                  ).sum(1)
-        opening = (self._window(flat_maps, 3, row, col, line[:len(opening_kernel)])
-                   * MAX_WIDTH_PX
-                   * torch.outer(opening_kernel, opening_kernel).flatten()).sum(1)
+        # The opening's 9x9 kernel is the centre of the angle's 17x17 window, zeros around.
+        margin = (side - len(opening_kernel)) // 2
+        opening_weights = nn.functional.pad(torch.outer(opening_kernel, opening_kernel),
+                                            (margin, margin, margin, margin)).flatten()
+        opening = (width * (MAX_WIDTH_PX * opening_weights)).sum(1)
         grasp = torch.stack([row.float(), col.float(), angle, opening,
                              flat.gather(1, pixel[:, None])[:, 0], peak.float()], 1)
         # No grasp from an image with NaN or infinite values or no relief at all (a sensor
@@ -151,17 +158,18 @@ class GraspSynthesis(nn.Module):
         blocks = image.index_select(1, rows).view(-1, size // block, padded_block, size)
         return torch.matmul(band, blocks).reshape(-1, size, size)
 
-    def _window(self, flat_maps: torch.Tensor, channel: int, row: torch.Tensor,
-                col: torch.Tensor, line: torch.Tensor) -> torch.Tensor:
-        """The ``side`` x ``side`` pixels (``line``: 0 .. side - 1) of map ``channel`` a
-        Gaussian reads around (row, col), row by row, their indices clamped at the border
-        ('nearest' padding)."""
+    def _windows(self, flat_maps: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
+                 line: torch.Tensor) -> torch.Tensor:
+        """[N, 3, side²]: the ``side`` x ``side`` pixels (``line``: 0 .. side - 1) of the
+        cos, sin and width maps around (row, col), row by row, in one gather, their indices
+        clamped at the border ('nearest' padding)."""
         size, side = self.size, len(line)
         offsets = line - (side - 1) // 2
         rows = (row[:, None] + offsets[None]).clamp(0, size - 1)
         cols = (col[:, None] + offsets[None]).clamp(0, size - 1)
-        index = (rows[:, :, None] * size + cols[:, None, :]).view(-1, side * side)
-        return flat_maps.gather(1, index + channel * size * size)
+        index = (rows[:, :, None] * size + cols[:, None, :]).view(-1, 1, side * side)
+        channels = (line[1:4] * (size * size)).view(1, 3, 1)
+        return flat_maps.gather(1, (index + channels).flatten(1)).view(-1, 3, side * side)
 
 
 def _atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -179,25 +187,43 @@ def _top_peak(quality: torch.Tensor, size: int, line: torch.Tensor
     THRESHOLD and equals the maximum of its 41x41 neighbourhood (ties: raster order).
 
     A 41x41 neighbourhood maximum over the whole map is the expensive part (six doubling
-    passes of whole-map slices). Any such peak is also the maximum of its 3x3 neighbourhood,
-    and a smoothed map has few of those above THRESHOLD: the CANDIDATES highest of them
-    (TopK keeps raster order among ties) are checked against their own 41x41 window only,
-    and the first that passes is the peak."""
-    inner = size - 2 * MIN_DISTANCE
-    lo, hi = MIN_DISTANCE - 1, size - MIN_DISTANCE + 1  # the interior and a 1-pixel rim
-    local = nn.functional.max_pool2d(quality[:, None, lo:hi, lo:hi], 3, stride=1)[:, 0]
-    centre = quality[:, MIN_DISTANCE:size - MIN_DISTANCE, MIN_DISTANCE:size - MIN_DISTANCE]
-    candidates = (centre == local) & (centre > THRESHOLD)
-    scores = (centre * candidates.float()).flatten(1)  # the rest 0, below THRESHOLD
-    value, index = scores.topk(min(CANDIDATES, inner * inner), dim=1)  # [N, K]
-    pixel = (index // inner + MIN_DISTANCE) * size + index % inner + MIN_DISTANCE
+    passes of whole-map slices), and so is ranking all 260x260 interior pixels. Such a peak
+    is the maximum of its 2x2 cell (cells start on even rows and columns) and its cell's
+    maximum is at least that of the 8 cells around (all within 20 pixels): the cells that
+    are, a few on a smoothed map, are ranked by TopK, and the CANDIDATES best are checked
+    against their own 41x41 window only; the highest that passes is the peak, ties to the
+    first pixel in raster order. Exact unless more than CANDIDATES higher cell maxima each
+    lie within 20 pixels of something higher, or two pixels of the peak's cell tie and the
+    first of them fails (a float tie between neighbours)."""
+    cells = nn.functional.max_pool2d(quality[:, None], 2, stride=2)  # [N, 1, size/2, ..]
+    # The interior's cells and one ring of cells around them (the interior starts and ends
+    # on a cell's edge: size and MIN_DISTANCE are even).
+    lo, hi = MIN_DISTANCE // 2 - 1, (size - MIN_DISTANCE) // 2 + 1
+    ring = cells[:, :, lo:hi, lo:hi]
+    centre = ring[:, :, 1:-1, 1:-1]
+    local = nn.functional.max_pool2d(ring, 3, stride=1)
+    scores = (centre * (centre == local)).flatten(1)  # cells above their 8 neighbours, else 0
+    side = centre.shape[-1]
+    value, cell = scores.topk(min(CANDIDATES, side * side), dim=1)  # [N, K]
+    # The cell's first pixel (raster order) holding its maximum: each cell's four pixels
+    # from a table (folded by the runtime at load, as every index derived from ``line``).
+    corner = (line[:side] + lo + 1) * 2
+    step = line[:2]
+    table = ((corner[:, None, None, None] + step[:, None]) * size
+             + (corner[:, None, None] + step[None])[None]).view(side * side, 4)
+    members = table[cell]  # [N, K, 4]
+    member = quality.flatten(1).gather(1, members.flatten(1)).view(*value.shape, 4)
+    pixel = members.gather(2, member.argmax(2, keepdim=True))[:, :, 0]
     offsets = line[:2 * MIN_DISTANCE + 1] - MIN_DISTANCE
     window = (offsets[:, None] * size + offsets[None]).flatten()  # relative flat indices
     around = (pixel[:, :, None] + window).flatten(1)  # inside the map: peaks keep off the rim
     neighbourhood = quality.flatten(1).gather(1, around).view(*value.shape, -1).amax(2)
     passed = (value == neighbourhood) & (value > THRESHOLD)
-    first = passed.to(torch.uint8).argmax(1, keepdim=True)  # the first True, best first
-    return pixel.gather(1, first)[:, 0], passed.gather(1, first)[:, 0]
+    # The best candidate that passed, ties to the first in raster order.
+    key = torch.where(passed, value, torch.full((), -1.0))
+    best = key.amax(1, keepdim=True)
+    first = torch.where(key == best, pixel, torch.full((), size * size)).amin(1)
+    return first, best[:, 0] > THRESHOLD
 
 
 def attach_to_onnx(path: str | Path, size: int) -> Path:

@@ -51,7 +51,10 @@ def _cases(size: int) -> np.ndarray:
     still[1, peak[0], peak[1] + 1] = -0.5  # and the quadrants of arctan2 around it
     still[2, peak[0] + 1, peak[1]] = -0.5
     still[1:3, peak[0] - 1, peak[1] - 1] = -0.5
-    return np.stack([*maps, flat, low, edge, twins, crowd, still])
+    row_tie = _blobs(rng, size)
+    row_tie[0] = 0.0
+    row_tie[0, 101, 100] = row_tie[0, 100, 160] = 50.0  # tied in one row of 2x2 cells
+    return np.stack([*maps, flat, low, edge, twins, crowd, still, row_tie])
 
 
 def _depth(n: int, size: int) -> torch.Tensor:
@@ -79,9 +82,10 @@ def test_the_graph_finds_the_reference_grasp_on_every_hard_case():
     maps = _cases(300)
     reference = _reference(maps)
     assert sum(peak for *_, peak in reference) < len(reference)  # misses are among the cases
-    assert reference[-4][:2] == (150, 150)  # the border peak is not the top grasp
-    assert reference[-3][:2] == (100, 200)
-    assert reference[-2][:2] == (150, 150) and reference[-2][4]  # 12 higher maxima fail
+    assert reference[-5][:2] == (150, 150)  # the border peak is not the top grasp
+    assert reference[-4][:2] == (100, 200)
+    assert reference[-3][:2] == (150, 150) and reference[-3][4]  # 12 higher maxima fail
+    assert reference[-1][:2] == (100, 160)  # raster order, not the order of the cells
     with torch.no_grad():
         _check(GraspSynthesis(300)(torch.from_numpy(maps), _depth(len(maps), 300)).numpy(),
                reference)
@@ -120,9 +124,11 @@ def test_onnx_runtime_runs_the_same_graph(tmp_path):
     _check(session.run(["grasp"], feed)[0], _reference(maps.numpy()))
 
 
-def test_maps_too_small_for_the_peak_search_are_refused():
-    with pytest.raises(ValueError, match=r"over 40 pixels wide.*got 40"):
+def test_maps_too_small_or_odd_for_the_peak_search_are_refused():
+    with pytest.raises(ValueError, match=r"even width over 40 pixels.*got 40"):
         GraspSynthesis(40)
+    with pytest.raises(ValueError, match=r"even width.*got 97"):
+        GraspSynthesis(97)
 
 
 def test_the_shipped_file_answers_bad_depth_with_no_grasp_or_a_clear_error(tmp_path):
