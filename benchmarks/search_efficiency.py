@@ -2,7 +2,7 @@
 
     python benchmarks/search_efficiency.py STUDY.toml [--samplers tpe gp nsga2 random]
         [--seeds 0 1 2 3 4] [--trials 100] [--steps 150] [--gate-steps 50]
-        [--eval-images N] [--jobs 2] [--out DIR] [--report]
+        [--eval-images N] [--jobs 2] [--out DIR] [--report] [--sensitivity SCAN]
 
 Each sampler x seed is one study of the file (the sampler and seed replaced, no tracking)
 in its own SQLite storage under ``--out`` (default
@@ -22,6 +22,11 @@ budget: median and interquartile range over seeds, and a one-sided Mann-Whitney 
 (scipy) that the sampler's hypervolume is greater than random search's at the same budget;
 and for the study default (TPE), the test that its 50-trial hypervolume is greater than
 random's 100-trial one (issue 33's target: p < 0.05). Writes a plot.
+
+``--sensitivity SCAN`` (a ``ggopt sensitivity`` scan's records of the study's model): each
+sampler runs twice per seed, as it is and with its choices narrowed by the scan (``[search]
+sensitivity``, at the file's ``sensitivity_max_loss``), and a second table tests whether the
+narrowed study's hypervolume is greater (one-sided Mann-Whitney U).
 
 ``--jobs N`` runs N studies at once, one torch thread each. Their latencies then share the
 machine; a study that times latency paired with its baseline (``[runtime] paired = true``)
@@ -55,6 +60,7 @@ from search.study import run_study
 
 MARKS = (25, 50, 100)
 DEFAULT = "tpe"
+NARROWED = "-narrowed"
 
 
 def main() -> None:
@@ -76,6 +82,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder of the studies' storages")
     parser.add_argument("--report", action="store_true", help="read the storages, run nothing")
     parser.add_argument("--plot", default="benchmarks/search_efficiency.png")
+    parser.add_argument("--sensitivity", default=None,
+                        help="a sensitivity scan's records: also run each sampler narrowed")
     args = parser.parse_args()
     if args.trials < 1 or args.jobs < 1:
         parser.error("--trials and --jobs must be >= 1")
@@ -85,7 +93,7 @@ def main() -> None:
     console = Console(width=120)
     started = time.perf_counter()
     if not args.report:
-        jobs = [(args, sampler, seed, out) for seed in args.seeds for sampler in args.samplers]
+        jobs = [(args, arm, seed, out) for seed in args.seeds for arm in _arms(args)]
         with ProcessPoolExecutor(max_workers=args.jobs, initializer=_one_thread,
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(_run, *job): job for job in jobs}
@@ -97,16 +105,28 @@ def main() -> None:
                                           for k in (*MARKS, len(history)) if k <= len(history))
                               + f"   [{(time.perf_counter() - started) / 60:.0f} min]")
     histories = {s: {seed: h for seed in args.seeds if (h := _read(out, s, seed))}
-                 for s in args.samplers}
-    _report(console, histories, args)
+                 for s in _arms(args)}
+    _report(console, {s: histories[s] for s in args.samplers}, args)
+    if args.sensitivity:
+        _report_narrowing(console, histories, args)
     _plot(histories, Path(args.plot))
     console.print(f"[{machine_line(device_fingerprint(None, 1))}; storages in {out}; "
                   f"{(time.perf_counter() - started) / 60:.0f} min]\nplot: {args.plot}")
 
 
-def _overrides(args: argparse.Namespace, sampler: str, seed: int, out: Path) -> dict:
-    name = f"efficiency-{sampler}-{seed}"
+def _arms(args: argparse.Namespace) -> list[str]:
+    """Each sampler, and with ``--sensitivity`` each sampler narrowed by the scan too."""
+    narrowed = [f"{s}{NARROWED}" for s in args.samplers] if args.sensitivity else []
+    return [*args.samplers, *narrowed]
+
+
+def _overrides(args: argparse.Namespace, arm: str, seed: int, out: Path) -> dict:
+    name = f"efficiency-{arm}-{seed}"
+    sampler = arm.removesuffix(NARROWED)
+    # A plain arm clears a scan the file may name ("" is no scan); a narrowed one sets it.
+    scan = (args.sensitivity if arm.endswith(NARROWED) else "") if args.sensitivity else None
     return {"name": name, "sampler": sampler if sampler in SAMPLERS else None, "seed": seed,
+            "sensitivity": scan,
             "n_trials": args.trials, "recovery_steps": args.steps,
             "gate_steps": args.gate_steps, "eval_images": args.eval_images, "runs": args.runs,
             "data_root": args.data, "timeout": None,
@@ -165,12 +185,9 @@ def _report(console: Console, histories: dict[str, dict[int, list[float]]],
         cells = []
         for k in marks:
             values = _reached(runs, k)
-            if not values:
-                cells += ["-", ""]
-                continue
-            q1, median, q3 = np.percentile(values, [25, 50, 75])
-            cells.append(f"{median:.4f} \\[{q1:.4f}, {q3:.4f}] ({len(values)})")
-            cells.append(_p(values, _reached(random, k)) if sampler != "random" else "")
+            cells.append(_summary(values))
+            cells.append(_p(values, _reached(random, k))
+                         if values and sampler != "random" else "")
         table.add_row(sampler, *cells)
     console.print(table)
     if DEFAULT in histories and random:
@@ -180,6 +197,34 @@ def _report(console: Console, histories: dict[str, dict[int, list[float]]],
                           f"{len(ours)} studies) against random after 100 "
                           f"({statistics.median(theirs):.4f}, {len(theirs)}): one-sided "
                           f"Mann-Whitney U p = {_p(ours, theirs)} (target: p < 0.05)")
+
+
+def _report_narrowing(console: Console, histories: dict[str, dict[int, list[float]]],
+                      args: argparse.Namespace) -> None:
+    """Narrowed against plain, sampler by sampler: is the narrowed hypervolume greater?"""
+    marks = [k for k in MARKS if k <= args.trials] or [args.trials]
+    table = Table(title=f"narrowed by {args.sensitivity} against plain: hypervolume median "
+                        f"\\[interquartile range] (studies); one-sided Mann-Whitney U p")
+    table.add_column("sampler")
+    for k in marks:
+        table.add_column(f"plain, after {k}", justify="right")
+        table.add_column(f"narrowed, after {k}", justify="right")
+        table.add_column("p narrowed > plain", justify="right")
+    for sampler in args.samplers:
+        cells = []
+        for k in marks:
+            plain = _reached(histories[sampler], k)
+            narrowed = _reached(histories[f"{sampler}{NARROWED}"], k)
+            cells += [_summary(plain), _summary(narrowed), _p(narrowed, plain)]
+        table.add_row(sampler, *cells)
+    console.print(table)
+
+
+def _summary(values: list[float]) -> str:
+    if not values:
+        return "-"
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return f"{median:.4f} \\[{q1:.4f}, {q3:.4f}] ({len(values)})"
 
 
 def _p(values: list[float], random: list[float]) -> str:
