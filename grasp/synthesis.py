@@ -108,8 +108,8 @@ class GraspSynthesis(nn.Module):
         size = self.size
         line = torch.arange(size) if line is None else line
         flat_maps = maps.float().flatten(1)  # [N, 4 size²]: quality, cos, sin, width
-        # Blur along rows, then along columns in the transposed layout, and take the
-        # neighbourhood maximum the same way: every pass slices whole rows (contiguous).
+        # Blur along rows, then along columns in the transposed layout: both passes slice
+        # whole rows (contiguous).
         band = _band(torch.tensor(self.kernels[0]), _block(size), line)
         # The quality map's rows are read straight out of all four maps' (no copy first).
         across = self._blur_rows(flat_maps.view(-1, 4 * size, size), band, line)
