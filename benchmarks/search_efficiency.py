@@ -173,7 +173,7 @@ def _reached(runs: dict[int, list[float]], k: int) -> list[float]:
 def _report(console: Console, histories: dict[str, dict[int, list[float]]],
             args: argparse.Namespace) -> None:
     steps = "the file's recovery" if args.steps is None else f"{args.steps} recovery steps"
-    marks = [k for k in MARKS if k <= args.trials] or [args.trials]
+    marks = _marks(args)
     table = Table(title=f"hypervolume of the feasible front: median \\[interquartile range] "
                         f"(studies); one-sided Mann-Whitney U p against random; {steps}")
     table.add_column("sampler")
@@ -202,7 +202,7 @@ def _report(console: Console, histories: dict[str, dict[int, list[float]]],
 def _report_narrowing(console: Console, histories: dict[str, dict[int, list[float]]],
                       args: argparse.Namespace) -> None:
     """Narrowed against plain, sampler by sampler: is the narrowed hypervolume greater?"""
-    marks = [k for k in MARKS if k <= args.trials] or [args.trials]
+    marks = _marks(args)
     table = Table(title=f"narrowed by {args.sensitivity} against plain: hypervolume median "
                         f"\\[interquartile range] (studies); one-sided Mann-Whitney U p")
     table.add_column("sampler")
@@ -218,6 +218,11 @@ def _report_narrowing(console: Console, histories: dict[str, dict[int, list[floa
             cells += [_summary(plain), _summary(narrowed), _p(narrowed, plain)]
         table.add_row(sampler, *cells)
     console.print(table)
+
+
+def _marks(args: argparse.Namespace) -> list[int]:
+    """The budgets a table reports: the MARKS the studies reach, else their last trial."""
+    return [k for k in MARKS if k <= args.trials] or [args.trials]
 
 
 def _summary(values: list[float]) -> str:
