@@ -87,7 +87,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.trials < 1 or args.jobs < 1:
         parser.error("--trials and --jobs must be >= 1")
-    base = load_study_config(args.study, _overrides(args, "check", 0, Path("."))).name
+    check = {**_overrides(args, "check", 0, Path(".")), "name": None}  # the file's name
+    base = load_study_config(args.study, check).name
     out = Path(args.out or f"benchmarks/out/search_efficiency/{base}")
     out.mkdir(parents=True, exist_ok=True)
     console = Console(width=120)

@@ -250,7 +250,9 @@ def narrowing(records: list[dict[str, Any]], max_loss: float
               ) -> dict[str, dict[str, Any]]:
     """Per knob, the settings each layer keeps: those whose accuracy change (after the short
     recovery, the point estimate: a few hundred images cannot prove a 1 pp loss, but they
-    rank) loses at most ``max_loss``. Pruning keeps the ratios up to its first failure.
+    rank) loses at most ``max_loss``. Pruning keeps the ratios up to its first failure, a
+    low-rank layer the fractions down to its first (the knob keeps every fraction from the
+    smallest that passed up).
     ``{"allowed": {layer: values}, "exclude": layers left with nothing}``; layers every
     setting of which passed are not listed."""
     results: dict[str, dict[str, list[tuple[Any, bool]]]] = {}
@@ -264,9 +266,9 @@ def narrowing(records: list[dict[str, Any]], max_loss: float
     for knob, layers in results.items():
         allowed, exclude = {}, []
         for layer, outcomes in layers.items():
-            if knob == "prune":
+            if knob in ("prune", "lowrank"):  # monotone: stop at the first failure
                 ok = []
-                for value, passed in sorted(outcomes):
+                for value, passed in sorted(outcomes, reverse=knob == "lowrank"):
                     if not passed:
                         break
                     ok.append(value)

@@ -27,6 +27,9 @@ from spaces.base import KnobConfig, KnobError, copy_model, register_knob, spatia
 __all__ = ["LowRankConfig", "LowRankKnob", "cp_separable", "tucker2"]
 
 FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+#: The fractions ``ggopt sensitivity`` probes: a loss falls as the rank grows, so a coarse
+#: grid brackets each layer's floor at 3 probes instead of 8 (the scan's longest knob).
+PROBE_FRACTIONS = (0.25, 0.5, 0.75)
 
 
 def _rank(fraction: float, channels: int) -> int:
@@ -80,9 +83,12 @@ def tucker2(layer: nn.Conv2d | nn.ConvTranspose2d, rank_in: int, rank_out: int
 
 
 def cp_separable(layer: nn.Conv2d, rank: int) -> nn.Sequential:
-    """CP of a 1-input-channel conv: k×1 (1 -> rank) -> depthwise 1×k -> 1×1 (rank -> out)."""
+    """CP of a 1-input-channel conv: k×1 (1 -> rank) -> depthwise 1×k -> 1×1 (rank -> out).
+    The rank is capped at kh·kw: the [out, kh, kw] weight is exact at that rank, and
+    tensorly's SVD start cannot go above it (a 5×5 dilated conv1 of 32 channels did)."""
     if layer.in_channels != 1 or isinstance(layer, nn.ConvTranspose2d) or layer.groups != 1:
         raise KnobError("lowrank: CP needs a Conv2d with a single input channel.")
+    rank = min(rank, layer.kernel_size[0] * layer.kernel_size[1])
     weight = layer.weight.detach().double().numpy()[:, 0]  # [out, kh, kw]
     with warnings.catch_warnings():  # ranks above the kernel size fill in seeded columns
         warnings.simplefilter("ignore", UserWarning)
@@ -129,11 +135,15 @@ class LowRankKnob:
             raise KnobError(f"lowrank.fractions: each must be in (0, 1], got {list(fractions)}.")
         self.fractions = tuple(float(f) for f in fractions)
         self.exclude = tuple(exclude)
-        #: Per layer, the rank fractions a sensitivity scan let through.
+        #: Per layer, the probed rank fractions a sensitivity scan let through: the layer
+        #: keeps every fraction from the smallest of them up (none: the layer is excluded).
         self.allowed = dict(allowed or {})
 
     def fractions_for(self, layer: str) -> tuple[float, ...]:
-        return tuple(f for f in self.fractions if f in self.allowed.get(layer, self.fractions))
+        if layer not in self.allowed:
+            return self.fractions
+        floor = min(self.allowed[layer], default=math.inf)
+        return tuple(f for f in self.fractions if f >= floor)
 
     def layers(self, model: nn.Module) -> list[str]:
         return [layer for layer in spatial_convs(model, self.exclude)
@@ -152,10 +162,15 @@ class LowRankKnob:
         return LowRankConfig(tuple(ranks))
 
     def probes(self, model: nn.Module) -> list[tuple[str, Any, LowRankConfig]]:
-        """One layer factorised at a time, both ranks at each fraction."""
+        """One layer factorised at a time, both ranks at each probe fraction the layer offers
+        (at each of its fractions where it offers none of them)."""
         return [(layer, f, LowRankConfig(((layer, 1.0 if getattr(model, layer).in_channels == 1
                                                    else f, f),)))
-                for layer in self.layers(model) for f in self.fractions_for(layer)]
+                for layer in self.layers(model) for f in self._probe_fractions(layer)]
+
+    def _probe_fractions(self, layer: str) -> tuple[float, ...]:
+        offered = self.fractions_for(layer)
+        return tuple(f for f in offered if f in PROBE_FRACTIONS) or offered
 
     def from_params(self, params: dict[str, Any], model: nn.Module) -> LowRankConfig:
         return LowRankConfig(tuple(

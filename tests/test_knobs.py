@@ -12,7 +12,7 @@ from spaces import ORDER, KnobError, get_knob, list_knobs
 from spaces.depthwise import DepthwiseConfig, depthwise_separable
 from spaces.dilate import DilateConfig
 from spaces.group import GroupConfig
-from spaces.lowrank import LowRankConfig, tucker2
+from spaces.lowrank import LowRankConfig, cp_separable, tucker2
 from spaces.precision import PrecisionConfig, int8_layers
 from spaces.prune import PruneConfig
 from spaces.upsample import UpsampleConfig
@@ -97,6 +97,17 @@ def test_lowrank_at_full_rank_matches_the_dense_layer(kind):
         assert torch.allclose(tucker2(dense, 6, 10)(x), dense(x), atol=1e-4)
         low = tucker2(dense, 2, 3)(x)
         assert not torch.allclose(low, dense(x), atol=1e-2)  # the check can fail
+
+
+def test_cp_of_a_single_input_conv_is_exact_at_a_rank_above_its_taps():
+    # A 5x5 conv1 of 32 channels (GG-CNN's 9x9 after dilation 2) drawn at full rank: 32
+    # components of 25 taps, which tensorly's SVD start could not make.
+    torch.manual_seed(0)
+    dense = nn.Conv2d(1, 32, 5, stride=2, padding=2)
+    x = torch.randn(2, 1, 17, 17)
+    with torch.no_grad():
+        assert torch.allclose(cp_separable(dense, 32)(x), dense(x), atol=1e-4)
+        assert not torch.allclose(cp_separable(dense, 4)(x), dense(x), atol=1e-2)
 
 
 @pytest.mark.parametrize("kind", [nn.Conv2d, nn.ConvTranspose2d], ids=lambda k: k.__name__)

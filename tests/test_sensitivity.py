@@ -136,6 +136,9 @@ def _scan(checkpoint_sha):
             _record("upsample", "convt3", "lowres", -0.2),
             _record("upsample", "convt3", "nearest", -0.01),
             _record("upsample", "convt2", "bilinear", -0.2),
+            _record("lowrank", "conv1", 0.25, -0.01),  # lucky: below the first failure
+            _record("lowrank", "conv1", 0.5, -0.06), _record("lowrank", "conv1", 0.75, -0.02),
+            _record("lowrank", "conv2", 0.75, -0.1), _record("lowrank", "conv3", 0.25, 0.0),
             # another scan's steps in the same file: ignored
             {**_record("dilate", "convt3", 4, -0.5), "steps": 50}]
 
@@ -147,6 +150,7 @@ def test_narrowing_keeps_each_layers_settings_within_the_loss():
     assert out["prune"] == {"allowed": {"conv1": (0.25,)}, "exclude": ("conv2",)}
     assert out["dilate"] == {"allowed": {"conv1": (2,)}, "exclude": ()}
     assert out["depthwise"] == {"allowed": {}, "exclude": ("conv2",)}
+    assert out["lowrank"] == {"allowed": {"conv1": (0.75,)}, "exclude": ("conv2",)}
     # A decoder keeps its exact forms whatever the scan says.
     assert out["upsample"] == {"allowed": {"convt3": ("nearest",), "convt2": ()},
                                "exclude": ()}
@@ -164,7 +168,7 @@ def test_a_study_narrowed_by_a_scan_never_draws_what_the_scan_ruled_out(tmp_path
     scan = tmp_path / "scan.jsonl"
     sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     scan.write_text("".join(json.dumps(r) + "\n" for r in _scan(sha)))
-    knobs = '["upsample", "dilate", "depthwise", "prune", "precision"]'
+    knobs = '["upsample", "dilate", "depthwise", "lowrank", "prune", "precision"]'
     plain = load_study_config(write_study(tmp_path, checkpoint, data, split="preset",
                                           knobs=knobs))
     path = write_study(tmp_path, checkpoint, data, split="preset", knobs=knobs)
@@ -196,6 +200,11 @@ def test_a_study_narrowed_by_a_scan_never_draws_what_the_scan_ruled_out(tmp_path
     assert max(seen(before, "prune.conv1.ratio")) > 0.25 >= max(seen(after, "prune.conv1.ratio"))
     assert seen(before, "prune.conv2.ratio") and not seen(after, "prune.conv2.ratio")
     assert seen(before, "depthwise.conv2") and not seen(after, "depthwise.conv2")
+    # Low rank keeps every fraction from the smallest that passed up, none on conv2.
+    assert min(seen(before, "lowrank.conv1.rank_out")) < 0.75
+    assert seen(after, "lowrank.conv1.rank_out") <= {0.75, 0.875, 1.0}
+    assert seen(after, "lowrank.conv1.rank_out")
+    assert True in seen(before, "lowrank.conv2") and not seen(after, "lowrank.conv2")
     assert "lowres" in seen(before, "upsample.convt3")
     assert seen(after, "upsample.convt3") == {"keep", "subpixel", "nearest"}
     assert seen(after, "dilate.convt3") == {1, 2, 4}  # the other scan's loss is not read
@@ -206,3 +215,16 @@ def test_a_study_narrowed_by_a_scan_never_draws_what_the_scan_ruled_out(tmp_path
     with pytest.raises(StudyConfigError, match=r"sensitivity = .*scan.jsonl.*checkpoint sha256 "
                                                r"000000000000"):
         load_study_config(path)
+
+
+def test_low_rank_is_probed_on_a_coarse_grid_of_the_fractions_a_study_offers():
+    from grasp.models import get_model
+    from spaces.lowrank import LowRankKnob
+
+    model = get_model("ggcnn")
+    probed = {layer: [] for layer in LowRankKnob().layers(model)}
+    for layer, fraction, _ in LowRankKnob().probes(model):
+        probed[layer].append(fraction)
+    assert set(map(tuple, probed.values())) == {(0.25, 0.5, 0.75)}
+    # A study offering none of the grid's fractions is probed at its own.
+    assert {f for _, f, _ in LowRankKnob(fractions=(0.3, 0.6)).probes(model)} == {0.3, 0.6}
