@@ -3,6 +3,7 @@
     python benchmarks/search_efficiency.py STUDY.toml [--samplers tpe gp nsga2 random]
         [--seeds 0 1 2 3 4] [--trials 100] [--steps 150] [--gate-steps 50]
         [--eval-images N] [--jobs 2] [--out DIR] [--report] [--sensitivity SCAN]
+        [--objectives accuracy size]
 
 Each sampler x seed is one study of the file (the sampler and seed replaced, no tracking)
 in its own SQLite storage under ``--out`` (default
@@ -27,6 +28,10 @@ random's 100-trial one (issue 33's target: p < 0.05). Writes a plot.
 sampler runs twice per seed, as it is and with its choices narrowed by the scan (``[search]
 sensitivity``, at the file's ``sensitivity_max_loss``), and a second table tests whether the
 narrowed study's hypervolume is greater (one-sided Mann-Whitney U).
+
+``--objectives accuracy size`` computes the tables' hypervolume over those objectives only:
+studies run beside different loads time latency differently, and a comparison over
+accuracy and size (the bytes of the file) is one that load cannot move.
 
 ``--jobs N`` runs N studies at once, one torch thread each. Their latencies then share the
 machine; a study that times latency paired with its baseline (``[runtime] paired = true``)
@@ -82,6 +87,10 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder of the studies' storages")
     parser.add_argument("--report", action="store_true", help="read the storages, run nothing")
     parser.add_argument("--plot", default="benchmarks/search_efficiency.png")
+    parser.add_argument("--objectives", nargs="+", default=None,
+                        choices=("accuracy", "size", "latency"),
+                        help="the objectives the tables' hypervolume spans (default: each "
+                             "study's own); e.g. accuracy size, which machine load cannot move")
     parser.add_argument("--sensitivity", default=None,
                         help="a sensitivity scan's records: also run each sampler narrowed")
     args = parser.parse_args()
@@ -105,7 +114,8 @@ def main() -> None:
                               + "  ".join(f"@{k} {_at(history, k):.4f}"
                                           for k in (*MARKS, len(history)) if k <= len(history))
                               + f"   [{(time.perf_counter() - started) / 60:.0f} min]")
-    histories = {s: {seed: h for seed in args.seeds if (h := _read(out, s, seed))}
+    histories = {s: {seed: h for seed in args.seeds
+                     if (h := _read(out, s, seed, args.objectives))}
                  for s in _arms(args)}
     _report(console, {s: histories[s] for s in args.samplers}, args)
     if args.sensitivity:
@@ -150,16 +160,17 @@ def _run(args: argparse.Namespace, sampler: str, seed: int, out: Path) -> list[f
     return hypervolume_history(study, config.objectives)
 
 
-def _read(out: Path, sampler: str, seed: int) -> list[float]:
-    """The hypervolume history of one stored study (empty when it was never run)."""
+def _read(out: Path, sampler: str, seed: int, objectives: list[str] | None = None
+          ) -> list[float]:
+    """The hypervolume history of one stored study (empty when it was never run), over
+    ``objectives`` (default: the study's own)."""
     path = out / f"efficiency-{sampler}-{seed}.db"
     if not path.is_file():
         return []
     study = optuna.load_study(study_name=f"efficiency-{sampler}-{seed}",
                               storage=f"sqlite:///{path}")
     stored = study.user_attrs.get("config", {}).get("study.objectives", "accuracy,size,latency")
-    objectives = tuple(stored.split(","))
-    return hypervolume_history(study, objectives)
+    return hypervolume_history(study, tuple(objectives or stored.split(",")))
 
 
 def _at(history: list[float], k: int) -> float:
@@ -175,8 +186,9 @@ def _report(console: Console, histories: dict[str, dict[int, list[float]]],
             args: argparse.Namespace) -> None:
     steps = "the file's recovery" if args.steps is None else f"{args.steps} recovery steps"
     marks = _marks(args)
-    table = Table(title=f"hypervolume of the feasible front: median \\[interquartile range] "
-                        f"(studies); one-sided Mann-Whitney U p against random; {steps}")
+    table = Table(title=f"hypervolume of the feasible front{_over(args)}: median "
+                        f"\\[interquartile range] (studies); one-sided Mann-Whitney U p against "
+                        f"random; {steps}")
     table.add_column("sampler")
     for k in marks:
         table.add_column(f"after {k}", justify="right")
@@ -204,8 +216,9 @@ def _report_narrowing(console: Console, histories: dict[str, dict[int, list[floa
                       args: argparse.Namespace) -> None:
     """Narrowed against plain, sampler by sampler: is the narrowed hypervolume greater?"""
     marks = _marks(args)
-    table = Table(title=f"narrowed by {args.sensitivity} against plain: hypervolume median "
-                        f"\\[interquartile range] (studies); one-sided Mann-Whitney U p")
+    table = Table(title=f"narrowed by {args.sensitivity} against plain: "
+                        f"hypervolume{_over(args)} median \\[interquartile range] (studies); "
+                        f"one-sided Mann-Whitney U p")
     table.add_column("sampler")
     for k in marks:
         table.add_column(f"plain, after {k}", justify="right")
@@ -219,6 +232,10 @@ def _report_narrowing(console: Console, histories: dict[str, dict[int, list[floa
             cells += [_summary(plain), _summary(narrowed), _p(narrowed, plain)]
         table.add_row(sampler, *cells)
     console.print(table)
+
+
+def _over(args: argparse.Namespace) -> str:
+    return f" over {', '.join(args.objectives)}" if args.objectives else ""
 
 
 def _marks(args: argparse.Namespace) -> list[int]:
