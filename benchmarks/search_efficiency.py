@@ -120,7 +120,7 @@ def main() -> None:
     _report(console, {s: histories[s] for s in args.samplers}, args)
     if args.sensitivity:
         _report_narrowing(console, histories, args)
-    _plot(histories, Path(args.plot))
+    _plot(histories, Path(args.plot), _over(args))
     console.print(f"[{machine_line(device_fingerprint(None, 1))}; storages in {out}; "
                   f"{(time.perf_counter() - started) / 60:.0f} min]\nplot: {args.plot}")
 
@@ -256,7 +256,7 @@ def _p(values: list[float], random: list[float]) -> str:
     return f"{mannwhitneyu(values, random, alternative='greater').pvalue:.3f}"
 
 
-def _plot(histories: dict[str, dict[int, list[float]]], path: Path) -> None:
+def _plot(histories: dict[str, dict[int, list[float]]], path: Path, over: str = "") -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for sampler, runs in histories.items():
         if not runs:
@@ -267,7 +267,7 @@ def _plot(histories: dict[str, dict[int, list[float]]], path: Path) -> None:
         for h in runs.values():
             ax.plot(range(1, len(h) + 1), h, alpha=0.2, color=ax.lines[-1].get_color())
     ax.set_xlabel("trials")
-    ax.set_ylabel("hypervolume (feasible front)")
+    ax.set_ylabel(f"hypervolume (feasible front){over}")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
