@@ -29,7 +29,7 @@ Accuracy is GG-CNN's IoU grasp match of the grasp each file returns (as the stud
 it), on the study's validation images, which the study selected its front on, and again on
 the test images, which nothing here has seen: the honest number. Each comes with its 95 %
 Wilson interval and its paired difference to the strongest baseline on the same images
-(bootstrap interval, better/worse image counts).
+(Tango's score interval, better/worse image counts).
 ``--data`` scores both on another copy of the dataset, such as one whose held-out sets were
 grown with ``ggopt data sim --splits val,test`` after the study ran (same training scenes).
 Latency is timed round-robin over every artifact for ``--rounds`` rounds (the study's

@@ -11,7 +11,7 @@ candidates relabels the study's scenes fully. This scores each model's own grasp
 artifact, GG-CNN's metric) on the images both folders hold, under both labellings:
 
 - accuracy with its 95 % Wilson interval under each;
-- the paired difference to the baseline under each (bootstrap interval, better/worse);
+- the paired difference to the baseline under each (Tango's score interval, better/worse);
 - how that difference moves between labellings: per image (model - baseline) sparse minus
   (model - baseline) full, its mean with a bootstrap interval. Near 0: the sparse labels
   resolve the same comparison; negative for a model worse than its baseline: sparse labels

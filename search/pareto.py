@@ -171,7 +171,7 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
                         f"trials)", caption=(
         f"validation accuracy on {images} images (GG-CNN's IoU grasp match), "
         f"{level:.0%} Wilson interval; Δ: paired with the baseline on the same images, "
-        f"{level:.0%} bootstrap interval, +better/-worse images. Validation chooses; "
+        f"{level:.0%} score interval (Tango), +better/-worse images. Validation chooses; "
         f"test figures come with `ggopt export` / `ggopt verify`."
         + (" (from N): trial N's recovery continued by promotion." if promoted else "")
         if images else None))
@@ -520,7 +520,8 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
         "", *table, "",
         *([*verified.lines(), "", "Test images and simulated scenes were never seen by the "
            "study: it chose on validation images only. Intervals are 95 % (Wilson for rates; "
-           "paired bootstrap over the same images or scenes for differences).", ""]
+           "Tango's paired score interval over the same images or scenes for differences, "
+           "with McNemar's test).", ""]
           if verified else ["Not verified on the test images or in simulation.", ""]),
         *_loading(config.runtime, trial.user_attrs.get("precision"), config.device),
         "All three numbers were measured on this file. Latency was measured on: "

@@ -6,8 +6,8 @@ On an overnight study's 2,000+ validation images, scoring is a third of a trial 
 trial is first scored on ``SCREEN_IMAGES`` images (its size and latency are measured in
 full, they are cheap). It stops there, pruned, when a trial of the feasible front is at
 least as small and as fast and more accurate *on the same images* beyond doubt: McNemar's
-exact test rejects a tie at ``1 - SCREEN_CONFIDENCE`` (the exact test, not the bootstrap
-interval, which is too narrow when only a handful of images differ). Anything closer is
+test rejects a tie at ``1 - SCREEN_CONFIDENCE`` (the paired score interval at that
+confidence excludes 0). Anything closer is
 scored on every image. A stopped trial keeps its first-pass figures (user attr
 ``screened``) and counts as pruned for the sampler, like a trial stopped at the gate.
 """

@@ -6,7 +6,7 @@ group count, each approximate decoder mode). Each probe is applied to the uncomp
 model alone, scored on the study's validation images, recovered for a short fixed number
 of steps with the study's recipe (at a lower peak rate if asked: a few steps at an
 overnight study's rate can shake a converged model more than they recover it), and scored
-again; both scores are paired with the baseline on the same images (bootstrap interval,
+again; both scores are paired with the baseline on the same images (Tango's score interval,
 McNemar p). Scored in fp32 torch: this ranks layers, it does not measure an artifact a
 robot would run.
 

@@ -7,12 +7,23 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from optuna.trial import TrialState
+from scipy.stats import chi2, norm
 from statsmodels.stats.proportion import proportion_confint
 from test_search import write_study
 
 from search.config import StudyConfigError, load_study_config
-from search.stats import images_to_resolve, pack_hits, paired_difference, rate, unpack_hits
+from search.stats import (
+    images_to_resolve,
+    pack_hits,
+    paired_difference,
+    rate,
+    tango_interval,
+    tango_score,
+    unpack_hits,
+)
 from search.study import METRIC_VERSION, run_study
 
 
@@ -44,22 +55,89 @@ def test_paired_difference_is_far_tighter_than_two_separate_intervals():
     assert d.difference == pytest.approx(0.01)
     assert d.low < d.difference < d.high
     # The normal approximation of a paired difference: 1.96 sqrt(discordance / n).
-    assert d.half_width == pytest.approx(1.96 * math.sqrt(0.1 / 2000), rel=0.1)
+    assert d.half_width == pytest.approx(1.96 * math.sqrt(0.1 / 2000), rel=0.05)
     # Two separate intervals' widths, combined as for independent samples.
     unpaired = math.hypot(rate(model).high - rate(model).low, rate(base).high - rate(base).low)
     assert d.high - d.low < 0.6 * unpaired
-    # McNemar's exact test is the binomial test on the discordant images.
-    from scipy.stats import binomtest
-
-    assert d.p_value == pytest.approx(binomtest(110, 200).pvalue)
-    # Seeded: the same outcomes always give the same interval.
-    assert paired_difference(model, base) == d
+    # McNemar's statistic is (better - worse)^2 / (better + worse), chi-squared with 1 df.
+    assert d.p_value == pytest.approx(chi2.sf(20**2 / 200, 1), rel=1e-9)
 
 
-def test_identical_outcomes_differ_by_exactly_nothing():
+def test_tango_interval_matches_the_published_worked_example():
+    # Cavo et al. (2012) in Fagerland, Lydersen & Laake, "Statistical Analysis of
+    # Contingency Tables" (2017), ch. 8: 59 both, 6 first only, 16 second only, 80 neither.
+    # Published: difference -0.0621, Tango 95 % interval -0.1240 to -0.0054, McNemar
+    # asymptotic P = 0.033006 (the exact conditional test's 0.052479 disagrees with every
+    # recommended interval there, which is why it is not the test used).
+    model = np.array([1] * 59 + [1] * 6 + [0] * 16 + [0] * 80, bool)
+    base = np.array([1] * 59 + [0] * 6 + [1] * 16 + [0] * 80, bool)
+    d = paired_difference(model, base)
+    assert d.difference == pytest.approx(-0.0621, abs=5e-5)
+    assert (d.low, d.high) == pytest.approx((-0.1240, -0.0054), abs=5e-5)
+    assert d.p_value == pytest.approx(0.033006, abs=5e-7)
+
+
+@pytest.mark.parametrize(("n", "better", "worse"), [(200, 5, 0), (24, 0, 3), (207, 3, 11)],
+                         ids=["5-better-of-200", "3-worse-of-24", "quickstart-like"])
+def test_paired_interval_excludes_zero_exactly_when_mcnemar_rejects(n, better, worse):
+    model, base = _pair(n, better, worse, seed=3)
+    d = paired_difference(model, base)
+    excludes_zero = d.low > 0 or d.high < 0
+    assert excludes_zero == (d.p_value < 0.05)
+    assert d.low < d.difference < d.high
+
+
+def _score_by_numeric_mle(better: int, worse: int, n: int, delta: float) -> float:
+    """Tango's statistic with the restricted maximum likelihood found numerically (the
+    multinomial likelihood of the discordant counts at P(better) = P(worse) + delta),
+    independent of the closed-form root the module uses."""
+    from scipy.optimize import minimize_scalar
+
+    def nll(q: float) -> float:
+        p = q + delta
+        rest = max(1 - p - q, 1e-300)
+        return -(better * math.log(max(p, 1e-300)) + worse * math.log(max(q, 1e-300))
+                 + (n - better - worse) * math.log(rest))
+
+    lo, hi = max(0.0, -delta), (1 - delta) / 2
+    q = minimize_scalar(nll, bounds=(lo, hi), method="bounded",
+                        options={"xatol": 1e-13}).x
+    return (better - worse - n * delta) / math.sqrt(n * (2 * q + delta - delta * delta))
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 5000), data=st.data(),
+       confidence=st.sampled_from([0.9, 0.95, 0.99]))
+def test_tango_interval_is_the_inverted_score_test(n, data, confidence):
+    better = data.draw(st.integers(0, n))
+    worse = data.draw(st.integers(0, n - better))
+    low, high = tango_interval(better, worse, n, confidence)
+    point = (better - worse) / n
+    assert -1 <= low <= point <= high <= 1
+    z = norm.ppf(0.5 + confidence / 2)
+    # The ends are where the score test, its MLE found independently, sits at +-z.
+    for end, target in ((low, z), (high, -z)):
+        if abs(end) < 1 - 1e-6:
+            assert _score_by_numeric_mle(better, worse, n, end) == pytest.approx(target,
+                                                                                abs=2e-4)
+    # At 0 the statistic is McNemar's, so 0 is outside exactly when McNemar rejects.
+    if better + worse:
+        assert tango_score(better, worse, n, 0.0) ** 2 == pytest.approx(
+            (better - worse) ** 2 / (better + worse))
+        p = chi2.sf((better - worse) ** 2 / (better + worse), 1)
+        if abs(p - (1 - confidence)) > 1e-9:
+            assert (low > 0 or high < 0) == (p < 1 - confidence)
+    else:
+        assert low < 0 < high
+
+
+def test_identical_outcomes_give_a_symmetric_interval_around_nothing():
     model, base = _pair(300, 0, 0)
     d = paired_difference(model, base)
-    assert (d.difference, d.low, d.high, d.p_value) == (0.0, 0.0, 0.0, 1.0)
+    assert (d.difference, d.p_value) == (0.0, 1.0)
+    # With no discordant image the score interval has a closed form: +-z^2 / (n + z^2).
+    z2 = norm.ppf(0.975) ** 2
+    assert (d.low, d.high) == pytest.approx((-z2 / (300 + z2), z2 / (300 + z2)), rel=1e-6)
 
 
 def test_paired_difference_refuses_unpaired_vectors():
@@ -132,7 +210,10 @@ def test_every_trial_is_paired_with_the_baseline_on_the_same_images(tmp_path, tr
     assert study.user_attrs["config"]["study.latency"] == "end_to_end"
     # Trial 0 is the uncompressed model itself: the same outcome on every image.
     first = study.trials[0].user_attrs["accuracy_stats"]["paired"]
-    assert (first["better"], first["worse"], first["low"], first["high"]) == (0, 0, 0.0, 0.0)
+    assert (first["better"], first["worse"], first["difference"]) == (0, 0, 0.0)
+    # ...which on 24 images still leaves the score interval's +-z^2 / (n + z^2).
+    z2 = norm.ppf(0.975) ** 2
+    assert (first["low"], first["high"]) == pytest.approx((-z2 / (24 + z2), z2 / (24 + z2)))
 
 
 def test_confidence_checks_the_accuracy_constraint_on_the_paired_lower_end(tmp_path, trained):
