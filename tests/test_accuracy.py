@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from optuna.trial import TrialState
 from scipy.stats import chi2, norm
-from statsmodels.stats.proportion import proportion_confint
 from test_search import write_study
 
 from search.config import StudyConfigError, load_study_config
@@ -163,11 +162,18 @@ def test_hits_round_trip_packed(n):
         unpack_hits({"n": n + 16, "bits": packed["bits"]})
 
 
-def test_wilson_from_statsmodels_matches_sim_results():
+@pytest.mark.parametrize(("successes", "trials"), [(40, 100), (0, 12), (300, 300), (81, 263)])
+def test_sim_results_carry_the_wilson_interval(successes, trials):
     from grasp.sim.evaluate import SimResult
 
-    result = SimResult(40, 100)
-    assert result.interval == pytest.approx(proportion_confint(40, 100, method="wilson"))
+    # Wilson's closed form: (p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n).
+    z, p = norm.ppf(0.975), successes / trials
+    centre, scale = p + z * z / (2 * trials), 1 + z * z / trials
+    spread = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    expected = ((centre - spread) / scale, (centre + spread) / scale)
+    assert SimResult(successes, trials).interval == pytest.approx(expected, abs=1e-12)
+    if (successes, trials) == (81, 263):  # Newcombe (1998), Stat Med 17:857, Table I
+        assert expected == pytest.approx((0.2553, 0.3662), abs=5e-5)
 
 
 # --- a study on a model that grasps ---------------------------------------------------------
@@ -314,7 +320,19 @@ def test_export_ships_a_file_scored_as_recorded_and_verified_on_held_out_data(
     assert verified["test_images"] == 18 and verified["test_accuracy"] == test.accuracy
     low, high = verified["test_accuracy_ci"]
     assert low < test.accuracy < high
-    assert verified["sim_scenes"] == 3 and 0 <= verified["sim_success"] <= 1
+    # The shipped file and the baseline file, each grasping on the same 3 held-out scenes
+    # here, give the recorded rates and their pairing.
+    from grasp.sim.evaluate import artifact_policy, evaluate_policies_in_sim
+    from search.verify import baseline_artifact
+
+    files = {"shipped": shipped, "baseline": baseline_artifact(config, load_study(config))}
+    outcomes = evaluate_policies_in_sim(
+        {k: artifact_policy(a.grasp_predictor(), 96) for k, a in files.items()}, 3)
+    assert verified["sim_scenes"] == 3
+    assert verified["sim_success"] == outcomes["shipped"].mean()
+    assert verified["baseline_sim_success"] == outcomes["baseline"].mean()
+    assert verified["sim_success_diff"]["better"] == int(
+        (outcomes["shipped"] & ~outcomes["baseline"]).sum())
     card = (out / "MODEL_CARD.md").read_text()
     assert "IoU grasp-match accuracy, test images" in card
     assert "simulated grasp success, held-out scenes" in card

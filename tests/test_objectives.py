@@ -1,5 +1,6 @@
 import statistics
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,7 +48,7 @@ def test_latency_reports_spread_and_the_device(artifact):
     ctx = Context(warmup=1, runs=5)
     median = get_objective("latency")(artifact, ctx)
     assert median > 0 and ctx.details["latency_p90_ms"] >= median
-    assert ctx.details["latency_cv"] >= 0
+    assert ctx.details["latency_runs"] == 5 and ctx.details["latency_raw_ms"] == median
     fp = ctx.details["fingerprint"]
     assert fp["threads"] == 1 and fp["cores"] >= 1 and fp["runtime"] == "onnxruntime"
     with pytest.raises(ValueError, match="runs >= 3"):
@@ -104,3 +105,35 @@ def test_macs_match_the_published_count_and_count_transposed_convs_once():
 def test_a_missing_artifact_file_is_named(tmp_path):
     with pytest.raises(ArtifactError, match=r"nothing\.onnx: artifact file not found"):
         Artifact(tmp_path / "nothing.onnx")
+
+
+def test_timing_statistics_are_those_of_the_timed_runs(monkeypatch):
+    """A scripted clock makes every run's duration known: the protocol's median, p90 and
+    CV must be numpy's over exactly the timed runs (warm-ups left out), and a paired
+    ratio the median of the per-block ratios."""
+    import grasp.timing as timing
+
+    durations = iter([1.0, 4.0, 2.0, 8.0, 3.0] + [5.0, 2.0, 6.0, 3.0] * 3)
+    clock = {"now": 0.0, "started": False}
+
+    def perf_counter() -> float:  # each call pair (start, stop) spans the next duration
+        if clock["started"]:
+            clock["now"] += next(durations) / 1e3
+        clock["started"] = not clock["started"]
+        return clock["now"]
+
+    monkeypatch.setattr(timing.time, "perf_counter", perf_counter)
+    calls = []
+    result = timing.time_calls(lambda: calls.append(1), None, threads=1, warmup=2, runs=5)
+    timed = np.array([1.0, 4.0, 2.0, 8.0, 3.0])  # the two warm-ups are not timed
+    assert len(calls) == 7 and result.runs == 5
+    assert result.times == pytest.approx(tuple(timed))
+    assert result.median_ms == pytest.approx(3.0)
+    assert result.p90_ms == pytest.approx(np.percentile(timed, 90))
+    assert result.cv == pytest.approx(timed.std(ddof=1) / timed.mean())
+    # Paired, block 1: runs alternate candidate, reference; the ratio is per block.
+    paired = timing.time_calls(lambda: None, lambda: None, threads=1, warmup=0, runs=6)
+    mine, theirs = np.array([5.0, 6.0] * 3), np.array([2.0, 3.0] * 3)
+    assert paired.times == pytest.approx(tuple(mine))
+    assert paired.reference_times == pytest.approx(tuple(theirs))
+    assert paired.ratio == pytest.approx(np.median(mine / theirs))
