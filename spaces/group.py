@@ -200,7 +200,9 @@ class GroupKnob:
         if unknown:
             raise KnobError(f"group.{unknown[0]}: not a convolution of {type(model).__name__};"
                             f" valid layers: {', '.join(sites)}.")
-        order = list(sites)  # the chain's layer order
+        # The chain's layer order counts excluded layers too: a layer between two grouped
+        # ones breaks the row, so no shuffle goes in front of it.
+        order = list(conv_sites(model))
         for i, layer in enumerate(order):
             g = wanted.get(layer, 1)
             if g < 1:

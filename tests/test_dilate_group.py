@@ -133,6 +133,32 @@ def test_grouped_layers_in_a_row_are_shuffled_and_exact_on_block_diagonal_weight
     assert count_macs(out, 300) < count_macs(model, 300)
 
 
+def test_an_excluded_layer_keeps_its_place_in_the_chain():
+    """conv3 excluded, conv2 and convt1 grouped: they are not in a row (dense conv3 lies
+    between), so no shuffle may be put in front of conv3, and on block-diagonal weights the
+    grouped model is the dense one."""
+    from spaces.group import GroupKnob
+
+    torch.manual_seed(4)
+    model = get_model("ggcnn").eval()
+    with torch.no_grad():
+        for layer in (model.conv2, model.convt1):
+            w = layer.weight  # conv2 [out 16, in 32]; transposed convt1 [in 8, out 8]
+            rows, cols = w.shape[:2]
+            for r in range(rows):
+                for c in range(cols):
+                    if r // (rows // 2) != c // (cols // 2):
+                        w[r, c] = 0
+    knob = GroupKnob(groups=(2,), exclude=("conv3",))
+    assert "conv3" not in knob.layers(model)
+    out = knob.apply(model, GroupConfig((("conv2", 2), ("convt1", 2))))
+    assert not isinstance(out.conv2, Shuffled) and out.convt1.groups == 2
+    x = torch.randn(2, 1, 96, 96)
+    with torch.no_grad():
+        for a, b in zip(out(x), model(x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_a_grouped_model_runs_in_onnx_runtime_fp32_and_int8(tmp_path):
     from spaces.precision import PrecisionConfig
 
