@@ -76,6 +76,8 @@ METRIC_NAMES = {"accuracy": "accuracy", "size": "size_bytes", "latency": "latenc
 STRUCTURAL = tuple(k for k in ORDER if k != "precision")
 #: Quantization-aware training's learning rate, as a fraction of the recovery one.
 QAT_LR_FRACTION = 0.1
+#: The trial system attribute holding its constraint violations as a list (Optuna's own).
+CONSTRAINTS_KEY = "constraints"
 #: A trial's user attribute naming its recovered weights (``trial-N/weights.pt``).
 WEIGHTS_KEY = "weights"
 WEIGHTS_FILE = "weights.pt"
@@ -188,6 +190,16 @@ def check_resolution(config: StudyConfig, images: int) -> None:
                 f"it on 10 % of the images, clears the margin only from {need} images on "
                 f"(z^2 x 0.1 / margin^2). Grow the split (ggopt data sim --splits val,test, "
                 f"docs/datasets.md), widen the margin, or lower the confidence.")
+
+
+def store_constraints(trial: optuna.Trial, violations: list[float]) -> None:
+    """The trial's constraint violations (> 0: broken), one per ``[search] constraints``
+    entry in order, where every Optuna tool reads them: the system attribute
+    ``constraints`` that Optuna's samplers, ``study.best_trials`` and
+    ``optuna.visualization`` read, and the only one optuna-dashboard reads (it ignores
+    ``Trial.set_constraint``'s named keys, and would draw infeasible trials on its front)."""
+    trial.storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY,
+                                        [float(v) for v in violations])
 
 
 def _sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
@@ -525,8 +537,7 @@ class _Pipeline:
             checked = constrained_values(c, values, stats, self.baseline)
             violations = [k.violation(checked[k.text], self.baseline) for k in c.constraints]
             trial.set_user_attr("constraints", violations)
-            for constraint, violation in zip(c.constraints, violations, strict=True):
-                trial.set_constraint(constraint.text, violation)
+            store_constraints(trial, violations)
             trial.set_user_attr("values", values)
             trial.set_user_attr("artifact", str(artifact.path))
             trial.set_user_attr("precision", artifact.precision)
@@ -630,8 +641,8 @@ class _Pipeline:
         if not broken:
             return
         trial.set_user_attr("oversized", {"bytes": size, "before": before})
-        for constraint, violation in broken:
-            trial.set_constraint(constraint.text, violation)
+        over = dict(broken)
+        store_constraints(trial, [over.get(k, 0.0) for k in self.setup.config.constraints])
         if run_id:
             self.tracker.log_metrics(run_id, {"oversized_bytes": size} | times)
         raise optuna.TrialPruned(f"size {size / 1e3:.1f} kB before {before} breaks "

@@ -243,6 +243,27 @@ def test_confidence_checks_the_accuracy_constraint_on_the_paired_lower_end(tmp_p
     assert discordant  # trial 2 (50 % pruned, 3 steps) differs from the baseline
 
 
+def test_every_optuna_tool_sees_the_constraints_and_the_same_front(tmp_path, trained):
+    """A trial below the accuracy constraint is on the front of the raw values (small and
+    fast) but not on ggopt's; Optuna's best_trials and the system attribute optuna-dashboard
+    reads (``constraints``, a list) must say so too."""
+    from search.pareto import feasible_front
+
+    path = _trained_study(tmp_path, trained, constraints='["accuracy >= baseline - 0.2"]')
+    study = run_study(load_study_config(path), track=False)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    for t in done:
+        assert t.system_attrs["constraints"] == t.user_attrs["constraints"]
+    directions = study.directions
+    signed = {t.number: [v if d == optuna.study.StudyDirection.MINIMIZE else -v
+                         for v, d in zip(t.values, directions, strict=True)] for t in done}
+    raw_front = {n for n, v in signed.items() if not any(
+        all(a <= b for a, b in zip(w, v, strict=True)) and w != v for w in signed.values())}
+    ours = {t.number for t in feasible_front(study, ("accuracy", "size", "latency"))}
+    assert raw_front - ours  # an infeasible trial the raw values would put on the front
+    assert {t.number for t in study.best_trials} == ours
+
+
 def test_a_validation_split_too_small_for_the_confidence_is_refused(tmp_path, trained):
     path = _trained_study(tmp_path, trained, constraints='["accuracy >= baseline - 0.05"]',
                           objectives="confidence = 0.95")
