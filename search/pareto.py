@@ -6,6 +6,7 @@ the front is the same whichever sampler ran the study.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import shutil
@@ -538,7 +539,9 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
     if register:
         _register(trial, config, model_path, study, v | (verified.metrics() if verified else {}),
                   {"ggopt.finish_steps": str(finish_steps), "ggopt.rebuilt": str(rebuild).lower(),
-                   "ggopt.artifact_format": str(shipped_format)})
+                   "ggopt.artifact_format": str(shipped_format),
+                   "ggopt.precision": str(trial.user_attrs.get("precision"))},
+                  "\n".join(card))
     return out
 
 
@@ -572,34 +575,60 @@ def _loading(runtime: str, precision: str | None, device: str = "cpu") -> list[s
 
 
 def _register(trial: FrozenTrial, config: StudyConfig, model_path: Path,
-              study: optuna.Study, values: dict[str, float], tags: dict[str, str]) -> None:
+              study: optuna.Study, values: dict[str, float], tags: dict[str, str],
+              card: str) -> None:
+    """Logs the shipped file to an export run and registers it as a model version that
+    says what it is where a reviewer looks: the model card as its description, its
+    figures as tags, and (ONNX) its input and output tensors as its signature."""
     import mlflow
     import onnx
 
     mlflow.set_tracking_uri(config.tracking_uri)
     mlflow.set_experiment(config.experiment)
     name = f"{study.study_name}-{config.model}"
+    client = mlflow.MlflowClient()
+    tags = {"ggopt.study": study.study_name, "ggopt.trial": str(trial.number), **tags}
     with mlflow.start_run(run_name=f"export-trial-{trial.number}",
-                          tags={"ggopt.study": study.study_name,
-                                "ggopt.trial": str(trial.number),
-                                **tags,
+                          tags={**tags, "mlflow.note.content": card,
                                 "mlflow.parentRunId": study.user_attrs.get(
                                     "mlflow_parent_run_id", "")}):
         mlflow.log_metrics({"accuracy": values["accuracy"], "size_bytes": values["size"],
                             "latency_ms": values["latency"]}
                            | {k: x for k, x in values.items()
                               if k not in ("accuracy", "size", "latency")})
+        mlflow.log_text(card, "MODEL_CARD.md")
         if model_path.suffix == ".onnx":
-            mlflow.onnx.log_model(onnx.load(str(model_path)), name="model",
-                                  registered_model_name=name, save_as_external_data=False)
-            return
-        # No MLflow flavour loads a .pt2: register the logged file itself.
-        mlflow.log_artifact(str(model_path), "model")
-        client = mlflow.MlflowClient()
-        if not client.search_registered_models(filter_string=f"name = '{name}'"):
-            client.create_registered_model(name)
-        client.create_model_version(name, source=f"{mlflow.get_artifact_uri('model')}",
-                                    run_id=mlflow.active_run().info.run_id)
+            network = onnx.load(str(model_path))
+            info = mlflow.onnx.log_model(network, name="model", registered_model_name=name,
+                                         save_as_external_data=False,
+                                         signature=_onnx_signature(network))
+            version = str(info.registered_model_version)
+        else:  # no MLflow flavour loads a .pt2: register the logged file itself
+            mlflow.log_artifact(str(model_path), "model")
+            if not client.search_registered_models(filter_string=f"name = '{name}'"):
+                client.create_registered_model(name)
+            version = client.create_model_version(
+                name, source=f"{mlflow.get_artifact_uri('model')}",
+                run_id=mlflow.active_run().info.run_id).version
+    client.update_model_version(name, version, description=card)
+    figures = {f"ggopt.{k}": f"{x:.6g}" for k, x in values.items()
+               if isinstance(x, int | float) and np.isfinite(x)}
+    for key, value in {**tags, **figures}.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def _onnx_signature(network: Any) -> Any:
+    """The file's declared tensors (name, float32, shape with the batch free) as an MLflow
+    signature: what a reviewer reads before wiring the file into a robot."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    def specs(values: Any) -> Schema:
+        return Schema([TensorSpec(np.dtype(np.float32), tuple(
+            d.dim_value if d.HasField("dim_value") else -1
+            for d in v.type.tensor_type.shape.dim), v.name) for v in values])
+
+    return ModelSignature(inputs=specs(network.graph.input), outputs=specs(network.graph.output))
 
 
 def write_report(study: optuna.Study, config: StudyConfig, out: Path) -> Path:
@@ -656,8 +685,8 @@ paired with the baseline on the same images, with its 95 % interval.</p>
 <table><tr><th>trial</th><th>precision</th><th>val accuracy</th>
 <th>Δ pp</th><th>kB</th><th>smaller</th><th>ms ({SCOPE_NAMES[latency_scope(study)]})</th>
 <th>faster</th></tr>{rows}</table>
-<img src="pareto.png"><h2>Hypervolume</h2><img src="hypervolume.png">
-<h2>What each front model changed, per layer</h2><img src="layers.png">
+{_embedded(out / "pareto.png")}<h2>Hypervolume</h2>{_embedded(out / "hypervolume.png")}
+<h2>What each front model changed, per layer</h2>{_embedded(out / "layers.png")}
 {_sensitivity_section(config, out)}</body></html>"""
     (out / "index.html").write_text(page)
     return out / "index.html"
@@ -672,7 +701,15 @@ def _sensitivity_section(config: StudyConfig, out: Path) -> str:
     shutil.copyfile(plot, out / "sensitivity.png")
     return ("<h2>Per-layer sensitivity</h2><p>Each knob setting on one layer alone, "
             "the accuracy change against the baseline on the validation images (paired), "
-            "after a short recovery.</p><img src=\"sensitivity.png\">")
+            "after a short recovery.</p>" + _embedded(out / "sensitivity.png"))
+
+
+def _embedded(png: Path) -> str:
+    """An image tag holding the PNG itself: MLflow shows an HTML artifact in a sandboxed
+    frame where relative links to files beside it never load, and the page should travel
+    as one file."""
+    data = base64.b64encode(png.read_bytes()).decode()
+    return f'<img alt="{html.escape(png.stem)}" src="data:image/png;base64,{data}">'
 
 
 def _plot_layers(front: list[FrozenTrial], path: Path) -> None:

@@ -570,8 +570,10 @@ class _Pipeline:
             if run_id:
                 why = (trial.user_attrs.get("fail_reason")
                        or trial.user_attrs.get("stop_reason", ""))[:5000]
-                tags = {"ggopt.fail_reason": trial.user_attrs.get("fail_reason", "")[:5000],
-                        "ggopt.stop_reason": trial.user_attrs.get("stop_reason", "")[:5000]}
+                # Only the reason a trial has: an empty tag on every completed trial reads
+                # as a reason left blank.
+                tags = {f"ggopt.{key}": trial.user_attrs[key][:5000]
+                        for key in ("fail_reason", "stop_reason") if trial.user_attrs.get(key)}
                 if source is not None:
                     tags["ggopt.promoted_from"] = str(source)
                 fp = trial.user_attrs.get("fingerprint")

@@ -116,6 +116,9 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
     assert len(children) == 5
     assert children[["metrics.accuracy", "metrics.size_bytes", "metrics.latency_ms"]].notna(
     ).all().all()
+    # A completed trial has no failure or stop reason, so it carries no such tag at all.
+    for column in ("tags.ggopt.fail_reason", "tags.ggopt.stop_reason"):
+        assert column not in children or children[column].isna().all()
     # The parent run is the morning review: the experiment opens on model training runs;
     # the baseline's figures, the front's size, hypervolume per finished trial and best
     # ratios as metrics; the front table as its description; front trials tagged.
@@ -190,9 +193,29 @@ def test_pareto_and_export_from_the_cli(tmp_path, checkpoint, jacquard_root, cap
     assert f"trial {best.number}" in card and "measured on this file" in card
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     assert client.search_registered_models()[0].name == "tiny-ggcnn"
+    # The version says what it is: the card, its figures, its tensors.
+    version = client.get_model_version("tiny-ggcnn", "1")
+    assert version.description == card
+    assert version.tags["ggopt.trial"] == str(best.number)
+    assert float(version.tags["ggopt.size"]) == best.user_attrs["values"]["size"]
+    signature = mlflow.models.get_model_info("models:/tiny-ggcnn/1").signature
+    assert [s.name for s in signature.inputs.inputs] == ["depth"]
+    assert [s.name for s in signature.outputs.inputs] == ["maps", "grasp"]
+    assert signature.outputs.inputs[1].shape == (-1, 6)
     assert main(["report", str(path), "--out", str(tmp_path / "report")]) == 0
     assert {"index.html", "pareto.png", "hypervolume.png", "layers.png"} <= {
         p.name for p in (tmp_path / "report").iterdir()}
+    # The page carries its figures (MLflow shows it in a sandboxed frame: relative links
+    # never load there), each the PNG written beside it.
+    import base64
+    import re
+
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert not re.search(r'src="(?!data:)', page)
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert [base64.b64decode(e) for e in embedded] == [
+        (tmp_path / "report" / f"{name}.png").read_bytes()
+        for name in ("pareto", "hypervolume", "layers")]
     parent = study.user_attrs["mlflow_parent_run_id"]  # ... attached to the study's run
     assert "report/index.html" in {a.path for a in client.list_artifacts(parent, "report")}
     assert main(["export", "--no-sim", str(path),
