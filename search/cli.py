@@ -188,9 +188,12 @@ def _run_search(args: argparse.Namespace) -> None:
         from mlflow.tracking import MlflowClient
 
         experiment = MlflowClient(config.tracking_uri).get_run(parent).info.experiment_id
-        console.print(f"the study's MLflow run (with mlflow ui on its default port): "
-                      f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent}"
-                      f"?workflowType=machine_learning")
+        # The link on a line of its own, never wrapped: a terminal copies a wrapped link
+        # as two broken halves.
+        console.print("the study's MLflow run (with mlflow ui on its default port):")
+        console.print(f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent}"
+                      f"?workflowType=machine_learning", soft_wrap=True, markup=False,
+                      highlight=False)
 
 
 def _add_pareto(sub: argparse._SubParsersAction) -> None:

@@ -170,11 +170,17 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
     assert len(load_study(load_study_config(path)).trials) == 5
 
 
-def test_pareto_and_export_from_the_cli(tmp_path, checkpoint, jacquard_root, capsys):
+def test_pareto_and_export_from_the_cli(tmp_path, checkpoint, jacquard_root, capsys,
+                                        monkeypatch):
     # Every structural knob, and trials past the warm starts that dilate and group layers.
     path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=5, knobs=(
         '["upsample", "dilate", "group", "depthwise", "lowrank", "prune", "precision"]'))
+    monkeypatch.setenv("COLUMNS", "60")  # a narrow terminal
     assert main(["search", str(path)]) == 0
+    printed = capsys.readouterr().err.splitlines()
+    link = [line for line in printed if "#/experiments/" in line]
+    assert len(link) == 1 and link[0].startswith("http://127.0.0.1:5000/#/experiments/")
+    assert link[0].endswith("?workflowType=machine_learning")  # whole, on one line
     assert main(["pareto", str(path)]) == 0
     shown = capsys.readouterr().out
     assert "baseline" in shown and "feasible Pareto front" in shown
