@@ -58,6 +58,8 @@ DEFAULT_STEPS = 100
 RUN_KEY = "mlflow_run_id"
 #: Records that are not probes: the torch baseline, and the fp32 file int8 probes pair with.
 NOT_PROBES = ("baseline", "reference")
+#: What one scan's records share, and no other scan's: recovery steps, rate, the image set.
+SCAN_KEYS = ("steps", "lr", "eval_set")
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ def run_sensitivity(config: StudyConfig, steps: int = DEFAULT_STEPS, images: int
     held = setup.eval_data.head(images) if images else setup.eval_data
     path = records_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
-    same = {"steps": steps, "lr": lr, "eval_set": held.fingerprint()}
+    same = dict(zip(SCAN_KEYS, (steps, lr, held.fingerprint()), strict=True))
     kept = read_records(path)
     if path.is_file() and len(kept) != len(path.read_text().splitlines()):
         # A record cut off by a crash: keep the whole ones, so appending starts on a new line.
@@ -307,7 +309,9 @@ def load_narrowing(config: StudyConfig) -> dict[str, dict[str, Any]]:
             raise StudyConfigError(f"{where}: file not found (run `ggopt sensitivity` first).")
         records = (json.loads(path.read_text()) if path.suffix == ".json"
                    else read_records(path))
-    base = next((r for r in records if r.get("knob") == "baseline"), None)
+    # A file can hold several scans (other steps, rates or image sets); the latest one is
+    # read, and only its own probes.
+    base = next((r for r in reversed(records) if r.get("knob") == "baseline"), None)
     if base is None or len(records) < 2:
         raise StudyConfigError(f"{where}: not a sensitivity scan (no baseline and probes).")
     if base.get("model") != config.model or base.get("checkpoint_sha256") != _checkpoint_sha(
@@ -316,8 +320,8 @@ def load_narrowing(config: StudyConfig) -> dict[str, dict[str, Any]]:
             f"{where}: measured on model {base.get('model')!r}, checkpoint sha256 "
             f"{str(base.get('checkpoint_sha256'))[:12]}..., but this study compresses "
             f"{config.model!r} from {config.checkpoint_path()}; scan it with ggopt sensitivity.")
-    steps, lr = base.get("steps"), base.get("lr")
-    return narrowing([r for r in records if r.get("steps") == steps and r.get("lr") == lr],
+    scan = {key: base.get(key) for key in SCAN_KEYS}
+    return narrowing([r for r in records if all(r.get(k) == v for k, v in scan.items())],
                      config.sensitivity_max_loss)
 
 

@@ -119,13 +119,13 @@ def test_bad_arguments_are_refused_before_any_probe(study_file, capsys, extra, m
 
 def _record(knob, layer, value, change):
     return {"knob": knob, "layer": layer, "value": value, "steps": 5, "lr": 1e-3,
-            "before": {"paired": {"difference": -0.5}},
+            "eval_set": "mine", "before": {"paired": {"difference": -0.5}},
             "after": {"paired": {"difference": change}}}
 
 
 def _scan(checkpoint_sha):
     return [{"knob": "baseline", "layer": "", "value": None, "steps": 5, "lr": 1e-3,
-             "model": "ggcnn", "checkpoint_sha256": checkpoint_sha},
+             "eval_set": "mine", "model": "ggcnn", "checkpoint_sha256": checkpoint_sha},
             _record("prune", "conv1", 0.25, -0.01), _record("prune", "conv1", 0.5, -0.08),
             _record("prune", "conv1", 0.75, -0.02),  # a lucky draw past the first failure
             _record("prune", "conv2", 0.25, -0.2), _record("prune", "conv2", 0.5, -0.3),
@@ -140,13 +140,15 @@ def _scan(checkpoint_sha):
             _record("lowrank", "conv1", 0.5, -0.06), _record("lowrank", "conv1", 0.75, -0.02),
             _record("lowrank", "conv2", 0.75, -0.1), _record("lowrank", "conv3", 0.25, 0.0),
             # another scan's steps in the same file: ignored
-            {**_record("dilate", "convt3", 4, -0.5), "steps": 50}]
+            {**_record("dilate", "convt3", 4, -0.5), "steps": 50},
+            # a scan on other images, same steps and rate: ignored too
+            {**_record("dilate", "conv2", 2, -0.5), "eval_set": "other"}]
 
 
 def test_narrowing_keeps_each_layers_settings_within_the_loss():
     from search.sensitivity import narrowing
 
-    out = narrowing(_scan("x")[:-1], max_loss=0.03)
+    out = narrowing(_scan("x")[:-2], max_loss=0.03)
     assert out["prune"] == {"allowed": {"conv1": (0.25,)}, "exclude": ("conv2",)}
     assert out["dilate"] == {"allowed": {"conv1": (2,)}, "exclude": ()}
     assert out["depthwise"] == {"allowed": {}, "exclude": ("conv2",)}
@@ -207,7 +209,8 @@ def test_a_study_narrowed_by_a_scan_never_draws_what_the_scan_ruled_out(tmp_path
     assert True in seen(before, "lowrank.conv2") and not seen(after, "lowrank.conv2")
     assert "lowres" in seen(before, "upsample.convt3")
     assert seen(after, "upsample.convt3") == {"keep", "subpixel", "nearest"}
-    assert seen(after, "dilate.convt3") == {1, 2, 4}  # the other scan's loss is not read
+    assert seen(after, "dilate.convt3") == {1, 2, 4}  # the other scans' losses are not read
+    assert seen(after, "dilate.conv2") == {1, 2}
     # A scan of another checkpoint is refused when the study file is read.
     scan.write_text("".join(json.dumps(r) + "\n" for r in _scan("0" * 64)))
     from search.config import StudyConfigError
