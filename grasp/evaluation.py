@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.progress import track
 
-from grasp.data.base import GraspSubset
+from grasp.data.base import GraspSubset, image_name
 from grasp.rectangles import Grasp, grasp_match, maps_outcomes
 from grasp.synthesis import as_grasp
 
@@ -79,7 +79,7 @@ class HeldOut:
             x, grasps = dataset.example(index)
             inputs.append(torch.from_numpy(x)[None])
             truths.append(grasps)
-            names.append(_name(dataset, index))
+            names.append(image_name(dataset, index))
         stacked = torch.stack(inputs) if inputs else torch.zeros(0, 1, dataset.output_size,
                                                                   dataset.output_size)
         return cls(stacked, truths, names)
@@ -97,11 +97,6 @@ class HeldOut:
     def fingerprint(self) -> str:
         """A short hash of the images' names, in order: equal for the same image set."""
         return hashlib.sha256("\n".join(self.names).encode()).hexdigest()[:16]
-
-
-def _name(dataset, index: int) -> str:
-    path = dataset.samples[index].depth_path
-    return f"{path.parent.name}/{path.name}"
 
 
 def score_images(predict: Predictor, data: HeldOut | GraspSubset, batch_size: int = 8

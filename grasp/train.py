@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader
 
-from grasp.data.base import GraspSubset
+from grasp.data.base import TEST_FRACTION, VAL_FRACTION, GraspSubset
 from grasp.evaluation import HeldOut, score_images
 
 __all__ = [
@@ -283,6 +283,11 @@ def train(
 
 
 
+#: The checkpoint config key listing the hashes of the images a model was trained on
+#: (:func:`grasp.data.image_digests`).
+TRAIN_IMAGES = "train_images"
+
+
 @dataclass(frozen=True)
 class BaselineJob:
     """Everything ``ggopt train`` needs; stored in the checkpoint so a model can be remade."""
@@ -290,9 +295,9 @@ class BaselineJob:
     dataset: str
     dataset_format: str = "jacquard"
     model: str = "ggcnn"
-    split_by: str = "object"
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    split_by: str = "auto"  # the dataset's own train/ val/ test/ folders, else object-wise
+    val_fraction: float = VAL_FRACTION
+    test_fraction: float = TEST_FRACTION
     output_size: int = 300
     teacher: str | None = None
     init: str | None = None
@@ -308,7 +313,7 @@ def train_baseline(job: BaselineJob, config: TrainConfig, console: Console | Non
     import mlflow
 
     from grasp.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-    from grasp.data import load_dataset, split
+    from grasp.data import has_preset_split, image_digests, load_dataset, split
     from grasp.models import get_model
     from grasp.urls import redact_url
 
@@ -317,13 +322,17 @@ def train_baseline(job: BaselineJob, config: TrainConfig, console: Console | Non
         raise ValueError(f"--crop {config.crop}: must be at most the image size "
                          f"(--output-size {job.output_size}).")
     model = get_model(job.model)
+    seen: list[str] | None = []  # what the model was trained on before: nothing, or unknown
     if job.init:
         start = load_checkpoint(job.init)
         if start.model_name != job.model:
             raise CheckpointError(f"{job.init}: --init holds a {start.model_name!r} model, "
                                   f"not the {job.model!r} being trained.")
         model.load_state_dict(start.model.state_dict())
+        seen = start.config.get(TRAIN_IMAGES)
     dataset = load_dataset(job.dataset_format, job.dataset, output_size=job.output_size)
+    if job.split_by == "auto":  # as a study splits the same folder by default
+        job = replace(job, split_by="preset" if has_preset_split(dataset) else "object")
     parts = split(dataset, job.split_by, job.val_fraction, job.test_fraction, config.seed)
     if not parts["train"]:
         raise ValueError(f"{job.dataset}: the train split is empty ({len(dataset)} images).")
@@ -336,7 +345,12 @@ def train_baseline(job: BaselineJob, config: TrainConfig, console: Console | Non
     mlflow.set_experiment(job.experiment)
     params = {**{f"job.{k}": v for k, v in vars(job).items() if k != "tracking_uri"},
               **{f"train.{k}": v for k, v in vars(config).items()}}
-    saved = {"job": vars(job), "train": vars(config)}
+    # The images it learnt from (with those of its --init), so that a study can check it
+    # never scores the model on one of them; unknown when --init did not record its own.
+    trained_on = (None if seen is None
+                  else sorted(set(seen) | set(image_digests(dataset, parts["train"]))))
+    saved = {"job": vars(job), "train": vars(config),
+             **({TRAIN_IMAGES: trained_on} if trained_on is not None else {})}
 
     def save_best(epoch: int, m: dict[str, float]) -> None:
         save_checkpoint(job.out, model, job.model, config=saved,

@@ -29,10 +29,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--split", dest="split_by", default="object",
-                   choices=["object", "image", "preset"],
-                   help="object-wise (held-out objects, default), image-wise, or the "
-                        "dataset's own train/ val/ test/ folders (simulated data)")
+    p.add_argument("--split", dest="split_by", default="auto",
+                   choices=["auto", "object", "image", "preset"],
+                   help="the dataset's own train/ val/ test/ folders where it has them "
+                        "(simulated data), else object-wise (held-out objects): as a study "
+                        "splits it (default auto); or object, image, preset")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--output-size", type=int, default=300, help="input size in pixels")

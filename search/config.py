@@ -126,6 +126,13 @@ class StudyConfig:
         return baseline_path(self.model) if self.checkpoint == "baseline" else Path(
             self.checkpoint)
 
+    def parts(self, dataset: Any) -> dict[str, list[int]]:
+        """The study's train / val / test image indices of ``dataset``: one rule for the
+        study, which reads train and val, and for verification, which reads test."""
+        from grasp.data import split
+
+        return split(dataset, self.split, seed=self.seed)
+
 
 #: Every key a study file may hold, as the loader reads it: (section, key) -> (type,
 #: default, rule). The study-file reference (docs/study-file.md) is written from it.

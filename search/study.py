@@ -34,10 +34,10 @@ from rich.progress import track
 from torch import nn
 
 from grasp.artifact import SUFFIXES, Artifact, ArtifactError, check_device
-from grasp.checkpoints import load_checkpoint
-from grasp.data import load_dataset, split
+from grasp.checkpoints import Checkpoint, load_checkpoint
+from grasp.data import image_digests, image_name, load_dataset
 from grasp.evaluation import HeldOut, ImageHits, score_images
-from grasp.train import predict_maps
+from grasp.train import TRAIN_IMAGES, predict_maps
 from grasp.urls import redact_text, redact_url
 from objectives import Context, count_macs, count_params, device_fingerprint, get_objective
 from objectives.latency import LATENCY_KEYS, fingerprint_key
@@ -123,10 +123,11 @@ def prepare(config: StudyConfig, console: Console | None = None) -> StudySetup:
     console = console or Console(stderr=True)
     checkpoint = load_checkpoint(config.checkpoint_path(), config.model)
     dataset = load_dataset(config.data_format, config.data_root, output_size=config.output_size)
-    parts = split(dataset, config.split, 0.1, 0.1, config.seed)
+    parts = config.parts(dataset)
     if not parts["train"] or not parts["val"]:
         raise ValueError(f"{config.data_root}: the study needs train and val images, got "
                          f"{len(parts['train'])} train / {len(parts['val'])} val.")
+    check_never_trained_on(config, checkpoint, dataset, parts, console)
     val = parts["val"][:config.eval_images] if config.eval_images else parts["val"]
     check_resolution(config, len(val))
     for index in track(parts["train"], description="checking the training images",
@@ -190,6 +191,38 @@ def check_resolution(config: StudyConfig, images: int) -> None:
                 f"it on 10 % of the images, clears the margin only from {need} images on "
                 f"(z^2 x 0.1 / margin^2). Grow the split (ggopt data sim --splits val,test, "
                 f"docs/datasets.md), widen the margin, or lower the confidence.")
+
+
+def check_never_trained_on(config: StudyConfig, checkpoint: Checkpoint, dataset: Any,
+                           parts: dict[str, list[int]], console: Console) -> None:
+    """Refuses a checkpoint that was trained on one of the study's validation or test
+    images: its accuracy there would flatter the baseline and every trial alike, and the
+    test figures would not be held out. Checked from the images the checkpoint records
+    (``ggopt train`` does); a checkpoint without that record trained on the dataset's own
+    train/ folder (the shipped ones) is consistent with a preset split by construction;
+    for any other, the user is told it cannot be checked."""
+    recorded = checkpoint.config.get(TRAIN_IMAGES)
+    where = f"{config.path}: [model] checkpoint {config.checkpoint_path()}"
+    if recorded is not None:
+        seen = set(recorded)
+        for part in ("val", "test"):
+            names = [i for i, d in zip(parts[part], image_digests(dataset, parts[part]),
+                                       strict=True) if d in seen]
+            if names:
+                raise StudyConfigError(
+                    f"{where} was trained on {len(names)} of the study's {len(parts[part])} "
+                    f"{part} images (e.g. {image_name(dataset, names[0])} under "
+                    f"{config.data_root}): scores there would not be held out. Split as the "
+                    f"checkpoint was trained ([data] split = "
+                    f"{checkpoint.config.get('job', {}).get('split_by')!r}), or retrain it "
+                    f"with `ggopt train --split {config.split}`.")
+        return
+    job = checkpoint.config.get("job", {})
+    if job.get("split_by") == "preset" and config.split == "preset":
+        return
+    console.print(f"[yellow]note:[/] {where} does not record the images it was trained on, "
+                  f"so this study cannot check that it never saw a validation or test image "
+                  f"of {config.data_root} (checkpoints from `ggopt train` record them).")
 
 
 def store_constraints(trial: optuna.Trial, violations: list[float]) -> None:

@@ -273,3 +273,40 @@ def test_cli_train_records_the_saved_models_accuracy_on_the_test_split(trained, 
                 for name in ("val", "test")}
     assert tuned.metrics["test_accuracy"] == by_split["test"] > 0
     assert by_split["val"] != by_split["test"]  # so reading the wrong split would show
+
+
+def test_a_study_refuses_a_checkpoint_trained_on_its_held_out_images(trained, tmp_path,
+                                                                     capsys):
+    """`ggopt train` records the images it learnt from; a study whose validation or test
+    images are among them is refused before any work, naming an image. By default train
+    splits a folder with train/ val/ test/ as a study does, which passes."""
+    from test_search import write_study
+
+    from search.config import StudyConfigError, load_study_config
+    from search.study import prepare
+
+    _, data = trained
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--output-size", str(SIZE), "--max-steps", "1", "--tracking-uri", uri]
+    leaky, clean = tmp_path / "leaky.pt", tmp_path / "clean.pt"
+    assert main(["train", str(data), "--split", "image", "--out", str(leaky), *common]) == 0
+    assert main(["train", str(data), "--out", str(clean), *common]) == 0
+    assert load_checkpoint(clean).config["job"]["split_by"] == "preset"
+    recorded = load_checkpoint(leaky).config["train_images"]
+    assert len(recorded) == len(set(recorded)) > 0
+    with pytest.raises(StudyConfigError, match=r"leaky.pt was trained on \d+ of the study's "
+                                               r"\d+ val images \(e\.g\. .*perfect_depth"):
+        prepare(load_study_config(write_study(tmp_path, leaky, data, split="preset")))
+    capsys.readouterr()
+    prepare(load_study_config(write_study(tmp_path, clean, data, split="preset")))
+    assert "does not record" not in capsys.readouterr().err
+    # A checkpoint that records nothing (not from ggopt train) is named as unchecked.
+    bare = save_checkpoint(tmp_path / "bare.pt", get_model("ggcnn"), "ggcnn")
+    prepare(load_study_config(write_study(tmp_path, bare, data, split="preset")))
+    assert "does not record the images it was trained on" in capsys.readouterr().err
+
+
+def test_data_sim_refuses_the_seed_of_the_verification_scenes(tmp_path, capsys):
+    out = tmp_path / "sim"
+    assert main(["data", "sim", "--scenes", "1", "--seed", "7000", "--out", str(out)]) == 2
+    assert "--seed 7000" in capsys.readouterr().err and not out.exists()

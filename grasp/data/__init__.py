@@ -3,10 +3,15 @@
 from pathlib import Path
 
 from grasp.data.base import (
+    TEST_FRACTION,
+    VAL_FRACTION,
     DatasetFileError,
     GraspDataset,
     GraspSubset,
     Sample,
+    has_preset_split,
+    image_digests,
+    image_name,
     normalise_depth,
     read_depth,
     split,
@@ -16,12 +21,17 @@ from grasp.data.jacquard import JacquardDataset, read_jacquard_grasps
 
 __all__ = [
     "DATASET_FORMATS",
+    "TEST_FRACTION",
+    "VAL_FRACTION",
     "CornellDataset",
     "DatasetFileError",
     "GraspDataset",
     "GraspSubset",
     "JacquardDataset",
     "Sample",
+    "has_preset_split",
+    "image_digests",
+    "image_name",
     "load_dataset",
     "normalise_depth",
     "read_cornell_grasps",

@@ -22,10 +22,15 @@ from grasp.rectangles import Grasp, grasp_maps
 
 __all__ = [
     "SPLIT_KINDS",
+    "TEST_FRACTION",
+    "VAL_FRACTION",
     "DatasetFileError",
     "GraspDataset",
     "GraspSubset",
     "Sample",
+    "has_preset_split",
+    "image_digests",
+    "image_name",
     "normalise_depth",
     "read_depth",
     "split",
@@ -33,6 +38,8 @@ __all__ = [
 
 
 SPLIT_KINDS = ("image", "object", "preset")
+#: The held-out shares of an image-wise or object-wise split, for studies and training alike.
+VAL_FRACTION = TEST_FRACTION = 0.1
 
 
 class DatasetFileError(ValueError):
@@ -196,11 +203,33 @@ class GraspSubset(Dataset):
         return self.dataset.ground_truth(self.indices[i])
 
 
+def image_name(dataset: GraspDataset, index: int) -> str:
+    """An image's name: its folder and file (unique in both layouts, whatever the root)."""
+    path = dataset.samples[index].depth_path
+    return f"{path.parent.name}/{path.name}"
+
+
+def image_digests(dataset: GraspDataset, indices: Sequence[int]) -> list[str]:
+    """Short hashes of the images' names, sorted: what a checkpoint records of the images it
+    was trained on, so a study can check it never scores a model on one of them."""
+    import hashlib
+
+    def key(i: int) -> str:  # the preset folder too: train/ and val/ may hold alike names
+        return f"{dataset.samples[i].preset_split or ''}/{image_name(dataset, i)}"
+
+    return sorted(hashlib.sha256(key(i).encode()).hexdigest()[:16] for i in indices)
+
+
+def has_preset_split(dataset: GraspDataset) -> bool:
+    """Whether every image lies under the dataset's own train/, val/ or test/ folders."""
+    return bool(dataset.samples) and all(s.preset_split is not None for s in dataset.samples)
+
+
 def split(
     dataset: GraspDataset,
     by: str = "image",
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
     seed: int = 0,
 ) -> dict[str, list[int]]:
     """Seeded train / val / test index lists: image-wise, object-wise or preset.

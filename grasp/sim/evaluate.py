@@ -21,7 +21,7 @@ from statsmodels.stats.proportion import proportion_confint
 from grasp.data.base import normalise_depth
 from grasp.rectangles import Grasp, scored_grasps
 from grasp.sim.candidates import random_candidates
-from grasp.sim.generate import scene_seed
+from grasp.sim.generate import EVAL_SEED, scene_seed
 from grasp.sim.gripper import execute_grasp, pose_from_grasp
 from grasp.sim.scene import Scene, connect, generate_scene, load_scene, render
 from grasp.synthesis import as_grasp
@@ -32,8 +32,6 @@ __all__ = ["SimResult", "artifact_policy", "evaluate_in_sim", "evaluate_policies
 #: A policy sees the metric depth image (and the mask, for baselines) and picks one grasp.
 Policy = Callable[[np.ndarray, np.ndarray], Grasp | None]
 
-#: Seeds of evaluation scenes are kept apart from those of generated datasets.
-EVAL_SEED = 7_000
 
 
 @dataclass(frozen=True)

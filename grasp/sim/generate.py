@@ -44,8 +44,16 @@ def scene_split(index: int) -> str:
     return "train" if rest < 8 else "val" if rest == 8 else "test"
 
 
+#: Scenes of one dataset seed are ``seed * SEED_STRIDE + index``: seeds never share a scene
+#: while a dataset holds fewer scenes than this.
+SEED_STRIDE = 1_000_003
+#: The seed of the held-out scenes that verification grasps in (grasp.sim.evaluate): no
+#: dataset may be generated from it, or a model could be trained on the scenes that report.
+EVAL_SEED = 7_000
+
+
 def scene_seed(seed: int, index: int) -> int:
-    return seed * 1_000_003 + index
+    return seed * SEED_STRIDE + index
 
 
 @dataclass
@@ -174,6 +182,13 @@ def generate_dataset(out: str | Path, scenes: int, workers: int = 1, seed: int =
         raise ValueError(f"`workers >= 1` must hold, but got {workers}.")
     if per_object < 1:
         raise ValueError(f"`per_object >= 1` must hold, but got {per_object}.")
+    if seed == EVAL_SEED:
+        raise ValueError(f"--seed {seed}: that seed makes the held-out scenes `ggopt verify` "
+                         f"grasps in; a dataset from it would train on what reports. Use "
+                         f"another seed.")
+    if scenes >= SEED_STRIDE:
+        raise ValueError(f"`scenes < {SEED_STRIDE}` must hold (scenes of the next seed would "
+                         f"repeat), but got {scenes}.")
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits:
         raise ValueError(f"splits must be a non-empty subset of {SPLITS}, but got "
