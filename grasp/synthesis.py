@@ -52,6 +52,9 @@ NO_GRASP = torch.tensor([-1.0, -1.0, 0.0, 0.0, 0.0, 0.0])
 FOLD_BYTES = 64
 #: 3x3 maxima checked for a peak, best first (see _top_peak).
 CANDIDATES = 16
+#: GraspSynthesis modes: candidates with the exact search where unproven (torch), the exact
+#: search alone, the file's graph around the If that picks between them (GraspSynthesis).
+MODES = ("auto", "exact", "outer")
 
 
 def as_grasp(output: np.ndarray) -> Grasp:
@@ -91,32 +94,64 @@ class GraspSynthesis(nn.Module):
     width, not stored: the file holds the ops (a few kB instead of 110 kB of constants, a
     300x300 border mask alone being 90 kB), and ONNX Runtime folds them when it loads it."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, mode: str = "auto") -> None:
         super().__init__()
         if size <= 2 * MIN_DISTANCE or size % 2:
             raise ValueError(f"grasp synthesis needs maps of an even width over "
                              f"{2 * MIN_DISTANCE} pixels (GG-CNN's peak search keeps "
                              f"{MIN_DISTANCE} from the border, on 2x2 cells), got {size}.")
-        self.size = size
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {', '.join(MODES)}, but got {mode!r}.")
+        self.size, self.mode = size, mode
         self.kernels = [torch.from_numpy(gaussian_kernel(s)).float().tolist() for s in SIGMAS]
 
     def forward(self, maps: torch.Tensor, depth: torch.Tensor,
-                line: torch.Tensor | None = None) -> torch.Tensor:
+                line: torch.Tensor | None = None,
+                chosen: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """``maps``: the network's output for ``depth`` ([N, 1, size, size], its input).
         ``line``: 0, 1 .. size - 1, from which every index and band matrix is computed; the
-        exported graph takes it as an input that attach_to_onnx turns into a Range op."""
+        exported graph takes it as an input that attach_to_onnx turns into a Range op.
+
+        Mode ``auto`` (torch): the candidates' peak, or the exact search's where the
+        candidates cannot prove theirs (always on a GPU, where it costs nothing and a
+        branch would break a CUDA graph). ``exact``: the exact search alone. ``outer``: the
+        file's graph around its ``If``: the grasp at the peak ``chosen`` (pixel, peak: the
+        If's answer, inputs here), and what the If reads: the smoothed quality, the
+        candidates' pixel and peak, and whether any is unproven."""
         size = self.size
         line = torch.arange(size) if line is None else line
         flat_maps = maps.float().flatten(1)  # [N, 4 size²]: quality, cos, sin, width
+        quality = self._quality(flat_maps, line)
+        if self.mode == "exact" or (self.mode == "auto" and maps.is_cuda):
+            return self._grasp(quality, flat_maps, *_exact_peak(quality, size), depth, line)
+        pixel, peak, unsure = _top_peak(quality, size, line)
+        unsure = unsure.any()
+        if self.mode == "outer":
+            if chosen is None:
+                raise ValueError("GraspSynthesis(mode='outer') needs `chosen`.")
+            return (self._grasp(quality, flat_maps, *chosen, depth, line), quality, pixel,
+                    peak, unsure)
+        if unsure:  # the rare map whose peak the candidates cannot prove
+            pixel, peak = _exact_peak(quality, size)
+        return self._grasp(quality, flat_maps, pixel, peak, depth, line)
+
+    def _quality(self, flat_maps: torch.Tensor, line: torch.Tensor) -> torch.Tensor:
+        """The smoothed quality map [N, size, size]."""
+        size = self.size
         # Blur along rows, then along columns in the transposed layout: both passes slice
         # whole rows (contiguous).
         band = _band(torch.tensor(self.kernels[0]), _block(size), line)
         # The quality map's rows are read straight out of all four maps' (no copy first).
         across = self._blur_rows(flat_maps.view(-1, 4 * size, size), band, line)
         quality_t = self._blur_rows(across.transpose(1, 2), band, line)  # [N, col, row]
-        quality = quality_t.transpose(1, 2)
+        return quality_t.transpose(1, 2)
+
+    def _grasp(self, quality: torch.Tensor, flat_maps: torch.Tensor, pixel: torch.Tensor,
+               peak: torch.Tensor, depth: torch.Tensor, line: torch.Tensor) -> torch.Tensor:
+        """[N, 6] grasps at the peak ``pixel`` (where ``peak``), else at the maximum."""
+        size = self.size
         flat = quality.flatten(1)
-        pixel, peak = _top_peak(quality, size, line)
         # Without a peak, the grasp is at the map's maximum: the first row holding it, then
         # its first column (raster order; one argmax over all pixels costs ten times more).
         row_max = quality.amax(2)
@@ -181,7 +216,7 @@ def _atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _top_peak(quality: torch.Tensor, size: int, line: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The pixel (flat index) of the best peak of [N, size, size] ``quality``, and whether
     there is one: the highest pixel MIN_DISTANCE or more inside the border that exceeds
     THRESHOLD and equals the maximum of its 41x41 neighbourhood (ties: raster order).
@@ -192,9 +227,11 @@ def _top_peak(quality: torch.Tensor, size: int, line: torch.Tensor
     maximum is at least that of the 8 cells around (all within 20 pixels): the cells that
     are, a few on a smoothed map, are ranked by TopK, and the CANDIDATES best are checked
     against their own 41x41 window only; the highest that passes is the peak, ties to the
-    first pixel in raster order. Exact unless more than CANDIDATES higher cell maxima each
-    lie within 20 pixels of something higher, or two pixels of the peak's cell tie and the
-    first of them fails (a float tie between neighbours)."""
+    first pixel in raster order. The third result says where that answer is not proven:
+    a cell beyond the candidates could still beat or tie it (more than CANDIDATES higher
+    cell maxima each within 20 pixels of something higher), or a failed candidate's cell
+    holds a second pixel at its maximum that might pass. There the exact search
+    (:func:`_exact_peak`) answers instead."""
     cells = nn.functional.max_pool2d(quality[:, None], 2, stride=2)  # [N, 1, size/2, ..]
     # The interior's cells and one ring of cells around them (the interior starts and ends
     # on a cell's edge: size and MIN_DISTANCE are even).
@@ -204,7 +241,9 @@ def _top_peak(quality: torch.Tensor, size: int, line: torch.Tensor
     local = nn.functional.max_pool2d(ring, 3, stride=1)
     scores = (centre * (centre == local)).flatten(1)  # cells above their 8 neighbours, else 0
     side = centre.shape[-1]
-    value, cell = scores.topk(min(CANDIDATES, side * side), dim=1)  # [N, K]
+    ranked, cell = scores.topk(min(CANDIDATES + 1, side * side), dim=1)  # [N, K + 1]
+    next_value = ranked[:, CANDIDATES:] if side * side > CANDIDATES else None
+    value, cell = ranked[:, :CANDIDATES], cell[:, :CANDIDATES]
     # The cell's first pixel (raster order) holding its maximum: each cell's four pixels
     # from a table (folded by the runtime at load, as every index derived from ``line``).
     corner = (line[:side] + lo + 1) * 2
@@ -223,7 +262,36 @@ def _top_peak(quality: torch.Tensor, size: int, line: torch.Tensor
     key = torch.where(passed, value, torch.full((), -1.0))
     best = key.amax(1, keepdim=True)
     first = torch.where(key == best, pixel, torch.full((), size * size)).amin(1)
-    return first, best[:, 0] > THRESHOLD
+    # Proven when no cell outside the candidates can beat (or tie) the answer: the next
+    # cell's maximum is below the best that passed, or not above the threshold; and no
+    # failed candidate had a second pixel at its cell's maximum (which might pass).
+    following = next_value[:, 0] if next_value is not None else torch.full_like(best[:, 0],
+                                                                                -1.0)
+    beyond = (following > THRESHOLD) & (following >= best[:, 0])
+    tied = ((member == value[:, :, None]).sum(2) > 1) & ~passed & (value > THRESHOLD)
+    return first, best[:, 0] > THRESHOLD, beyond | tied.any(1)
+
+
+def _exact_peak(quality: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The definition itself, over every interior pixel: its 41x41 neighbourhood maximum
+    by doubling windows (1, 2, 4, 8, 16, then 32 and 32 nine apart: 41), each a maximum of
+    two slices of the map; no padding, since an interior pixel's window lies inside the
+    map. About as costly as the rest of the synthesis, so the file runs it only for the
+    maps the candidates cannot prove."""
+    window = quality
+    for _ in range(2):  # rows, then columns in the transposed layout
+        for shift in (1, 2, 4, 8, 16, 9):
+            n = window.shape[1]
+            window = torch.maximum(window[:, :n - shift], window[:, shift:])
+        window = window.transpose(1, 2)
+    inner = quality[:, MIN_DISTANCE:size - MIN_DISTANCE, MIN_DISTANCE:size - MIN_DISTANCE]
+    passed = (inner == window) & (inner > THRESHOLD)
+    key = torch.where(passed, inner, torch.full((), -1.0)).flatten(1)
+    best = key.amax(1)
+    at = (key == best[:, None]).to(torch.uint8).argmax(1)  # first in raster order
+    side = size - 2 * MIN_DISTANCE
+    pixel = (at // side + MIN_DISTANCE) * size + at % side + MIN_DISTANCE
+    return pixel, best > THRESHOLD
 
 
 def attach_to_onnx(path: str | Path, size: int) -> Path:
@@ -262,42 +330,120 @@ def attach_to_onnx(path: str | Path, size: int) -> Path:
 @functools.lru_cache(maxsize=8)
 def _synthesis_graph(size: int, opset: int, ir_version: int) -> bytes:
     """The synthesis as a standalone ONNX model (serialized), exported once per process for
-    each size and opset: exporting and slimming it takes over a second, merging it little."""
+    each size and opset: exporting and slimming it takes over a second, merging it little.
+
+    The candidates' peak search says whether its answer is proven; an ``If`` passes it on,
+    or runs the exact search (a small subgraph reading the smoothed quality from the outer
+    graph) for the rare batch where it is not; the grasp is read at the If's answer."""
+    from onnx import TensorProto, helper
+
+    peak_in = ["s.pixel", "s.peak"]
+    outer = _exported(GraspSynthesis(size, "outer"), size, opset,
+                      ["s.maps", "s.depth", "s.line", *peak_in],
+                      ["s.grasp", "s.quality", "s.fast_pixel", "s.fast_peak", "s.unsure"])
+    _line_from_range(outer.graph, size, "s.line")
+    _shorten(outer.graph, prefix="s")
+    exact = _exported(_ExactPeak(size), size, opset, ["s.quality"], ["x.pixel", "x.peak"])
+    _shorten(exact.graph, prefix="x")
+    del exact.graph.input[:]  # s.quality comes from the outer graph
+    proven = helper.make_graph(
+        [helper.make_node("Identity", ["s.fast_pixel"], ["e.pixel"]),
+         helper.make_node("Identity", ["s.fast_peak"], ["e.peak"])], "proven", [],
+        [helper.make_tensor_value_info("e.pixel", TensorProto.INT64, ["batch"]),
+         helper.make_tensor_value_info("e.peak", TensorProto.BOOL, ["batch"])])
+    choice = helper.make_node("If", ["s.unsure"], peak_in, then_branch=exact.graph,
+                              else_branch=proven)
+    graph = outer.graph
+    kept = [v for v in graph.input if v.name not in peak_in]
+    del graph.input[:]
+    graph.input.extend(kept)
+    grasp = next(v for v in graph.output if v.name == "s.grasp")
+    grasp.name = GRASP_OUTPUT
+    del graph.output[:]
+    graph.output.append(grasp)
+    nodes = _topological([*graph.node, choice])
+    for node in nodes:
+        node.output[:] = [GRASP_OUTPUT if x == "s.grasp" else x for x in node.output]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    outer.ir_version = ir_version
+    return outer.SerializeToString()
+
+
+class _ExactPeak(nn.Module):
+    """The exact peak search alone, on the smoothed quality: the file's rare branch."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _exact_peak(quality, self.size)
+
+
+def _exported(module: nn.Module, size: int, opset: int, inputs: list[str], outputs: list[str]):
+    """``module`` exported to ONNX on example inputs named ``inputs`` (maps, depth, line
+    and a chosen pixel and peak; or a smoothed quality map), then slimmed (attach_to_onnx)."""
     import onnx
     import onnxslim
 
+    examples = {"s.maps": torch.zeros(1, 4, size, size), "s.depth": torch.zeros(1, 1, size, size),
+                "s.line": torch.arange(size), "s.pixel": torch.zeros(1, dtype=torch.long),
+                "s.peak": torch.zeros(1, dtype=torch.bool),
+                "s.quality": torch.zeros(1, size, size)}
+    args = tuple(examples[name] for name in inputs)
+    if len(args) == 5:  # the chosen pixel and peak travel as one argument
+        args = (*args[:3], args[3:])
     with tempfile.TemporaryDirectory() as scratch:
         exported = Path(scratch) / "synthesis.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(GraspSynthesis(size), (torch.zeros(1, 4, size, size),
-                                                     torch.zeros(1, 1, size, size),
-                                                     torch.arange(size)),
-                              str(exported), dynamo=False,
-                              input_names=["s.maps", "s.depth", "s.line"],
-                              output_names=[GRASP_OUTPUT], opset_version=opset,
-                              dynamic_axes={"s.maps": {0: "batch"}, "s.depth": {0: "batch"},
-                                            GRASP_OUTPUT: {0: "batch"}},
+            torch.onnx.export(module, args, str(exported), dynamo=False, input_names=inputs,
+                              output_names=outputs, opset_version=opset,
+                              dynamic_axes={name: {0: "batch"} for name in [*inputs, *outputs]
+                                            if name not in ("s.line", "s.unsure")},
                               do_constant_folding=False)
-        synthesis = onnxslim.slim(onnx.load(str(exported)), size_threshold=FOLD_BYTES)
-    _line_from_range(synthesis.graph, size)
-    _shorten(synthesis.graph, prefix="s")
-    synthesis.ir_version = ir_version
-    return synthesis.SerializeToString()
+        return onnxslim.slim(onnx.load(str(exported)), size_threshold=FOLD_BYTES)
 
 
-def _line_from_range(graph, size: int) -> None:
-    """Input ``s.line`` (0 .. size - 1) becomes ``Range(0, size, 1)`` inside the graph.
+def _topological(nodes: list) -> list:
+    """``nodes`` reordered so that each follows every node whose output it reads (the If
+    appended last must run before the grasp is read at its answer)."""
+    produced = {out: i for i, node in enumerate(nodes) for out in node.output}
+    order: list = []
+    state: dict[int, bool] = {}
+
+    def reads(node) -> list[str]:  # its inputs, and what its subgraphs read from outside
+        inner = [x for a in node.attribute if a.HasField("g") for n in a.g.node
+                 for x in reads(n)]
+        return [*node.input, *inner]
+
+    def visit(i: int) -> None:
+        if state.get(i):
+            return
+        state[i] = True
+        for name in reads(nodes[i]):
+            if name in produced:
+                visit(produced[name])
+        order.append(nodes[i])
+
+    for i in range(len(nodes)):
+        visit(i)
+    return order
+
+
+def _line_from_range(graph, size: int, name: str) -> None:
+    """Input ``name`` (0 .. size - 1) becomes ``Range(0, size, 1)`` inside the graph.
     Traced from a constant, the indices and band matrices derived from it would be folded
     into the file by the exporter (25 kB, as much as a small network); from a Range with
     constant bounds they stay a few ops, and ONNX Runtime folds them once, at load."""
     from onnx import TensorProto, helper
 
-    bounds = [helper.make_node("Constant", [], [f"s.line.{name}"], value=helper.make_tensor(
-        f"s.line.{name}", TensorProto.INT64, [], [value]))
-        for name, value in (("start", 0), ("limit", size), ("delta", 1))]
-    line = helper.make_node("Range", [b.output[0] for b in bounds], ["s.line"])
-    kept = [v for v in graph.input if v.name != "s.line"]
+    bounds = [helper.make_node("Constant", [], [f"{name}.{end}"], value=helper.make_tensor(
+        f"{name}.{end}", TensorProto.INT64, [], [value]))
+        for end, value in (("start", 0), ("limit", size), ("delta", 1))]
+    line = helper.make_node("Range", [b.output[0] for b in bounds], [name])
+    kept = [v for v in graph.input if v.name != name]
     del graph.input[:]
     graph.input.extend(kept)
     nodes = [*bounds, line, *graph.node]

@@ -51,10 +51,15 @@ def _cases(size: int) -> np.ndarray:
     still[1, peak[0], peak[1] + 1] = -0.5  # and the quadrants of arctan2 around it
     still[2, peak[0] + 1, peak[1]] = -0.5
     still[1:3, peak[0] - 1, peak[1] - 1] = -0.5
+    crowd24 = _blobs(rng, size)
+    crowd24[0] = 0.0
+    crowd24[0, 3, :] = 50.0  # the ridge in the border again...
+    crowd24[0, 21, 30:270:10] = 45.0  # ...over 24 inner maxima: more than the candidates
+    crowd24[0, 150, 150] = 30.0  # the peak, the 25th cell by height
     row_tie = _blobs(rng, size)
     row_tie[0] = 0.0
     row_tie[0, 101, 100] = row_tie[0, 100, 160] = 50.0  # tied in one row of 2x2 cells
-    return np.stack([*maps, flat, low, edge, twins, crowd, still, row_tie])
+    return np.stack([*maps, flat, low, edge, twins, crowd, still, crowd24, row_tie])
 
 
 def _depth(n: int, size: int) -> torch.Tensor:
@@ -82,9 +87,10 @@ def test_the_graph_finds_the_reference_grasp_on_every_hard_case():
     maps = _cases(300)
     reference = _reference(maps)
     assert sum(peak for *_, peak in reference) < len(reference)  # misses are among the cases
-    assert reference[-5][:2] == (150, 150)  # the border peak is not the top grasp
-    assert reference[-4][:2] == (100, 200)
-    assert reference[-3][:2] == (150, 150) and reference[-3][4]  # 12 higher maxima fail
+    assert reference[-6][:2] == (150, 150)  # the border peak is not the top grasp
+    assert reference[-5][:2] == (100, 200)
+    assert reference[-4][:2] == (150, 150) and reference[-4][4]  # 12 higher maxima fail
+    assert reference[-2][:2] == (150, 150) and reference[-2][4]  # 24 higher maxima fail
     assert reference[-1][:2] == (100, 160)  # raster order, not the order of the cells
     with torch.no_grad():
         _check(GraspSynthesis(300)(torch.from_numpy(maps), _depth(len(maps), 300)).numpy(),
@@ -109,12 +115,12 @@ def test_the_graph_finds_the_reference_grasp_on_a_trained_models_maps(trained):
         _check(GraspSynthesis(96)(maps, held.inputs).numpy(), reference)
 
 
-def test_onnx_runtime_runs_the_same_graph(tmp_path):
+def test_onnx_runtime_runs_the_exact_search_as_torch_does(tmp_path):
     maps = torch.from_numpy(_cases(300))
     path = tmp_path / "synthesis.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(GraspSynthesis(300), (maps[:1], _depth(1, 300)), str(path),
+        torch.onnx.export(GraspSynthesis(300, "exact"), (maps[:1], _depth(1, 300)), str(path),
                           dynamo=False, input_names=["maps", "depth"], output_names=["grasp"],
                           opset_version=17, dynamic_axes={"maps": {0: "batch"},
                                                           "depth": {0: "batch"},
@@ -122,6 +128,18 @@ def test_onnx_runtime_runs_the_same_graph(tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {"maps": maps.numpy(), "depth": _depth(len(maps), 300).numpy()}
     _check(session.run(["grasp"], feed)[0], _reference(maps.numpy()))
+
+
+def test_the_candidates_prove_their_peak_on_ordinary_maps_and_only_there():
+    """The exact search is the rare branch: the candidates prove every ordinary map's
+    answer, and say so where they cannot (24 higher maxima fail before the peak)."""
+    maps, depth = torch.from_numpy(_cases(300)), _depth(1, 300)
+    outer = GraspSynthesis(300, "outer")
+    chosen = (torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.bool))
+    with torch.no_grad():
+        unsure = [bool(outer(maps[i:i + 1], depth, chosen=chosen)[-1])
+                  for i in range(len(maps))]
+    assert unsure[-2] and not any(unsure[:40])
 
 
 def test_maps_too_small_or_odd_for_the_peak_search_are_refused():
@@ -153,3 +171,49 @@ def test_the_shipped_file_answers_bad_depth_with_no_grasp_or_a_clear_error(tmp_p
     with pytest.raises(Exception, match=re.compile(r"invalid dimensions.*depth.*Expected: 96",
                                                    re.S)):
         session.run(["grasp"], {INPUT_NAME: np.zeros((1, 1, 80, 80), np.float32)})
+
+
+def test_the_attached_graph_finds_the_reference_grasp_on_every_hard_case(tmp_path):
+    """attach_to_onnx (merge, onnxslim's folding, the Range rewrite, renaming) on a
+    "network" that passes maps through: the shipped graph must keep every hard case."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from grasp.synthesis import attach_to_onnx
+
+    maps = _cases(300)
+    spec = ["batch", 4, 300, 300]
+    network = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["depth"], ["maps"])], "pass",
+        [helper.make_tensor_value_info("depth", TensorProto.FLOAT, spec)],
+        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, spec)]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "pass.onnx"
+    onnx.save(network, str(path))
+    attach_to_onnx(path, 300)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _check(session.run(["grasp"], {"depth": maps})[0], _reference(maps))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_shipped_files_grasp_is_the_reference_on_its_own_maps(tmp_path, trained,
+                                                                  precision):
+    """A trained GG-CNN built as the study ships it: on held-out images, the file's
+    ``grasp`` output is what the numpy reference makes of the file's own ``maps``."""
+    from grasp.checkpoints import load_checkpoint
+    from grasp.data import load_dataset, split
+    from grasp.evaluation import HeldOut
+    from spaces.precision import PrecisionConfig, build_artifact
+
+    checkpoint, root = trained
+    dataset = load_dataset("jacquard", root, output_size=96)
+    parts = split(dataset, "preset")
+    held = HeldOut.load(dataset.subset(parts["val"] + parts["test"]))
+    calibration = [dataset.item(i)[0] for i in parts["train"][:8]]
+    artifact = build_artifact(load_checkpoint(checkpoint, "ggcnn").model.eval(),
+                              PrecisionConfig(precision), tmp_path / "model", input_size=96,
+                              calibration=calibration)
+    maps, grasps = artifact.session().run(["maps", "grasp"], {"depth": held.inputs.numpy()})
+    reference = _reference(maps)
+    assert sum(peak for *_, peak in reference) >= len(reference) // 2  # real peaks, mostly
+    _check(grasps, reference)
