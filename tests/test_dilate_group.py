@@ -1,6 +1,8 @@
 """The dilate and group knobs: where they apply, how close their fitted starts are, and that
 the study file's options are checked against the model's layers before any work."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -17,19 +19,47 @@ from spaces.upsample import SubPixelConv2d, UpsampleConfig
 KINDS = [(nn.Conv2d, {}), (nn.ConvTranspose2d, {"output_padding": 1})]
 
 
-@pytest.mark.parametrize(("kind", "extra"), KINDS, ids=lambda k: getattr(k, "__name__", ""))
-def test_a_kernel_already_on_the_dilated_grid_is_fitted_exactly(kind, extra):
+def _offered():
+    """Every (model, layer, dilation) the knob offers on the registered architectures."""
+    from grasp.models import list_models
+    from spaces.base import conv_sites
+
+    out = []
+    for name in list_models():
+        model = get_model(name)
+        sites = conv_sites(model)
+        for layer, choices in get_knob("dilate").choices(model).items():
+            out += [(f"{name}.{layer}", sites[layer], d) for d in choices if d > 1]
+    return out
+
+
+OFFERED = _offered()
+
+
+@pytest.mark.parametrize(("name", "layer", "dilation"), OFFERED,
+                         ids=[f"{n}-d{d}" for n, _, d in OFFERED])
+def test_a_kernel_already_on_the_dilated_grid_is_fitted_exactly(name, layer, dilation):
     torch.manual_seed(0)
-    dense = kind(3, 4, 9, stride=3, padding=3, **extra)
+    dense = copy.deepcopy(layer)
+    k, step = dense.kernel_size[0], dense.dilation[0]
     with torch.no_grad():
-        on_grid = torch.zeros(9, 9)
-        on_grid[::2, ::2] = 1
-        dense.weight.mul_(on_grid)
-    small = dilated(dense, 2)
-    assert small.kernel_size == (5, 5) and small.dilation == (2, 2)
-    x = torch.randn(2, 3, 30, 30)
+        taps = torch.tensor([(i * step) % dilation == 0 for i in range(k)], dtype=torch.float32)
+        dense.weight.mul_(torch.outer(taps, taps))  # only the taps the dilated grid keeps
+    small = dilated(dense, dilation)
+    span = (k - 1) * step
+    assert small.dilation == (dilation, dilation)
+    assert small.kernel_size == (span // dilation + 1,) * 2  # the same span, fewer taps
+    x = torch.randn(2, dense.in_channels, 40, 40)
     with torch.no_grad():
         torch.testing.assert_close(small(x), dense(x), atol=1e-5, rtol=1e-4)
+
+
+def test_every_kernel_and_dilation_the_architectures_offer_is_tested():
+    kernels = {(layer.kernel_size[0], layer.dilation[0], type(layer).__name__, d)
+               for _, layer, d in OFFERED}
+    assert kernels >= {(9, 1, "Conv2d", 2), (9, 1, "Conv2d", 4), (5, 1, "Conv2d", 2),
+                       (9, 1, "ConvTranspose2d", 2), (9, 1, "ConvTranspose2d", 4),
+                       (11, 1, "Conv2d", 2), (5, 2, "Conv2d", 4)}
 
 
 @pytest.mark.parametrize(("kind", "extra"), KINDS, ids=lambda k: getattr(k, "__name__", ""))
