@@ -123,6 +123,7 @@ def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[st
             "accuracy_change_ci_pp": [100 * x for x in _interval(
                 paired and (paired["low"], paired["high"]))],
             "discordant": [paired.get("better"), paired.get("worse")],
+            "accuracy_change_p": paired.get("p_value"),
             "executed_accuracy": stats.get("executed_accuracy"),
             "speedup": base.get("latency", np.nan) / v["latency"],
             "size_reduction": base.get("size", np.nan) / v["size"],
@@ -172,19 +173,20 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
                         f"trials)", caption=(
         f"validation accuracy on {images} images (GG-CNN's IoU grasp match), "
         f"{level:.0%} Wilson interval; Δ: paired with the baseline on the same images, "
-        f"{level:.0%} score interval (Tango), +better/-worse images. Validation chooses; "
+        f"{level:.0%} score interval (Tango), +better/-worse images and McNemar's p (below "
+        f"{1 - level:.2g} exactly when the interval excludes 0). Validation chooses; "
         f"test figures come with `ggopt export` / `ggopt verify`."
         + (" (from N): trial N's recovery continued by promotion." if promoted else "")
         if images else None))
     scope = latency_scope(study)
     other = LATENCY_KEYS[scope != "end_to_end"]
-    for col in ("trial", "precision", "val accuracy", "Δ vs baseline (pp)", "±", "size kB",
+    for col in ("trial", "precision", "val accuracy", "Δ vs baseline (pp)", "±", "p", "size kB",
                 "size ÷", f"latency ms ({SCOPE_NAMES[scope]})", "speed-up",
                 f"{'network' if scope == 'end_to_end' else 'end-to-end'} ms", "MMACs"):
         table.add_column(col, justify="right", no_wrap=True)
     if base:
         table.add_row("baseline", f"fp32 {base.get('variant', '')}",
-                      f"{base['accuracy']:.3f}{_ci(base.get('accuracy_ci'))}", "0.0", "",
+                      f"{base['accuracy']:.3f}{_ci(base.get('accuracy_ci'))}", "0.0", "", "",
                       f"{base['size'] / 1e3:.1f}", "1.0", f"{base['latency']:.2f}", "1.00",
                       _ms(_latencies(base, base, scope)[other]),
                       f"{base.get('macs', 0) / 1e6:.0f}", style="dim")
@@ -196,6 +198,8 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
                       f"{r['accuracy']:.3f}{_ci(r['accuracy_ci'])}",
                       f"{r['accuracy_change_pp']:+.1f}{_ci(r['accuracy_change_ci_pp'], '{:+.1f}')}",
                       f"+{better}/-{worse}" if better is not None else "",
+                      (f"{r['accuracy_change_p']:.2g}" if r["accuracy_change_p"] is not None
+                       else ""),
                       f"{r['size_bytes'] / 1e3:.1f}", f"{r['size_reduction']:.1f}",
                       f"{r['latency_ms']:.2f}", f"{r['speedup']:.2f}", _ms(r[other]),
                       f"{(r['macs'] or 0) / 1e6:.0f}")

@@ -1097,7 +1097,8 @@ def _outcome(trial: FrozenTrial, config: StudyConfig) -> str:
         ok = all(x <= 0 for x in trial.user_attrs.get("constraints", []))
         paired = trial.user_attrs.get("accuracy_stats", {}).get("paired")
         delta = (f" ({100 * paired['difference']:+.1f} pp [{100 * paired['low']:+.1f}, "
-                 f"{100 * paired['high']:+.1f}])" if paired else "")
+                 f"{100 * paired['high']:+.1f}], McNemar p {paired['p_value']:.2g})"
+                 if paired else "")
         source = trial.user_attrs.get(PROMOTED_FROM)
         promoted = (f"  (trial {source} continued {trial.user_attrs['promotion']['steps']} "
                     f"steps)" if source is not None else "")

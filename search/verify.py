@@ -54,7 +54,8 @@ class Verification:
                "baseline_test_accuracy": self.baseline_test_accuracy.value,
                "test_accuracy_diff": self.test_difference.difference,
                "test_accuracy_diff_low": self.test_difference.low,
-               "test_accuracy_diff_high": self.test_difference.high}
+               "test_accuracy_diff_high": self.test_difference.high,
+               "test_accuracy_diff_p": self.test_difference.p_value}
         if self.sim_success is not None and self.baseline_sim_success is not None:
             out |= {"sim_success": self.sim_success.value,
                     "sim_success_ci_low": self.sim_success.low,
@@ -90,11 +91,12 @@ class Verification:
         rows = ["| held out (never seen by the study) | this model | uncompressed baseline "
                 "| paired difference (95 %) |", "|---|---|---|---|",
                 f"| IoU grasp-match accuracy, test images | {self.test_accuracy} | "
-                f"{self.baseline_test_accuracy} | {self.test_difference} |"]
+                f"{self.baseline_test_accuracy} | {self.test_difference} "
+                f"(McNemar p = {self.test_difference.p_value:.2g}) |"]
         if self.sim_success is not None:
             rows.append(f"| simulated grasp success, held-out scenes | {self.sim_success} | "
                         f"{self.baseline_sim_success} | {self.sim_difference} "
-                        f"(McNemar p = {self.sim_difference.p_value:.2f}) |")
+                        f"(McNemar p = {self.sim_difference.p_value:.2g}) |")
         return rows
 
 

@@ -366,6 +366,12 @@ def test_export_ships_a_file_scored_as_recorded_and_verified_on_held_out_data(
     rows = json.loads(capsys.readouterr().out)
     assert [r["trial"] for r in rows if "verified" in r] and all(
         r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1] for r in rows)
+    for r in rows:  # McNemar's p beside each paired interval, from the same counts
+        better, worse = r["discordant"]
+        expected = chi2.sf((better - worse) ** 2 / (better + worse), 1) if better + worse else 1
+        assert r["accuracy_change_p"] == pytest.approx(expected)
+        low, high = r["accuracy_change_ci_pp"]
+        assert (low > 0 or high < 0) == (r["accuracy_change_p"] < 0.05)
 
 
 def test_verify_names_a_missing_artifact(tmp_path, trained, capsys):
