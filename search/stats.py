@@ -46,9 +46,9 @@ class Rate:
     def to_dict(self) -> dict[str, float]:
         return {"value": self.value, **asdict(self)}
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # "k of n", not "k/n": Markdown reads "[..] (k/n)" as a link
         return (f"{self.value:.1%} [{self.low:.1%}, {self.high:.1%}] "
-                f"({self.successes}/{self.n})")
+                f"({self.successes} of {self.n})")
 
 
 def rate(hits: np.ndarray | int, n: int | None = None, confidence: float = CONFIDENCE) -> Rate:

@@ -357,6 +357,9 @@ def test_export_ships_a_file_scored_as_recorded_and_verified_on_held_out_data(
     card = (out / "MODEL_CARD.md").read_text()
     assert "IoU grasp-match accuracy, test images" in card
     assert "simulated grasp success, held-out scenes" in card
+    import re
+
+    assert not re.search(r"\]\s?\([^\s)]*\)", card)  # "[a, b] (k/n)" renders as a link
     run = mlflow.MlflowClient(config.tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.data.metrics["test_accuracy"] == test.accuracy
     assert run.data.metrics["sim_scenes"] == 3

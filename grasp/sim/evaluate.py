@@ -51,7 +51,7 @@ class SimResult:
 
     def __str__(self) -> str:
         low, high = self.interval
-        return f"{self.rate:.1%} [{low:.1%}, {high:.1%}] ({self.successes}/{self.trials})"
+        return f"{self.rate:.1%} [{low:.1%}, {high:.1%}] ({self.successes} of {self.trials})"
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95
