@@ -92,9 +92,13 @@ def test_the_graph_finds_the_reference_grasp_on_every_hard_case():
     assert reference[-4][:2] == (150, 150) and reference[-4][4]  # 12 higher maxima fail
     assert reference[-2][:2] == (150, 150) and reference[-2][4]  # 24 higher maxima fail
     assert reference[-1][:2] == (100, 160)  # raster order, not the order of the cells
-    with torch.no_grad():
-        _check(GraspSynthesis(300)(torch.from_numpy(maps), _depth(len(maps), 300)).numpy(),
-               reference)
+    synthesis, depth = GraspSynthesis(300), _depth(len(maps), 300)
+    with torch.no_grad():  # together (one unproven map sends the batch to the exact search)
+        _check(synthesis(torch.from_numpy(maps), depth).numpy(), reference)
+        # ...and one by one: the candidates' answer where proven, the exact one elsewhere.
+        alone = [synthesis(torch.from_numpy(maps[i:i + 1]), depth[i:i + 1]).numpy()
+                 for i in range(len(maps))]
+    _check(np.concatenate(alone), reference)
 
 
 def test_the_graph_finds_the_reference_grasp_on_a_trained_models_maps(trained):
@@ -192,7 +196,10 @@ def test_the_attached_graph_finds_the_reference_grasp_on_every_hard_case(tmp_pat
     onnx.save(network, str(path))
     attach_to_onnx(path, 300)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    _check(session.run(["grasp"], {"depth": maps})[0], _reference(maps))
+    reference = _reference(maps)
+    _check(session.run(["grasp"], {"depth": maps})[0], reference)  # the If's exact branch
+    alone = [session.run(["grasp"], {"depth": maps[i:i + 1]})[0] for i in range(len(maps))]
+    _check(np.concatenate(alone), reference)  # mostly its proven branch
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
