@@ -49,6 +49,7 @@ from grasp.timing import (
 )
 
 __all__ = ["PRECISIONS", "RUNTIMES", "SUFFIXES", "Artifact", "ArtifactError", "check_device",
+           "check_readable",
            "compact_onnx", "cuda_graph", "deployable", "export_onnx", "export_torch",
            "save_program"]
 
@@ -389,9 +390,30 @@ def compact_onnx(path: str | Path) -> Path:
 
 @functools.lru_cache(maxsize=64)
 def _onnx_outputs(path: str, mtime_ns: int) -> tuple[str, ...]:
+    return tuple(o.name for o in _read_onnx(Path(path)).graph.output)
+
+
+def _read_onnx(path: Path):  # -> onnx.ModelProto
     import onnx
 
-    return tuple(o.name for o in onnx.load(path, load_external_data=False).graph.output)
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and others, for a damaged file
+        raise ArtifactError(f"{path}: not a readable ONNX file: truncated or corrupt "
+                            f"({type(error).__name__}). Rebuild it from the trial's weights "
+                            f"(ggopt export --rebuild) or re-run the trial.") from None
+
+
+def check_readable(path: str | Path) -> None:
+    """Refuses an artifact file that cannot be what it claims (a truncated or overwritten
+    ONNX file, a .pt2 that is no archive) before anything is built or copied from it."""
+    import zipfile
+
+    path = Path(path)
+    if path.suffix == ".onnx":
+        _read_onnx(path)
+    elif path.suffix == ".pt2" and not zipfile.is_zipfile(path):
+        raise ArtifactError(f"{path}: not a readable .pt2 archive: truncated or corrupt.")
 
 
 @dataclass(frozen=True)

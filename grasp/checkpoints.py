@@ -6,6 +6,9 @@ made it and its metrics, so that a study can rebuild the teacher without trustin
 
 from __future__ import annotations
 
+import pickle
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,9 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "baseline_path",
+    "check_finite",
     "load_checkpoint",
+    "load_weights",
     "save_checkpoint",
 ]
 
@@ -67,10 +72,48 @@ def save_checkpoint(path: str | Path, model: nn.Module, model_name: str,
         "config": dict(config or {}),
         "metrics": dict(metrics or {}),
     }
+    check_finite(path, payload["state_dict"])
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
     return path
+
+
+def check_finite(path: str | Path, state: dict[str, Any]) -> None:
+    """Refuses weights holding NaN or infinity: such a model outputs nothing usable, and a
+    study on it would measure every trial against a baseline of 0."""
+    for name, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(
+                torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{path}: weights are not finite: {name} holds {bad} NaN or "
+                                  f"infinite value(s) of {value.numel()} (a diverged training "
+                                  f"run?).")
+
+
+def load_weights(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, its failures named plainly: a
+    pickled object is refused, never executed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found.")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol it refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        # torch's message for a broken file advises weights_only=False: never follow that
+        # advice for a file nobody vouches for, so only the kind of failure is shown.
+        with open(path, "rb") as f:
+            raw_pickle = f.read(1) == b"\x80" and not zipfile.is_zipfile(path)
+        pickled = raw_pickle or (isinstance(exc, pickle.UnpicklingError) and (
+            "Unsupported global" in str(exc) or "GLOBAL" in str(exc)))
+        raise CheckpointError(
+            f"{path}: " + ("a pickled Python object, not tensors: it was not loaded (loading "
+                           "it would run code from the file). Save the model's state_dict() "
+                           "instead." if pickled else
+                           f"not a readable checkpoint: corrupt, truncated, or not a "
+                           f"weights-only PyTorch file ({type(exc).__name__}).")) from None
 
 
 def load_checkpoint(path: str | Path, model_name: str | None = None) -> Checkpoint:
@@ -84,13 +127,7 @@ def load_checkpoint(path: str | Path, model_name: str | None = None) -> Checkpoi
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        # torch's message for a broken file advises weights_only=False: never follow that
-        # advice for a file nobody vouches for, so only the kind of failure is shown.
-        raise CheckpointError(f"{path}: not a readable checkpoint: corrupt, truncated, or not "
-                              f"a weights-only PyTorch file ({type(exc).__name__}).") from None
+    payload = load_weights(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not a ggopt checkpoint (expected format {FORMAT!r}, got "
@@ -107,6 +144,7 @@ def load_checkpoint(path: str | Path, model_name: str | None = None) -> Checkpoi
             f"{path}: checkpoint holds model {stored!r}, but {model_name!r} was asked for."
         )
     model = get_model(stored)
+    check_finite(path, payload["state_dict"])
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

@@ -18,7 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    track,
+)
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -242,12 +249,17 @@ def train(
                         taught = teacher(x)
                     loss = ((1 - alpha) * loss
                             + alpha * distillation_loss(pred, taught, config.pos_weight))
+                value = loss.item()
+                if not math.isfinite(value):  # every step after this would be NaN too
+                    raise ValueError(f"training diverged at step {result.steps + 1}: the loss "
+                                     f"is {value} (lower the learning rate, now "
+                                     f"{config.lr:g}).")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 if schedule is not None:
                     schedule.step()
-                losses.append(loss.item())
+                losses.append(value)
                 result.steps += 1
                 bar.update(task, advance=1, loss=float(np.mean(losses[-20:])),
                            description=f"epoch {epoch + 1}/{config.epochs}")
@@ -337,6 +349,11 @@ def train_baseline(job: BaselineJob, config: TrainConfig, console: Console | Non
     if not parts["train"]:
         raise ValueError(f"{job.dataset}: the train split is empty ({len(dataset)} images).")
     teacher = load_checkpoint(job.teacher).model if job.teacher else None
+    # Every image read once before the first step: a corrupt file is named now, not after
+    # an epoch (and a partial checkpoint).
+    for index in track(range(len(dataset)), description="checking the images",
+                       console=console, transient=True):
+        dataset.item(index)
     console.print(
         f"{job.model}: {len(parts['train'])} train / {len(parts['val'])} val / "
         f"{len(parts['test'])} test images ({job.split_by}-wise split) from {job.dataset}"

@@ -461,6 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # escape: messages name TOML tables such as [data], which rich would take as markup
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
+    except OSError as exc:  # a full disk, a read-only or vanished folder: name the path
+        where, why = exc.filename or "(no path given)", exc.strerror or str(exc)
+        console.print(f"[bold red]error:[/] {escape(str(where))}: {escape(why)}",
+                      highlight=False, soft_wrap=True)
+        return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         return 130

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from optuna.trial import FrozenTrial
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from torch import nn
 
 from grasp.artifact import Artifact
+from grasp.checkpoints import load_weights
 from grasp.urls import redact_url
 from objectives import count_macs
 from search.config import StudyConfig
@@ -148,7 +148,7 @@ def load_trial_weights(trial: FrozenTrial, model: nn.Module, console: Console,
         console.print(f"trial {trial.number}: the study kept no recovered weights{where}; "
                       "recovering its rebuilt model from the start.")
         return False
-    state = torch.load(kept, map_location="cpu", weights_only=True)
+    state = load_weights(kept)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

@@ -455,9 +455,13 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
                      f"from the study's weights (the study wrote format {studied_format})")
         finish_steps = finished.steps  # 0 when the trial left the function unchanged
     else:
-        model_path, v = copy_artifact(trial, out, config.tracking_uri), studied
         kept = kept_weights(trial, config.tracking_uri)
         if kept is not None:  # fp32 weights, for a user's own fine-tuning
+            from grasp.checkpoints import load_weights
+
+            load_weights(kept)  # a damaged file is named before anything is written
+        model_path, v = copy_artifact(trial, out, config.tracking_uri), studied
+        if kept is not None:
             shutil.copyfile(kept, out / WEIGHTS_FILE)
         macs = trial.user_attrs.get("extra", {}).get("macs")
         fp = trial.user_attrs.get("fingerprint", {})

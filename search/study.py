@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.progress import track
 from torch import nn
 
-from grasp.artifact import SUFFIXES, Artifact, ArtifactError, check_device
+from grasp.artifact import SUFFIXES, Artifact, ArtifactError, check_device, check_readable
 from grasp.checkpoints import Checkpoint, load_checkpoint
 from grasp.data import image_digests, image_name, load_dataset
 from grasp.evaluation import HeldOut, ImageHits, score_images
@@ -1173,6 +1173,7 @@ def copy_artifact(trial: FrozenTrial, out: Path, tracking_uri: str | None = None
         where = f" and not in MLflow ({redact_url(tracking_uri)})" if tracking_uri else ""
         raise FileNotFoundError(f"{trial.user_attrs.get('artifact')}: trial {trial.number}'s "
                                 f"artifact is missing here{where}.")
+    check_readable(src)  # a damaged file is named, and never copied into ``out``
     out.mkdir(parents=True, exist_ok=True)
     dst = out / f"model{src.suffix}"
     shutil.copyfile(src, dst)

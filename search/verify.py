@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial
 from rich.console import Console
 
-from grasp.artifact import Artifact
+from grasp.artifact import Artifact, check_readable
 from grasp.checkpoints import load_checkpoint
 from grasp.data import load_dataset
 from grasp.evaluation import HeldOut, score_grasps
@@ -114,6 +114,7 @@ def trial_artifact(config: StudyConfig, trial: FrozenTrial) -> Artifact:
                if trial.user_attrs.get(RUN_ID_KEY) else " and it has no MLflow run")
             + "; verify it on the worker that ran it, or point --tracking-uri at the study's "
               "MLflow server.")
+    check_readable(path)
     return Artifact(path, runtime=config.runtime, precision=trial.user_attrs.get("precision",
                     "fp32"), input_size=config.output_size, device=config.device)
 

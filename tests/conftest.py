@@ -37,15 +37,15 @@ def box_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.nda
 
 
 def write_jacquard(root: Path, objects: int = 4, views: int = 3, size: int = 192,
-                   seed: int = 0) -> Path:
+                   seed: int = 0, prefix: str = "object") -> Path:
     """Writes ``objects`` folders with ``views`` images each, in Jacquard's file format."""
     rng = np.random.default_rng(seed)
     for o in range(objects):
-        folder = root / f"object{o:03d}"
+        folder = root / f"{prefix}{o:03d}"
         folder.mkdir(parents=True)
         for v in range(views):
             depth, grasps = box_scene(rng, size, size)
-            stem = folder / f"{v}_object{o:03d}"
+            stem = folder / f"{v}_{prefix}{o:03d}"
             tifffile.imwrite(f"{stem}_perfect_depth.tiff", depth)
             lines = [f"{g.center[1]:.3f};{g.center[0]:.3f};{-math.degrees(g.angle):.3f};"
                      f"{g.length:.3f};{g.width:.3f}" for g in grasps]
@@ -147,7 +147,7 @@ def write_preset_jacquard(root: Path, recipe: dict) -> Path:
     """Box scenes in the simulator's layout: train/, val/ and test/ folders of new objects."""
     for seed, name in enumerate(("train", "val", "test")):
         write_jacquard(root / name, objects=recipe[name], views=recipe["views"],
-                       size=recipe["size"], seed=seed)
+                       size=recipe["size"], seed=seed, prefix=f"{name}-object")
     return root
 
 

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from grasp.rectangles import Grasp, grasp_maps
 
 __all__ = [
+    "MAX_MEDIAN_DEPTH_M",
     "SPLIT_KINDS",
     "TEST_FRACTION",
     "VAL_FRACTION",
@@ -28,11 +29,15 @@ __all__ = [
     "GraspDataset",
     "GraspSubset",
     "Sample",
+    "check_depth_type",
+    "check_grasps_in_image",
+    "depth_header",
     "has_preset_split",
     "image_digests",
     "image_name",
     "normalise_depth",
     "read_depth",
+    "read_grasp_lines",
     "split",
 ]
 
@@ -63,22 +68,85 @@ class Sample:
     preset_split: str | None = None
 
 
+#: A median depth above this many metres is not a tabletop seen in metres: millimetres.
+MAX_MEDIAN_DEPTH_M = 10.0
+
+
 def read_depth(path: Path) -> np.ndarray:
     """A depth image in metres as float32; missing pixels (NaN, inf) take the median depth."""
     try:
-        depth = np.asarray(tifffile.imread(path), dtype=np.float32)
+        raw = tifffile.imread(path)
     except FileNotFoundError:
         raise DatasetFileError(path, "depth image not found") from None
     except Exception as exc:  # tifffile raises several types for a corrupt file
         raise DatasetFileError(path, f"cannot read depth image ({exc})") from None
+    check_depth_type(path, raw.dtype)
+    depth = np.asarray(raw, dtype=np.float32)
     if depth.ndim != 2:
         raise DatasetFileError(path, f"depth image must be 2-D, got shape {depth.shape}")
     bad = ~np.isfinite(depth)
     if bad.all():
         raise DatasetFileError(path, "depth image has no finite pixel")
+    median = float(np.median(depth[~bad]))
+    if median > MAX_MEDIAN_DEPTH_M:
+        raise DatasetFileError(path, f"median depth {median:g}: ggopt reads depth in metres, "
+                                     f"and a table {median:g} m away is not one; millimetres? "
+                                     f"write depth / 1000")
     if bad.any():
-        depth[bad] = np.median(depth[~bad])
+        depth[bad] = median
     return depth
+
+
+def check_depth_type(path: Path, dtype: np.dtype) -> None:
+    """Refuses integer depth: sensors store millimetres as uint16, ggopt reads metres."""
+    if not np.issubdtype(dtype, np.floating):
+        raise DatasetFileError(path, f"depth is stored as {np.dtype(dtype).name}: ggopt reads "
+                                     f"depth in metres as floats; integer depth is usually "
+                                     f"millimetres (write depth / 1000 as float32)")
+
+
+def depth_header(path: Path) -> tuple[int, int]:
+    """(height, width) of a depth TIFF from its header, its pixel type checked: cheap enough
+    to check every image of a dataset before any long work."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            shape, dtype = page.shape, page.dtype
+    except FileNotFoundError:
+        raise DatasetFileError(path, "depth image not found") from None
+    except Exception as exc:  # tifffile raises several types for a corrupt file
+        raise DatasetFileError(path, f"cannot read depth image ({exc})") from None
+    if len(shape) != 2:
+        raise DatasetFileError(path, f"depth image must be 2-D, got shape {tuple(shape)}")
+    check_depth_type(path, dtype)
+    return int(shape[0]), int(shape[1])
+
+
+def check_grasps_in_image(path: Path, grasps: Sequence[Grasp], height: int, width: int
+                          ) -> None:
+    """Every grasp centred inside its image and no wider than its diagonal: a grasp outside
+    would train the maps on nothing and never match at evaluation."""
+    diagonal = math.hypot(height, width)
+    for g in grasps:
+        row, col = g.center
+        if not (0 <= row < height and 0 <= col < width):
+            raise DatasetFileError(path, f"grasp centred at (x={col:g}, y={row:g}) lies outside "
+                                         f"its {width}x{height} image")
+        if g.length > diagonal:
+            raise DatasetFileError(path, f"grasp {g.length:g} px wide at (x={col:g}, "
+                                         f"y={row:g}): wider than its {width}x{height} image's "
+                                         f"diagonal")
+
+
+def read_grasp_lines(path: Path) -> list[str]:
+    """A grasp file's lines; errors name the file (unreadable, or not text)."""
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DatasetFileError(path, f"cannot read grasp file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetFileError(path, f"not a text grasp file (byte {exc.start} is not UTF-8 or "
+                                     f"ASCII: binary, or saved as UTF-16?)") from None
 
 
 def normalise_depth(depth: np.ndarray) -> np.ndarray:
@@ -225,6 +293,33 @@ def has_preset_split(dataset: GraspDataset) -> bool:
     return bool(dataset.samples) and all(s.preset_split is not None for s in dataset.samples)
 
 
+def _check_no_object_in_two_splits(dataset: GraspDataset, parts: dict[str, list[int]]
+                                   ) -> None:
+    """Refuses a preset split whose folders share an object (the same folder name under
+    train/ and val/, say, as a copied scene): held-out figures would not be held out."""
+    seen: dict[str, tuple[str, Path]] = {}
+    for name, indices in parts.items():
+        for i in indices:
+            sample = dataset.samples[i]
+            key = _object_key(sample)
+            if key is None:
+                continue
+            first = seen.setdefault(key, (name, sample.depth_path))
+            if first[0] != name:
+                raise DatasetFileError(sample.depth_path, f"object {key!r} is in both {first[0]}/ "
+                                                          f"({first[1]}) and {name}/: a preset "
+                                                          f"split must keep every object in one")
+
+
+def _object_key(sample: Sample) -> str | None:
+    """The object an image shows, without the split folder its path starts with."""
+    if sample.object_id is None:
+        return None
+    parts = Path(sample.object_id).parts
+    return str(Path(*parts[1:])) if parts[:1] == (sample.preset_split,) and len(parts) > 1 else (
+        sample.object_id)
+
+
 def split(
     dataset: GraspDataset,
     by: str = "image",
@@ -245,8 +340,10 @@ def split(
         if missing:
             raise ValueError(f"A preset split needs every image under train/, val/ or test/; "
                              f"{missing[0]} is not.")
-        return {name: [i for i, s in enumerate(dataset.samples) if s.preset_split == name]
-                for name in ("train", "val", "test")}
+        parts = {name: [i for i, s in enumerate(dataset.samples) if s.preset_split == name]
+                 for name in ("train", "val", "test")}
+        _check_no_object_in_two_splits(dataset, parts)
+        return parts
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"`0 <= {name} < 1` must hold, but got {value}.")

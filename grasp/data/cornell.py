@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from grasp.data.base import DatasetFileError, GraspDataset, Sample, read_depth
+from grasp.data.base import (
+    DatasetFileError,
+    GraspDataset,
+    Sample,
+    check_grasps_in_image,
+    depth_header,
+    read_depth,
+    read_grasp_lines,
+)
 from grasp.rectangles import Grasp
 
 __all__ = ["CornellDataset", "read_cornell_grasps"]
@@ -23,10 +31,7 @@ __all__ = ["CornellDataset", "read_cornell_grasps"]
 
 def read_cornell_grasps(path: Path, strict: bool = True) -> list[Grasp]:
     """Parses a ``cpos.txt`` file; errors name the file and the 1-based line."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise DatasetFileError(path, f"cannot read grasp file ({exc.strerror})") from None
+    lines = read_grasp_lines(path)
     points: list[tuple[int, list[float]]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -97,8 +102,14 @@ class CornellDataset(GraspDataset):
                 if image not in objects:
                     raise DatasetFileError(objects_file, f"no object for image {image}")
                 object_id = objects[image]
-            samples.append(Sample(depth_path, grasp_path,
-                                  tuple(read_cornell_grasps(grasp_path, strict)), object_id))
+            grasps = tuple(read_cornell_grasps(grasp_path, strict))
+            height, width = depth_header(depth_path)
+            if height < output_size or width < output_size:
+                raise DatasetFileError(depth_path, f"image is {height}x{width}, smaller than the "
+                                                   f"{output_size}px crop (--output-size / "
+                                                   f"[data] output_size)")
+            check_grasps_in_image(grasp_path, grasps, height, width)
+            samples.append(Sample(depth_path, grasp_path, grasps, object_id))
         super().__init__(samples, output_size)
 
     def frame(self, index: int) -> tuple[np.ndarray, list[Grasp]]:

@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 from skimage.transform import resize
 
-from grasp.data.base import DatasetFileError, GraspDataset, Sample, read_depth
+from grasp.data.base import (
+    DatasetFileError,
+    GraspDataset,
+    Sample,
+    check_grasps_in_image,
+    depth_header,
+    read_depth,
+    read_grasp_lines,
+)
 from grasp.rectangles import Grasp
 
 __all__ = ["DEPTH_SUFFIX", "GRASPS_SUFFIX", "JacquardDataset", "read_jacquard_grasps"]
@@ -28,10 +36,7 @@ DEPTH_SUFFIX = "_perfect_depth.tiff"
 
 def read_jacquard_grasps(path: Path) -> list[Grasp]:
     """Parses a ``_grasps.txt`` file; errors name the file and the 1-based line."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise DatasetFileError(path, f"cannot read grasp file ({exc.strerror})") from None
+    lines = read_grasp_lines(path)
     grasps = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -54,6 +59,20 @@ def read_jacquard_grasps(path: Path) -> list[Grasp]:
     return grasps
 
 
+def _check_image(depth_path: Path, grasp_path: Path, grasps: tuple[Grasp, ...],
+                 output_size: int) -> None:
+    """From the depth file's header: square, no smaller than the network's input (scaling
+    up would invent pixels), float depth; and every grasp inside it."""
+    height, width = depth_header(depth_path)
+    if height != width:
+        raise DatasetFileError(depth_path, f"Jacquard images are square, got {height}x{width}")
+    if height < output_size:
+        raise DatasetFileError(depth_path, f"image is {height}x{width}, smaller than the "
+                                           f"network's {output_size}x{output_size} input "
+                                           f"(--output-size / [data] output_size)")
+    check_grasps_in_image(grasp_path, grasps, height, width)
+
+
 class JacquardDataset(GraspDataset):
     """Every ``*_grasps.txt`` under ``root`` (recursively) with its perfect depth image."""
 
@@ -72,16 +91,16 @@ class JacquardDataset(GraspDataset):
                 raise DatasetFileError(depth_path, f"depth image for {grasp_path.name} not found")
             relative = grasp_path.parent.relative_to(root)
             preset = relative.parts[0] if relative.parts[:1] in PRESET else None
-            samples.append(Sample(depth_path, grasp_path,
-                                  tuple(read_jacquard_grasps(grasp_path)), str(relative),
-                                  preset))
+            grasps = tuple(read_jacquard_grasps(grasp_path))
+            _check_image(depth_path, grasp_path, grasps, output_size)
+            samples.append(Sample(depth_path, grasp_path, grasps, str(relative), preset))
         super().__init__(samples, output_size)
 
     def frame(self, index: int) -> tuple[np.ndarray, list[Grasp]]:
         sample = self.samples[index]
         depth = read_depth(sample.depth_path)
         height, width = depth.shape
-        if height != width:
+        if height != width:  # the header said square; the pixels must agree
             raise DatasetFileError(sample.depth_path,
                                    f"Jacquard images are square, got {height}x{width}")
         scale = self.output_size / height

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -107,6 +109,19 @@ def _jacquard_lines(grasps: list[Grasp]) -> str:
                    f"{g.length:.2f};{g.width:.2f}\n" for g in grasps)
 
 
+def check_writable(out: Path) -> None:
+    """Makes ``out`` and writes a probe file there, so that a read-only, non-folder or full
+    destination is named before any scene is simulated."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-") as probe:
+            probe.write(b"\0" * 65536)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot write there ({error.strerror or error}).") from None
+
+
 def scene_dir(out: Path, index: int) -> Path:
     return out / scene_split(index) / f"scene{index:06d}"
 
@@ -195,7 +210,7 @@ def generate_dataset(out: str | Path, scenes: int, workers: int = 1, seed: int =
                          f"{tuple(splits)}.")
     console = console or Console(stderr=True)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     wanted = [i for i in range(scenes) if scene_split(i) in splits]
     pending = _pending(out, wanted)
     if len(pending) < len(wanted):
