@@ -68,6 +68,14 @@ __all__ = ["TOKEN_ENV", "TOKEN_FILE_ENV", "AgentClient", "AgentDeviceChanged", "
 TOKEN_ENV, TOKEN_FILE_ENV = "GGOPT_AGENT_TOKEN", "GGOPT_AGENT_TOKEN_FILE"
 DEFAULT_PORT = 8765
 DEFAULT_MAX_MB = 64
+#: Bounds on one /time request, so that a token holder cannot keep the agent busy for hours:
+#: the study asks for 50 runs after 10 warm-ups; min_seconds is bounded apart (600 s).
+MAX_RUNS, MAX_WARMUP = 2_000, 1_000
+#: An upload over the limit is read this far past it at most (so that an honest client that
+#: sent its whole body reads the 413), then the agent stops reading.
+DRAIN_FACTOR = 2
+#: The variable naming a CA file (or the agent's self-signed certificate) for https targets.
+CA_FILE_ENV = "GGOPT_AGENT_CA_FILE"
 #: Artifacts an agent keeps (least recently used dropped first): a study's baseline and its
 #: trials in flight, with room to spare.
 KEEP_ARTIFACTS = 64
@@ -201,9 +209,41 @@ def _check_time_request(body: Any) -> dict[str, Any]:
         raise ValueError(f"`input_size` must be from 16 to 4096, got {request['input_size']}.")
     check_protocol(request["threads"], request["warmup"], request["runs"], request["block"],
                    request["min_seconds"])
-    if request["min_seconds"] > 600:
-        raise ValueError(f"`min_seconds` must be at most 600, got {request['min_seconds']}.")
+    cores = os.cpu_count() or 1
+    for name, bound in (("min_seconds", 600), ("runs", MAX_RUNS), ("warmup", MAX_WARMUP),
+                        ("threads", cores), ("block", request["runs"])):
+        if request[name] > bound:
+            raise ValueError(f"`{name}` must be at most {bound} on this agent, got "
+                             f"{request[name]}.")
     return request
+
+
+def external_data(model_bytes: bytes) -> str | None:
+    """The first external-data file an ONNX model names, or None: ONNX Runtime would read
+    it from the agent's working directory, so a self-contained file is the only kind kept."""
+    import onnx
+
+    try:
+        model = onnx.load_model_from_string(model_bytes)
+    except Exception:  # not ONNX at all: onnx_session names that
+        return None
+
+    def tensors(graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                for sub in ([attribute.g] if attribute.HasField("g") else []) + list(
+                        attribute.graphs):
+                    yield from tensors(sub)
+
+    for tensor in tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            where = {entry.key: entry.value for entry in tensor.external_data}
+            return where.get("location", "(unnamed)")
+    return None
 
 
 def create_app(token: str, folder: Path, max_bytes: int = DEFAULT_MAX_MB << 20,
@@ -249,17 +289,26 @@ def create_app(token: str, folder: Path, max_bytes: int = DEFAULT_MAX_MB << 20,
         if kind == "pt2" and not allow_torch:
             return error(415, "torch .pt2 packages hold native code; this agent accepts ONNX "
                               "files only (start it with --allow-torch to accept them).")
+        declared = request.headers.get("content-length", "")
+        too_big = error(413, f"the upload is {declared or 'more than ' + str(max_bytes)} "
+                             f"bytes, over this agent's limit of {max_bytes} bytes (--max-mb).")
+        if declared.isdigit() and int(declared) > DRAIN_FACTOR * max_bytes:
+            return too_big  # not read at all
         data, received = bytearray(), 0
-        async for chunk in request.stream():  # read to the end even when over the limit:
-            received += len(chunk)  # a client cut off mid-upload sees a broken pipe, not 413
+        async for chunk in request.stream():  # read a little past the limit: a client cut
+            received += len(chunk)  # off mid-upload sees a broken pipe, not 413; no further
             if received <= max_bytes:
                 data += chunk
+            elif received > DRAIN_FACTOR * max_bytes:
+                break
         if received > max_bytes:
-            return error(413, f"the upload is {received} bytes, over this agent's limit of "
-                              f"{max_bytes} bytes (--max-mb).")
+            return too_big
         if hashlib.sha256(data).hexdigest() != sha:
             return error(400, f"the upload's sha256 is {hashlib.sha256(data).hexdigest()}, "
                               f"not {sha}: corrupted in transit?")
+        if kind == "onnx" and (outside := external_data(bytes(data))) is not None:
+            return error(400, f"the model reads external data from {outside!r}; this agent "
+                              f"loads self-contained ONNX files only.")
         if kind == "onnx":
             async with lock:  # loading takes CPU: never while another file is being timed
                 try:
@@ -327,16 +376,31 @@ def create_app(token: str, folder: Path, max_bytes: int = DEFAULT_MAX_MB << 20,
 
 
 def serve(host: str, port: int, token: str, max_mb: int, allow_torch: bool,
-          timing_log: Path | None) -> None:
+          timing_log: Path | None, tls: tuple[str, str] | None = None) -> None:
     import uvicorn
 
     with tempfile.TemporaryDirectory(prefix="ggopt-agent-") as folder:
         app = create_app(token, Path(folder), max_mb << 20, allow_torch, timing_log)
         fp = host_fingerprint()
-        print(f"ggopt agent on http://{host}:{port}: {machine_line(fp)} "
-              f"({platform.machine()}), onnxruntime {_runtime_versions(False)['onnxruntime']}"
+        print(f"ggopt agent on {'https' if tls else 'http'}://{host}:{port}: "
+              f"{machine_line(fp)} ({platform.machine()}), onnxruntime "
+              f"{_runtime_versions(False)['onnxruntime']}"
               f"{', accepts torch .pt2' if allow_torch else ''}", file=sys.stderr, flush=True)
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        certificate, key = tls or (None, None)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                    ssl_certfile=certificate, ssl_keyfile=key)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this computer only."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -357,6 +421,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="also time torch .pt2 packages (they hold native code; needs torch "
                         "and the whole of ggopt on this computer)")
     p.add_argument("--log", default=None, help="append one JSON line per timing to this file")
+    p.add_argument("--tls-cert", default=None,
+                   help="serve https with this certificate (PEM), so the token never crosses "
+                        "the network in clear; with --tls-key")
+    p.add_argument("--tls-key", default=None, help="the certificate's private key (PEM)")
+    p.add_argument("--insecure-http", action="store_true",
+                   help="listen on a network interface over plain http anyway (anyone on "
+                        "the network can read the token); prefer TLS or an SSH tunnel")
     return p
 
 
@@ -365,9 +436,20 @@ def run_agent(args: argparse.Namespace) -> None:
         raise ValueError(f"--port: must be from 1 to 65535, got {args.port}.")
     if args.max_mb < 1:
         raise ValueError(f"--max-mb: must be >= 1, got {args.max_mb}.")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key: give both (the certificate and its key).")
+    for option, value in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if value and not Path(value).is_file():
+            raise ValueError(f"{option} {value}: file not found.")
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    if not (tls or is_loopback(args.host) or args.insecure_http):
+        raise ValueError(
+            f"--host {args.host}: over plain http the token would cross the network in clear. "
+            f"Give --tls-cert and --tls-key, or keep the default 127.0.0.1 and reach it "
+            f"through an SSH tunnel (docs/agent.md), or accept that with --insecure-http.")
     token = read_token(path=args.token_file)
     serve(args.host, args.port, token, args.max_mb, args.allow_torch,
-          Path(args.log) if args.log else None)
+          Path(args.log) if args.log else None, tls)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -412,6 +494,12 @@ class AgentClient:
                  ) -> None:
         self.url, self._token, self.retry_s, self.timeout_s = url.rstrip("/"), token, retry_s, \
             timeout_s
+        #: https: the system's trusted certificates, or ${CA_FILE_ENV}'s (a self-signed agent's).
+        self._tls = None
+        if self.url.startswith("https://"):
+            import ssl
+
+            self._tls = ssl.create_default_context(cafile=os.environ.get(CA_FILE_ENV) or None)
         self.device: dict[str, Any] | None = None  # the agent's, from /fingerprint
         self.expected: str | None = None  # the study baseline's device key, when set
         self._sent: set[str] = set()
@@ -430,7 +518,8 @@ class AgentClient:
             self.url + path, data=body, method=method,
             headers={"Authorization": f"Bearer {self._token}", "Content-Type": content_type})
         try:
-            with urllib.request.urlopen(request, timeout=timeout or self.timeout_s) as reply:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout_s,
+                                        context=self._tls) as reply:
                 status, text = reply.status, reply.read()
             return status, json.loads(text or b"{}")
         except json.JSONDecodeError:

@@ -123,12 +123,14 @@ class AgentProcess:
     started again there (as a robot's agent restarts)."""
 
     def __init__(self, folder: Path, token: str, *options: str, cpu: str | None = None,
-                 light: bool = True) -> None:
-        """``light``: as installed on a robot, without torch (not with --allow-torch)."""
+                 light: bool = True, ca_file: Path | None = None) -> None:
+        """``light``: as installed on a robot, without torch (not with --allow-torch).
+        ``ca_file``: the agent serves https (its options name the certificate and key) and
+        is trusted through this certificate."""
         self.folder, self.token, self.options, self.cpu = folder, token, options, cpu
-        self.light = light
+        self.light, self.ca_file = light, ca_file
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
         self.log = folder / f"agent-{self.port}.jsonl"
         self.output = folder / f"agent-{self.port}.out"
         self.process: subprocess.Popen | None = None
@@ -148,9 +150,14 @@ class AgentProcess:
         deadline = time.monotonic() + 60
         request = urllib.request.Request(f"{self.url}/fingerprint",
                                          headers={"Authorization": f"Bearer {self.token}"})
+        context = None
+        if self.ca_file is not None:
+            import ssl
+
+            context = ssl.create_default_context(cafile=str(self.ca_file))
         while True:
             try:
-                with urllib.request.urlopen(request, timeout=2) as response:
+                with urllib.request.urlopen(request, timeout=2, context=context) as response:
                     if response.status == 200:
                         return self
             except OSError:

@@ -319,3 +319,146 @@ def test_concurrent_requests_are_timed_one_at_a_time_in_order(agent, files):
     for earlier, later in itertools.pairwise(records):
         assert later["start"] >= earlier["end"], "two timings overlapped"
     assert max(waits) > 0.2  # someone queued behind a 0.3 s timing, and it was reported
+
+
+# ---------------------------------------------------------------- bounds, caps and TLS
+
+
+def test_the_agent_listens_on_loopback_unless_told_and_refuses_clear_text_on_a_network(
+        token, capsys):
+    from search.agent import build_parser, main
+
+    assert build_parser().parse_args([]).host == "127.0.0.1"
+    for host in ("0.0.0.0", "192.168.1.20"):
+        assert main(["--host", host, "--port", "1"]) == 2
+        err = capsys.readouterr().err
+        assert f"--host {host}: over plain http the token would cross the network in clear" in err
+        assert "--tls-cert" in err and "SSH tunnel" in err
+    assert main(["--host", "0.0.0.0", "--tls-cert", "nope.pem", "--port", "1"]) == 2
+    assert "give both" in capsys.readouterr().err
+
+
+def test_a_timing_request_is_bounded(agent, files):
+    sha = hashlib.sha256(files["grasp"].path.read_bytes()).hexdigest()
+    AgentClient(agent.url, TOKEN).measure(files["grasp"], **FAST)  # uploaded
+    cores = os.cpu_count()
+    for body, expected in (({"runs": 5000}, "`runs` must be at most 2000"),
+                           ({"warmup": 10**6}, "`warmup` must be at most 1000"),
+                           ({"threads": cores + 1}, f"`threads` must be at most {cores}"),
+                           ({"runs": 10, "block": 11}, "`block` must be at most 10")):
+        status, answer = call(agent.url, "POST", "/time",
+                              json.dumps({"artifact": sha, **body}).encode())
+        assert status == 400 and expected in answer["error"], answer
+
+
+def test_an_endless_upload_is_cut_off_and_the_agent_goes_on(agent, files):
+    """A client streaming far past --max-mb (1 MB) without declaring a length is read only
+    to twice the limit; one that declares a huge length is not read at all."""
+    import http.client
+
+    for declared in (None, 50 << 20):
+        connection = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=30)
+        connection.putrequest("PUT", f"/artifacts/{'a' * 64}")
+        connection.putheader("Authorization", f"Bearer {TOKEN}")
+        if declared is None:
+            connection.putheader("Transfer-Encoding", "chunked")
+        else:
+            connection.putheader("Content-Length", str(declared))
+        connection.endheaders()
+        sent, status = 0, None
+        try:
+            while sent < (20 << 20):  # 20 MB: the agent must stop reading long before
+                chunk = b"\0" * 65536
+                connection.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+                                if declared is None else chunk)
+                sent += len(chunk)
+            status = connection.getresponse().status
+        except (BrokenPipeError, ConnectionResetError):
+            status = "cut off"
+        finally:
+            connection.close()
+        assert status in (413, "cut off")
+    assert AgentClient(agent.url, TOKEN).measure(files["grasp"], **FAST).median_ms > 0
+
+
+def test_a_model_that_reads_external_data_is_refused(agent, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [1], [0.0])
+    weight.data_location = TensorProto.EXTERNAL
+    weight.ClearField("float_data")
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", "../../etc/passwd"
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Add", ["depth", "w"], ["maps"])], "reads-outside",
+        [helper.make_tensor_value_info("depth", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, [1])], [weight]))
+    data = model.SerializeToString()
+    assert onnx.load_model_from_string(data).graph.initializer[0].data_location == 1
+    status, answer = call(agent.url, "PUT", f"/artifacts/{hashlib.sha256(data).hexdigest()}",
+                          data)
+    assert status == 400 and "external data from '../../etc/passwd'" in answer["error"]
+
+
+def test_any_timing_error_is_answered_and_the_agent_goes_on(agent, files):
+    """Not only the agent's own TimingError: ONNX Runtime failing mid-run (the input size a
+    request asks for is not the file's) is answered too, and timing goes on."""
+    sha = hashlib.sha256(files["grasp"].path.read_bytes()).hexdigest()
+    AgentClient(agent.url, TOKEN).measure(files["grasp"], **FAST)  # uploaded
+    status, answer = call(agent.url, "POST", "/time", json.dumps(
+        {"artifact": sha, "input_size": 128, **FAST}).encode())
+    assert status == 400 and f"cannot time artifact {sha}: " in answer["error"]
+    assert "Fail" in answer["error"] or "Invalid" in answer["error"], answer
+    assert AgentClient(agent.url, TOKEN).measure(files["grasp"], **FAST).median_ms > 0
+    assert agent.process.poll() is None
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as `openssl req -x509` would write them."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName(
+                       [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "agent.pem", folder / "agent.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_over_tls_the_study_times_and_plain_http_is_not_answered(files, tmp_path, monkeypatch):
+    cert, key = _self_signed(tmp_path)
+    process = AgentProcess(tmp_path, TOKEN, "--tls-cert", str(cert), "--tls-key", str(key),
+                           ca_file=cert).start()
+    try:
+        assert process.url.startswith("https://")
+        monkeypatch.setenv("GGOPT_AGENT_CA_FILE", str(cert))
+        client = AgentClient(process.url, TOKEN)
+        client.connect()
+        assert client.measure(files["grasp"], **FAST).median_ms > 0
+        # Without the certificate trusted, the client refuses the agent (no silent fallback).
+        monkeypatch.delenv("GGOPT_AGENT_CA_FILE")
+        with pytest.raises(AgentUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            AgentClient(process.url, TOKEN).connect()
+        # Plain http to the TLS port gets no answer a client could mistake for the agent's.
+        with pytest.raises((AgentUnavailable, AgentError)):
+            AgentClient(process.url.replace("https", "http"), TOKEN).connect()
+    finally:
+        process.stop()
