@@ -450,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from search.agent import AgentError
+    from search.workers import StorageUnavailable
 
     args = build_parser().parse_args(argv)
     # MLflow's database migrations log at INFO on first use; they are not the user's business.
@@ -457,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, AgentError) as exc:
+    except (ValueError, FileNotFoundError, AgentError, StorageUnavailable) as exc:
         # escape: messages name TOML tables such as [data], which rich would take as markup
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2

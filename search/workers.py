@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import socket
+import time
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -30,8 +32,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from grasp.urls import redact_url
 
-__all__ = ["WorkerConflict", "budget_left", "counted", "in_budget", "open_storage",
+__all__ = ["PatientStorage", "StorageUnavailable", "WorkerConflict", "budget_left", "counted",
+           "in_budget", "is_outage", "open_storage",
            "setup_lock", "sqlite_worker_lock", "superseded", "worker_id"]
+
+log = logging.getLogger("ggopt.storage")
 
 RUN_ID_KEY = "mlflow_run_id"
 SCHEMA_LOCK = zlib.crc32(b"ggopt:optuna-schema")
@@ -77,6 +82,117 @@ class StaleTrials:
                           f"{type(error).__name__}", stacklevel=1)
 
 
+#: How long a worker waits out a storage it cannot reach (a database restarting, a network
+#: blip) before it stops; past that, re-running resumes the study.
+STORAGE_PATIENCE_S = 120.0
+
+
+class StorageUnavailable(RuntimeError):
+    """The study's storage stayed unreachable for longer than the worker waits."""
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether ``error`` (or what it wraps: Optuna turns SQLAlchemy's errors into its own,
+    and sometimes hides them behind another) is a lost or refused database connection."""
+    import sqlalchemy.exc
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+            return True
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if type(current).__module__.startswith("psycopg2") and type(current).__name__ in (
+                "OperationalError", "InterfaceError"):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class PatientStorage(RDBStorage):
+    """Optuna's RDB storage that waits out a database that restarts: every call is retried
+    with back-off (tenacity) while the connection is lost or refused, for at most
+    ``patience_s``; then StorageUnavailable says since when, and that re-running resumes.
+    A heartbeat that cannot be written is skipped, never raised (that would kill the
+    heartbeat thread). A finishing write retried after it had in fact been applied counts
+    as done."""
+
+    def __init__(self, url: str, patience_s: float = STORAGE_PATIENCE_S, **kwargs) -> None:
+        super().__init__(url, **kwargs)
+        self.patience_s = patience_s
+        self.down_since: float | None = None  # when the current outage began
+
+    def _patiently(self, name: str, call, *args, **kwargs):
+        import tenacity
+
+        def waiting(state: tenacity.RetryCallState) -> None:
+            if self.down_since is None:  # said once an outage, not at every retry
+                self.down_since = time.time()
+                log.warning("storage %s unreachable (%s); waiting up to %.0f s for it",
+                            redact_url(self.url), type(state.outcome.exception()).__name__,
+                            self.patience_s)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_outage), reraise=False, before_sleep=waiting,
+            wait=tenacity.wait_exponential(multiplier=0.5, max=10),
+            stop=tenacity.stop_after_delay(self.patience_s))
+        try:
+            result = retrying(call, *args, **kwargs)
+        except tenacity.RetryError:
+            since = self.down_since or time.time()
+            raise StorageUnavailable(
+                f"storage {redact_url(self.url)} unreachable since "
+                f"{time.strftime('%H:%M:%S', time.localtime(since))} ({name}, waited "
+                f"{time.time() - since:.0f} s); re-run `ggopt search` to resume: no finished "
+                f"trial is lost") from None
+        if self.down_since is not None:
+            log.warning("storage reachable again after %.0f s", time.time() - self.down_since)
+            self.down_since = None
+        return result
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self._patiently("heartbeat", super().record_heartbeat, trial_id)
+        except StorageUnavailable as problem:
+            log.warning("%s", problem)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        attempts = [0]
+
+        def finish() -> bool:
+            attempts[0] += 1
+            try:
+                return RDBStorage.set_trial_state_values(self, trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if attempts[0] > 1 and self.get_trial(trial_id).state == state:
+                    return True  # the lost attempt had been applied
+                raise
+
+        return self._patiently("set_trial_state_values", finish)
+
+
+def _patient(name: str):
+    def method(self, *args, **kwargs):
+        return self._patiently(name, getattr(RDBStorage, name).__get__(self), *args, **kwargs)
+    method.__name__ = name
+    return method
+
+
+for _name in ("create_new_study", "delete_study", "set_study_user_attr",
+              "set_study_system_attr", "get_study_id_from_name", "get_study_name_from_id",
+              "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
+              "get_all_studies", "create_new_trial", "set_trial_param",
+              "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
+              "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
+              "set_trial_system_attr", "get_trial", "get_all_trials", "get_best_trial",
+              "get_n_trials", "_get_stale_trial_ids", "_get_trials"):
+    if hasattr(RDBStorage, _name):
+        setattr(PatientStorage, _name, _patient(_name))
+
+
 def open_storage(url: str, heartbeat_interval: int = 30, grace_period: int = 120,
                  tracking_uri: str | None = None) -> RDBStorage:
     """Optuna's RDB storage with heartbeats; a clear error if it cannot be reached."""
@@ -87,7 +203,8 @@ def open_storage(url: str, heartbeat_interval: int = 30, grace_period: int = 120
         # Optuna's tables: one at a time.
         with _schema_lock(url), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
+            storage = PatientStorage if not url.startswith("sqlite") else RDBStorage
+            return storage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
                               grace_period=grace_period,
                               heartbeat_stale_trial_callback=StaleTrials(tracking_uri,
                                                                          grace_period))

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["AgentProcess", "find_postgres", "free_port", "mlflow_server", "postgres_server"]
+__all__ = ["AgentProcess", "PostgresCluster", "find_postgres", "free_port", "mlflow_server",
+           "postgres_server"]
 
 
 def find_postgres() -> Path | None:
@@ -46,31 +47,52 @@ def _as_owner(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command]
 
 
+class PostgresCluster:
+    """A private cluster an operator can restart under the workers: ``pg_ctl`` start,
+    ``restart -m fast`` and ``stop -m immediate`` (a crash, as far as clients can tell)."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir, self.root = bin_dir, Path(tempfile.mkdtemp(prefix="ggopt-pg-"))
+        os.chmod(self.root, 0o755)
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        self.data, self.port = self.root / "data", free_port()
+        subprocess.run(_as_owner([str(bin_dir / "initdb"), "-D", str(self.data), "-U", "ggopt",
+                                  "-A", "trust", "--no-sync"]), **_RUN)
+
+    def url(self, database: str = "ggopt") -> str:
+        return f"postgresql+psycopg2://ggopt@127.0.0.1:{self.port}/{database}"
+
+    def pg_ctl(self, *command: str) -> None:
+        subprocess.run(_as_owner([str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-w",
+                                  "-l", str(self.root / "log"), "-o",
+                                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+                                  f" -c fsync=off", *command]), **_RUN)
+
+    def createdb(self, name: str) -> None:
+        subprocess.run(_as_owner([str(self.bin_dir / "createdb"), "-h", "127.0.0.1", "-p",
+                                  str(self.port), "-U", "ggopt", name]), **_RUN)
+
+    def remove(self) -> None:
+        subprocess.run(_as_owner([str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m",
+                                  "immediate", "stop"]), capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_RUN = {"check": True, "capture_output": True, "text": True}
+
+
 @contextmanager
 def postgres_server(bin_dir: Path) -> Iterator[str]:
     """Yields the SQLAlchemy URL of database ``ggopt`` on a fresh cluster."""
-    root = Path(tempfile.mkdtemp(prefix="ggopt-pg-"))
-    os.chmod(root, 0o755)
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-    data, port = root / "data", free_port()
-    run = {"check": True, "capture_output": True, "text": True}
-    subprocess.run(_as_owner([str(bin_dir / "initdb"), "-D", str(data), "-U", "ggopt",
-                              "-A", "trust", "--no-sync"]), **run)
-    subprocess.run(_as_owner([str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l",
-                              str(root / "log"), "-o",
-                              f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
-                              "start"]), **run)
+    cluster = PostgresCluster(bin_dir)
+    cluster.pg_ctl("start")
     try:
-        subprocess.run(_as_owner([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port),
-                                  "-U", "ggopt", "ggopt"]), **run)
-        subprocess.run(_as_owner([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port),
-                                  "-U", "ggopt", "mlflow"]), **run)
-        yield f"postgresql+psycopg2://ggopt@127.0.0.1:{port}/ggopt"
+        cluster.createdb("ggopt")
+        cluster.createdb("mlflow")
+        yield cluster.url()
     finally:
-        subprocess.run(_as_owner([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                                  "stop"]), capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.remove()
 
 
 @contextmanager

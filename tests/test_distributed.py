@@ -154,3 +154,80 @@ def test_a_worker_on_other_hardware_refuses_to_score_latency(tmp_path, checkpoin
     path.write_text(path.read_text().replace("runs = 3", "runs = 3\nallow_other_devices = true"))
     assert main(["search", str(path), "--n-trials", "2"]) == 0
     assert "not comparable" in capsys.readouterr().err
+
+
+def test_two_workers_ride_out_a_postgres_restart_and_a_crash(tmp_path, checkpoint,
+                                                             jacquard_root, mlflow_uri):
+    """An operator restarts the study's PostgreSQL under two workers (`pg_ctl restart -m
+    fast`, back in seconds), then it stops as if it crashed (`-m immediate`) for 20 s: both
+    workers wait it out, finish with no traceback, and the budget is exact."""
+    from servers import PostgresCluster, find_postgres
+
+    cluster = PostgresCluster(find_postgres())
+    cluster.pg_ctl("start")
+    try:
+        cluster.createdb("ggopt")
+        path = distributed_study(tmp_path, checkpoint, jacquard_root, cluster.url(), mlflow_uri,
+                                 "restarted", n_trials=10, steps=30)
+        # A grace period longer than the outage: a worker's beats resume when it ends.
+        path.write_text(path.read_text().replace("grace_period = 3", "grace_period = 60"))
+        config = load_study_config(path)
+        workers = [start_worker(path, tmp_path / f"worker{i}.log") for i in range(2)]
+
+        def complete() -> int:
+            try:
+                return len(load_study(config).get_trials(states=(TrialState.COMPLETE,)))
+            except Exception:  # the study is not created yet, or the server is down
+                return 0
+
+        def wait_for(count: int) -> None:
+            deadline = time.monotonic() + 300
+            while complete() < count:
+                assert all(w.poll() is None for w in workers), [
+                    (tmp_path / f"worker{i}.log").read_text()[-2000:] for i in range(2)]
+                assert time.monotonic() < deadline, f"fewer than {count} trials finished"
+                time.sleep(0.5)
+
+        wait_for(2)
+        cluster.pg_ctl("-m", "fast", "restart")
+        wait_for(4)
+        cluster.pg_ctl("-m", "immediate", "stop")
+        time.sleep(20)
+        cluster.pg_ctl("start")
+        for i, worker in enumerate(workers):
+            log = (tmp_path / f"worker{i}.log")
+            assert worker.wait(timeout=600) == 0, log.read_text()[-3000:]
+            assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+        study = load_study(config)
+        assert finished(study) == 10
+        assert len({t.number for t in study.trials}) == len(study.trials)
+        assert not study.get_trials(states=(TrialState.RUNNING,))
+    finally:
+        cluster.remove()
+
+
+def test_a_storage_down_longer_than_the_worker_waits_ends_in_one_clear_line():
+    import pytest
+    from servers import PostgresCluster, find_postgres
+
+    from search.workers import PatientStorage, StorageUnavailable
+
+    cluster = PostgresCluster(find_postgres())
+    cluster.pg_ctl("start")
+    try:
+        cluster.createdb("ggopt")
+        storage = PatientStorage(cluster.url(), patience_s=3, heartbeat_interval=1,
+                                 engine_kwargs={"pool_pre_ping": True})
+        study = optuna.create_study(storage=storage, study_name="down")
+        trial_id = study.ask()._trial_id
+        cluster.pg_ctl("-m", "immediate", "stop")
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable, match=r"unreachable since \d\d:\d\d:\d\d .*"
+                                                     r"re-run `ggopt search` to resume"):
+            storage.get_all_trials(study._study_id)
+        assert 3 <= time.monotonic() - started < 30
+        storage.record_heartbeat(trial_id)  # skipped with a warning, never raised
+        cluster.pg_ctl("start")
+        assert storage.get_trial(trial_id).number == 0  # and back once it is
+    finally:
+        cluster.remove()
