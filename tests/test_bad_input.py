@@ -225,3 +225,23 @@ def test_export_rebuild_names_damaged_weights(tmp_path, capsys, exported_study, 
                 "not a readable checkpoint") in err
     finally:
         weights.write_bytes(intact)
+
+
+def test_a_full_disk_names_the_scene_and_leaves_no_part_of_it(tmp_path, monkeypatch):
+    """No real disk fills here: the depth writer fails as a full disk does (ENOSPC, no
+    path), and the error must name the scene folder, with no half-written scene left."""
+    import errno
+
+    import grasp.sim.generate as generate
+    from grasp.sim.generate import SceneLabels, write_scene
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(generate.tifffile, "imwrite", full)
+    labels = SceneLabels(3, np.ones((8, 8), np.float32), np.zeros((8, 8), bool), [], [], 0, 0,
+                         0, {})
+    with pytest.raises(OSError, match="No space left") as info:
+        write_scene(tmp_path, labels)
+    assert info.value.filename == str(tmp_path / "train" / "scene000003")
+    assert not list((tmp_path / "train").iterdir())

@@ -127,8 +127,17 @@ def scene_dir(out: Path, index: int) -> Path:
 
 
 def write_scene(out: Path, labels: SceneLabels) -> Path:
-    """Writes a scene atomically: a temporary folder renamed once every file is there."""
+    """Writes a scene atomically: a temporary folder renamed once every file is there; a
+    write that fails (a full disk) names the scene's folder and leaves no part of it."""
     final = scene_dir(out, labels.index)
+    try:
+        return _write_scene(final, labels)
+    except OSError as error:
+        shutil.rmtree(final.with_name(final.name + ".tmp"), ignore_errors=True)
+        raise OSError(error.errno, error.strerror or str(error), str(final)) from None
+
+
+def _write_scene(final: Path, labels: SceneLabels) -> Path:
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
