@@ -542,21 +542,22 @@ class AgentClient:
 
     def _patiently(self, call):
         """``call()``, retried while the agent cannot be reached: back-off 1, 2, 4 ... 30 s,
-        for at most ``retry_s`` in all; then AgentUnavailable with the reason."""
-        waited, delay = 0.0, 1.0
-        while True:
-            try:
-                return call()
-            except AgentUnavailable as problem:
-                if waited >= self.retry_s:
-                    raise AgentUnavailable(f"{problem} (retried for {waited:.0f} s; "
-                                           f"[runtime] target_retry_s = {self.retry_s:g})"
-                                           ) from None
-                pause = min(delay, 30.0, self.retry_s - waited)
-                log.warning("%s; retrying in %.0f s", problem, pause)
-                time.sleep(pause)
-                waited += pause
-                delay *= 2
+        for at most ``retry_s`` in all (tenacity; imported here, so that the robot's side
+        needs no more than its five packages); then AgentUnavailable with the reason."""
+        import tenacity
+
+        started = time.monotonic()
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(AgentUnavailable),
+            wait=tenacity.wait_exponential(multiplier=1, max=30),
+            stop=tenacity.stop_after_delay(self.retry_s), reraise=True,
+            before_sleep=lambda state: log.warning(
+                "%s; retrying in %.0f s", state.outcome.exception(), state.upcoming_sleep))
+        try:
+            return retrying(call)
+        except AgentUnavailable as problem:
+            raise AgentUnavailable(f"{problem} (retried for {time.monotonic() - started:.0f} s; "
+                                   f"[runtime] target_retry_s = {self.retry_s:g})") from None
 
     # -- the study's side
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -136,14 +135,12 @@ class StudyTracker:
         MLflow's SQL store (both insert, one gets a unique-key violation), and the retry
         then finds the row and updates it. Setting a tag is idempotent, so retrying is
         safe."""
-        for attempt in range(attempts):
-            try:
-                self.client.set_tag(run_id, key, value)
-                return
-            except MlflowException:
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(0.1 * (attempt + 1))
+        import tenacity
+
+        tenacity.Retrying(retry=tenacity.retry_if_exception_type(MlflowException),
+                          wait=tenacity.wait_incrementing(start=0.1, increment=0.1),
+                          stop=tenacity.stop_after_attempt(attempts), reraise=True)(
+            self.client.set_tag, run_id, key, value)
 
     def finish(self) -> None:
         self.client.set_terminated(self.parent_id, "FINISHED")
