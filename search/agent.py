@@ -150,10 +150,10 @@ def _runtime_versions(allow_torch: bool) -> dict[str, str]:
     import onnxruntime as ort
 
     versions = {"onnxruntime": ort.__version__}
-    if allow_torch:
-        import torch
+    if allow_torch:  # its version without importing it (seconds, and GBs of memory)
+        from importlib.metadata import version
 
-        versions["torch"] = torch.__version__
+        versions["torch"] = version("torch")
     return versions
 
 
