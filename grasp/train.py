@@ -336,7 +336,7 @@ def train_baseline(job: BaselineJob, config: TrainConfig, console: Console | Non
     model = get_model(job.model)
     seen: list[str] | None = []  # what the model was trained on before: nothing, or unknown
     if job.init:
-        start = load_checkpoint(job.init)
+        start = load_checkpoint(job.init, plain_model=job.model)
         if start.model_name != job.model:
             raise CheckpointError(f"{job.init}: --init holds a {start.model_name!r} model, "
                                   f"not the {job.model!r} being trained.")
@@ -348,7 +348,7 @@ def train_baseline(job: BaselineJob, config: TrainConfig, console: Console | Non
     parts = split(dataset, job.split_by, job.val_fraction, job.test_fraction, config.seed)
     if not parts["train"]:
         raise ValueError(f"{job.dataset}: the train split is empty ({len(dataset)} images).")
-    teacher = load_checkpoint(job.teacher).model if job.teacher else None
+    teacher = load_checkpoint(job.teacher, plain_model=job.model).model if job.teacher else None
     # Every image read once before the first step: a corrupt file is named now, not after
     # an epoch (and a partial checkpoint).
     for index in track(range(len(dataset)), description="checking the images",

@@ -122,6 +122,10 @@ class StudySetup:
 def prepare(config: StudyConfig, console: Console | None = None) -> StudySetup:
     console = console or Console(stderr=True)
     checkpoint = load_checkpoint(config.checkpoint_path(), config.model)
+    if "imported" in checkpoint.config:
+        console.print(f"[model] checkpoint {config.checkpoint_path()}: a plain {config.model} "
+                      f"state dict; " + "; ".join(checkpoint.config["imported"] or
+                                                   ["its keys are the model's own"]))
     dataset = load_dataset(config.data_format, config.data_root, output_size=config.output_size)
     parts = config.parts(dataset)
     if not parts["train"] or not parts["val"]:

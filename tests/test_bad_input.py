@@ -142,7 +142,8 @@ def test_a_pickled_model_is_named_as_such_and_never_unpickled(tmp_path):
 
     path = tmp_path / "whole.pt"
     torch.save(get_model("ggcnn"), path)  # what torch.save(model) writes
-    with pytest.raises(CheckpointError, match=r"a pickled Python object, not tensors: it was "
+    with pytest.raises(CheckpointError, match=r"a pickled Python object \(class "
+                                              r"grasp.models.GGCNN\), not tensors: it was "
                                               r"not loaded"):
         load_weights(path)
     with pytest.raises(CheckpointError, match="a pickled Python object"):
@@ -220,7 +221,8 @@ def test_export_rebuild_names_damaged_weights(tmp_path, capsys, exported_study, 
         assert main(["export", str(exported_study), "--trial", "2", "--rebuild", "--out",
                      str(tmp_path / "best"), "--no-sim", "--no-register"]) == 2
         err = capsys.readouterr().err
-        assert str(weights) in err and "Traceback" not in err and "weights_only" not in err
+        assert str(weights) in err and "Traceback" not in err
+        assert "Re-running `torch.load`" not in err  # torch's advice to unpickle it, anywhere
         assert ("pickled Python object" if damage == "pickled" else
                 "not a readable checkpoint") in err
     finally:
