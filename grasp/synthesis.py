@@ -338,12 +338,16 @@ def _synthesis_graph(size: int, opset: int, ir_version: int) -> bytes:
     from onnx import TensorProto, helper
 
     peak_in = ["s.pixel", "s.peak"]
-    outer = _exported(GraspSynthesis(size, "outer"), size, opset,
+    chosen = (torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.bool))
+    outer = _exported(GraspSynthesis(size, "outer"), opset,
+                      (torch.zeros(1, 4, size, size), torch.zeros(1, 1, size, size),
+                       torch.arange(size), chosen),
                       ["s.maps", "s.depth", "s.line", *peak_in],
                       ["s.grasp", "s.quality", "s.fast_pixel", "s.fast_peak", "s.unsure"])
     _line_from_range(outer.graph, size, "s.line")
     _shorten(outer.graph, prefix="s")
-    exact = _exported(_ExactPeak(size), size, opset, ["s.quality"], ["x.pixel", "x.peak"])
+    exact = _exported(_ExactPeak(size), opset, (torch.zeros(1, size, size),), ["s.quality"],
+                      ["x.pixel", "x.peak"])
     _shorten(exact.graph, prefix="x")
     del exact.graph.input[:]  # s.quality comes from the outer graph
     proven = helper.make_graph(
@@ -381,19 +385,13 @@ class _ExactPeak(nn.Module):
         return _exact_peak(quality, self.size)
 
 
-def _exported(module: nn.Module, size: int, opset: int, inputs: list[str], outputs: list[str]):
-    """``module`` exported to ONNX on example inputs named ``inputs`` (maps, depth, line
-    and a chosen pixel and peak; or a smoothed quality map), then slimmed (attach_to_onnx)."""
+def _exported(module: nn.Module, opset: int, args: tuple, inputs: list[str],
+              outputs: list[str]):
+    """``module`` exported to ONNX on the example ``args`` (their tensors named ``inputs``,
+    batch free but for the line and the If's condition), then slimmed (attach_to_onnx)."""
     import onnx
     import onnxslim
 
-    examples = {"s.maps": torch.zeros(1, 4, size, size), "s.depth": torch.zeros(1, 1, size, size),
-                "s.line": torch.arange(size), "s.pixel": torch.zeros(1, dtype=torch.long),
-                "s.peak": torch.zeros(1, dtype=torch.bool),
-                "s.quality": torch.zeros(1, size, size)}
-    args = tuple(examples[name] for name in inputs)
-    if len(args) == 5:  # the chosen pixel and peak travel as one argument
-        args = (*args[:3], args[3:])
     with tempfile.TemporaryDirectory() as scratch:
         exported = Path(scratch) / "synthesis.onnx"
         with warnings.catch_warnings():
@@ -411,7 +409,7 @@ def _topological(nodes: list) -> list:
     appended last must run before the grasp is read at its answer)."""
     produced = {out: i for i, node in enumerate(nodes) for out in node.output}
     order: list = []
-    state: dict[int, bool] = {}
+    visited: set[int] = set()
 
     def reads(node) -> list[str]:  # its inputs, and what its subgraphs read from outside
         inner = [x for a in node.attribute if a.HasField("g") for n in a.g.node
@@ -419,9 +417,9 @@ def _topological(nodes: list) -> list:
         return [*node.input, *inner]
 
     def visit(i: int) -> None:
-        if state.get(i):
+        if i in visited:
             return
-        state[i] = True
+        visited.add(i)
         for name in reads(nodes[i]):
             if name in produced:
                 visit(produced[name])

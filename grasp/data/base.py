@@ -31,6 +31,7 @@ __all__ = [
     "Sample",
     "check_depth_type",
     "check_grasps_in_image",
+    "checked_image",
     "depth_header",
     "has_preset_split",
     "image_digests",
@@ -120,6 +121,19 @@ def depth_header(path: Path) -> tuple[int, int]:
         raise DatasetFileError(path, f"depth image must be 2-D, got shape {tuple(shape)}")
     check_depth_type(path, dtype)
     return int(shape[0]), int(shape[1])
+
+
+def checked_image(depth_path: Path, grasp_path: Path, grasps: Sequence[Grasp],
+                  min_side: int, what: str) -> tuple[int, int]:
+    """(height, width) of a depth image from its header, refused when either side is under
+    ``min_side`` (``what`` needs it: the network's input, a crop; scaling up would invent
+    pixels), with every grasp checked against it."""
+    height, width = depth_header(depth_path)
+    if height < min_side or width < min_side:
+        raise DatasetFileError(depth_path, f"image is {height}x{width}, smaller than {what} "
+                                           f"(--output-size / [data] output_size)")
+    check_grasps_in_image(grasp_path, grasps, height, width)
+    return height, width
 
 
 def check_grasps_in_image(path: Path, grasps: Sequence[Grasp], height: int, width: int

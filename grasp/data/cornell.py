@@ -19,8 +19,7 @@ from grasp.data.base import (
     DatasetFileError,
     GraspDataset,
     Sample,
-    check_grasps_in_image,
-    depth_header,
+    checked_image,
     read_depth,
     read_grasp_lines,
 )
@@ -103,12 +102,8 @@ class CornellDataset(GraspDataset):
                     raise DatasetFileError(objects_file, f"no object for image {image}")
                 object_id = objects[image]
             grasps = tuple(read_cornell_grasps(grasp_path, strict))
-            height, width = depth_header(depth_path)
-            if height < output_size or width < output_size:
-                raise DatasetFileError(depth_path, f"image is {height}x{width}, smaller than the "
-                                                   f"{output_size}px crop (--output-size / "
-                                                   f"[data] output_size)")
-            check_grasps_in_image(grasp_path, grasps, height, width)
+            checked_image(depth_path, grasp_path, grasps, output_size,
+                          f"the {output_size}px crop")
             samples.append(Sample(depth_path, grasp_path, grasps, object_id))
         super().__init__(samples, output_size)
 

@@ -20,8 +20,7 @@ from grasp.data.base import (
     DatasetFileError,
     GraspDataset,
     Sample,
-    check_grasps_in_image,
-    depth_header,
+    checked_image,
     read_depth,
     read_grasp_lines,
 )
@@ -63,14 +62,10 @@ def _check_image(depth_path: Path, grasp_path: Path, grasps: tuple[Grasp, ...],
                  output_size: int) -> None:
     """From the depth file's header: square, no smaller than the network's input (scaling
     up would invent pixels), float depth; and every grasp inside it."""
-    height, width = depth_header(depth_path)
+    height, width = checked_image(depth_path, grasp_path, grasps, output_size,
+                                  f"the network's {output_size}x{output_size} input")
     if height != width:
         raise DatasetFileError(depth_path, f"Jacquard images are square, got {height}x{width}")
-    if height < output_size:
-        raise DatasetFileError(depth_path, f"image is {height}x{width}, smaller than the "
-                                           f"network's {output_size}x{output_size} input "
-                                           f"(--output-size / [data] output_size)")
-    check_grasps_in_image(grasp_path, grasps, height, width)
 
 
 class JacquardDataset(GraspDataset):

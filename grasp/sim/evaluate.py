@@ -33,7 +33,6 @@ __all__ = ["SimResult", "artifact_policy", "evaluate_in_sim", "evaluate_policies
 Policy = Callable[[np.ndarray, np.ndarray], Grasp | None]
 
 
-
 @dataclass(frozen=True)
 class SimResult:
     """Grasp success over ``trials`` held-out scenes, with a 95 % Wilson interval."""
