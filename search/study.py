@@ -30,6 +30,7 @@ from mlflow.exceptions import MlflowException
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import track
 from torch import nn
 
@@ -123,9 +124,10 @@ def prepare(config: StudyConfig, console: Console | None = None) -> StudySetup:
     console = console or Console(stderr=True)
     checkpoint = load_checkpoint(config.checkpoint_path(), config.model)
     if "imported" in checkpoint.config:
-        console.print(f"[model] checkpoint {config.checkpoint_path()}: a plain {config.model} "
-                      f"state dict; " + "; ".join(checkpoint.config["imported"] or
-                                                   ["its keys are the model's own"]))
+        console.print(escape(f"[model] checkpoint {config.checkpoint_path()}: a plain "
+                             f"{config.model} state dict; " + "; ".join(
+                                 checkpoint.config["imported"] or
+                                 ["its keys are the model's own"])))
     dataset = load_dataset(config.data_format, config.data_root, output_size=config.output_size)
     parts = config.parts(dataset)
     if not parts["train"] or not parts["val"]:
@@ -224,9 +226,10 @@ def check_never_trained_on(config: StudyConfig, checkpoint: Checkpoint, dataset:
     job = checkpoint.config.get("job", {})
     if job.get("split_by") == "preset" and config.split == "preset":
         return
-    console.print(f"[yellow]note:[/] {where} does not record the images it was trained on, "
-                  f"so this study cannot check that it never saw a validation or test image "
-                  f"of {config.data_root} (checkpoints from `ggopt train` record them).")
+    console.print(f"[yellow]note:[/] {escape(where)} does not record the images it was "
+                  f"trained on, so this study cannot check that it never saw a validation or "
+                  f"test image of {escape(str(config.data_root))} (checkpoints from `ggopt "
+                  f"train` record them).")
 
 
 def store_constraints(trial: optuna.Trial, violations: list[float]) -> None:

@@ -111,6 +111,7 @@ def test_a_study_runs_on_a_plain_state_dict(tmp_path, trained, capsys):
     study = run_study(load_study_config(path), track=False)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
     err = capsys.readouterr().err
+    assert "[model] checkpoint" in err  # not eaten as console markup
     assert "a plain ggcnn state dict; removed the 'module.' prefix" in err
     # The baseline is the trained model's: it grasps.
     assert study.user_attrs["baseline"]["accuracy"] >= 0.5

@@ -303,7 +303,8 @@ def test_a_study_refuses_a_checkpoint_trained_on_its_held_out_images(trained, tm
     # A checkpoint that records nothing (not from ggopt train) is named as unchecked.
     bare = save_checkpoint(tmp_path / "bare.pt", get_model("ggcnn"), "ggcnn")
     prepare(load_study_config(write_study(tmp_path, bare, data, split="preset")))
-    assert "does not record the images it was trained on" in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())  # as read, whatever the terminal's width
+    assert "[model] checkpoint" in err and "does not record the images it was trained on" in err
 
 
 def test_data_sim_refuses_the_seed_of_the_verification_scenes(tmp_path, capsys):
