@@ -3,7 +3,7 @@ on the same machine, side by side in one run, and what the agent adds to a trial
 
     python benchmarks/agent.py [--calibration data/sim] [--rounds 6] [--trials 4]
 
-The agent runs in a subprocess on loopback (``python -m search.agent``), as it would on the
+The agent runs in a subprocess on loopback (``python -m timing.agent``), as it would on the
 robot's computer. Each artifact (the uncompressed GG-CNN in its fastest exact form with its
 grasp synthesis, and int8) is timed at both scopes (end to end, network alone) by the
 study's protocol ([runtime] defaults: 1 thread, 10 warm-up runs, at least 50 runs and
@@ -43,9 +43,9 @@ from grasp.artifact import Artifact
 from grasp.checkpoints import load_checkpoint
 from grasp.data import load_dataset, split
 from objectives.latency import measure_latency
-from search.agent import AgentClient, AgentUnavailable
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.upsample import rewrite_all
+from timing.client import AgentClient, AgentUnavailable
 
 sys.path.insert(0, str(Path(__file__).parent))
 from end_to_end import cpu_line
@@ -57,7 +57,7 @@ def start_agent(token: str) -> tuple[subprocess.Popen, AgentClient]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "search.agent", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "timing.agent", "--port", str(port)],
                                env={**os.environ, "GGOPT_AGENT_TOKEN": token},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = AgentClient(f"http://127.0.0.1:{port}", token)

@@ -54,20 +54,20 @@ from rich.table import Table
 
 from grasp.artifact import Artifact, fuse_heads
 from grasp.evaluation import score_grasps
-from grasp.timing import machine_line
 from objectives import count_macs, device_fingerprint
 from objectives.latency import measure_latency
 from search.config import load_study_config
-from search.finish import finishing_pool
-from search.pareto import feasible_front
+from search.front import feasible_front
 from search.recovery import recover
 from search.stats import paired_difference, rate
 from search.study import load_study, prepare
+from search.study.continuation import finishing_pool
 from spaces import get_knob
 from spaces.depthwise import DepthwiseConfig
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.prune import PruneConfig
 from spaces.upsample import rewrite_all
+from timing.protocol import machine_line
 
 
 def main() -> None:

@@ -47,11 +47,11 @@ from grasp.checkpoints import load_checkpoint
 from grasp.data import load_dataset, split
 from grasp.evaluation import HeldOut, score_grasps, score_images
 from grasp.rectangles import best_grasp, post_process, scored_grasps
-from grasp.timing import machine_line
 from objectives.latency import device_fingerprint, measure_latency
 from search.stats import paired_difference, rate
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.upsample import rewrite_all
+from timing.protocol import machine_line
 
 TIMING = {"threads": 1, "warmup": 20, "runs": 100, "min_seconds": 1.0}
 
@@ -226,7 +226,7 @@ def main() -> None:
 
 def _front_artifact(study_file: str) -> Artifact:
     from search.config import load_study_config
-    from search.pareto import feasible_front
+    from search.front import feasible_front
     from search.study import load_study
 
     config = load_study_config(study_file)

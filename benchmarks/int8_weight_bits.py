@@ -32,8 +32,9 @@ from rich.table import Table
 import spaces.precision
 from grasp.evaluation import score_grasps
 from search.config import load_study_config
+from search.record import WEIGHTS_FILE
 from search.stats import paired_difference, rate
-from search.study import WEIGHTS_FILE, build_trial_model, prepare
+from search.study import build_trial_model, prepare
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.upsample import rewrite_all
 

@@ -31,7 +31,6 @@ from rich.table import Table
 
 from grasp.artifact import RUNTIMES, check_device
 from grasp.models import get_model
-from grasp.timing import machine_line
 from objectives import count_macs, count_params, device_fingerprint
 from objectives.latency import measure_latency
 from search.config import load_study_config
@@ -46,6 +45,7 @@ from spaces.lowrank import LowRankConfig
 from spaces.precision import PrecisionConfig
 from spaces.prune import PruneConfig
 from spaces.upsample import rewrite_all
+from timing.protocol import machine_line
 
 
 def variants(base: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str]]:

@@ -35,7 +35,7 @@ from grasp.data import load_dataset
 from grasp.data.base import split
 from grasp.evaluation import HeldOut, score_grasps
 from search.config import load_study_config
-from search.pareto import feasible_front
+from search.front import feasible_front
 from search.stats import paired_difference, rate
 from search.study import load_study
 from spaces.precision import PrecisionConfig, build_artifact

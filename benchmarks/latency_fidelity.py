@@ -31,12 +31,14 @@ from scipy import stats
 from scipy.stats import spearmanr
 
 from grasp.artifact import Artifact
-from grasp.timing import machine_line
 from objectives import device_fingerprint
 from objectives.latency import measure_latency
 from search.config import load_study_config
-from search.pareto import SCOPE_NAMES, feasible_front, latency_scope
-from search.study import baseline_artifact_path, load_study, settle_timing
+from search.front import SCOPE_NAMES, feasible_front, latency_scope
+from search.record import baseline_artifact_path
+from search.study import load_study
+from search.study.resume import settle_timing
+from timing.protocol import machine_line
 
 
 def main() -> None:

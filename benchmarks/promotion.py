@@ -10,7 +10,7 @@ Runs the study twice one after the other, same sampler and seed, each for ``--mi
 arm cut off is run again from scratch (a timed arm cannot be resumed fairly).
 
 Per arm: trials run (sampled, promoted), the feasible front's size and hypervolume
-(search.pareto), and the recommended model (the knee, search.pareto.study_picks): its
+(search.front), and the recommended model (the knee, search.front.study_picks): its
 validation accuracy, then its **test** accuracy paired with the baseline on the same test
 images (search.verify; test images are read here only, after both arms have chosen), and
 with ``--scenes N`` its simulated grasp success paired with the baseline's on N held-out
@@ -29,13 +29,14 @@ import optuna
 from rich.console import Console
 from rich.table import Table
 
-from grasp.timing import machine_line
 from objectives import device_fingerprint
 from search.config import Promotion, load_study_config
-from search.pareto import feasible_front, hypervolume, study_picks
+from search.front import feasible_front, hypervolume, study_picks
+from search.record import PROMOTED_FROM
+from search.storage import finished
 from search.study import run_study
 from search.verify import verify_trials
-from search.workers import PROMOTED_FROM, finished
+from timing.protocol import machine_line
 
 DONE = "benchmark_minutes"  # study user attribute: the arm ran to its clock
 

@@ -18,7 +18,7 @@ cores. Say which steps a table was made with.
 
 Hypervolume: the feasible front's, after 25, 50 and 100 trials, with accuracy as is and size
 and latency relative to each study's baseline, against the fixed reference point
-(accuracy 0, 2x size, 2x latency) (search.pareto.hypervolume_history). Per sampler and
+(accuracy 0, 2x size, 2x latency) (search.front.hypervolume_history). Per sampler and
 budget: median and interquartile range over seeds, and a one-sided Mann-Whitney U test
 (scipy) that the sampler's hypervolume is greater than random search's at the same budget;
 and for the study default (TPE), the test that its 50-trial hypervolume is greater than
@@ -57,11 +57,11 @@ from rich.console import Console
 from rich.table import Table
 from scipy.stats import mannwhitneyu
 
-from grasp.timing import machine_line
 from objectives import device_fingerprint
 from search.config import SAMPLERS, load_study_config
-from search.pareto import hypervolume_history
+from search.front import hypervolume_history
 from search.study import run_study
+from timing.protocol import machine_line
 
 MARKS = (25, 50, 100)
 DEFAULT = "tpe"

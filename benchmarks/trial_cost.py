@@ -29,11 +29,11 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
-from grasp.timing import machine_line
 from objectives import device_fingerprint
 from search.config import load_study_config
-from search.pareto import front_table
+from search.review.table import front_table
 from search.study import load_study, run_study
+from timing.protocol import machine_line
 
 STAGES = ("apply_s", "recovery_s", "export_s", "calibration_s", "accuracy_s", "size_s",
           "latency_s")

@@ -37,7 +37,7 @@ from torch import nn
 
 from grasp.models import HEAD_NAMES
 from grasp.synthesis import GraspSynthesis
-from grasp.timing import (
+from timing.protocol import (
     GRASP_OUTPUT,
     INPUT_NAME,
     OUTPUT_NAME,

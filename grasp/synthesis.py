@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from grasp.rectangles import MAX_WIDTH_PX, SIGMAS, TRUNCATE, Grasp
-from grasp.timing import GRASP_OUTPUT
+from timing.protocol import GRASP_OUTPUT
 
 __all__ = ["GRASP_FIELDS", "GRASP_OUTPUT", "MIN_DISTANCE", "THRESHOLD", "GraspSynthesis",
            "as_grasp", "attach_to_onnx", "gaussian_kernel"]

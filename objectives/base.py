@@ -24,7 +24,7 @@ class Context:
     ``reference`` artifact and its recorded ``reference_ms``, latency is timed paired with
     it and scored as ``reference_ms`` x the measured ratio. ``end_to_end``: latency scores
     depth in -> grasp out (the network and its grasp synthesis), else the network alone.
-    ``target``: a timing agent's client (``search.agent.AgentClient``) when latency is
+    ``target``: a timing agent's client (``timing.client.AgentClient``) when latency is
     measured on the robot's computer, with ``measure`` shaped like
     ``objectives.latency.measure_latency`` and ``fingerprint(artifact, threads)``.
     """

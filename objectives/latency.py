@@ -14,18 +14,20 @@ every model; where the baseline's own timing wanders more than the
 artifact's (a large fp32 model on a shared L3 cache against a small int8 one), it adds
 that noise instead. The raw median is kept beside it (``latency_raw_ms``).
 
-The protocol itself lives in :mod:`grasp.timing`, without torch, so that the timing agent
-on the robot's computer (``[runtime] target``, :mod:`search.agent`) times by the same one.
+The protocol itself lives in :mod:`timing.protocol`, without torch, so that the timing agent
+on the robot's computer (``[runtime] target``, :mod:`timing.agent`) times by the same one.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from grasp.artifact import Artifact, torch_threads
-from grasp.timing import (
+from objectives.base import Context, register_objective
+from timing.protocol import (
     MAX_RUNS,
     LatencyResult,
     check_protocol,
@@ -33,7 +35,6 @@ from grasp.timing import (
     host_fingerprint,
     time_calls,
 )
-from objectives.base import Context, register_objective
 
 __all__ = ["LATENCY_KEYS", "MAX_RUNS", "Latency", "LatencyResult", "device_fingerprint",
            "fingerprint_key", "measure_latency"]
@@ -77,6 +78,20 @@ def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs
              else None)
     with torch_threads(threads):
         return time_calls(run, other, threads, warmup, runs, block, min_seconds)
+
+
+def time_package(path: Path, reference: Path | None, request: dict[str, Any]
+                 ) -> LatencyResult:
+    """A timing agent's request for a torch ``.pt2`` package, timed by
+    :func:`measure_latency` (``ggopt agent --allow-torch`` hands this to the agent)."""
+    def artifact(p: Path) -> Artifact:
+        return Artifact(p, runtime="torch", precision=request["precision"],
+                        input_size=request["input_size"])
+
+    return measure_latency(artifact(path), request["threads"],
+                           reference=artifact(reference) if reference else None,
+                           end_to_end=request["end_to_end"],
+                           **{k: request[k] for k in ("warmup", "runs", "block", "min_seconds")})
 
 
 #: The detail each latency is logged as, by whether it is end to end (depth in, grasp out).

@@ -173,8 +173,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 def _run_search(args: argparse.Namespace) -> None:
     from grasp.urls import redact_url
-    from search.pareto import front_table
-    from search.study import run_study
+    from search.review.table import front_table
+    from search.study.run import run_study
 
     if args.n_trials is not None and args.n_trials < 1:
         raise ValueError(f"--n-trials: must be >= 1, got {args.n_trials}.")
@@ -225,8 +225,9 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
 def _run_pareto(args: argparse.Namespace) -> None:
     import json
 
-    from search.pareto import front_rows, front_table
-    from search.study import load_study
+    from search.front import front_rows
+    from search.review.table import front_table
+    from search.study.setup import load_study
 
     config = _config(args)
     study = load_study(config)
@@ -237,7 +238,7 @@ def _run_pareto(args: argparse.Namespace) -> None:
         Console(width=max(Console().width, TABLE_WIDTH)).print(
             front_table(study, config.objectives))
     if args.verify:
-        from search.pareto import study_picks
+        from search.front import study_picks
         from search.verify import verify_trials
 
         picks = [t.number for t in study_picks(study, config.objectives, args.verify)]
@@ -283,13 +284,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from search.pareto import export_trial
-    from search.study import load_study
+    from search.export import export_trial
+    from search.study.setup import load_study
 
     config = _config(args)
     study = load_study(config)
     if args.trial == "knee":
-        from search.pareto import study_picks
+        from search.front import study_picks
 
         picks = study_picks(study, config.objectives, 1)
         if not picks:
@@ -329,7 +330,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> None:
-    from search.study import load_study
+    from search.study.setup import load_study
     from search.verify import verify_trials
 
     config = _config(args)
@@ -371,7 +372,8 @@ def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_sensitivity(args: argparse.Namespace) -> None:
-    from search.sensitivity import NOT_PROBES, records_path, run_sensitivity
+    from search.narrowing import NOT_PROBES
+    from search.sensitivity import records_path, run_sensitivity
 
     config = _config(args)
     records = run_sensitivity(config, args.steps, args.images, tuple(args.knobs), console,
@@ -402,8 +404,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from search.pareto import write_report
-    from search.study import load_study
+    from search.review.report import write_report
+    from search.study.setup import load_study
     from search.tracking import PARENT_KEY
 
     config = _config(args)
@@ -419,8 +421,7 @@ def _run_report(args: argparse.Namespace) -> None:
 
 
 def _add_agent(sub: argparse._SubParsersAction) -> None:
-    from search.agent import build_parser as agent_parser
-    from search.agent import run_agent
+    from timing.agent import build_parser as agent_parser
 
     p = sub.add_parser(
         "agent", help="time artifacts on this computer for studies run elsewhere",
@@ -428,7 +429,20 @@ def _add_agent(sub: argparse._SubParsersAction) -> None:
                     "([runtime] target or --target). On the robot itself, `ggopt-agent` does "
                     "the same without torch (docs/agent.md).")
     agent_parser(p)
-    p.set_defaults(run=run_agent)
+    p.set_defaults(run=_agent)
+
+
+def _agent(args: argparse.Namespace) -> None:
+    """The agent, with torch ``.pt2`` packages timed by the study's own harness when
+    ``--allow-torch`` asks for them."""
+    from timing.agent import run_agent
+
+    if args.allow_torch:
+        from objectives.latency import time_package
+
+        run_agent(args, time_package)
+    else:
+        run_agent(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -449,8 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from search.agent import AgentError
-    from search.workers import StorageUnavailable
+    from search.storage import StorageUnavailable
+    from timing.client import AgentError
 
     args = build_parser().parse_args(argv)
     # MLflow's database migrations log at INFO on first use; they are not the user's business.

@@ -102,7 +102,7 @@ class StudyConfig:
     warmup: int = 10
     runs: int = 50
     min_seconds: float = 1.0
-    paired: bool | None = None  # unset: as the study began (search.study.settle_timing)
+    paired: bool | None = None  # unset: as the study began (search.study.resume.settle_timing)
     allow_other_devices: bool = False
     target: str | None = None  # a timing agent's URL: latency timed on the robot's computer
     target_retry_s: float = 300.0  # how long to wait out an agent that went away
@@ -200,7 +200,7 @@ def _parse_constraint(path: Path, text: Any) -> Constraint:
 
 def _check_target(path: Path, where: str, url: str) -> str:
     """A timing agent's URL, with no credentials in it (shown hidden if it has them)."""
-    from search.agent import check_target_url
+    from timing.client import check_target_url
 
     try:
         return check_target_url(url)
@@ -548,9 +548,20 @@ def _check_inputs(config: StudyConfig) -> None:
         raise StudyConfigError(f"{path}: [data] root: dataset folder is empty, got "
                                f"{config.data_root!r}.")
     if config.sensitivity:  # readable, and measured on this model and checkpoint
-        from search.sensitivity import load_narrowing
+        from search.narrowing import read_narrowing
 
-        load_narrowing(config)
+        try:
+            read_narrowing(*narrowing_source(config))
+        except ValueError as error:
+            raise StudyConfigError(str(error)) from None
+
+
+def narrowing_source(config: StudyConfig) -> tuple[str, str, str, Path, str, float]:
+    """:func:`search.narrowing.read_narrowing`'s arguments for the study's ``[search]
+    sensitivity``."""
+    return (config.sensitivity, f"{config.path}: [search] sensitivity = {config.sensitivity!r}",
+            config.model, config.checkpoint_path(), config.tracking_uri,
+            config.sensitivity_max_loss)
 
 
 def _toml(value: Any) -> str:

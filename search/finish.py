@@ -8,13 +8,13 @@ the model its parameters rebuild, continues their recovery for STEPS steps with 
 recipe (schedule, distillation weight, crops; a lower peak learning rate) on a larger pool
 of training views, builds its artifact at the trial's precision, and measures all three
 objectives on that artifact, as the study did (latency raw or paired with the same baseline
-file, as the study timed it: search.study.settle_timing).
+file, as the study timed it: search.study.resume.settle_timing).
 Continuing, not restarting, matters: a trial's short recovery is one random draw, and the
 front favours the lucky ones, which a restart would not reproduce.
 
 ``ggopt export --rebuild`` is the same path with no steps: the kept weights, as the study
 recovered them, built into an artifact by this ggopt. A newer ggopt writes faster files for
-the same weights (``search.study.ARTIFACT_FORMAT``), so an older study's front need not be
+the same weights (``search.record.ARTIFACT_FORMAT``), so an older study's front need not be
 trained again to ship in the new format."""
 
 from __future__ import annotations
@@ -26,45 +26,21 @@ from typing import Any
 from optuna.trial import FrozenTrial
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-from torch import nn
 
 from grasp.artifact import Artifact
-from grasp.checkpoints import load_weights
-from grasp.urls import redact_url
 from objectives import count_macs
 from search.config import StudyConfig
-from search.recovery import RecoveryPool, recover
-from search.study import (
-    WEIGHTS_KEY,
-    StudySetup,
-    build_trial_artifact,
-    build_trial_model,
-    changes_function,
-    kept_weights,
-    measure_artifact,
-    prepare,
-    reference_artifact,
-    save_weights,
-)
+from search.record import save_weights
+from search.recovery import recover
+from search.study.baseline import reference_artifact
+from search.study.continuation import CONTINUE_LR_FRACTION, finishing_pool, load_trial_weights
+from search.study.measure import measure_artifact
+from search.study.setup import build_trial_artifact, build_trial_model, changes_function, prepare
 
-__all__ = ["CONTINUE_LR_FRACTION", "FINISH_POOL", "Finished", "finish_trial", "finishing_pool",
-           "load_trial_weights"]
-
-#: Training views a finishing run draws from: a few thousand steps would see a study's 256
-#: views a dozen times each. 1024 crops of 192 px with their maps take ~1.4 GB.
-FINISH_POOL = 1024
-#: A finishing run that continues from the study's recovered weights starts at this fraction
-#: of the study's peak learning rate: the model is already in its basin. Measured (an ONNX
-#: Runtime trial, 2400 steps, in an earlier version): 1x left it where it was, 0.3x gained 2.1 pp
-#: on the study, 0.1x lost 1.2 pp.
-CONTINUE_LR_FRACTION = 0.3
+__all__ = ["Finished", "finish_trial"]
 
 
-def finishing_pool(setup: StudySetup, steps: int) -> RecoveryPool:
-    """The study's pool settings (crop, seed), sized for ``steps`` up to FINISH_POOL views."""
-    c = setup.config
-    return RecoveryPool.build(setup.train_data, setup.base, steps * c.recovery_batch_size,
-                              c.recovery_crop or None, c.seed, limit=FINISH_POOL)
+
 
 
 @dataclass
@@ -130,29 +106,3 @@ def finish_trial(config: StudyConfig, trial: FrozenTrial, steps: int, out: Path,
                     continued, lr)
 
 
-def load_trial_weights(trial: FrozenTrial, model: nn.Module, console: Console,
-                       tracking_uri: str | None = None, required: bool = False) -> bool:
-    """Loads the recovered weights the study kept for ``trial`` into ``model`` (rebuilt from
-    its params), from this disk or the trial's MLflow run; False, said aloud, when the study
-    kept none (studies before they were kept, or deleted files), an error if ``required``."""
-    kept = kept_weights(trial, tracking_uri)
-    if kept is None:
-        named = trial.user_attrs.get(WEIGHTS_KEY)
-        where = f" ({named} is missing)" if named else ""
-        if required:
-            mlflow = f" or in MLflow ({redact_url(tracking_uri)})" if tracking_uri else ""
-            raise FileNotFoundError(
-                f"trial {trial.number}: the study kept no recovered weights{where}, here"
-                f"{mlflow}; --rebuild builds the artifact from them. `--finish STEPS` "
-                f"recovers the rebuilt model from the start instead.")
-        console.print(f"trial {trial.number}: the study kept no recovered weights{where}; "
-                      "recovering its rebuilt model from the start.")
-        return False
-    state = load_weights(kept)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"{kept}: trial {trial.number}'s kept weights do not fit the model "
-                         f"its params rebuild (was the study's config or checkpoint "
-                         f"changed?): {str(error).splitlines()[0]}") from error
-    return True

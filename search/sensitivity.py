@@ -19,7 +19,6 @@ is missing. Logged to MLflow as its own run in the study's experiment, with the 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -39,27 +38,23 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from grasp.evaluation import HeldOut, score_images
 from grasp.train import predict_maps
-from grasp.urls import redact_url
 from objectives import count_macs, count_params
-from search.config import StudyConfig, StudyConfigError
+from search.config import StudyConfig
+from search.narrowing import NOT_PROBES, SCAN_KEYS, checkpoint_sha256, read_records
 from search.recovery import recover
 from search.stats import pack_hits, paired_difference, rate, unpack_hits
-from search.study import StudySetup, measure_artifact, prepare
+from search.study.measure import measure_artifact
+from search.study.setup import StudySetup, prepare
 from spaces import ORDER, KnobConfig
 from spaces.base import conv_sites
 from spaces.upsample import rewrite_all
 
-__all__ = ["Probe", "plot_sensitivity", "probes", "read_records", "records_path",
-           "run_sensitivity"]
+__all__ = ["Probe", "plot_sensitivity", "probes", "records_path", "run_sensitivity"]
 
 RECORDS = "sensitivity.jsonl"
 PLOT = "sensitivity.png"
 DEFAULT_STEPS = 100
 RUN_KEY = "mlflow_run_id"
-#: Records that are not probes: the torch baseline, and the fp32 file int8 probes pair with.
-NOT_PROBES = ("baseline", "reference")
-#: What one scan's records share, and no other scan's: recovery steps, rate, the image set.
-SCAN_KEYS = ("steps", "lr", "eval_set")
 
 
 @dataclass(frozen=True)
@@ -129,17 +124,6 @@ def records_path(config: StudyConfig) -> Path:
     return Path(config.artifacts_dir) / config.name / RECORDS
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records in ``path``; a line cut off by a crash mid-write is dropped."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
@@ -196,7 +180,8 @@ def run_sensitivity(config: StudyConfig, steps: int = DEFAULT_STEPS, images: int
     if base is None:
         hits = _score(setup.base, held)
         base = {**same, "knob": "baseline", "layer": "", "value": None, "key": "baseline",
-                "model": config.model, "checkpoint_sha256": _checkpoint_sha(config),
+                "model": config.model,
+                "checkpoint_sha256": checkpoint_sha256(config.checkpoint_path()),
                 "accuracy": float(hits.mean()), "accuracy_ci": _ci(hits), "images": len(held),
                 "hits": pack_hits(hits), "macs": count_macs(setup.base,
                 config.output_size), "params": count_params(setup.base),
@@ -244,85 +229,10 @@ def run_sensitivity(config: StudyConfig, steps: int = DEFAULT_STEPS, images: int
     return records
 
 
-def _checkpoint_sha(config: StudyConfig) -> str:
-    return hashlib.sha256(config.checkpoint_path().read_bytes()).hexdigest()
 
 
-def narrowing(records: list[dict[str, Any]], max_loss: float
-              ) -> dict[str, dict[str, Any]]:
-    """Per knob, the settings each layer keeps: those whose accuracy change (after the short
-    recovery, the point estimate: a few hundred images cannot prove a 1 pp loss, but they
-    rank) loses at most ``max_loss``. Pruning keeps the ratios up to its first failure, a
-    low-rank layer the fractions down to its first (the knob keeps every fraction from the
-    smallest that passed up).
-    ``{"allowed": {layer: values}, "exclude": layers left with nothing}``; layers every
-    setting of which passed are not listed."""
-    results: dict[str, dict[str, list[tuple[Any, bool]]]] = {}
-    for r in records:
-        if r["knob"] in NOT_PROBES or r["knob"] == "precision":  # int8 per layer informs;
-            continue  # the precision knob stays one choice for the whole model
-        change = (r.get("after") or r["before"])["paired"]["difference"]
-        results.setdefault(r["knob"], {}).setdefault(r["layer"], []).append(
-            (r["value"], -change <= max_loss))
-    out = {}
-    for knob, layers in results.items():
-        allowed, exclude = {}, []
-        for layer, outcomes in layers.items():
-            if knob in ("prune", "lowrank"):  # monotone: stop at the first failure
-                ok = []
-                for value, passed in sorted(outcomes, reverse=knob == "lowrank"):
-                    if not passed:
-                        break
-                    ok.append(value)
-            else:
-                ok = [value for value, passed in outcomes if passed]
-            if len(ok) == len(outcomes):
-                continue
-            if not ok and knob != "upsample":  # the decoder keeps its exact forms
-                exclude.append(layer)
-            else:
-                allowed[layer] = tuple(ok)
-        out[knob] = {"allowed": allowed, "exclude": tuple(exclude)}
-    return out
 
 
-def load_narrowing(config: StudyConfig) -> dict[str, dict[str, Any]]:
-    """The narrowing a study's ``[search] sensitivity`` names: a records file (JSONL or the
-    MLflow run's JSON), or ``runs:/<run id>`` of a sensitivity run in the tracking store;
-    refused when it was measured on another model or checkpoint."""
-    source = config.sensitivity
-    where = f"{config.path}: [search] sensitivity = {source!r}"
-    if source.startswith("runs:/"):
-        from mlflow.tracking import MlflowClient
-
-        run_id = source.removeprefix("runs:/").strip("/")
-        try:
-            local = MlflowClient(config.tracking_uri).download_artifacts(
-                run_id, "sensitivity.json", tempfile.mkdtemp(prefix="ggopt-sensitivity-"))
-        except Exception as error:
-            raise StudyConfigError(f"{where}: no sensitivity.json in that run of "
-                                   f"{redact_url(config.tracking_uri)} ({error}).") from None
-        records = json.loads(Path(local).read_text())
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise StudyConfigError(f"{where}: file not found (run `ggopt sensitivity` first).")
-        records = (json.loads(path.read_text()) if path.suffix == ".json"
-                   else read_records(path))
-    # A file can hold several scans (other steps, rates or image sets); the latest one is
-    # read, and only its own probes.
-    base = next((r for r in reversed(records) if r.get("knob") == "baseline"), None)
-    if base is None or len(records) < 2:
-        raise StudyConfigError(f"{where}: not a sensitivity scan (no baseline and probes).")
-    if base.get("model") != config.model or base.get("checkpoint_sha256") != _checkpoint_sha(
-            config):
-        raise StudyConfigError(
-            f"{where}: measured on model {base.get('model')!r}, checkpoint sha256 "
-            f"{str(base.get('checkpoint_sha256'))[:12]}..., but this study compresses "
-            f"{config.model!r} from {config.checkpoint_path()}; scan it with ggopt sensitivity.")
-    scan = {key: base.get(key) for key in SCAN_KEYS}
-    return narrowing([r for r in records if all(r.get(k) == v for k, v in scan.items())],
-                     config.sensitivity_max_loss)
 
 
 def _reference_hits(setup: StudySetup, held: HeldOut, same: dict[str, Any], path: Path,

@@ -23,8 +23,8 @@ from grasp.data import load_dataset
 from grasp.evaluation import HeldOut, score_grasps
 from grasp.urls import redact_url
 from search.config import StudyConfig
+from search.record import RUN_ID_KEY, baseline_artifact_path, complete_trial, trial_file
 from search.stats import PairedDifference, Rate, paired_difference, rate
-from search.workers import RUN_ID_KEY
 
 __all__ = ["SIM_SCENES", "Verification", "verify_trials"]
 
@@ -102,8 +102,6 @@ class Verification:
 
 def trial_artifact(config: StudyConfig, trial: FrozenTrial) -> Artifact:
     """The file the trial was scored on: on this disk, or fetched from its MLflow run."""
-    from search.study import trial_file
-
     path = trial_file(trial, "artifact", config.tracking_uri)
     if path is None:
         kept = trial.user_attrs.get("artifact")
@@ -121,7 +119,6 @@ def trial_artifact(config: StudyConfig, trial: FrozenTrial) -> Artifact:
 
 def baseline_artifact(config: StudyConfig, study: optuna.Study) -> Artifact:
     """The baseline's file the study measured, or the same build again (another machine)."""
-    from search.study import baseline_artifact_path
     from spaces.precision import PrecisionConfig, build_artifact
     from spaces.upsample import rewrite_all
 
@@ -160,8 +157,6 @@ def verify_trials(study: optuna.Study, config: StudyConfig, numbers: list[int],
     console = console or Console(stderr=True)
     if scenes < 1:
         raise ValueError(f"--scenes: must be >= 1, got {scenes}.")
-    from search.study import complete_trial
-
     trials = [complete_trial(study, n, "verify") for n in numbers]
     built = built or {}
     artifacts = {t.number: built.get(t.number) or trial_artifact(config, t)

@@ -133,10 +133,10 @@ import os, runpy, sys
 for name in ("torch", "mlflow", "optuna", "pybullet", "scipy", "skimage", "torch_pruning"):
     sys.modules[name] = None
 if os.environ.get("GGOPT_TEST_CPU"):
-    import grasp.timing
-    grasp.timing.cpu_model = lambda: os.environ["GGOPT_TEST_CPU"]
+    import timing.protocol
+    timing.protocol.cpu_model = lambda: os.environ["GGOPT_TEST_CPU"]
 sys.argv = ["ggopt-agent", *sys.argv[1:]]
-runpy.run_module("search.agent", run_name="__main__")
+runpy.run_module("timing.agent", run_name="__main__")
 """
 
 
@@ -163,7 +163,7 @@ class AgentProcess:
         if cpu or self.cpu:
             env["GGOPT_TEST_CPU"] = cpu or self.cpu
         out = self.output.open("a")
-        runner = ["-c", AGENT_RUNNER] if self.light else ["-m", "search.agent"]
+        runner = ["-c", AGENT_RUNNER] if self.light else ["-m", "search.cli", "agent"]
         self.process = subprocess.Popen(
             [sys.executable, *runner, "--port", str(self.port), "--log", str(self.log),
              *self.options], stdout=out, stderr=subprocess.STDOUT, env=env,

@@ -14,6 +14,7 @@ from scipy.stats import chi2, norm
 from test_search import write_study
 
 from search.config import StudyConfigError, load_study_config
+from search.record import METRIC_VERSION
 from search.stats import (
     images_to_resolve,
     pack_hits,
@@ -23,7 +24,7 @@ from search.stats import (
     tango_score,
     unpack_hits,
 )
-from search.study import METRIC_VERSION, run_study
+from search.study import run_study
 
 
 def test_rate_is_the_wilson_interval():
@@ -247,7 +248,7 @@ def test_every_optuna_tool_sees_the_constraints_and_the_same_front(tmp_path, tra
     """A trial below the accuracy constraint is on the front of the raw values (small and
     fast) but not on ggopt's; Optuna's best_trials and the system attribute optuna-dashboard
     reads (``constraints``, a list) must say so too."""
-    from search.pareto import feasible_front
+    from search.front import feasible_front
 
     path = _trained_study(tmp_path, trained, constraints='["accuracy >= baseline - 0.2"]')
     study = run_study(load_study_config(path), track=False)
@@ -449,7 +450,7 @@ def _front_trial(number: int, accuracy: float, size: float, latency: float):
 
 
 def test_likely_picks_are_the_knee_the_fastest_and_the_most_accurate():
-    from search.pareto import likely_picks
+    from search.front import likely_picks
 
     objectives = ("accuracy", "size", "latency")
     front = [_front_trial(0, 0.70, 300.0, 20.0),  # the most accurate, slow and large
@@ -466,7 +467,7 @@ def test_the_knee_is_no_slower_and_no_larger_than_the_baseline():
     """The quick start's front on a Zen 4 VM: the plain knee (trial 12) was 3.7x smaller but
     1.7x slower than the baseline; the recommended model is the one that is both faster and
     smaller (trial 3), and the whole front counts again when no trial is."""
-    from search.pareto import likely_picks
+    from search.front import likely_picks
 
     objectives = ("accuracy", "size", "latency")
     front = [_front_trial(3, 0.396, 45.9e3, 4.97),
@@ -502,7 +503,7 @@ def _finished(study, accuracy_hits, size, latency, feasible=True):
 
 
 def test_a_trial_is_screened_out_only_by_a_front_trial_that_beats_it_beyond_doubt():
-    from search.screening import SCREEN_CONFIDENCE, dominating_trial
+    from search.study.screening import SCREEN_CONFIDENCE, dominating_trial
 
     objectives = ("accuracy", "size", "latency")
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
@@ -525,13 +526,13 @@ def test_a_trial_is_screened_out_only_by_a_front_trial_that_beats_it_beyond_doub
 
 
 def test_a_large_validation_split_is_scored_in_two_passes(tmp_path, trained, monkeypatch):
-    import search.screening
-    import search.study
-    from search.screening import Dominance
+    import search.study.screening
+    import search.study.trial
     from search.stats import PairedDifference
+    from search.study.screening import Dominance
 
-    monkeypatch.setattr(search.screening, "SCREEN_IMAGES", 8)
-    monkeypatch.setattr(search.study, "SCREEN_IMAGES", 8)
+    monkeypatch.setattr(search.study.screening, "SCREEN_IMAGES", 8)
+    monkeypatch.setattr(search.study.trial, "SCREEN_IMAGES", 8)
     first_passes = []
 
     def screen(study, objectives, hits, values):
@@ -540,7 +541,7 @@ def test_a_large_validation_split_is_scored_in_two_passes(tmp_path, trained, mon
             return Dominance(0, PairedDifference(-0.5, -0.8, -0.2, 0, 4, 8, 0.001, 0.99))
         return None
 
-    monkeypatch.setattr(search.study, "dominating_trial", screen)
+    monkeypatch.setattr(search.study.trial, "dominating_trial", screen)
     study = run_study(load_study_config(_trained_study(tmp_path, trained)), track=False)
     assert first_passes[:2] == [8, 8]
     base = unpack_hits(study.user_attrs["baseline"]["hits"])

@@ -22,14 +22,15 @@ from optuna.trial import TrialState
 from servers import AgentProcess
 from test_search import write_study
 
-import search.study
+import search.study.measure
+import search.study.trial
 from grasp.artifact import Artifact, export_onnx
 from grasp.models import get_model
-from search.agent import AgentClient, AgentDeviceChanged, AgentError, AgentUnavailable
 from search.config import StudyConfigError, load_study_config
+from search.storage import finished
 from search.study import load_study, run_study
-from search.workers import finished
 from spaces.precision import PrecisionConfig, build_artifact
+from timing.client import AgentClient, AgentDeviceChanged, AgentError, AgentUnavailable
 
 SIZE = 96
 TOKEN = "test-token-0123456789abcdef"
@@ -171,7 +172,7 @@ def with_target(path: Path, url: str, *more: str) -> Path:
 
 def test_the_token_comes_from_the_environment_or_a_file_never_the_study(
         tmp_path, checkpoint, jacquard_root, monkeypatch, capsys):
-    from search.agent import read_token
+    from timing.client import read_token
 
     monkeypatch.delenv("GGOPT_AGENT_TOKEN", raising=False)
     monkeypatch.delenv("GGOPT_AGENT_TOKEN_FILE", raising=False)
@@ -209,7 +210,7 @@ def test_a_study_times_on_the_agent_and_survives_losing_it(
     agent = AgentProcess(tmp_path, TOKEN).start()
     path = with_target(write_study(tmp_path, checkpoint, jacquard_root, n_trials=3), agent.url,
                        "target_retry_s = 2")
-    search.study._agent.cache_clear()
+    search.study.measure._agent.cache_clear()
     try:
         study = run_study(load_study_config(path))
         baseline = study.user_attrs["baseline"]
@@ -237,7 +238,7 @@ def test_a_study_times_on_the_agent_and_survives_losing_it(
         # Lost mid-study: trial 3's timing waits target_retry_s, then the trial fails with
         # the reason; the agent is back for trial 4, which times there again.
         agent.start()
-        real_build = search.study.build_trial_artifact
+        real_build = search.study.trial.build_trial_artifact
 
         def build(setup, model, configs, folder, *args, **kwargs):
             built = real_build(setup, model, configs, folder, *args, **kwargs)
@@ -247,14 +248,14 @@ def test_a_study_times_on_the_agent_and_survives_losing_it(
                 agent.start()
             return built
 
-        monkeypatch.setattr(search.study, "build_trial_artifact", build)
+        monkeypatch.setattr(search.study.trial, "build_trial_artifact", build)
         study = run_study(load_study_config(path, {"n_trials": 5}))
         states = {t.number: t.state for t in study.trials}
         assert states[3] == TrialState.FAIL and states[4] == TrialState.COMPLETE
         reason = study.trials[3].user_attrs["fail_reason"]
         assert "AgentUnavailable" in reason and agent.url in reason and "retried" in reason
         assert study.trials[4].user_attrs["fingerprint"]["agent"] == agent.url
-        monkeypatch.setattr(search.study, "build_trial_artifact", real_build)
+        monkeypatch.setattr(search.study.trial, "build_trial_artifact", real_build)
 
         # Restarted on other hardware: refused at the start ...
         agent.stop()
@@ -271,14 +272,14 @@ def test_a_study_times_on_the_agent_and_survives_losing_it(
             agent.start(cpu="Cortex-A78AE (a Jetson)")
             return built
 
-        monkeypatch.setattr(search.study, "build_trial_artifact", swap)
+        monkeypatch.setattr(search.study.trial, "build_trial_artifact", swap)
         study = run_study(load_study_config(path, {"n_trials": 8}))
         assert finished(study) == 6
         assert study.trials[5].state == TrialState.FAIL
         assert "AgentDeviceChanged" in study.trials[5].user_attrs["fail_reason"]
     finally:
         agent.stop()
-        search.study._agent.cache_clear()
+        search.study.measure._agent.cache_clear()
 
 
 def test_an_agent_that_went_away_is_waited_for_then_reported(files, tmp_path):
@@ -326,7 +327,7 @@ def test_concurrent_requests_are_timed_one_at_a_time_in_order(agent, files):
 
 def test_the_agent_listens_on_loopback_unless_told_and_refuses_clear_text_on_a_network(
         token, capsys):
-    from search.agent import build_parser, main
+    from timing.agent import build_parser, main
 
     assert build_parser().parse_args([]).host == "127.0.0.1"
     for host in ("0.0.0.0", "192.168.1.20"):
@@ -336,6 +337,9 @@ def test_the_agent_listens_on_loopback_unless_told_and_refuses_clear_text_on_a_n
         assert "--tls-cert" in err and "SSH tunnel" in err
     assert main(["--host", "0.0.0.0", "--tls-cert", "nope.pem", "--port", "1"]) == 2
     assert "give both" in capsys.readouterr().err
+    # The light agent has no torch to time .pt2 packages with: it says where to do it.
+    assert main(["--allow-torch"]) == 2
+    assert "`ggopt agent --allow-torch` from the full ggopt install" in capsys.readouterr().err
 
 
 def test_a_timing_request_is_bounded(agent, files):

@@ -213,7 +213,7 @@ def test_a_grouped_model_runs_in_onnx_runtime_fp32_and_int8(tmp_path):
 
 
 def test_a_study_with_groups_prunes_to_channel_counts_they_divide(tmp_path):
-    from search.study import make_knobs
+    from search.study.setup import make_knobs
 
     config = StudyConfig(tmp_path / "s.toml", "g", knobs=("prune", "group"),
                          knob_options={"group": {"groups": (2, 4)}})

@@ -20,8 +20,8 @@ from test_search import write_study
 
 from search.cli import main
 from search.config import load_study_config
+from search.storage import counted, finished, sqlite_worker_lock
 from search.study import load_study
-from search.workers import counted, finished, sqlite_worker_lock
 
 
 def distributed_study(tmp_path: Path, checkpoint, data, storage: str, tracking: str,
@@ -210,7 +210,7 @@ def test_a_storage_down_longer_than_the_worker_waits_ends_in_one_clear_line():
     import pytest
     from servers import PostgresCluster, find_postgres
 
-    from search.workers import PatientStorage, StorageUnavailable
+    from search.storage import PatientStorage, StorageUnavailable
 
     cluster = PostgresCluster(find_postgres())
     cluster.pg_ctl("start")

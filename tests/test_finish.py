@@ -13,7 +13,7 @@ import torch
 
 import search.finish
 from search.cli import main
-from search.finish import CONTINUE_LR_FRACTION, FINISH_POOL
+from search.study.continuation import CONTINUE_LR_FRACTION, FINISH_POOL
 from tests.test_search import write_study
 
 
@@ -189,7 +189,8 @@ def test_export_rebuild_builds_the_kept_weights_anew_without_training(
                  "--no-register", "--out", str(tmp_path / "bad")]) == 2
     assert "--rebuild and --finish: choose one" in capsys.readouterr().err
     from search.config import load_study_config
-    from search.study import ARTIFACT_FORMAT, load_study
+    from search.record import ARTIFACT_FORMAT
+    from search.study import load_study
 
     config = load_study_config(path)
     study = load_study(config)

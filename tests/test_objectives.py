@@ -111,7 +111,7 @@ def test_timing_statistics_are_those_of_the_timed_runs(monkeypatch):
     """A scripted clock makes every run's duration known: the protocol's median, p90 and
     CV must be numpy's over exactly the timed runs (warm-ups left out), and a paired
     ratio the median of the per-block ratios."""
-    import grasp.timing as timing
+    import timing.protocol as timing
 
     durations = iter([1.0, 4.0, 2.0, 8.0, 3.0] + [5.0, 2.0, 6.0, 3.0] * 3)
     clock = {"now": 0.0, "started": False}

@@ -12,8 +12,9 @@ from optuna.trial import TrialState
 from grasp.artifact import Artifact, ArtifactError
 from search.cli import main
 from search.config import StudyConfigError, load_study_config
-from search.pareto import feasible_front, hypervolume_history
-from search.study import ARTIFACT_FORMAT, build_trial_model, load_study, prepare, run_study
+from search.front import feasible_front, hypervolume_history
+from search.record import ARTIFACT_FORMAT
+from search.study import build_trial_model, load_study, prepare, run_study
 
 STUDY = """
 version = 1
@@ -254,9 +255,9 @@ def test_a_tracking_server_error_does_not_end_the_night(tmp_path, checkpoint, ja
                                                         monkeypatch, capsys):
     from mlflow.exceptions import MlflowException
 
-    import search.pareto
+    import search.study.run
 
-    original = search.pareto.refresh_front
+    original = search.study.run.refresh_front
     calls = []
 
     def flaky(study, *args):
@@ -265,7 +266,7 @@ def test_a_tracking_server_error_does_not_end_the_night(tmp_path, checkpoint, ja
             raise MlflowException("cannot reach http://ggopt:hunter2@tracking:5000/api")
         return original(study, *args)
 
-    monkeypatch.setattr(search.pareto, "refresh_front", flaky)
+    monkeypatch.setattr(search.study.run, "refresh_front", flaky)
     path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=3,
                        knobs='["precision"]')
     study = run_study(load_study_config(path))
@@ -307,7 +308,7 @@ def test_constraints_mark_trials_infeasible(tmp_path, checkpoint, jacquard_root)
         assert t.user_attrs["values"]["latency"] == extra["latency_raw_ms"]
         assert extra["latency_runs"] > 3 and extra["latency_runs"] % 3 == 0
     assert study.user_attrs["config"]["study.paired_latency"] is False
-    from search.pareto import feasible_front
+    from search.front import feasible_front
 
     assert feasible_front(study, ("accuracy", "size", "latency")) == []
 
@@ -506,7 +507,7 @@ def test_pareto_on_a_study_never_run_says_so(tmp_path, checkpoint, jacquard_root
 
 
 def test_samplers_are_seeded(tmp_path):
-    from search.study import _sampler
+    from search.study.setup import _sampler
 
     config = load_study_config.__globals__["StudyConfig"](path=tmp_path, name="x",
                                                           sampler="random", seed=3)
@@ -525,7 +526,7 @@ def test_shipped_study_files_are_valid(path, jacquard_root):
 
 def test_every_artifact_format_is_recorded_against_the_runtimes_it_changed():
     from grasp.artifact import RUNTIMES
-    from search.study import FORMAT_CHANGES, files_format
+    from search.record import FORMAT_CHANGES, files_format
 
     # A format bump must name the runtimes whose files it changed, or their studies would
     # resume across it (or be refused for nothing).
@@ -537,13 +538,14 @@ def test_every_artifact_format_is_recorded_against_the_runtimes_it_changed():
 
 def test_warm_starts_include_a_low_resolution_decoder_where_the_modes_allow_it():
     from grasp.models import get_model
-    from search.study import StudySetup, _warm_start
+    from search.study.baseline import warm_start
+    from search.study.setup import StudySetup
     from spaces import get_knob
 
     def points(modes):
         knobs = {"prune": get_knob("prune"), "upsample": get_knob("upsample", modes=modes),
                  "precision": get_knob("precision", precisions=["int8"])}
-        return _warm_start(StudySetup(None, get_model("ggcnn"), None, None, [], knobs))
+        return warm_start(StudySetup(None, get_model("ggcnn"), None, None, [], knobs))
 
     low = [p for p in points(["subpixel", "lowres"]) if "lowres" in p.values()]
     assert len(low) == 1
@@ -585,10 +587,11 @@ def test_promotion_continues_the_front_trials_on_top_of_the_budget(tmp_path, che
                                                                    jacquard_root):
     import torch
 
-    from search.finish import CONTINUE_LR_FRACTION
-    from search.pareto import feasible_front, hypervolume, hypervolume_history
+    from search.front import feasible_front, hypervolume, hypervolume_history
+    from search.record import PROMOTED_FROM
+    from search.storage import finished
     from search.study import build_trial_model, prepare
-    from search.workers import PROMOTED_FROM, finished
+    from search.study.continuation import CONTINUE_LR_FRACTION
 
     path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=4,
                        knobs='["prune", "precision"]', constraints="[]")
@@ -627,7 +630,7 @@ def test_promotion_continues_the_front_trials_on_top_of_the_budget(tmp_path, che
     assert sorted(r.data.tags["ggopt.promoted_from"] for r in runs) == sorted(map(str, sources))
     from rich.console import Console
 
-    from search.pareto import front_table
+    from search.review.table import front_table
 
     console = Console(record=True, width=250)
     console.print(front_table(study, config.objectives))

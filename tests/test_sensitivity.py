@@ -12,7 +12,8 @@ from grasp.evaluation import score_images
 from grasp.train import predict_maps
 from search.cli import main
 from search.config import load_study_config
-from search.sensitivity import probes, read_records, records_path
+from search.narrowing import read_records
+from search.sensitivity import probes, records_path
 from search.stats import unpack_hits
 from search.study import prepare
 
@@ -146,7 +147,7 @@ def _scan(checkpoint_sha):
 
 
 def test_narrowing_keeps_each_layers_settings_within_the_loss():
-    from search.sensitivity import narrowing
+    from search.narrowing import narrowing
 
     out = narrowing(_scan("x")[:-2], max_loss=0.03)
     assert out["prune"] == {"allowed": {"conv1": (0.25,)}, "exclude": ("conv2",)}
@@ -163,7 +164,7 @@ def test_a_study_narrowed_by_a_scan_never_draws_what_the_scan_ruled_out(tmp_path
 
     import optuna
 
-    from search.study import make_knobs
+    from search.study.setup import make_knobs
     from spaces import ORDER
 
     checkpoint, data = trained

@@ -11,7 +11,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import search.study
+import search.study.setup
 from grasp.artifact import Artifact, ArtifactError
 from objectives import Context, get_objective
 from search.cli import main
@@ -159,13 +159,13 @@ def test_a_torch_study_scores_exports_and_registers_pt2(tmp_path, checkpoint, ja
     path.write_text(path.read_text().replace("[runtime]", '[runtime]\nname = "torch"')
                     .replace('precisions = ["fp32", "int8"]',
                              'precisions = ["fp32", "int8"]\nqat_steps = 2'))
-    trained, real = [], search.study.recover_graph
+    trained, real = [], search.study.setup.recover_graph
 
     def counting(graph, pool, steps, *args):
         trained.append(steps)
         return real(graph, pool, steps, *args)
 
-    monkeypatch.setattr(search.study, "recover_graph", counting)
+    monkeypatch.setattr(search.study.setup, "recover_graph", counting)
     assert main(["search", str(path)]) == 0
     assert trained == [2]  # the int8 trial trained quantization-aware; fp32 did not
     assert load_study(load_study_config(path)).user_attrs["config"]["study.qat_steps"] == 2
@@ -187,7 +187,8 @@ def test_a_torch_study_scores_exports_and_registers_pt2(tmp_path, checkpoint, ja
     # Formats 3-5 changed only ONNX files: a torch study written by format 3 exports its
     # files with no note and resumes (here with nothing left to run); one written by format 1
     # (torch programs with debug line tables) does not resume.
-    from search.study import ARTIFACT_FORMAT, run_study
+    from search.record import ARTIFACT_FORMAT
+    from search.study import run_study
 
     attrs = study.user_attrs["config"]
     assert attrs["study.artifact_format"] == ARTIFACT_FORMAT

@@ -20,7 +20,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
-from search.pareto import SIGN, feasible_front
+from search.front import SIGN, feasible_front
 from search.stats import PairedDifference, paired_difference, unpack_hits
 
 __all__ = ["SCREEN_CONFIDENCE", "SCREEN_IMAGES", "Dominance", "dominating_trial", "screens"]

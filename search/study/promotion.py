@@ -4,17 +4,17 @@ A trial's short recovery is one noisy draw, so the front a study ends with favou
 trials, and ``ggopt export --finish`` repairs one of them by hand in the morning. With
 ``[search] promote = {every = N, top = K, steps = S}`` the study does it itself: after every
 N finished trials (and once more when the budget is spent), the K front trials a user would
-most likely pick (search.pareto.likely_picks: the knee, the fastest, the most accurate...)
+most likely pick (search.front.likely_picks: the knee, the fastest, the most accurate...)
 that were not promoted yet are queued again with their own parameters. Whichever worker
 takes such a trial loads the weights the first one kept and continues their recovery S more
-steps at the finishing rate (search.finish), then builds, measures and records it like any
-trial: its own MLflow run, artifact, per-image hits and constraints, with user attribute
+steps at the finishing rate (search.study.continuation), then builds, measures and records
+it like any trial: its own MLflow run, artifact, per-image hits and constraints, with user attribute
 ``promoted_from``. Optuna's queue does the distribution, and a worker killed mid-promotion
 is retried as any trial is.
 
 A complete promotion stands for the trial it continued: the front, the hypervolume and the
 picks leave that one out (the sampler still sees both). Promotions come on top of
-``n_trials`` (search.workers)."""
+``n_trials`` (search.storage)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from search.config import StudyConfig
-from search.pareto import feasible_front, likely_picks
-from search.study import WEIGHTS_KEY
-from search.workers import PROMOTED_FROM, finished, setup_lock
+from search.front import feasible_front, likely_picks
+from search.record import PROMOTED_FROM, WEIGHTS_KEY
+from search.storage import finished, setup_lock
 
 __all__ = ["PROMOTED_FROM", "due", "promote_due"]
 

@@ -1,7 +1,7 @@
 """The timing protocol and ONNX Runtime sessions, without torch.
 
 Shared by the study's latency objective (:mod:`objectives.latency`) and the timing agent
-that runs on the robot's computer (:mod:`search.agent`, which installs without torch), so
+that runs on the robot's computer (:mod:`timing.agent`, which installs without torch), so
 that a latency means the same thing wherever it is measured: batch 1, a fixed input,
 warm-up runs outside the timed region, then back-to-back timed runs, at least ``runs`` of
 them and at least ``min_seconds`` of timing; median, p90 and coefficient of variation.

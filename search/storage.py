@@ -31,6 +31,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from grasp.urls import redact_url
+from search.record import PROMOTED_FROM, RUN_ID_KEY, SURPLUS_KEY
 
 __all__ = ["PatientStorage", "StorageUnavailable", "WorkerConflict", "budget_left", "counted",
            "in_budget", "is_outage", "open_storage",
@@ -38,10 +39,7 @@ __all__ = ["PatientStorage", "StorageUnavailable", "WorkerConflict", "budget_lef
 
 log = logging.getLogger("ggopt.storage")
 
-RUN_ID_KEY = "mlflow_run_id"
 SCHEMA_LOCK = zlib.crc32(b"ggopt:optuna-schema")
-SURPLUS_KEY = "surplus"
-PROMOTED_FROM = "promoted_from"  # a promotion's user attribute: the trial it continues
 DISTRIBUTED_HELP = ("for several workers use PostgreSQL: [search] storage = "
                     "\"postgresql+psycopg2://USER@HOST/DB\" (README: \"Distributed studies\")")
 

@@ -1,0 +1,69 @@
+"""The front as a terminal table (``ggopt pareto``, and the end of ``ggopt search``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+from rich.table import Table
+
+from objectives.latency import LATENCY_KEYS
+from search.front import SCOPE_NAMES, both_latencies, front_rows, latency_scope
+
+
+def _ms(value: float) -> str:
+    return "" if np.isnan(value) else f"{value:.2f}"
+
+
+
+def ci_text(pair: list[float], form: str = "{:.3f}") -> str:
+    if not pair or any(x is None or np.isnan(x) for x in pair):
+        return ""
+    return " [" + ", ".join(form.format(x) for x in pair) + "]"
+
+
+
+def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
+    """The front beside the baseline: validation accuracy with its 95 % interval, the
+    paired difference to the baseline on the same images with its interval, and the
+    measured size and latency with their ratios."""
+    base = study.user_attrs.get("baseline", {})
+    images = base.get("accuracy_images")
+    level = study.user_attrs.get("config", {}).get("study.confidence") or 0.95
+    rows = front_rows(study, objectives)
+    promoted = any(r["promoted_from"] is not None for r in rows)
+    table = Table(title=f"{study.study_name}: feasible Pareto front ({len(study.trials)} "
+                        f"trials)", caption=(
+        f"validation accuracy on {images} images (GG-CNN's IoU grasp match), "
+        f"{level:.0%} Wilson interval; Δ: paired with the baseline on the same images, "
+        f"{level:.0%} score interval (Tango), +better/-worse images and McNemar's p (below "
+        f"{1 - level:.2g} exactly when the interval excludes 0). Validation chooses; "
+        f"test figures come with `ggopt export` / `ggopt verify`."
+        + (" (from N): trial N's recovery continued by promotion." if promoted else "")
+        if images else None))
+    scope = latency_scope(study)
+    other = LATENCY_KEYS[scope != "end_to_end"]
+    for col in ("trial", "precision", "val accuracy", "Δ vs baseline (pp)", "±", "p", "size kB",
+                "size ÷", f"latency ms ({SCOPE_NAMES[scope]})", "speed-up",
+                f"{'network' if scope == 'end_to_end' else 'end-to-end'} ms", "MMACs"):
+        table.add_column(col, justify="right", no_wrap=True)
+    if base:
+        table.add_row("baseline", f"fp32 {base.get('variant', '')}",
+                      f"{base['accuracy']:.3f}{ci_text(base.get('accuracy_ci'))}", "0.0", "", "",
+                      f"{base['size'] / 1e3:.1f}", "1.0", f"{base['latency']:.2f}", "1.00",
+                      _ms(both_latencies(base, base, scope)[other]),
+                      f"{base.get('macs', 0) / 1e6:.0f}", style="dim")
+    for r in rows:
+        better, worse = r["discordant"]
+        source = r["promoted_from"]
+        table.add_row(f"{r['trial']}" + (f" (from {source})" if source is not None else ""),
+                      str(r["precision"]),
+                      f"{r['accuracy']:.3f}{ci_text(r['accuracy_ci'])}",
+                      f"{r['accuracy_change_pp']:+.1f}"
+                      f"{ci_text(r['accuracy_change_ci_pp'], '{:+.1f}')}",
+                      f"+{better}/-{worse}" if better is not None else "",
+                      (f"{r['accuracy_change_p']:.2g}" if r["accuracy_change_p"] is not None
+                       else ""),
+                      f"{r['size_bytes'] / 1e3:.1f}", f"{r['size_reduction']:.1f}",
+                      f"{r['latency_ms']:.2f}", f"{r['speedup']:.2f}", _ms(r[other]),
+                      f"{(r['macs'] or 0) / 1e6:.0f}")
+    return table
