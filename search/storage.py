@@ -9,7 +9,8 @@ callback queues them again once, and their MLflow runs are closed as failed.
 ``n_trials`` is a budget for the whole study, not per worker: the first ``n_trials`` trials
 by number that count (not a stale failure that was retried, not a surplus, not a promotion)
 are in it, so workers that start trials at the same moment never overshoot it. Promotions
-(search.promotion) come on top of the budget: a worker runs the queued ones before it stops.
+(search.study.promotion) come on top of the budget: a worker runs the queued ones before it
+stops.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def is_outage(error: BaseException) -> bool:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+        if isinstance(current, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError
+                      | sqlalchemy.exc.DisconnectionError):  # the pool saw the server go
             return True
         if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
             return True

@@ -231,3 +231,28 @@ def test_a_storage_down_longer_than_the_worker_waits_ends_in_one_clear_line():
         assert storage.get_trial(trial_id).number == 0  # and back once it is
     finally:
         cluster.remove()
+
+
+def test_every_error_a_restarting_database_raises_counts_as_an_outage():
+    # What Optuna raises when the connection pool notices the server went away mid-call (a
+    # trial failed on it during a restart before the pool's own error was counted).
+    import sqlalchemy.exc
+    from optuna.exceptions import StorageInternalError
+
+    from search.storage import is_outage
+
+    def wrapped(inner: BaseException) -> StorageInternalError:
+        try:
+            try:
+                raise inner
+            except Exception as error:
+                raise StorageInternalError("An exception is raised during the commit.") from error
+        except StorageInternalError as outer:
+            return outer
+
+    for inner in (sqlalchemy.exc.InvalidatePoolError(),
+                  sqlalchemy.exc.DisconnectionError("server closed the connection"),
+                  sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("refused"))):
+        assert is_outage(wrapped(inner)), inner
+    assert not is_outage(wrapped(sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("dup"))))
+    assert not is_outage(ValueError("a bad value is not an outage"))
