@@ -10,7 +10,7 @@ running new ones: the per-stage cost of an overnight study without spending anot
 
 Stages, as each trial records them: apply (the structural knobs), recovery (distillation,
 with the gate), export (ONNX), calibration (int8 calibration and quantization), accuracy
-(both passes on a large validation split, search/screening.py), size, latency (both
+(both passes on a large validation split, search/study/screening.py), size, latency (both
 figures, end to end and network); "other" is the rest of the trial's wall time (sampling,
 tracking, storage).
 Trials per hour counts finished trials over the optimisation's wall time, and again with

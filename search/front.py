@@ -30,7 +30,7 @@ def _dominates(a: dict[str, float], b: dict[str, float], objectives: tuple[str, 
 
 def feasible_front(study: optuna.Study, objectives: tuple[str, ...]) -> list[FrozenTrial]:
     """Complete, feasible, non-dominated trials, fastest first; a promoted trial's
-    continuation stands for it (search.promotion)."""
+    continuation stands for it (search.study.promotion)."""
     trials = study.get_trials(deepcopy=False)
     replaced = superseded(trials)
     done = [t for t in trials if t.state == TrialState.COMPLETE and "values" in t.user_attrs

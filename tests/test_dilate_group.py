@@ -9,7 +9,7 @@ from torch import nn
 
 from grasp.models import get_model
 from objectives import count_macs
-from search.config import StudyConfig, StudyConfigError, load_study_config
+from search.config import StudyConfigError, default_config, load_study_config
 from spaces import get_knob
 from spaces.dilate import DilateConfig, _smooth_noise, dilated, dilations_for
 from spaces.group import GroupConfig, Shuffled, shuffle_order
@@ -215,8 +215,8 @@ def test_a_grouped_model_runs_in_onnx_runtime_fp32_and_int8(tmp_path):
 def test_a_study_with_groups_prunes_to_channel_counts_they_divide(tmp_path):
     from search.study.setup import make_knobs
 
-    config = StudyConfig(tmp_path / "s.toml", "g", knobs=("prune", "group"),
-                         knob_options={"group": {"groups": (2, 4)}})
+    config = default_config(tmp_path / "s.toml", "g", knobs=("prune", "group"),
+                            knob_options={"group": {"groups": (2, 4)}})
     knobs = make_knobs(config)
     model = get_model("ggcnn").eval()
     pruned = knobs["prune"].apply(model, PruneConfig(

@@ -507,10 +507,10 @@ def test_pareto_on_a_study_never_run_says_so(tmp_path, checkpoint, jacquard_root
 
 
 def test_samplers_are_seeded(tmp_path):
+    from search.config import default_config
     from search.study.setup import _sampler
 
-    config = load_study_config.__globals__["StudyConfig"](path=tmp_path, name="x",
-                                                          sampler="random", seed=3)
+    config = default_config(tmp_path, "x", sampler="random", seed=3)
     first = optuna.create_study(sampler=_sampler(config)).ask().suggest_float("a", 0, 1)
     again = optuna.create_study(sampler=_sampler(config)).ask().suggest_float("a", 0, 1)
     assert first == again
@@ -581,6 +581,38 @@ def test_the_study_file_reference_is_the_loaders_own():
     assert "| `target` | string | `(unset)` |" in page and "## [knobs.prune]" in page
     assert Path("docs/study-file.md").read_text() == page, (
         "docs/study-file.md is stale: python -m search.config > docs/study-file.md")
+
+
+def _schema_keys():
+    """Every (table, key, rule) of the study-file schema that holds a plain value."""
+    from search.config import table_type
+    from search.study_file import Promote, StudyFile
+
+    def walk(model, section):
+        for name, info in model.model_fields.items():
+            table = table_type(info.annotation)
+            if table is None or table is Promote:
+                yield section, name, info.description
+            else:
+                yield from walk(table, f"{section}.{name}" if section else name)
+
+    return list(walk(StudyFile, ""))
+
+
+@pytest.mark.parametrize(("section", "key", "rule"), _schema_keys(),
+                         ids=lambda v: v if isinstance(v, str) and " " not in v else "")
+def test_a_value_no_key_takes_is_refused_naming_the_file_key_rule_and_value(
+        tmp_path, section, key, rule):
+    # A TOML date is valid TOML and no key's type: each key's own rule must be quoted.
+    study = tmp_path / "s.toml"
+    table = f"[{section}]\n" if section else ""
+    name = "" if key == "name" and not section else 'name = "x"\n'
+    version = "" if key == "version" and not section else "version = 1\n"
+    study.write_text(f"{version}{name}{table}{key} = 1979-05-27\n")
+    with pytest.raises(StudyConfigError) as error:
+        load_study_config(study)
+    where = f"[{section}] {key}" if section else key
+    assert str(error.value) == f"{study}: {where}: {rule}, got datetime.date(1979, 5, 27)."
 
 
 def test_promotion_continues_the_front_trials_on_top_of_the_budget(tmp_path, checkpoint,

@@ -179,7 +179,7 @@ class TrialPipeline:
                   times: dict[str, float], run_id: str | None, screen: bool = True
                   ) -> tuple[dict[str, float], dict[str, Any], ImageHits]:
         """Size, latency and accuracy; on a large validation split, accuracy in two passes
-        (search.screening): the rest of the images only for a trial the front does not
+        (search.study.screening): the rest of the images only for a trial the front does not
         already beat (``screen``; a promotion is measured in full)."""
         c, everything = self.setup.config, self.setup.eval_data
         screening = screen and screens(c.objectives, len(everything))
