@@ -188,7 +188,9 @@ for _name in ("create_new_study", "delete_study", "set_study_user_attr",
               "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
               "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
               "set_trial_system_attr", "get_trial", "get_all_trials", "get_best_trial",
-              "get_n_trials", "_get_stale_trial_ids", "_get_trials"):
+              "get_n_trials", "_get_stale_trial_ids", "_get_trials",
+              # What Optuna's cache in front of the storage calls instead of the public ones:
+              "_create_new_trial", "_set_trial_param", "_get_best_trial_id"):
     if hasattr(RDBStorage, _name):
         setattr(PatientStorage, _name, _patient(_name))
 

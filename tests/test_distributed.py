@@ -256,3 +256,23 @@ def test_every_error_a_restarting_database_raises_counts_as_an_outage():
         assert is_outage(wrapped(inner)), inner
     assert not is_outage(wrapped(sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("dup"))))
     assert not is_outage(ValueError("a bad value is not an outage"))
+
+
+def test_every_database_call_optunas_cache_makes_waits_out_an_outage():
+    # Optuna puts a cache in front of the RDB storage, which calls some private methods
+    # directly (_set_trial_param, _create_new_trial, ...): each must be a patient one, or a
+    # trial drawing its parameters while the database restarts fails.
+    import inspect
+    import re
+
+    import optuna.storages._cached_storage as cached
+
+    from search.storage import PatientStorage
+
+    called = set(re.findall(r"self\._backend\.(\w+)\(", inspect.getsource(cached)))
+    no_database = {"get_heartbeat_interval", "get_heartbeat_stale_trial_callback"}
+    assert called - no_database, "the cache's calls were not found"
+    unwrapped = sorted(name for name in called - no_database
+                       if getattr(PatientStorage, name) is getattr(optuna.storages.RDBStorage,
+                                                                   name))
+    assert not unwrapped, f"not retried through an outage: {unwrapped}"
