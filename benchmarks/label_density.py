@@ -21,6 +21,7 @@ artifact, GG-CNN's metric) on the images both folders hold, under both labelling
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -31,7 +32,6 @@ from scipy import stats as scipy_stats
 
 from grasp.artifact import Artifact
 from grasp.checkpoints import load_checkpoint
-from grasp.data import load_dataset
 from grasp.data.base import split
 from grasp.evaluation import HeldOut, score_grasps
 from search.config import load_study_config
@@ -43,7 +43,7 @@ from spaces.upsample import rewrite_all
 
 
 def held_out(root: str, config, part: str, console: Console) -> HeldOut:
-    dataset = load_dataset(config.data_format, root, output_size=config.output_size)
+    dataset = dataclasses.replace(config, data_root=str(root)).dataset()
     indices = split(dataset, "preset")[part]
     if not indices:
         raise SystemExit(f"{root}: no {part}/ images.")

@@ -87,6 +87,8 @@ class StudyConfig:
     split: str
     output_size: int
     eval_images: int
+    data_objects: str | None
+    skip_nan_rectangles: bool
     calibration_images: int
     knobs: tuple[str, ...]
     knob_options: dict[str, dict[str, Any]]
@@ -131,6 +133,15 @@ class StudyConfig:
 
         return baseline_path(self.model) if self.checkpoint == "baseline" else Path(
             self.checkpoint)
+
+    def dataset(self) -> Any:
+        """The study's dataset, as its ``[data]`` table reads it."""
+        from grasp.data import load_dataset
+
+        options = ({"objects_file": self.data_objects, "strict": not self.skip_nan_rectangles}
+                   if self.data_format == "cornell" else {})
+        return load_dataset(self.data_format, self.data_root, output_size=self.output_size,
+                            **options)
 
     def parts(self, dataset: Any) -> dict[str, list[int]]:
         """The study's train / val / test image indices of ``dataset``: one rule for the
@@ -221,6 +232,14 @@ def _check_keys_together(path: Path, study: StudyFile) -> None:
     if s.grace_period <= s.heartbeat_interval:
         raise _fail(path, "search", "grace_period", f"must be an integer number of seconds > "
                     f"heartbeat_interval ({s.heartbeat_interval})", s.grace_period)
+    d = study.data
+    if d.format != "cornell" and (d.objects or d.skip_nan_rectangles):
+        key = "objects" if d.objects else "skip_nan_rectangles"
+        raise _fail(path, "data", key, f"applies to Cornell only, and [data] format is "
+                    f"{d.format!r} (a Jacquard object is its folder)", getattr(d, key))
+    if d.format == "cornell" and d.split == "object" and not d.objects:
+        raise _fail(path, "data", "split", "object needs [data] objects, Cornell's image -> "
+                    "object table", d.split)
     if s.promote is not None and r.steps == 0:
         raise _fail(path, "search", "promote", "needs trials that recover ([recovery] steps >= "
                     "1): it continues a trial's recovered weights", s.promote.model_dump())
@@ -266,6 +285,7 @@ def _flat(path: Path, study: StudyFile) -> StudyConfig:
         path=path, name=study.name, model=m.name, checkpoint=m.checkpoint,
         data_format=d.format, data_root=d.root, split=d.split, output_size=d.output_size,
         eval_images=d.eval_images, calibration_images=d.calibration_images,
+        data_objects=d.objects, skip_nan_rectangles=d.skip_nan_rectangles,
         knobs=tuple(x for x in KNOBS if x in k.enabled), knob_options=_knob_options(k),
         recovery_steps=r.steps, recovery_batch_size=r.batch_size, recovery_crop=r.crop,
         recovery_lr=r.lr, recovery_lr_schedule=r.lr_schedule, distill_weight=r.distill_weight,

@@ -96,6 +96,14 @@ class DataTable(Table):
         300, "must be an integer multiple of 12, >= 96")
     eval_images: int = key(0, "must be an integer >= 0 (0: all)", ge=0)
     calibration_images: int = key(16, "must be an integer >= 1", ge=1)
+    objects: str | None = key(None, "must be the path of Cornell's image -> object table "
+                                    "(lines `<image number> <object id>`), which split = "
+                                    "\"object\" needs; Cornell only (a Jacquard object is its "
+                                    "folder)")
+    skip_nan_rectangles: bool = key(False, "must be true or false (Cornell: true skips each "
+                                           "rectangle with a NaN corner, as two files of the "
+                                           "real dataset have, with a warning; false refuses "
+                                           "it, naming the file and line)")
 
 
 class PruneTable(LayerKnobTable):

@@ -19,7 +19,6 @@ from rich.console import Console
 
 from grasp.artifact import Artifact, check_readable
 from grasp.checkpoints import load_checkpoint
-from grasp.data import load_dataset
 from grasp.evaluation import HeldOut, score_grasps
 from grasp.urls import redact_url
 from search.config import StudyConfig
@@ -137,7 +136,7 @@ def baseline_artifact(config: StudyConfig, study: optuna.Study) -> Artifact:
 
 def test_images(config: StudyConfig, console: Console) -> HeldOut:
     """The test split of the study's dataset: read here, never by the study."""
-    dataset = load_dataset(config.data_format, config.data_root, output_size=config.output_size)
+    dataset = config.dataset()
     parts = config.parts(dataset)
     if not parts["test"]:
         raise ValueError(f"{config.path}: [data] root {config.data_root!r} has no test images "

@@ -67,6 +67,59 @@ def write_cornell(root: Path, images: int = 3, seed: int = 0) -> Path:
     return root
 
 
+#: The header every Cornell point cloud starts with (PCD v.7, ASCII).
+CORNELL_PCD_HEADER = """# .PCD v.7 - Point Cloud Data file format
+FIELDS x y z rgb index
+SIZE 4 4 4 4 4
+TYPE F F F F U
+COUNT 1 1 1 1 1
+WIDTH {n}
+HEIGHT 1
+POINTS {n}
+DATA ascii
+"""
+
+
+def write_cornell_raw(root: Path, images: int = 2, seed: int = 0
+                      ) -> tuple[Path, dict[str, np.ndarray]]:
+    """Cornell as it is downloaded: ``NN/pcdNNNN.txt`` point clouds (millimetres, one line
+    ``x y z rgb index`` per pixel that has a point, holes where the sensor saw nothing),
+    ``pcdNNNNr.png``, ``pcdNNNNcpos.txt`` / ``cneg.txt``, one positive rectangle with NaN
+    corners (as two of the real files have). Returns the root and each image's true depth
+    (metres, NaN at the holes), by the cloud's file name."""
+    from skimage.io import imsave
+
+    rng = np.random.default_rng(seed)
+    folder = root / "01"
+    folder.mkdir(parents=True)
+    truth = {}
+    for i in range(images):
+        depth, grasps = box_scene(rng, 480, 640)
+        number = 100 + i
+        rows, cols = np.mgrid[0:480, 0:640]
+        holes = rng.random((480, 640)) < 0.03
+        holes[200:215, 40:70] = True  # a shadow beside the table, as real clouds have
+        ray = np.stack([(cols - 320) / 580, (rows - 240) / 580, np.ones_like(cols, float)], -1)
+        xyz = ray / np.linalg.norm(ray, axis=-1, keepdims=True) * depth[..., None] * 1000.0
+        keep = ~holes.ravel()
+        index = np.arange(480 * 640)[keep]
+        rgb = rng.integers(0, 2 ** 24, size=index.size).astype(float)
+        points = np.column_stack([xyz.reshape(-1, 3)[keep], rgb, index])
+        lines = "\n".join(f"{x:.4f} {y:.4f} {z:.4f} {c:.6g} {k:d}"
+                          for (x, y, z, c), k in zip(points[:, :4], index, strict=True))
+        name = f"pcd{number:04d}.txt"
+        (folder / name).write_text(CORNELL_PCD_HEADER.format(n=index.size) + lines + "\n")
+        truth[name] = np.where(holes, np.nan, depth).astype(np.float32)
+        imsave(folder / f"pcd{number:04d}r.png", rng.integers(0, 255, (480, 640, 3), np.uint8),
+               check_contrast=False)
+        corners = [f"{c:.2f} {r:.2f}" for g in grasps for r, c in g.corners()]
+        if i == 0:
+            corners += ["NaN NaN"] * 4
+        (folder / f"pcd{number:04d}cpos.txt").write_text("\n".join(corners) + "\n")
+        (folder / f"pcd{number:04d}cneg.txt").write_text("\n".join(corners[:4]) + "\n")
+    return root, truth
+
+
 @pytest.fixture
 def jacquard_root(tmp_path: Path) -> Path:
     return write_jacquard(tmp_path / "jacquard")

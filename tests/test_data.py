@@ -186,3 +186,100 @@ def test_missing_pixels_take_the_median(tmp_path):
 def test_unknown_format_lists_valid_ones(jacquard_root):
     with pytest.raises(ValueError, match=r"'coco'.*cornell, jacquard"):
         load_dataset("coco", jacquard_root)
+
+
+# ------------------------------------------------------------------ Cornell as downloaded
+
+
+@pytest.fixture
+def cornell_raw(tmp_path, monkeypatch):
+    from conftest import write_cornell_raw
+
+    monkeypatch.setenv("GGOPT_CACHE", str(tmp_path / "cache"))
+    return write_cornell_raw(tmp_path / "cornell")
+
+
+def test_cornell_point_clouds_become_the_depth_they_measured(cornell_raw, tmp_path):
+    from scipy import ndimage
+
+    root, truth = cornell_raw
+    before = sorted(p.name for p in root.rglob("*"))
+    with pytest.warns(UserWarning, match=r"pcd0100cpos.txt:\d+: skipping a rectangle"):
+        ds = CornellDataset(root, output_size=300, strict=False)
+    assert len(ds) == 2 and len(ds.samples[0].grasps) == 3  # the NaN rectangle skipped
+    for sample in ds.samples:
+        expected = truth[sample.grasp_path.name.replace("cpos", "")]
+        depth = tifffile.imread(sample.depth_path)
+        measured = np.isfinite(expected)
+        # Where the sensor saw a point: its distance, to float32 precision.
+        np.testing.assert_allclose(depth[measured], expected[measured], rtol=1e-5)
+        # Where it saw none: the nearest point's depth (computed here independently).
+        _, (r, c) = ndimage.distance_transform_edt(~measured, return_indices=True)
+        holes = ~measured
+        np.testing.assert_allclose(depth[holes], expected[r[holes], c[holes]], rtol=1e-5)
+    # The shadow of the box scene, cropped as the tiff layout is.
+    image, grasps = ds.frame(1)
+    assert image.shape == (300, 300) and np.isfinite(image).all()
+    row, col = (round(v) for v in grasps[1].center)
+    assert image[row, col] == pytest.approx(0.95, rel=1e-5)
+    # Converted once into the cache: the dataset folder is left as it was downloaded.
+    assert sorted(p.name for p in root.rglob("*")) == before
+    cached = {s.depth_path: s.depth_path.stat().st_mtime_ns for s in ds.samples}
+    assert all(p.is_relative_to(tmp_path / "cache") for p in cached)
+    with pytest.warns(UserWarning):
+        again = CornellDataset(root, output_size=300, strict=False)
+    assert {s.depth_path: s.depth_path.stat().st_mtime_ns for s in again.samples} == cached
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda t: t.replace("DATA ascii", "DATA binary"), r"PCD DATA must be ascii.*'binary'"),
+    (lambda t: t.replace("FIELDS x y z rgb index", "FIELDS x y z rgb"),
+     r"PCD FIELDS must include x y z index"),
+    (lambda t: t[: len(t) // 2].rsplit("\n", 1)[0] + "\n", r"POINTS \d+, the file holds \d+: "
+                                                        r"truncated"),
+    (lambda t: t.replace(" 640\n", " 999999\n", 1), r"pcd0100.txt:\d+: point \d+ has index "
+                                                    r"999999, not a pixel of the 640x480"),
+], ids=["binary", "fields", "truncated", "index"])
+def test_a_broken_point_cloud_is_named(cornell_raw, change, message):
+    root, _ = cornell_raw
+    cloud = root / "01" / "pcd0100.txt"
+    text = cloud.read_text()
+    assert " 640\n" in text
+    cloud.write_text(change(text))
+    with pytest.raises(DatasetFileError, match=message):
+        CornellDataset(root, output_size=300, strict=False)
+
+
+def test_cornell_without_depth_or_cloud_names_both(cornell_raw):
+    root, _ = cornell_raw
+    (root / "01" / "pcd0101.txt").unlink()
+    with pytest.raises(DatasetFileError, match=r"pcd0101d.tiff: depth for pcd0101cpos.txt not "
+                                               r"found: neither this depth image nor the point "
+                                               r"cloud pcd0101.txt"):
+        CornellDataset(root, output_size=300, strict=False)
+
+
+def test_a_study_reads_cornell_as_downloaded_with_its_object_table(cornell_raw, tmp_path):
+    from search.config import StudyConfigError, load_study_config
+
+    root, _ = cornell_raw
+    objects = tmp_path / "objects.txt"
+    objects.write_text("100 mug\n101 bottle\n")
+    study = tmp_path / "cornell.toml"
+    data = (f'[data]\nformat = "cornell"\nroot = "{root}"\nsplit = "object"\n'
+            f'objects = "{objects}"\nskip_nan_rectangles = true\n')
+    study.write_text(f'version = 1\nname = "c"\n{data}')
+    config = load_study_config(study)
+    with pytest.warns(UserWarning, match="skipping a rectangle"):
+        dataset = config.dataset()
+    assert [s.object_id for s in dataset.samples] == ["mug", "bottle"]
+    parts = config.parts(dataset)
+    assert sorted(i for p in parts.values() for i in p) == [0, 1]
+    for text, message in (
+            (data.replace('format = "cornell"', 'format = "jacquard"'),
+             r"\[data\] objects: applies to Cornell only"),
+            (data.replace(f'objects = "{objects}"\n', ""),
+             r"\[data\] split: object needs \[data\] objects")):
+        study.write_text(f'version = 1\nname = "c"\n{text}')
+        with pytest.raises(StudyConfigError, match=message):
+            load_study_config(study)

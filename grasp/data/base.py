@@ -373,7 +373,8 @@ def split(
         if missing:
             raise ValueError(
                 f"An object-wise split needs an object id for every image; {missing[0]} has "
-                f"none (for Cornell, pass `objects_file`)."
+                f"none (for Cornell, give its image -> object table: `[data] objects` in a "
+                f"study, `objects_file` to CornellDataset)."
             )
         keys = [s.object_id for s in dataset.samples]
     groups = sorted(set(keys))

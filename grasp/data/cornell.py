@@ -1,4 +1,6 @@
-"""The Cornell grasping dataset: ``*/pcdNNNNcpos.txt`` rectangles and ``pcdNNNNd.tiff`` depth.
+"""The Cornell grasping dataset: ``*/pcdNNNNcpos.txt`` rectangles, and depth from the
+dataset's own point clouds ``pcdNNNN.txt`` (grasp.data.pcd) or from ``pcdNNNNd.tiff`` where
+another tool converted them.
 
 A rectangle is four lines ``x y`` (column, row), the first edge along the gripper opening.
 Each 640x480 image is cropped to ``output_size`` around the centre of its grasps, as GG-CNN
@@ -23,6 +25,7 @@ from grasp.data.base import (
     read_depth,
     read_grasp_lines,
 )
+from grasp.data.pcd import cached_depth
 from grasp.rectangles import Grasp
 
 __all__ = ["CornellDataset", "read_cornell_grasps"]
@@ -63,6 +66,19 @@ def read_cornell_grasps(path: Path, strict: bool = True) -> list[Grasp]:
     return grasps
 
 
+def _depth_image(grasp_path: Path) -> Path:
+    """The image's depth: ``pcdNNNNd.tiff`` where a conversion wrote one, else the dataset's
+    own point cloud ``pcdNNNN.txt``, converted once into ggopt's cache (grasp.data.pcd)."""
+    tiff = grasp_path.with_name(grasp_path.name.replace("cpos.txt", "d.tiff"))
+    if tiff.is_file():
+        return tiff
+    cloud = grasp_path.with_name(grasp_path.name.replace("cpos.txt", ".txt"))
+    if cloud.is_file():
+        return cached_depth(cloud)
+    raise DatasetFileError(tiff, f"depth for {grasp_path.name} not found: neither this depth "
+                                 f"image nor the point cloud {cloud.name}")
+
+
 def _read_objects(path: Path) -> dict[int, str]:
     """Cornell's image -> object table: lines starting ``<image number> <object id>``."""
     table = {}
@@ -92,9 +108,7 @@ class CornellDataset(GraspDataset):
         objects = _read_objects(Path(objects_file)) if objects_file else None
         samples = []
         for grasp_path in files:
-            depth_path = grasp_path.with_name(grasp_path.name.replace("cpos.txt", "d.tiff"))
-            if not depth_path.is_file():
-                raise DatasetFileError(depth_path, f"depth image for {grasp_path.name} not found")
+            depth_path = _depth_image(grasp_path)
             object_id = None
             if objects is not None:
                 image = int(re.search(r"pcd(\d+)", grasp_path.name).group(1))

@@ -20,7 +20,7 @@ from torch import nn
 
 from grasp.artifact import Artifact
 from grasp.checkpoints import Checkpoint, load_checkpoint
-from grasp.data import image_digests, image_name, load_dataset
+from grasp.data import image_digests, image_name
 from grasp.evaluation import HeldOut
 from grasp.train import TRAIN_IMAGES
 from grasp.urls import redact_url
@@ -82,7 +82,7 @@ def prepare(config: StudyConfig, console: Console | None = None) -> StudySetup:
                              f"{config.model} state dict; " + "; ".join(
                                  checkpoint.config["imported"] or
                                  ["its keys are the model's own"])))
-    dataset = load_dataset(config.data_format, config.data_root, output_size=config.output_size)
+    dataset = config.dataset()
     parts = config.parts(dataset)
     if not parts["train"] or not parts["val"]:
         raise ValueError(f"{config.data_root}: the study needs train and val images, got "
