@@ -283,3 +283,36 @@ def test_a_study_reads_cornell_as_downloaded_with_its_object_table(cornell_raw, 
         study.write_text(f'version = 1\nname = "c"\n{text}')
         with pytest.raises(StudyConfigError, match=message):
             load_study_config(study)
+
+
+def test_jacquard_as_downloaded_reads_the_perfect_depth_at_its_resolution(tmp_path):
+    # Jacquard's real layout: one folder per object (a ShapeNet hash), five files per view,
+    # 1024x1024, perfect and stereo depth side by side (the stereo one is noisy: not read).
+    from conftest import box_scene
+    from skimage.io import imsave
+
+    rng = np.random.default_rng(3)
+    obj = "1a2fd6b9f8d5e4c3b2a1f0e9d8c7b6a5"
+    folder = tmp_path / "jacquard" / obj
+    folder.mkdir(parents=True)
+    depth, grasps = box_scene(rng, 1024, 1024)
+    stem = folder / f"0_{obj}"
+    tifffile.imwrite(f"{stem}_perfect_depth.tiff", depth)
+    tifffile.imwrite(f"{stem}_stereo_depth.tiff", depth + rng.normal(0, 0.01, depth.shape)
+                     .astype(np.float32))
+    imsave(f"{stem}_mask.png", (depth < 1.0).astype(np.uint8) * 255, check_contrast=False)
+    imsave(f"{stem}_RGB.png", rng.integers(0, 255, (1024, 1024, 3), np.uint8),
+           check_contrast=False)
+    Path(f"{stem}_grasps.txt").write_text("".join(
+        f"{g.center[1]:.2f};{g.center[0]:.2f};{-math.degrees(g.angle):.2f};{g.length:.2f};"
+        f"{g.width:.2f}\n" for g in grasps))
+    ds = JacquardDataset(tmp_path / "jacquard", output_size=300)
+    assert len(ds) == 1 and ds.samples[0].object_id == obj
+    image, scaled = ds.frame(0)
+    assert image.shape == (300, 300)
+    # Rescaled from 1024: the grasps with it, and the perfect depth (the box at 0.95 m, no
+    # stereo noise) under each grasp centre.
+    for g, s in zip(grasps, scaled, strict=True):
+        assert s.center == pytest.approx((g.center[0] * 300 / 1024, g.center[1] * 300 / 1024),
+                                         abs=0.01)
+        assert image[round(s.center[0]), round(s.center[1])] == pytest.approx(0.95, abs=1e-4)
