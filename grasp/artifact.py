@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from grasp.models import HEAD_NAMES
+from grasp.models import HEAD_NAMES, GraspHeads
 from grasp.synthesis import GraspSynthesis
 from timing.protocol import (
     GRASP_OUTPUT,
@@ -87,8 +87,8 @@ def fuse_heads(model: nn.Module, taps: bool = False) -> nn.Module:
     ``taps``, that conv computed as :class:`TapSumHeads` where it can be."""
     model = copy.deepcopy(model)
     heads = [getattr(model, name, None) for name in HEAD_NAMES]
-    if not all(isinstance(h, nn.Conv2d) for h in heads):
-        return model
+    if not isinstance(model, GraspHeads) or not all(isinstance(h, nn.Conv2d) for h in heads):
+        return model  # a network of its own computes its heads as it likes
     first = heads[0]
     if any(h.in_channels != first.in_channels or h.kernel_size != first.kernel_size
            or h.stride != first.stride or h.padding != first.padding for h in heads):

@@ -15,14 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GGCNN", "GGCNN2", "HEAD_NAMES", "get_model", "list_models", "register_model"]
+__all__ = ["GGCNN", "GGCNN2", "HEAD_NAMES", "GraspHeads", "get_model", "list_models",
+           "register_model"]
 
 #: The four output heads, in output order. They stay 1-channel: compression never touches them.
 HEAD_NAMES = ("pos_output", "cos_output", "sin_output", "width_output")
 
 
-class _Heads(nn.Module):
-    """Mixin holding the four 1-channel heads shared by both architectures."""
+class GraspHeads(nn.Module):
+    """The four 1-channel heads the built-in architectures share, computed so that the
+    artifact may fuse them into one conv (``fused_heads``) and ``lowres`` may resize them."""
 
     def _make_heads(self, channels: int, kernel_size: int) -> None:
         for name in HEAD_NAMES:
@@ -40,7 +42,7 @@ class _Heads(nn.Module):
         return maps
 
 
-class GGCNN(_Heads):
+class GGCNN(GraspHeads):
     """The original GG-CNN: three strided convs, three transposed convs, four heads."""
 
     def __init__(self, input_channels: int = 1) -> None:
@@ -62,7 +64,7 @@ class GGCNN(_Heads):
         return self._heads(x)
 
 
-class GGCNN2(_Heads):
+class GGCNN2(GraspHeads):
     """GG-CNN2: two conv pairs with max-pooling, two dilated convs, two transposed convs."""
 
     def __init__(self, input_channels: int = 1) -> None:

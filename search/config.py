@@ -265,9 +265,12 @@ def _check_knob_options(path: Path, knobs: KnobTables, model_name: str) -> None:
     for knob, given in options.items():
         if given.get("exclude"):
             model = model or get_model(model_name)
-            layers = [n for n, _ in model.named_children()]
+            from spaces.base import named_layers
+
+            layers = list(named_layers(model))
+            blocks = {name for name, _ in model.named_modules() if name}
             for layer in given["exclude"]:
-                if layer not in layers:
+                if layer not in blocks:
                     raise _fail(path, f"knobs.{knob}", "exclude", f"unknown layer {layer!r} of "
                                 f"{model_name} (layers: {', '.join(layers)})",
                                 list(given["exclude"]))

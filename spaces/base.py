@@ -1,5 +1,5 @@
 """What every knob shares: a frozen config that round-trips through a dict, a registry,
-and the addressing of layers by their stable names.
+and the addressing of layers by their stable dotted names, however deep in the model.
 
 A knob's ``suggest(trial, model)`` declares Optuna parameters named ``<knob>.<layer>...``
 and returns its config; ``apply(model, config)`` returns a new model and depends only on
@@ -23,13 +23,19 @@ __all__ = [
     "Knob",
     "KnobConfig",
     "KnobError",
+    "Rewritten",
+    "RewrittenSequential",
     "conv_like",
     "conv_sites",
+    "first_conv",
     "get_knob",
+    "get_layer",
     "layers_of",
     "list_knobs",
+    "named_layers",
     "register_knob",
     "replace_conv_site",
+    "set_layer",
     "spatial_convs",
 ]
 
@@ -94,32 +100,73 @@ def get_knob(name: str, **options: Any) -> Knob:
         raise KnobError(f"{name}: bad options {sorted(options)}: {error}") from None
 
 
+class Rewritten:
+    """Marks a module that a knob put in one layer's place (sub-pixel, grouped, depthwise,
+    low-rank forms of a convolution): a walk over a model's layers stops at it, so that a
+    later knob sees the layer, not the parts it was rewritten into."""
+
+
+class RewrittenSequential(Rewritten, nn.Sequential):
+    """A layer rewritten as a short sequence of convolutions (depthwise-separable, Tucker-2,
+    CP)."""
+
+
+def named_layers(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
+    """The layers knobs address, by dotted name (``conv2``, ``res1.conv1``), in model order:
+    each convolution, or a knob's rewrite of one, however deep in the model's own modules
+    (residual blocks, sequences); not the grasp-map heads, nor ``exclude`` (a name there
+    also excludes everything inside it)."""
+    skip = tuple(exclude)
+    found: dict[str, nn.Module] = {}
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            full = prefix + name
+            if (not prefix and name in HEAD_NAMES) or any(
+                    full == e or full.startswith(e + ".") for e in skip):
+                continue
+            if isinstance(child, nn.Conv2d | nn.ConvTranspose2d | Rewritten):
+                found[full] = child
+            else:
+                walk(child, full + ".")
+
+    walk(model, "")
+    return found
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """The layer at dotted ``name``."""
+    return model.get_submodule(name)
+
+
+def set_layer(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Puts ``module`` in the place of the layer at dotted ``name``."""
+    parent, _, last = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, last, module)
+
+
 def layers_of(model: nn.Module, kinds: tuple[type, ...], exclude: Iterable[str] = ()
               ) -> list[str]:
-    """Names of the model's direct child layers of the given types, in model order."""
-    skip = set(exclude)
-    return [name for name, m in model.named_children() if isinstance(m, kinds)
-            and name not in skip]
+    """Names of the model's layers (:func:`named_layers`) of the given types, in model
+    order."""
+    return [name for name, m in named_layers(model, exclude).items() if isinstance(m, kinds)]
 
 
 def spatial_convs(model: nn.Module, exclude: Iterable[str] = ()) -> list[str]:
-    """Direct child k×k (transposed) convs with groups 1, outside the heads: the layers a
-    factorising knob (lowrank, depthwise) can rewrite."""
-    return [name for name in layers_of(model, (nn.Conv2d, nn.ConvTranspose2d),
-                                       (*HEAD_NAMES, *exclude))
-            if getattr(model, name).groups == 1 and getattr(model, name).kernel_size != (1, 1)]
+    """k×k (transposed) convs with groups 1, outside the heads: the layers a factorising
+    knob (lowrank, depthwise) can rewrite."""
+    return [name for name, m in named_layers(model, exclude).items()
+            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d) and m.groups == 1
+            and m.kernel_size != (1, 1)]
 
 
 def conv_sites(model: nn.Module, exclude: Iterable[str] = ()
                ) -> dict[str, nn.Conv2d | nn.ConvTranspose2d]:
-    """Each direct child layer outside the heads, as the convolution doing its work: the
-    layer itself, or the ``.conv`` inside an ``upsample`` rewrite (sub-pixel, resize, lowres).
-    Knobs that change a kernel's shape (dilate, group) act there, whatever form the layer
-    has taken."""
+    """Each layer outside the heads, as the convolution doing its work: the layer itself,
+    or the ``.conv`` inside an ``upsample`` rewrite (sub-pixel, resize, lowres). Knobs that
+    change a kernel's shape (dilate, group) act there, whatever form the layer has taken."""
     sites = {}
-    for name, module in model.named_children():
-        if name in HEAD_NAMES or name in set(exclude):
-            continue
+    for name, module in named_layers(model, exclude).items():
         conv = module if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) else getattr(
             module, "conv", None)
         if isinstance(conv, nn.Conv2d | nn.ConvTranspose2d):
@@ -129,11 +176,16 @@ def conv_sites(model: nn.Module, exclude: Iterable[str] = ()
 
 def replace_conv_site(model: nn.Module, name: str, conv: nn.Module) -> None:
     """Puts ``conv`` where :func:`conv_sites` found layer ``name``'s convolution."""
-    module = getattr(model, name)
+    module = get_layer(model, name)
     if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
-        setattr(model, name, conv)
+        set_layer(model, name, conv)
     else:
         module.conv = conv
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d | nn.ConvTranspose2d:
+    """The model's first convolution: its input channels are the model's."""
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d))
 
 
 def conv_like(layer: nn.Conv2d | nn.ConvTranspose2d, weight: torch.Tensor, **changes: Any

@@ -16,13 +16,22 @@ import optuna
 import torch
 from torch import nn
 
-from spaces.base import KnobConfig, KnobError, copy_model, register_knob, spatial_convs
+from spaces.base import (
+    KnobConfig,
+    KnobError,
+    RewrittenSequential,
+    copy_model,
+    get_layer,
+    register_knob,
+    set_layer,
+    spatial_convs,
+)
 
 __all__ = ["DepthwiseConfig", "DepthwiseKnob", "depthwise_separable"]
 
 
 
-def depthwise_separable(layer: nn.Conv2d | nn.ConvTranspose2d) -> nn.Sequential:
+def depthwise_separable(layer: nn.Conv2d | nn.ConvTranspose2d) -> RewrittenSequential:
     """Depthwise k×k (same stride, padding, dilation) then pointwise 1×1, least-squares fit."""
     if layer.groups != 1:
         raise KnobError(f"depthwise: needs groups 1, got {layer.groups}.")
@@ -47,7 +56,7 @@ def depthwise_separable(layer: nn.Conv2d | nn.ConvTranspose2d) -> nn.Sequential:
         point.weight.copy_(pointwise[:, :, None, None].float())
         if layer.bias is not None:
             point.bias.copy_(layer.bias.detach())
-    return nn.Sequential(depth, point)
+    return RewrittenSequential(depth, point)
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,7 @@ class DepthwiseKnob:
             if layer not in valid:
                 raise KnobError(f"depthwise.{layer}: not a k×k convolution of "
                                 f"{type(model).__name__}; valid layers: {', '.join(valid)}.")
-            setattr(model, layer, depthwise_separable(getattr(model, layer)))
+            set_layer(model, layer, depthwise_separable(get_layer(model, layer)))
         return model
 
 

@@ -28,11 +28,14 @@ from torch import nn
 from spaces.base import (
     KnobConfig,
     KnobError,
+    Rewritten,
     conv_like,
     conv_sites,
     copy_model,
+    get_layer,
     register_knob,
     replace_conv_site,
+    set_layer,
 )
 
 __all__ = ["ChannelShuffle", "GroupConfig", "GroupKnob", "Shuffled", "grouped",
@@ -59,7 +62,7 @@ class ChannelShuffle(nn.Module):
             n, c, h, w)
 
 
-class Shuffled(nn.Module):
+class Shuffled(Rewritten, nn.Module):
     """A layer followed by a channel shuffle. ``conv`` is the layer's convolution, so that
     :func:`spaces.base.conv_sites` still finds it."""
 
@@ -215,7 +218,7 @@ class GroupKnob:
             replace_conv_site(model, layer, grouped(conv, g, layer, shuffled_in))
             after = wanted.get(order[i + 1], 1) if i + 1 < len(order) else 1
             if after > 1:
-                setattr(model, layer, Shuffled(getattr(model, layer), g))
+                set_layer(model, layer, Shuffled(get_layer(model, layer), g))
         return model
 
 

@@ -22,7 +22,16 @@ import torch
 from tensorly.decomposition import parafac, partial_tucker
 from torch import nn
 
-from spaces.base import KnobConfig, KnobError, copy_model, register_knob, spatial_convs
+from spaces.base import (
+    KnobConfig,
+    KnobError,
+    RewrittenSequential,
+    copy_model,
+    get_layer,
+    register_knob,
+    set_layer,
+    spatial_convs,
+)
 
 __all__ = ["LowRankConfig", "LowRankKnob", "cp_separable", "tucker2"]
 
@@ -52,7 +61,7 @@ def _last(layer: nn.Conv2d, dense: nn.Module) -> nn.Conv2d:
 
 
 def tucker2(layer: nn.Conv2d | nn.ConvTranspose2d, rank_in: int, rank_out: int
-            ) -> nn.Sequential:
+            ) -> RewrittenSequential:
     """1×1 (in -> rank_in) -> k×k (rank_in -> rank_out) -> 1×1 (rank_out -> out)."""
     if layer.groups != 1:
         raise KnobError(f"lowrank: needs groups 1, got {layer.groups}.")
@@ -79,10 +88,10 @@ def tucker2(layer: nn.Conv2d | nn.ConvTranspose2d, rank_in: int, rank_out: int
                            dilation=layer.dilation, bias=False)
     with torch.no_grad():
         middle.weight.copy_(torch.from_numpy(np.ascontiguousarray(core)).float())
-    return nn.Sequential(reduce, middle, expand)
+    return RewrittenSequential(reduce, middle, expand)
 
 
-def cp_separable(layer: nn.Conv2d, rank: int) -> nn.Sequential:
+def cp_separable(layer: nn.Conv2d, rank: int) -> RewrittenSequential:
     """CP of a 1-input-channel conv: k×1 (1 -> rank) -> depthwise 1×k -> 1×1 (rank -> out).
     The rank is capped at kh·kw: the [out, kh, kw] weight is exact at that rank, and
     tensorly's SVD start cannot go above it (a 5×5 dilated conv1 of 32 channels did)."""
@@ -103,7 +112,7 @@ def cp_separable(layer: nn.Conv2d, rank: int) -> nn.Sequential:
     horizontal = _conv(rank, rank, (1, kw), c.T[:, None, None, :], stride=(1, sw),
                        padding=(0, pw), dilation=(1, dw), groups=rank)
     mix = _last(_conv(rank, layer.out_channels, (1, 1), a[:, :, None, None]), layer)
-    return nn.Sequential(vertical, horizontal, mix)
+    return RewrittenSequential(vertical, horizontal, mix)
 
 
 @dataclass(frozen=True)
@@ -155,7 +164,7 @@ class LowRankKnob:
             if not trial.suggest_categorical(f"lowrank.{layer}", [False, True]):
                 continue
             fractions = self.fractions_for(layer)
-            r_in = (1.0 if getattr(model, layer).in_channels == 1 else
+            r_in = (1.0 if get_layer(model, layer).in_channels == 1 else
                     trial.suggest_categorical(f"lowrank.{layer}.rank_in", fractions))
             r_out = trial.suggest_categorical(f"lowrank.{layer}.rank_out", fractions)
             ranks.append((layer, r_in, r_out))
@@ -164,7 +173,7 @@ class LowRankKnob:
     def probes(self, model: nn.Module) -> list[tuple[str, Any, LowRankConfig]]:
         """One layer factorised at a time, both ranks at each probe fraction the layer offers
         (at each of its fractions where it offers none of them)."""
-        return [(layer, f, LowRankConfig(((layer, 1.0 if getattr(model, layer).in_channels == 1
+        return [(layer, f, LowRankConfig(((layer, 1.0 if get_layer(model, layer).in_channels == 1
                                                    else f, f),)))
                 for layer in self.layers(model) for f in self._probe_fractions(layer)]
 
@@ -189,11 +198,11 @@ class LowRankKnob:
                 if not 0 < fraction <= 1:
                     raise KnobError(f"lowrank.{layer}.{key}: `0 < fraction <= 1` must hold, "
                                     f"but got {fraction}.")
-            dense = getattr(model, layer)
+            dense = get_layer(model, layer)
             if dense.in_channels == 1 and isinstance(dense, nn.Conv2d):
-                setattr(model, layer, cp_separable(dense, _rank(r_out, dense.out_channels)))
+                set_layer(model, layer, cp_separable(dense, _rank(r_out, dense.out_channels)))
             else:
-                setattr(model, layer, tucker2(dense, _rank(r_in, dense.in_channels),
+                set_layer(model, layer, tucker2(dense, _rank(r_in, dense.in_channels),
                                               _rank(r_out, dense.out_channels)))
         return model
 

@@ -21,7 +21,15 @@ import torch_pruning as tp
 from torch import nn
 
 from grasp.models import HEAD_NAMES
-from spaces.base import KnobConfig, KnobError, copy_model, layers_of, register_knob
+from spaces.base import (
+    KnobConfig,
+    KnobError,
+    copy_model,
+    first_conv,
+    layers_of,
+    named_layers,
+    register_knob,
+)
 
 __all__ = ["CRITERIA", "PruneConfig", "PruneKnob"]
 
@@ -137,7 +145,7 @@ class PruneKnob:
                             + ".")
         if config.round_to < 1:
             raise KnobError(f"prune.round_to: `round_to >= 1` must hold, got {config.round_to}.")
-        children = dict(model.named_children())
+        children = named_layers(model)
         for layer, ratio in config.ratios:
             if layer in HEAD_NAMES:
                 raise KnobError(f"prune.{layer}: the grasp-map heads are never pruned.")
@@ -149,7 +157,7 @@ class PruneKnob:
         pruned = copy_model(model).eval()
         if not any(ratio > 0 for _, ratio in config.ratios):
             return pruned
-        modules = dict(pruned.named_children())
+        modules = named_layers(pruned)
         # Kept channels: the nearest multiple of round_to (and of the group counts a study
         # offers), never none; torch-pruning's own round_to rounds down, and a layer rounded
         # down to none kept all its channels (an 8-channel layer at round_to 8 never pruned).
@@ -157,11 +165,15 @@ class PruneKnob:
         ratio_of = {modules[layer]: _ratio_keeping_multiples(modules[layer].out_channels,
                                                              ratio, multiple)
                     for layer, ratio in config.ratios}
-        # Everything not named keeps its channels: heads, excluded and rewritten layers.
+        # The heads, excluded layers and the parts of rewritten ones keep their channels.
+        # Every other layer may shrink with one it is coupled to (the convs that add into one
+        # residual stream prune together); on its own it keeps its channels (ratio 0).
+        free = {id(m) for m in named_layers(pruned, self.exclude).values()}
         ignored = [m for m in pruned.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)
-                   and m not in ratio_of]
+                   and m not in ratio_of and id(m) not in free]
         pruner = tp.pruner.MetaPruner(
-            pruned, torch.randn(1, 1, 64, 64), importance=_importance(config.criterion),
+            pruned, torch.randn(1, first_conv(pruned).in_channels, 64, 64),
+            importance=_importance(config.criterion),
             pruning_ratio=0.0, pruning_ratio_dict=ratio_of, ignored_layers=ignored,
             output_transform=lambda out: sum(o.sum() for o in out),
         )

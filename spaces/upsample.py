@@ -22,8 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grasp.models import HEAD_NAMES
-from spaces.base import KnobConfig, KnobError, copy_model, layers_of, register_knob
+from grasp.models import HEAD_NAMES, GraspHeads
+from spaces.base import (
+    KnobConfig,
+    KnobError,
+    Rewritten,
+    copy_model,
+    layers_of,
+    named_layers,
+    register_knob,
+    set_layer,
+)
 
 __all__ = ["MODES", "LowResConv2d", "ResizeConv2d", "SubPixelConv2d", "UpsampleConfig",
            "UpsampleKnob", "rewrite_all"]
@@ -45,7 +54,7 @@ def _phase_taps(k: int, s: int, p: int) -> list[tuple[int, int, int]]:
     return out
 
 
-class SubPixelConv2d(nn.Module):
+class SubPixelConv2d(Rewritten, nn.Module):
     """A ConvTranspose2d rewritten as pad -> conv -> PixelShuffle -> crop, exactly."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int],
@@ -175,7 +184,7 @@ class SubPixelConv2d(nn.Module):
         return module
 
 
-class ResizeConv2d(nn.Module):
+class ResizeConv2d(Rewritten, nn.Module):
     """Resize by the stride (nearest or bilinear), then a stride-1 conv of the same kernel,
     padded so that the output size equals the transposed conv's."""
 
@@ -213,7 +222,7 @@ class ResizeConv2d(nn.Module):
         return module
 
 
-class LowResConv2d(nn.Module):
+class LowResConv2d(Rewritten, nn.Module):
     """The transposed conv the heads read, run at its input's resolution: pad -> stride-1
     conv. The model's heads then run at this resolution as well, and ``resize_maps`` (set
     on the model) brings their maps to the original size; this layer only records the
@@ -311,8 +320,8 @@ class UpsampleKnob:
             if not modes:
                 raise KnobError(f"upsample: the sensitivity scan leaves {layer} none of the "
                                 f"modes {list(self.modes)}; add 'subpixel' (exact).")
-        if layer == self.last_layer(model):
-            return modes
+        if layer == self.last_layer(model) and isinstance(model, GraspHeads):
+            return modes  # lowres resizes the maps the built-in heads compute
         modes = tuple(m for m in modes if m not in LAST_LAYER_MODES)
         if not modes:
             raise KnobError(f"upsample: modes {list(self.modes)} leave no mode for {layer}: "
@@ -338,7 +347,7 @@ class UpsampleKnob:
         model = copy_model(model)
         last = self.last_layer(model)
         for layer, mode in config.modes:
-            module = getattr(model, layer, None)
+            module = named_layers(model).get(layer)
             if not isinstance(module, nn.ConvTranspose2d):
                 raise KnobError(f"upsample.{layer}: not a ConvTranspose2d layer of "
                                 f"{type(model).__name__} (got {type(module).__name__}); "
@@ -347,17 +356,21 @@ class UpsampleKnob:
                 raise KnobError(f"upsample.{layer}: mode must be one of {', '.join(MODES)}, "
                                 f"but got {mode!r}.")
             if mode == "subpixel":
-                setattr(model, layer, SubPixelConv2d.from_conv_transpose(module, layer))
+                set_layer(model, layer, SubPixelConv2d.from_conv_transpose(module, layer))
             elif mode == "lowres":
+                if not isinstance(model, GraspHeads):
+                    raise KnobError(f"upsample.{layer}: 'lowres' resizes the maps of the "
+                                    f"built-in architectures' heads; {type(model).__name__} "
+                                    f"computes its own.")
                 if layer != last:
                     raise KnobError(f"upsample.{layer}: 'lowres' applies only to the layer "
                                     f"the heads read ({last}).")
                 low = LowResConv2d.from_conv_transpose(module, _head_kernel(model, layer), layer)
-                setattr(model, layer, low)
+                set_layer(model, layer, low)
                 model.resize_maps = nn.Upsample(scale_factor=low.stride, mode="bilinear",
                                                 align_corners=False)
             elif mode != "keep":
-                setattr(model, layer, ResizeConv2d.from_conv_transpose(module, mode, layer))
+                set_layer(model, layer, ResizeConv2d.from_conv_transpose(module, mode, layer))
         return model
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
+from torch import nn
 
 from grasp.rectangles import Grasp
 
@@ -65,6 +67,61 @@ def write_cornell(root: Path, images: int = 3, seed: int = 0) -> Path:
         lines = [f"{c:.2f} {r:.2f}" for g in grasps for r, c in g.corners()]
         (folder / f"pcd{number:04d}cpos.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+class ResidualBlock(nn.Module):
+    """conv-bn-relu-conv-bn plus the identity, as GR-ConvNet's blocks are built."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+
+
+class ResidualGraspNet(nn.Module):
+    """A small grasp network of a user's own, shaped like GR-ConvNet: batch norm after every
+    conv, residual blocks (nested modules, their sums coupling channels), a transposed conv
+    back to the input resolution, and the four 1-channel heads. Depth in, four maps out."""
+
+    def __init__(self, input_channels: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(input_channels, 16, 9, padding=4)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 4, stride=2, padding=1)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.res1 = ResidualBlock(32)
+        self.res2 = ResidualBlock(32)
+        self.conv3 = nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1)
+        self.bn3 = nn.BatchNorm2d(16)
+        for name in ("pos_output", "cos_output", "sin_output", "width_output"):
+            setattr(self, name, nn.Conv2d(16, 1, 1))
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.res2(self.res1(torch.relu(self.bn2(self.conv2(x)))))
+        x = torch.relu(self.bn3(self.conv3(x)))
+        return (self.pos_output(x), self.cos_output(x), self.sin_output(x),
+                self.width_output(x))
+
+
+def residual_grasp_net(seed: int = 0) -> nn.Module:
+    """A :class:`ResidualGraspNet` in eval mode whose batch norms hold statistics of their
+    own (not the identity a fresh one has), so that folding them is tested."""
+    torch.manual_seed(seed)
+    model = ResidualGraspNet()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    return model.eval()
 
 
 #: The header every Cornell point cloud starts with (PCD v.7, ASCII).

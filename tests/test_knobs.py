@@ -19,6 +19,17 @@ from spaces.upsample import UpsampleConfig
 
 SIZE = 96  # GG-CNN maps back to its input size for multiples of 12 (300 too)
 STRUCTURAL = [k for k in ORDER if k != "precision"]
+#: Every registered model, and a user's own shaped like GR-ConvNet (batch norm, residual
+#: blocks nested in modules of their own).
+MODELS = [*list_models(), "residual-bn"]
+
+
+def build(name):
+    if name == "residual-bn":
+        from conftest import residual_grasp_net
+
+        return residual_grasp_net()
+    return get_model(name)
 
 
 def _params(model):
@@ -54,23 +65,23 @@ def test_every_knob_is_registered_in_the_composition_order():
     assert sorted(ORDER) == list_knobs()
 
 
-@pytest.mark.parametrize("model_name", list_models(), ids=str)
+@pytest.mark.parametrize("model_name", MODELS, ids=str)
 @pytest.mark.parametrize("name", STRUCTURAL, ids=str)
 def test_knob_keeps_output_shapes_and_shrinks(name, model_name):
-    model = get_model(model_name).eval()
+    model = build(model_name).eval()
     config, measure = compressing_config(name, model)
     out = get_knob(name).apply(model, config)
     with torch.no_grad():
         maps = out(torch.randn(2, 1, SIZE, SIZE))
     assert [m.shape for m in maps] == [(2, 1, SIZE, SIZE)] * 4
     assert measure(out) < measure(model)
-    assert measure(get_model(model_name)) == measure(model)  # the argument is untouched
+    assert measure(build(model_name)) == measure(model)  # the argument is untouched
 
 
-@pytest.mark.parametrize("model_name", list_models(), ids=str)
+@pytest.mark.parametrize("model_name", MODELS, ids=str)
 @pytest.mark.parametrize("name", ORDER, ids=str)
 def test_rebuilding_from_trial_params_gives_the_same_model(name, model_name):
-    model = get_model(model_name).eval()
+    model = build(model_name).eval()
     knob = get_knob(name)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
     for _ in range(3):

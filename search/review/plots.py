@@ -67,6 +67,20 @@ def plot_front(study: optuna.Study, objectives: tuple[str, ...], path: Path) -> 
 
 
 
+#: The knobs that work layer by layer, and the suffixes their parameter names end with.
+LAYER_KNOBS = ("prune", "lowrank", "depthwise", "upsample", "dilate", "group")
+_SUFFIXES = (".ratio", ".rank_in", ".rank_out")
+
+
+def _layer_of(key: str) -> str | None:
+    """The layer a trial parameter sets (``prune.res1.conv1.ratio`` -> ``res1.conv1``); None
+    for a parameter of the whole model (``prune.criterion``, ``precision``)."""
+    knob, _, rest = key.partition(".")
+    if knob not in LAYER_KNOBS or not rest or rest in ("criterion", "round_to"):
+        return None
+    return next((rest.removesuffix(s) for s in _SUFFIXES if rest.endswith(s)), rest)
+
+
 def plot_layers(front: list[FrozenTrial], path: Path) -> None:
     """A grid: front models × layers, showing the kept fraction of each layer's channels
     (prune), and marking factorised (L), depthwise (D), dilated (d2: dilation 2), grouped
@@ -74,11 +88,9 @@ def plot_layers(front: list[FrozenTrial], path: Path) -> None:
     layers: list[str] = []
     for t in front:
         for key in t.params:
-            parts = key.split(".")
-            if parts[0] in ("prune", "lowrank", "depthwise", "upsample", "dilate", "group") \
-                    and len(parts) > 1 \
-                    and parts[1] not in ("criterion", "round_to") and parts[1] not in layers:
-                layers.append(parts[1])
+            layer = _layer_of(key)
+            if layer is not None and layer not in layers:
+                layers.append(layer)
     fig, ax = plt.subplots(figsize=(max(6.5, len(layers) * 0.9 + 3),
                                     max(2.5, len(front) * 0.32 + 1.6)), dpi=110)
     grid = np.ones((max(len(front), 1), max(len(layers), 1)))

@@ -1,0 +1,103 @@
+"""A network of a user's own, shaped like GR-ConvNet (batch norm, residual blocks nested in
+modules of their own): every knob finds its layers inside it, and the rewrites that claim
+to be exact are, through to the shipped file."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import residual_grasp_net
+
+from spaces import get_knob
+from spaces.base import named_layers
+from spaces.precision import PrecisionConfig, build_artifact
+from spaces.prune import PruneConfig
+from spaces.upsample import UpsampleConfig
+
+SIZE = 96
+NESTED = ["res1.conv1", "res1.conv2", "res2.conv1", "res2.conv2"]
+
+
+def _maps(model, x):
+    with torch.no_grad():
+        return torch.cat(model(x), dim=1)
+
+
+def test_every_knob_finds_the_layers_inside_the_residual_blocks():
+    model = residual_grasp_net()
+    assert list(named_layers(model)) == ["conv1", "conv2", *NESTED, "conv3"]
+    for knob in ("prune", "depthwise", "lowrank", "group"):
+        layers = get_knob(knob).layers(model)
+        assert set(NESTED) <= set(layers), (knob, layers)
+    assert get_knob("dilate").layers(model) == ["conv1"]  # 3x3 kernels: no dilation fits
+    assert get_knob("upsample").layers(model) == ["conv3"]
+    # lowres resizes the maps of the built-in heads only: a network of its own is not offered it.
+    assert "lowres" not in get_knob("upsample").modes_for(model, "conv3")
+    # Excluding a block excludes what is inside it.
+    assert not set(NESTED) & set(get_knob("prune", exclude=("res1", "res2")).layers(model))
+
+
+def test_pruning_the_residual_stream_prunes_every_layer_that_adds_to_it():
+    # conv2 writes the stream both blocks add to: its channels, both blocks' last convs and
+    # batch norms, and the transposed conv that reads the stream all shrink together.
+    model = residual_grasp_net()
+    pruned = get_knob("prune").apply(model, PruneConfig((("conv2", 0.5),)))
+    layers = dict(pruned.named_modules())
+    assert layers["conv2"].out_channels == 16 and layers["bn2"].num_features == 16
+    for block in ("res1", "res2"):
+        assert layers[f"{block}.conv2"].out_channels == 16
+        assert layers[f"{block}.bn2"].num_features == 16
+        assert layers[f"{block}.conv1"].in_channels == 16
+    assert layers["conv3"].in_channels == 16
+    inner = get_knob("prune").apply(model, PruneConfig((("res1.conv1", 0.5),)))
+    inner_layers = dict(inner.named_modules())
+    assert inner_layers["res1.conv1"].out_channels == 16
+    assert inner_layers["res1.bn1"].num_features == 16
+    assert inner_layers["res1.conv2"].in_channels == 16
+    assert inner_layers["res1.conv2"].out_channels == 32  # the stream keeps its width
+    x = torch.randn(2, 1, SIZE, SIZE)
+    for out in (pruned, inner):
+        assert _maps(out, x).shape == (2, 4, SIZE, SIZE)
+
+
+def test_the_exact_rewrites_are_exact_on_it():
+    model = residual_grasp_net()
+    x = torch.randn(2, 1, SIZE, SIZE)
+    reference = _maps(model, x)
+    subpixel = get_knob("upsample").apply(model, UpsampleConfig((("conv3", "subpixel"),)))
+    assert torch.allclose(_maps(subpixel, x), reference, atol=1e-4)
+    unpruned = get_knob("prune").apply(model, PruneConfig(tuple(
+        (layer, 0.0) for layer in get_knob("prune").layers(model))))
+    assert torch.equal(_maps(unpruned, x), reference)
+    # The checks can fail: an approximate mode changes the maps.
+    nearest = get_knob("upsample").apply(model, UpsampleConfig((("conv3", "nearest"),)))
+    assert not torch.allclose(_maps(nearest, x), reference, atol=1e-2)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_its_shipped_file_computes_the_network(tmp_path, precision):
+    # Compressed (a nested layer pruned, the decoder sub-pixel), then built into the ONNX
+    # file a robot loads: fp32 computes the torch maps, int8 close to them.
+    model = residual_grasp_net()
+    model = get_knob("prune").apply(model, PruneConfig((("res2.conv1", 0.5),)))
+    model = get_knob("upsample").apply(model, UpsampleConfig((("conv3", "subpixel"),)))
+    torch.manual_seed(1)
+    calibration = [torch.rand(1, SIZE, SIZE) * 0.05 for _ in range(4)]
+    artifact = build_artifact(model, PrecisionConfig(precision), tmp_path / "model",
+                              calibration, SIZE)
+    x = calibration[0][None]
+    shipped = artifact.session().run(["maps"], {"depth": x.numpy()})[0]
+    expected = _maps(model, x).numpy()
+    assert shipped.shape == (1, 4, SIZE, SIZE)
+    error = np.abs(shipped - expected).max() / np.abs(expected).max()
+    assert error < (1e-4 if precision == "fp32" else 0.1), error
+    if precision == "int8":
+        assert error > 1e-6  # int8 arithmetic, not the float graph
+
+
+def test_the_report_reads_nested_layer_names_from_trial_parameters():
+    from search.review.plots import _layer_of
+
+    assert [_layer_of(k) for k in ("prune.res1.conv1.ratio", "lowrank.res2.conv2.rank_in",
+                                   "lowrank.res2.conv2", "upsample.conv3", "group.res1.conv1",
+                                   "prune.criterion", "prune.round_to", "precision")] == [
+        "res1.conv1", "res2.conv2", "res2.conv2", "conv3", "res1.conv1", None, None, None]
