@@ -9,14 +9,18 @@ Parameter counts equal the published models exactly (62,420 and 66,676).
 
 from __future__ import annotations
 
+import functools
+import importlib
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GGCNN", "GGCNN2", "HEAD_NAMES", "GraspHeads", "get_model", "list_models",
-           "register_model"]
+__all__ = ["CONTRACT", "GGCNN", "GGCNN2", "HEAD_NAMES", "GraspHeads", "ModelContractError",
+           "check_contract", "get_model", "list_models", "register_factory", "register_model"]
 
 #: The four output heads, in output order. They stay 1-channel: compression never touches them.
 HEAD_NAMES = ("pos_output", "cos_output", "sin_output", "width_output")
@@ -95,11 +99,83 @@ class GGCNN2(GraspHeads):
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(name: str, factory: Callable[..., nn.Module]) -> None:
-    """Adds a model factory under ``name`` (checkpoints store this name to rebuild the model)."""
-    if name in _REGISTRY:
+def register_model(name: str, factory: Callable[..., nn.Module], replace: bool = False
+                   ) -> None:
+    """Adds a model factory under ``name`` (checkpoints store this name to rebuild the
+    model); ``replace`` lets a user's factory be registered again with other options."""
+    if name in _REGISTRY and not replace:
         raise ValueError(f"A model named {name!r} is already registered.")
     _REGISTRY[name] = factory
+
+
+class ModelContractError(ValueError):
+    """A user's network does not fit the grasp-network contract; the message says how."""
+
+
+#: What a network must do to be compressed: the built-in ones do it.
+CONTRACT = ("its forward takes depth [B, 1, H, W] and returns the four maps (grasp quality, "
+            "cos 2θ, sin 2θ, width), each [B, 1, H, W] at the input's resolution")
+
+
+def register_factory(spec: str, options: dict | None = None,
+                     search_path: str | Path | None = None) -> str:
+    """Imports ``spec`` ("package.module:function", the module found on ``search_path``
+    first), registers it with ``options`` under the name ``spec``, and checks that what it
+    builds keeps the grasp-network contract; the name, for :func:`get_model`. It runs the
+    user's own code, as any Python configuration does."""
+    module_name, _, function = spec.partition(":")
+    if not module_name or not function.isidentifier():
+        raise ModelContractError(f"must be `package.module:function`, got {spec!r}")
+    added = search_path is not None and str(search_path) not in sys.path
+    if added:
+        sys.path.insert(0, str(search_path))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ModelContractError(f"cannot import {module_name!r} ({error}); it is looked for "
+                                 f"beside the study file and on Python's path") from None
+    finally:
+        if added:
+            sys.path.remove(str(search_path))
+    factory = getattr(module, function, None)
+    if not callable(factory):
+        raise ModelContractError(f"{module_name} has no function {function!r}")
+    build = functools.partial(factory, **(options or {}))
+    try:
+        model = build()
+    except TypeError as error:
+        raise ModelContractError(f"{spec} cannot be called with options "
+                                 f"{dict(options or {})}: {error}") from None
+    check_contract(model, spec)
+    register_model(spec, build, replace=True)
+    return spec
+
+
+def check_contract(model: nn.Module, name: str, size: int = 96) -> None:
+    """Runs ``model`` once on a ``size`` x ``size`` depth image and names what breaks the
+    contract (:data:`CONTRACT`)."""
+    if not isinstance(model, nn.Module):
+        raise ModelContractError(f"{name} built a {type(model).__name__}, not a torch "
+                                 f"nn.Module")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    if not convs:
+        raise ModelContractError(f"{name} has no convolution to compress")
+    if convs[0].in_channels != 1:
+        raise ModelContractError(f"{name} takes {convs[0].in_channels} input channels; ggopt "
+                                 f"feeds it depth alone (1 channel): {CONTRACT}")
+    model.eval()
+    with torch.no_grad():
+        try:
+            out = model(torch.zeros(1, 1, size, size))
+        except Exception as error:  # the user's forward: any error, named
+            raise ModelContractError(f"{name} fails on a [1, 1, {size}, {size}] depth image "
+                                     f"({type(error).__name__}: {error}); {CONTRACT}") from None
+    shapes = ([tuple(t.shape) for t in out] if isinstance(out, tuple | list)
+              and all(isinstance(t, torch.Tensor) for t in out) else None)
+    if shapes != [(1, 1, size, size)] * 4:
+        got = shapes if shapes is not None else type(out).__name__
+        raise ModelContractError(f"{name} returns {got} for a [1, 1, {size}, {size}] depth "
+                                 f"image; {CONTRACT}")
 
 
 def list_models() -> list[str]:

@@ -80,7 +80,8 @@ class StudyConfig:
 
     path: Path
     name: str
-    model: str
+    model: str  # a built-in architecture's name, or a factory's `module:function`
+    model_options: dict[str, Any]
     checkpoint: str
     data_format: str
     data_root: str
@@ -206,8 +207,9 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
         study = StudyFile(**data)
     except ValidationError as error:
         raise _schema_error(path, data, error) from None
-    _check_keys_together(path, study)
-    config = _flat(path, study)
+    model = _model_name(path, study)
+    _check_keys_together(path, study, model)
+    config = _flat(path, study, model)
     if config.target is not None:
         config = replace(config, target=_check_target(path, "[runtime] target", config.target))
     config = replace(config, **{k: v for k, v in (overrides or {}).items() if v is not None})
@@ -219,7 +221,31 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
     return config
 
 
-def _check_keys_together(path: Path, study: StudyFile) -> None:
+def _model_name(path: Path, study: StudyFile) -> str:
+    """The study's model: a built-in architecture by name, or a network of the user's own
+    that ``[model] factory`` builds, registered under its ``module:function``."""
+    from grasp.models import ModelContractError, register_factory
+
+    m = study.model
+    if m.factory is None:
+        if m.options:
+            raise _fail(path, "model", "options", "applies with [model] factory only",
+                        m.options)
+        return m.name
+    if "name" in m.model_fields_set:
+        raise _fail(path, "model", "factory", "give [model] name (a built-in architecture) or "
+                    "factory (a network of your own), not both", m.factory)
+    if m.checkpoint == "baseline":
+        raise _fail(path, "model", "checkpoint", "a network of your own needs its weights: "
+                    "the path of its state dict (torch.save(model.state_dict(), path))",
+                    m.checkpoint)
+    try:
+        return register_factory(m.factory, m.options, path.resolve().parent)
+    except ModelContractError as error:
+        raise StudyConfigError(f"{path}: [model] factory: {error}.") from None
+
+
+def _check_keys_together(path: Path, study: StudyFile, model: str) -> None:
     """The rules that read two keys, or the model's layers."""
     r, s = study.recovery, study.search
     size = study.data.output_size
@@ -245,7 +271,7 @@ def _check_keys_together(path: Path, study: StudyFile) -> None:
                     "1): it continues a trial's recovered weights", s.promote.model_dump())
     for text in study.constraints:
         _parse_constraint(path, text)
-    _check_knob_options(path, study.knobs, study.model.name)
+    _check_knob_options(path, study.knobs, model)
 
 
 def _knob_options(knobs: KnobTables) -> dict[str, dict[str, Any]]:
@@ -281,11 +307,12 @@ def _check_knob_options(path: Path, knobs: KnobTables, model_name: str) -> None:
                 raise StudyConfigError(f"{path}: {error}") from None
 
 
-def _flat(path: Path, study: StudyFile) -> StudyConfig:
+def _flat(path: Path, study: StudyFile, model: str) -> StudyConfig:
     m, d, k, r, o = study.model, study.data, study.knobs, study.recovery, study.objectives
     rt, s, t = study.runtime, study.search, study.tracking
     return StudyConfig(
-        path=path, name=study.name, model=m.name, checkpoint=m.checkpoint,
+        path=path, name=study.name, model=model, model_options=dict(m.options),
+        checkpoint=m.checkpoint,
         data_format=d.format, data_root=d.root, split=d.split, output_size=d.output_size,
         eval_images=d.eval_images, calibration_images=d.calibration_images,
         data_objects=d.objects, skip_nan_rectangles=d.skip_nan_rectangles,
@@ -310,7 +337,8 @@ def _flat(path: Path, study: StudyFile) -> StudyConfig:
 def default_config(path: Path, name: str, **changes: Any) -> StudyConfig:
     """The schema's defaults for a study ``name`` (as if its file held only the name),
     with ``changes``: for code that builds a study without a file."""
-    return replace(_flat(Path(path), StudyFile(name=name)), **changes)
+    study = StudyFile(name=name)
+    return replace(_flat(Path(path), study, study.model.name), **changes)
 
 
 def _parse_constraint(path: Path, text: Any) -> Constraint:
@@ -447,7 +475,8 @@ def _toml(value: Any) -> str:
 
 
 def _type_name(annotation: Any) -> str:
-    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+             dict: "table"}
     kinds = [a for a in (annotation, *get_args(annotation)) if a is not type(None)]
     for kind in kinds:
         origin = get_origin(kind) or kind

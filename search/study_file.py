@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from grasp.artifact import PRECISIONS, RUNTIMES
-from grasp.models import list_models
+from grasp.models import CONTRACT, list_models
 from grasp.train import LR_SCHEDULES
 from spaces.upsample import LAST_LAYER_MODES
 from spaces.upsample import MODES as UPSAMPLE_MODES
@@ -86,6 +86,11 @@ class ModelTable(Table):
     name: Annotated[str, _holds(lambda v: v in list_models())] = key(
         "ggcnn", f"must be one of {list_models()}")
     checkpoint: str = key("baseline", "must be `baseline` (the shipped one) or a checkpoint path")
+    factory: str | None = key(None, f"must be `package.module:function`: a function that builds "
+                                    f"a network of your own ({CONTRACT}), found beside the "
+                                    f"study file or on Python's path; instead of name, with "
+                                    f"its state dict as checkpoint")
+    options: dict[str, Any] = key({}, "must be a table of the factory's keyword arguments")
 
 
 class DataTable(Table):

@@ -101,3 +101,104 @@ def test_the_report_reads_nested_layer_names_from_trial_parameters():
                                    "lowrank.res2.conv2", "upsample.conv3", "group.res1.conv1",
                                    "prune.criterion", "prune.round_to", "precision")] == [
         "res1.conv1", "res2.conv2", "res2.conv2", "conv3", "res1.conv1", None, None, None]
+
+
+#: A user's own network, in their own module beside the study file: GR-ConvNet's shape
+#: (batch norm, residual blocks, a transposed decoder), its width an option.
+USER_MODULE = '''
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+
+
+class MyGraspNet(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 5, padding=2), nn.BatchNorm2d(width),
+                                  nn.ReLU(), nn.Conv2d(width, 2 * width, 4, 2, 1))
+        self.blocks = nn.Sequential(Block(2 * width), Block(2 * width))
+        self.up = nn.ConvTranspose2d(2 * width, width, 4, 2, 1)
+        self.quality, self.cos, self.sin, self.width = (nn.Conv2d(width, 1, 1)
+                                                         for _ in range(4))
+
+    def forward(self, x):
+        x = torch.relu(self.up(self.blocks(self.stem(x))))
+        return self.quality(x), self.cos(x), self.sin(x), self.width(x)
+
+
+def build(width=16):
+    return MyGraspNet(width)
+
+
+def broken(width=16):
+    return nn.Conv2d(1, 4, 3, padding=1)
+'''
+
+
+def _own_study(tmp_path, jacquard_root, factory='factory = "mynet:build"\noptions = {width = 8}'):
+    import importlib
+    import sys
+
+    from test_search import write_study
+
+    (tmp_path / "mynet.py").write_text(USER_MODULE)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        mynet = importlib.import_module("mynet")
+        torch.manual_seed(0)
+        weights = tmp_path / "mynet_statedict.pt"
+        torch.save(mynet.build(width=8).state_dict(), weights)  # as the user's training does
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("mynet", None)
+    path = write_study(tmp_path, weights, jacquard_root, n_trials=3,
+                       knobs='["upsample", "depthwise", "lowrank", "prune", "precision"]')
+    path.write_text(path.read_text().replace('name = "ggcnn"\n', factory + "\n"))
+    return path
+
+
+def test_a_study_compresses_a_network_of_ones_own(tmp_path, jacquard_root):
+    from optuna.trial import TrialState
+
+    from search.config import load_study_config
+    from search.study import run_study
+
+    config = load_study_config(_own_study(tmp_path, jacquard_root))
+    assert config.model == "mynet:build" and config.model_options == {"width": 8}
+    study = run_study(config, track=False)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 3, [t.user_attrs.get("fail_reason") for t in study.trials]
+    # The knobs reached inside its blocks, named by their dotted paths.
+    assert any(key.startswith("prune.blocks.0.conv1") for key in done[-1].params)
+    assert study.user_attrs["config"]["study.model"] == 'mynet:build {"width": 8}'
+    for t in done:
+        assert t.user_attrs["values"]["size"] > 0 and t.user_attrs["values"]["accuracy"] >= 0
+
+
+@pytest.mark.parametrize(("factory", "message"), [
+    ('factory = "mynet:nothing"', r"\[model\] factory: mynet has no function 'nothing'"),
+    ('factory = "nowhere:build"', r"\[model\] factory: cannot import 'nowhere'"),
+    ('factory = "mynet:broken"', r"\[model\] factory: mynet:broken returns Tensor for a "
+                                 r"\[1, 1, 96, 96\] depth image; its forward takes depth"),
+    ('factory = "mynet:build"\noptions = {depth = 3}', r"cannot be called with options "
+                                                       r"\{'depth': 3\}"),
+    ('name = "ggcnn"\nfactory = "mynet:build"', r"\[model\] factory: give \[model\] name .* "
+                                                r"or factory .*not both"),
+], ids=["no-function", "no-module", "contract", "options", "both"])
+def test_a_factory_that_cannot_build_a_grasp_network_is_named(tmp_path, jacquard_root, factory,
+                                                              message):
+    from search.config import StudyConfigError, load_study_config
+
+    path = _own_study(tmp_path, jacquard_root, factory)
+    with pytest.raises(StudyConfigError, match=message) as error:
+        load_study_config(path)
+    assert str(path) in str(error.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,9 @@ def check_same_device(config: StudyConfig, baseline: dict[str, Any], console: Co
 
 
 def config_attrs(config: StudyConfig) -> dict[str, Any]:
-    return {"study.file": str(config.path), "study.model": config.model,
+    model = config.model + (f" {json.dumps(config.model_options, sort_keys=True)}"
+                            if config.model_options else "")
+    return {"study.file": str(config.path), "study.model": model,
             "study.checkpoint": str(config.checkpoint_path()),
             "study.checkpoint_sha256": _sha256(config.checkpoint_path()),
             "study.data": config.data_root,
