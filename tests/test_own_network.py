@@ -17,6 +17,15 @@ SIZE = 96
 NESTED = ["res1.conv1", "res1.conv2", "res2.conv1", "res2.conv2"]
 
 
+@pytest.fixture(autouse=True)
+def _own_registry(monkeypatch):
+    """A factory registered here is forgotten after the test: other tests see the built-in
+    architectures only."""
+    import grasp.models
+
+    monkeypatch.setattr(grasp.models, "_REGISTRY", dict(grasp.models._REGISTRY))
+
+
 def _maps(model, x):
     with torch.no_grad():
         return torch.cat(model(x), dim=1)
