@@ -39,8 +39,10 @@ def baseline_path(model_name: str) -> Path:
     path = SHIPPED / f"{model_name}.pt"
     if not path.is_file():
         shipped = sorted(p.stem for p in SHIPPED.glob("*.pt"))
-        raise CheckpointError(f"{path}: no shipped baseline for {model_name!r}; shipped: "
-                              f"{', '.join(shipped) or 'none'}.")
+        raise CheckpointError(f"no shipped baseline for {model_name!r} (shipped: "
+                              f"{', '.join(shipped) or 'none'}): give its weights as the "
+                              f"checkpoint, or train them with `ggopt train DATA --model "
+                              f"{model_name}`.")
     return path
 
 

@@ -1,10 +1,12 @@
-"""GG-CNN and GG-CNN2 as published (Morrison et al., RSS 2018 / IJRR 2019), and a registry.
+"""GG-CNN and GG-CNN2 (Morrison et al., RSS 2018 / IJRR 2019) and GR-ConvNet (Kumra et
+al., IROS 2020) as published, a registry, and a user's own network by its factory.
 
-Both map a 1xHxW depth image to four HxW maps: grasp quality (pos), cos 2θ, sin 2θ and
+Each maps a 1xHxW depth image to four HxW maps: grasp quality (pos), cos 2θ, sin 2θ and
 gripper opening (width / 150). Layers are named attributes rather than an ``nn.Sequential``
-so that the search can address them by stable names (``conv2``, ``convt3``), and ReLUs are
-not in-place because torch-pruning's dependency graph cannot trace through in-place ops.
-Parameter counts equal the published models exactly (62,420 and 66,676).
+so that the search can address them by stable names (``conv2``, ``res1.conv1``), and ReLUs
+are not in-place because torch-pruning's dependency graph cannot trace through in-place ops.
+Parameter counts follow the published layer sizes exactly (62,420, 66,676; GR-ConvNet
+1,900,900 on RGB-D, 1,893,124 on depth alone).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CONTRACT", "GGCNN", "GGCNN2", "HEAD_NAMES", "GraspHeads", "ModelContractError",
-           "check_contract", "get_model", "list_models", "register_factory", "register_model"]
+__all__ = ["CONTRACT", "GGCNN", "GGCNN2", "HEAD_NAMES", "GRConvNet", "GraspHeads",
+           "ModelContractError", "check_contract", "get_model", "list_models",
+           "register_factory", "register_model"]
 
 #: The four output heads, in output order. They stay 1-channel: compression never touches them.
 HEAD_NAMES = ("pos_output", "cos_output", "sin_output", "width_output")
@@ -94,6 +97,61 @@ class GGCNN2(GraspHeads):
         for layer in (self.conv5, self.conv6, self.convt1, self.convt2):
             x = F.relu(layer(x))
         return self._heads(x)
+
+
+class ResidualBlock(nn.Module):
+    """GR-ConvNet's residual block: conv-bn-relu-conv-bn, plus the block's input."""
+
+    def __init__(self, channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+
+class GRConvNet(GraspHeads):
+    """GR-ConvNet (Kumra et al., IROS 2020, "GR-ConvNet v3"): three convs down to a quarter
+    of the input, five residual blocks, three transposed convs back, four 2x2 heads; batch
+    norm after every conv but the last. ``input_channels`` 1 for depth (4 for RGB-D, which
+    ggopt does not feed); ``channel_size`` 32 is the published width. The optional dropout
+    before each head is the published training option."""
+
+    def __init__(self, input_channels: int = 1, channel_size: int = 32, dropout: float = 0.0
+                 ) -> None:
+        super().__init__()
+        c = channel_size
+        self.conv1 = nn.Conv2d(input_channels, c, 9, padding=4)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, 2 * c, 4, stride=2, padding=1)
+        self.bn2 = nn.BatchNorm2d(2 * c)
+        self.conv3 = nn.Conv2d(2 * c, 4 * c, 4, stride=2, padding=1)
+        self.bn3 = nn.BatchNorm2d(4 * c)
+        for i in range(1, 6):
+            setattr(self, f"res{i}", ResidualBlock(4 * c))
+        self.conv4 = nn.ConvTranspose2d(4 * c, 2 * c, 4, stride=2, padding=1, output_padding=1)
+        self.bn4 = nn.BatchNorm2d(2 * c)
+        self.conv5 = nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=2, output_padding=1)
+        self.bn5 = nn.BatchNorm2d(c)
+        self.conv6 = nn.ConvTranspose2d(c, c, 9, padding=4)
+        self._make_heads(c, kernel_size=2)
+        self.dropout = nn.Dropout(dropout)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+                nn.init.xavier_uniform_(m.weight, gain=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu(self.bn3(self.conv3(x)))
+        for i in range(1, 6):
+            x = getattr(self, f"res{i}")(x)
+        x = F.relu(self.bn4(self.conv4(x)))
+        x = F.relu(self.bn5(self.conv5(x)))
+        return self._heads(self.dropout(self.conv6(x)))
 
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -196,3 +254,4 @@ def get_model(name: str, **kwargs) -> nn.Module:
 
 register_model("ggcnn", GGCNN)
 register_model("ggcnn2", GGCNN2)
+register_model("grconvnet", GRConvNet)

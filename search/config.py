@@ -427,7 +427,10 @@ def _check_inputs(config: StudyConfig) -> None:
     from grasp.checkpoints import CheckpointError, load_checkpoint
 
     path = config.path
-    checkpoint = config.checkpoint_path()
+    try:
+        checkpoint = config.checkpoint_path()
+    except CheckpointError as error:
+        raise StudyConfigError(f"{path}: [model] checkpoint: {error}") from None
     if not checkpoint.is_file():
         raise StudyConfigError(f"{path}: [model] checkpoint: file not found, got "
                                f"{str(checkpoint)!r}.")

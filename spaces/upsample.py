@@ -320,8 +320,8 @@ class UpsampleKnob:
             if not modes:
                 raise KnobError(f"upsample: the sensitivity scan leaves {layer} none of the "
                                 f"modes {list(self.modes)}; add 'subpixel' (exact).")
-        if layer == self.last_layer(model) and isinstance(model, GraspHeads):
-            return modes  # lowres resizes the maps the built-in heads compute
+        if layer == self.last_layer(model) and _lowres_fits(model, layer):
+            return modes
         modes = tuple(m for m in modes if m not in LAST_LAYER_MODES)
         if not modes:
             raise KnobError(f"upsample: modes {list(self.modes)} leave no mode for {layer}: "
@@ -358,10 +358,11 @@ class UpsampleKnob:
             if mode == "subpixel":
                 set_layer(model, layer, SubPixelConv2d.from_conv_transpose(module, layer))
             elif mode == "lowres":
-                if not isinstance(model, GraspHeads):
-                    raise KnobError(f"upsample.{layer}: 'lowres' resizes the maps of the "
-                                    f"built-in architectures' heads; {type(model).__name__} "
-                                    f"computes its own.")
+                if not _lowres_fits(model, layer):
+                    raise KnobError(f"upsample.{layer}: 'lowres' computes a strided last "
+                                    f"decoder's maps at its input resolution and resizes "
+                                    f"the built-in heads' maps; {type(model).__name__}'s "
+                                    f"{layer} is not one.")
                 if layer != last:
                     raise KnobError(f"upsample.{layer}: 'lowres' applies only to the layer "
                                     f"the heads read ({last}).")
@@ -375,6 +376,14 @@ class UpsampleKnob:
 
 
 register_knob(UpsampleKnob)
+
+
+def _lowres_fits(model: nn.Module, layer: str) -> bool:
+    """Whether ``lowres`` can stand for ``layer``: a strided transposed conv (at stride 1
+    there is no resolution to save) whose maps the built-in heads compute (they resize)."""
+    module = named_layers(model).get(layer)
+    return (isinstance(model, GraspHeads) and isinstance(module, nn.ConvTranspose2d)
+            and max(module.stride) > 1)
 
 
 def rewrite_all(model: nn.Module, mode: str = "subpixel") -> nn.Module:

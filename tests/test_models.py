@@ -3,11 +3,21 @@ import torch
 
 from grasp.models import HEAD_NAMES, get_model, list_models
 
-PUBLISHED_PARAMS = {"ggcnn": 62_420, "ggcnn2": 66_676}
+#: From the published layer sizes: GG-CNN and GG-CNN2 as the papers count them; GR-ConvNet
+#: ("1.9 M") on depth alone, the input ggopt feeds (test below: RGB-D).
+PUBLISHED_PARAMS = {"ggcnn": 62_420, "ggcnn2": 66_676, "grconvnet": 1_893_124}
 
 
-def test_registry_lists_both_models():
-    assert list_models() == ["ggcnn", "ggcnn2"]
+def test_registry_lists_the_built_in_architectures():
+    assert list_models() == ["ggcnn", "ggcnn2", "grconvnet"]
+
+
+def test_grconvnet_on_rgbd_has_the_published_size():
+    # conv1's 9x9 kernels on 4 input channels: 3 x 32 x 81 = 7,776 weights more than on depth.
+    model = get_model("grconvnet", input_channels=4)
+    assert sum(p.numel() for p in model.parameters()) == 1_900_900
+    assert sum(p.numel() for p in model.parameters()) - PUBLISHED_PARAMS["grconvnet"] == \
+        3 * 32 * 9 * 9
 
 
 @pytest.mark.parametrize("name", list_models(), ids=str)
@@ -33,5 +43,5 @@ def test_heads_are_single_channel_convs(name):
 
 
 def test_unknown_model_lists_the_valid_names():
-    with pytest.raises(ValueError, match=r"'resnet'.*ggcnn, ggcnn2"):
+    with pytest.raises(ValueError, match=r"'resnet'.*ggcnn, ggcnn2, grconvnet"):
         get_model("resnet")

@@ -211,3 +211,25 @@ def test_a_factory_that_cannot_build_a_grasp_network_is_named(tmp_path, jacquard
     with pytest.raises(StudyConfigError, match=message) as error:
         load_study_config(path)
     assert str(path) in str(error.value)
+
+
+def test_a_grconvnet_state_dict_enters_a_study(tmp_path, jacquard_root):
+    # The weights GR-ConvNet's own training writes for a depth-only network (its layer names
+    # are the built-in architecture's): a study compresses it, inside the residual blocks.
+    from optuna.trial import TrialState
+    from test_search import write_study
+
+    from grasp.models import get_model
+    from search.config import load_study_config
+    from search.study import run_study
+
+    torch.manual_seed(0)
+    weights = tmp_path / "grconvnet_depth_statedict.pt"
+    torch.save(get_model("grconvnet").state_dict(), weights)
+    path = write_study(tmp_path, weights, jacquard_root, n_trials=2, knobs='["prune", '
+                       '"precision"]')
+    path.write_text(path.read_text().replace('name = "ggcnn"', 'name = "grconvnet"'))
+    study = run_study(load_study_config(path), track=False)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 2, [t.user_attrs.get("fail_reason") for t in study.trials]
+    assert "prune.res3.conv1.ratio" in done[0].params

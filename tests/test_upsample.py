@@ -65,7 +65,19 @@ def test_unknown_layer_and_mode_are_named():
     assert "upsample" in list_knobs()
 
 
-@pytest.mark.parametrize("name", list_models(), ids=str)
+def test_lowres_is_offered_only_for_a_strided_last_decoder():
+    # GR-ConvNet's last transposed conv runs at stride 1: no resolution to save there.
+    model = get_model("grconvnet").eval()
+    knob = get_knob("upsample")
+    assert knob.last_layer(model) == "conv6"
+    assert "lowres" not in knob.modes_for(model, "conv6")
+    assert "lowres" in knob.modes_for(get_model("ggcnn"), "convt3")
+    with pytest.raises(KnobError, match=r"upsample.conv6: 'lowres' .*GRConvNet's conv6 is "
+                                        r"not one"):
+        knob.apply(model, UpsampleConfig((("conv6", "lowres"),)))
+
+
+@pytest.mark.parametrize("name", ["ggcnn", "ggcnn2"], ids=str)
 def test_lowres_keeps_the_maps_size_and_costs_fewer_macs(name):
     from objectives import count_macs
 
