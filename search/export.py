@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial
 from rich.console import Console
 
+from grasp.data import INPUT_CONTRACT
 from objectives.latency import LATENCY_KEYS
 from search.config import StudyConfig
 from search.finish import finish_trial
@@ -155,7 +156,8 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
         + (", and `grasp` [B,6]: row, col, angle, opening, quality, peak: depth in, grasp "
            "out, see ggopt's docs/robot.md)." if model_path.suffix == ".onnx" else
            "; GG-CNN's post-processing runs after it: `grasp.synthesis.GraspSynthesis`)."),
-        "", *table, "",
+        "", f"Input `depth`: {INPUT_CONTRACT} (`grasp.data.network_input` computes it; "
+        f"{config.output_size}x{config.output_size} here).", "", *table, "",
         *([*verified.lines(), "", "Test images and simulated scenes were never seen by the "
            "study: it chose on validation images only. Intervals are 95 % (Wilson for rates; "
            "Tango's paired score interval over the same images or scenes for differences, "

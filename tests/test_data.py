@@ -172,15 +172,25 @@ def test_cornell_incomplete_rectangle(cornell_root):
         CornellDataset(cornell_root)
 
 
-def test_missing_pixels_take_the_median(tmp_path):
+def test_missing_pixels_take_the_nearest_measured_depth(tmp_path):
+    # A table at 0.8 m with a box at 0.7 m on its right: holes inside the box take the box's
+    # depth (the table's median would sink them), NaN and 0 alike, as on the robot.
+    from grasp.data import network_input
+
     root = tmp_path / "j" / "o"
     root.mkdir(parents=True)
     depth = np.full((32, 32), 0.8, np.float32)
-    depth[3, 3] = np.nan
+    depth[:, 24:] = 0.7
+    depth[3, 30], depth[10, 28], depth[20, 5] = np.nan, 0.0, np.inf
     tifffile.imwrite(root / "0_o_perfect_depth.tiff", depth)
     (root / "0_o_grasps.txt").write_text("16;16;0;10;5\n")
+    frame, _ = JacquardDataset(tmp_path / "j", output_size=32).frame(0)
+    assert frame[3, 30] == frame[10, 28] == pytest.approx(0.7)
+    assert frame[20, 5] == pytest.approx(0.8)
     x, _, _ = JacquardDataset(tmp_path / "j", output_size=32)[0]
     assert torch.isfinite(x).all()
+    # The robot's preprocessing is the same function of the same image.
+    np.testing.assert_allclose(network_input(depth), x[0].numpy(), atol=1e-6)
 
 
 def test_unknown_format_lists_valid_ones(jacquard_root):

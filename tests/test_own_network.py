@@ -191,6 +191,19 @@ def test_a_study_compresses_a_network_of_ones_own(tmp_path, jacquard_root):
     assert study.user_attrs["config"]["study.model"] == 'mynet:build {"width": 8}'
     for t in done:
         assert t.user_attrs["values"]["size"] > 0 and t.user_attrs["values"]["accuracy"] >= 0
+    # Shipped as any trial is: its weights rebuilt into the user's class, the file scored on
+    # the test images, the input contract stated on its card; and rebuilt by this ggopt.
+    from search.export import export_trial
+
+    recovered = next(t for t in reversed(done) if "weights" in t.user_attrs)
+    out = export_trial(study, config, recovered.number, tmp_path / "best", register=False,
+                       sim=False)
+    card = (out / "MODEL_CARD.md").read_text()
+    assert (out / "model.onnx").is_file() and "IoU grasp-match accuracy, test images" in card
+    assert "Input `depth`: a depth image in metres" in card
+    rebuilt = export_trial(study, config, recovered.number, tmp_path / "rebuilt",
+                           register=False, verify=False, rebuild=True)
+    assert (rebuilt / "model.onnx").is_file()
 
 
 @pytest.mark.parametrize(("factory", "message"), [

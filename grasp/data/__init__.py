@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from grasp.data.base import (
+    INPUT_CONTRACT,
     TEST_FRACTION,
     VAL_FRACTION,
     DatasetFileError,
@@ -12,6 +13,7 @@ from grasp.data.base import (
     has_preset_split,
     image_digests,
     image_name,
+    network_input,
     normalise_depth,
     read_depth,
     split,
@@ -21,6 +23,7 @@ from grasp.data.jacquard import JacquardDataset, read_jacquard_grasps
 
 __all__ = [
     "DATASET_FORMATS",
+    "INPUT_CONTRACT",
     "TEST_FRACTION",
     "VAL_FRACTION",
     "CornellDataset",
@@ -33,6 +36,7 @@ __all__ = [
     "image_digests",
     "image_name",
     "load_dataset",
+    "network_input",
     "normalise_depth",
     "read_cornell_grasps",
     "read_depth",

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
+from scipy import ndimage
 from skimage.transform import resize
 from torch.utils.data import Dataset
 
 from grasp.rectangles import Grasp, grasp_maps
 
 __all__ = [
+    "INPUT_CONTRACT",
     "MAX_MEDIAN_DEPTH_M",
     "SPLIT_KINDS",
     "TEST_FRACTION",
@@ -33,9 +35,11 @@ __all__ = [
     "check_grasps_in_image",
     "checked_image",
     "depth_header",
+    "fill_holes",
     "has_preset_split",
     "image_digests",
     "image_name",
+    "network_input",
     "normalise_depth",
     "read_depth",
     "read_grasp_lines",
@@ -73,8 +77,35 @@ class Sample:
 MAX_MEDIAN_DEPTH_M = 10.0
 
 
+#: What a network ggopt trained, compressed or shipped expects as input, said once (the
+#: model card and docs/robot.md quote it): :func:`network_input` computes it.
+INPUT_CONTRACT = ("a depth image in metres, float32, its holes (NaN, inf, 0) filled from the "
+                  "nearest measured pixel, framed to the network's square input as its data "
+                  "were (a Jacquard image resized whole, a Cornell image cropped around the "
+                  "object), then clip(depth - mean(depth), -1, 1)")
+
+
+def fill_holes(depth: np.ndarray) -> np.ndarray:
+    """Each pixel without a measurement (non-finite, or not above 0 m) takes the depth of
+    the nearest pixel that has one: a fast, deterministic inpainting, the same for every
+    dataset and for the robot (:data:`INPUT_CONTRACT`)."""
+    holes = ~np.isfinite(depth) | (depth <= 0)
+    if not holes.any():
+        return depth
+    if holes.all():
+        raise ValueError("depth image has no measured pixel to fill its holes from")
+    nearest = ndimage.distance_transform_edt(holes, return_distances=False,
+                                             return_indices=True)
+    return depth[tuple(nearest)].astype(np.float32)
+
+
+def network_input(depth: np.ndarray) -> np.ndarray:
+    """:data:`INPUT_CONTRACT` on a framed depth image: holes filled, then normalised."""
+    return normalise_depth(fill_holes(np.asarray(depth, dtype=np.float32)))
+
+
 def read_depth(path: Path) -> np.ndarray:
-    """A depth image in metres as float32; missing pixels (NaN, inf) take the median depth."""
+    """A depth image in metres as float32, holes filled from the nearest measured pixel."""
     try:
         raw = tifffile.imread(path)
     except FileNotFoundError:
@@ -85,17 +116,15 @@ def read_depth(path: Path) -> np.ndarray:
     depth = np.asarray(raw, dtype=np.float32)
     if depth.ndim != 2:
         raise DatasetFileError(path, f"depth image must be 2-D, got shape {depth.shape}")
-    bad = ~np.isfinite(depth)
+    bad = ~np.isfinite(depth) | (depth <= 0)
     if bad.all():
-        raise DatasetFileError(path, "depth image has no finite pixel")
+        raise DatasetFileError(path, "depth image has no measured pixel (all NaN, inf or 0)")
     median = float(np.median(depth[~bad]))
     if median > MAX_MEDIAN_DEPTH_M:
         raise DatasetFileError(path, f"median depth {median:g}: ggopt reads depth in metres, "
                                      f"and a table {median:g} m away is not one; millimetres? "
                                      f"write depth / 1000")
-    if bad.any():
-        depth[bad] = median
-    return depth
+    return fill_holes(depth)
 
 
 def check_depth_type(path: Path, dtype: np.dtype) -> None:

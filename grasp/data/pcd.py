@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from scipy import ndimage
 
-from grasp.data.base import DatasetFileError
+from grasp.data.base import DatasetFileError, fill_holes
 
-__all__ = ["CORNELL_SHAPE", "cached_depth", "fill_holes", "read_pcd_depth"]
+__all__ = ["CORNELL_SHAPE", "cached_depth", "read_pcd_depth"]
 
 #: Cornell's camera image: 480 rows, 640 columns.
 CORNELL_SHAPE = (480, 640)
@@ -85,19 +84,6 @@ def read_pcd_depth(path: str | Path, shape: tuple[int, int] = CORNELL_SHAPE) -> 
     known = np.isfinite(xyz).all(axis=1)
     depth[index[known].astype(np.int64)] = np.linalg.norm(xyz[known], axis=1) / 1000.0
     return depth.reshape(shape)
-
-
-def fill_holes(depth: np.ndarray) -> np.ndarray:
-    """Each non-finite or non-positive pixel takes the depth of the nearest pixel that has
-    one (a fast, deterministic inpainting)."""
-    holes = ~np.isfinite(depth) | (depth <= 0)
-    if not holes.any():
-        return depth
-    if holes.all():
-        raise ValueError("depth image has no valid pixel to fill its holes from")
-    nearest = ndimage.distance_transform_edt(holes, return_distances=False,
-                                             return_indices=True)
-    return depth[tuple(nearest)].astype(np.float32)
 
 
 def cache_folder() -> Path:
