@@ -574,19 +574,18 @@ def test_resuming_with_other_knob_choices_is_refused_before_any_trial(tmp_path, 
 
 def test_the_study_file_reference_is_the_loaders_own():
     """docs/study-file.md is written from the keys and rules the loader reads; after a
-    change to them, regenerate it: python -m search.config > docs/study-file.md"""
-    from search.config import study_file_reference
+    change to them, regenerate it: python -m search.study_file > docs/study-file.md"""
+    from search.study_file import study_file_reference
 
     page = study_file_reference()
     assert "| `target` | string | `(unset)` |" in page and "## [knobs.prune]" in page
     assert Path("docs/study-file.md").read_text() == page, (
-        "docs/study-file.md is stale: python -m search.config > docs/study-file.md")
+        "docs/study-file.md is stale: python -m search.study_file > docs/study-file.md")
 
 
 def _schema_keys():
     """Every (table, key, rule) of the study-file schema that holds a plain value."""
-    from search.config import table_type
-    from search.study_file import Promote, StudyFile
+    from search.study_file import Promote, StudyFile, table_type
 
     def walk(model, section):
         for name, info in model.model_fields.items():
