@@ -311,6 +311,8 @@ class BaselineJob:
     val_fraction: float = VAL_FRACTION
     test_fraction: float = TEST_FRACTION
     output_size: int = 300
+    objects: str | None = None  # Cornell's image -> object table (object-wise splits)
+    skip_nan_rectangles: bool = False  # Cornell: skip the real dataset's NaN rectangles
     teacher: str | None = None
     init: str | None = None
     out: str = "checkpoints/ggcnn.pt"
@@ -342,7 +344,13 @@ def train_baseline(job: BaselineJob, config: TrainConfig, console: Console | Non
                                   f"not the {job.model!r} being trained.")
         model.load_state_dict(start.model.state_dict())
         seen = start.config.get(TRAIN_IMAGES)
-    dataset = load_dataset(job.dataset_format, job.dataset, output_size=job.output_size)
+    options = ({"objects_file": job.objects, "strict": not job.skip_nan_rectangles}
+               if job.dataset_format == "cornell" else {})
+    if job.dataset_format != "cornell" and (job.objects or job.skip_nan_rectangles):
+        raise ValueError("--objects and --skip-nan-rectangles: Cornell only (--format cornell; "
+                         "a Jacquard object is its folder).")
+    dataset = load_dataset(job.dataset_format, job.dataset, output_size=job.output_size,
+                           **options)
     if job.split_by == "auto":  # as a study splits the same folder by default
         job = replace(job, split_by="preset" if has_preset_split(dataset) else "object")
     parts = split(dataset, job.split_by, job.val_fraction, job.test_fraction, config.seed)

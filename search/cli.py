@@ -34,6 +34,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="the dataset's own train/ val/ test/ folders where it has them "
                         "(simulated data), else object-wise (held-out objects): as a study "
                         "splits it (default auto); or object, image, preset")
+    p.add_argument("--objects", default=None,
+                   help="Cornell's image -> object table (lines `<image> <object id>`), for "
+                        "object-wise splits")
+    p.add_argument("--skip-nan-rectangles", action="store_true",
+                   help="Cornell: skip rectangles with NaN corners (two files of the real "
+                        "dataset have them), with a warning; refused by default")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--output-size", type=int, default=300, help="input size in pixels")
@@ -72,7 +78,8 @@ def _run_train(args: argparse.Namespace) -> None:
     job = BaselineJob(
         dataset=args.dataset, dataset_format=args.dataset_format, model=args.model,
         split_by=args.split_by, val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, output_size=args.output_size, teacher=args.teacher,
+        test_fraction=args.test_fraction, output_size=args.output_size, objects=args.objects,
+        skip_nan_rectangles=args.skip_nan_rectangles, teacher=args.teacher,
         init=args.init,
         out=args.out or f"checkpoints/{args.model}.pt", tracking_uri=args.tracking_uri,
         experiment=args.experiment)

@@ -326,3 +326,27 @@ def test_jacquard_as_downloaded_reads_the_perfect_depth_at_its_resolution(tmp_pa
         assert s.center == pytest.approx((g.center[0] * 300 / 1024, g.center[1] * 300 / 1024),
                                          abs=0.01)
         assert image[round(s.center[0]), round(s.center[1])] == pytest.approx(0.95, abs=1e-4)
+
+
+def test_ggopt_train_reads_cornell_as_downloaded_split_by_object(tmp_path, monkeypatch):
+    from conftest import write_cornell_raw
+
+    from grasp.checkpoints import load_checkpoint
+    from search.cli import main
+
+    monkeypatch.setenv("GGOPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    root, _ = write_cornell_raw(tmp_path / "cornell", images=4)
+    objects = tmp_path / "objects.txt"
+    objects.write_text("100 mug\n101 mug\n102 bottle\n103 can\n")
+    common = ["train", str(root), "--format", "cornell", "--output-size", "96",
+              "--max-steps", "1", "--batch-size", "1", "--split", "object",
+              "--val-fraction", "0.34", "--test-fraction", "0.34",
+              "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    assert main([*common, "--objects", str(objects)]) == 2  # the NaN rectangle, named
+    with pytest.warns(UserWarning, match="skipping a rectangle"):
+        assert main([*common, "--objects", str(objects), "--skip-nan-rectangles",
+                     "--out", str(tmp_path / "c.pt")]) == 0
+    trained = load_checkpoint(tmp_path / "c.pt", "ggcnn")
+    assert trained.config["job"]["objects"] == str(objects)
+    assert trained.config["job"]["split_by"] == "object"

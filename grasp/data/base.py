@@ -403,7 +403,7 @@ def split(
             raise ValueError(
                 f"An object-wise split needs an object id for every image; {missing[0]} has "
                 f"none (for Cornell, give its image -> object table: `[data] objects` in a "
-                f"study, `objects_file` to CornellDataset)."
+                f"study, `--objects` to ggopt train, `objects_file` to CornellDataset)."
             )
         keys = [s.object_id for s in dataset.samples]
     groups = sorted(set(keys))
