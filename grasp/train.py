@@ -344,13 +344,8 @@ def train_baseline(job: BaselineJob, config: TrainConfig, console: Console | Non
                                   f"not the {job.model!r} being trained.")
         model.load_state_dict(start.model.state_dict())
         seen = start.config.get(TRAIN_IMAGES)
-    options = ({"objects_file": job.objects, "strict": not job.skip_nan_rectangles}
-               if job.dataset_format == "cornell" else {})
-    if job.dataset_format != "cornell" and (job.objects or job.skip_nan_rectangles):
-        raise ValueError("--objects and --skip-nan-rectangles: Cornell only (--format cornell; "
-                         "a Jacquard object is its folder).")
-    dataset = load_dataset(job.dataset_format, job.dataset, output_size=job.output_size,
-                           **options)
+    dataset = load_dataset(job.dataset_format, job.dataset, job.output_size, job.objects,
+                           job.skip_nan_rectangles)
     if job.split_by == "auto":  # as a study splits the same folder by default
         job = replace(job, split_by="preset" if has_preset_split(dataset) else "object")
     parts = split(dataset, job.split_by, job.val_fraction, job.test_fraction, config.seed)

@@ -139,10 +139,8 @@ class StudyConfig:
         """The study's dataset, as its ``[data]`` table reads it."""
         from grasp.data import load_dataset
 
-        options = ({"objects_file": self.data_objects, "strict": not self.skip_nan_rectangles}
-                   if self.data_format == "cornell" else {})
-        return load_dataset(self.data_format, self.data_root, output_size=self.output_size,
-                            **options)
+        return load_dataset(self.data_format, self.data_root, self.output_size,
+                            self.data_objects, self.skip_nan_rectangles)
 
     def parts(self, dataset: Any) -> dict[str, list[int]]:
         """The study's train / val / test image indices of ``dataset``: one rule for the
@@ -263,8 +261,6 @@ def _check_keys_together(path: Path, study: StudyFile, model: str) -> None:
     if s.promote is not None and r.steps == 0:
         raise _fail(path, "search", "promote", "needs trials that recover ([recovery] steps >= "
                     "1): it continues a trial's recovered weights", s.promote.model_dump())
-    for text in study.constraints:
-        _parse_constraint(path, text)
     _check_knob_options(path, study.knobs, model)
 
 
@@ -279,14 +275,13 @@ def _check_knob_options(path: Path, knobs: KnobTables, model_name: str) -> None:
     """Layers the options name exist, and dilate's and group's choices fit some layer."""
     from grasp.models import get_model
     from spaces import KnobError, get_knob
+    from spaces.base import named_layers
 
     options = _knob_options(knobs)
     model = None
     for knob, given in options.items():
         if given.get("exclude"):
             model = model or get_model(model_name)
-            from spaces.base import named_layers
-
             layers = list(named_layers(model))
             blocks = {name for name, _ in model.named_modules() if name}
             for layer in given["exclude"]:

@@ -47,12 +47,22 @@ __all__ = [
 DATASET_FORMATS = {"cornell": CornellDataset, "jacquard": JacquardDataset}
 
 
-def load_dataset(fmt: str, root: str | Path, output_size: int = 300, **kwargs) -> GraspDataset:
-    """A dataset by format name (``cornell`` or ``jacquard``; the simulator writes Jacquard)."""
+def load_dataset(fmt: str, root: str | Path, output_size: int = 300,
+                 objects: str | Path | None = None, skip_nan_rectangles: bool = False
+                 ) -> GraspDataset:
+    """A dataset by format name (``cornell`` or ``jacquard``; the simulator writes Jacquard).
+    Cornell only: ``objects``, its image -> object table (object-wise splits), and
+    ``skip_nan_rectangles`` (the real dataset's rectangles with NaN corners)."""
     try:
         cls = DATASET_FORMATS[fmt]
     except KeyError:
         raise ValueError(
             f"Unknown dataset format {fmt!r}; valid formats are: {', '.join(DATASET_FORMATS)}."
         ) from None
-    return cls(root, output_size=output_size, **kwargs)
+    if fmt != "cornell":
+        if objects or skip_nan_rectangles:
+            raise ValueError(f"an object table and skipping NaN rectangles apply to Cornell "
+                             f"only, not to {fmt!r} (a Jacquard object is its folder).")
+        return cls(root, output_size=output_size)
+    return cls(root, output_size=output_size, objects_file=objects,
+               strict=not skip_nan_rectangles)
