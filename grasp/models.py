@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["CONTRACT", "GGCNN", "GGCNN2", "HEAD_NAMES", "GRConvNet", "GraspHeads",
-           "ModelContractError", "check_contract", "get_model", "list_models",
+           "ModelContractError", "check_contract", "first_conv", "get_model", "list_models",
            "register_factory", "register_model"]
 
 #: The four output heads, in output order. They stay 1-channel: compression never touches them.
@@ -209,17 +209,23 @@ def register_factory(spec: str, options: dict | None = None,
     return spec
 
 
+def first_conv(model: nn.Module) -> nn.Conv2d | nn.ConvTranspose2d | None:
+    """The model's first convolution (its input channels are the model's); None without."""
+    return next((m for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)),
+                None)
+
+
 def check_contract(model: nn.Module, name: str, size: int = 96) -> None:
     """Runs ``model`` once on a ``size`` x ``size`` depth image and names what breaks the
     contract (:data:`CONTRACT`)."""
     if not isinstance(model, nn.Module):
         raise ModelContractError(f"{name} built a {type(model).__name__}, not a torch "
                                  f"nn.Module")
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
-    if not convs:
+    first = first_conv(model)
+    if first is None:
         raise ModelContractError(f"{name} has no convolution to compress")
-    if convs[0].in_channels != 1:
-        raise ModelContractError(f"{name} takes {convs[0].in_channels} input channels; ggopt "
+    if first.in_channels != 1:
+        raise ModelContractError(f"{name} takes {first.in_channels} input channels; ggopt "
                                  f"feeds it depth alone (1 channel): {CONTRACT}")
     model.eval()
     with torch.no_grad():

@@ -17,7 +17,7 @@ import optuna
 import torch
 from torch import nn
 
-from grasp.models import HEAD_NAMES
+from grasp.models import HEAD_NAMES, first_conv
 
 __all__ = [
     "Knob",
@@ -181,11 +181,6 @@ def replace_conv_site(model: nn.Module, name: str, conv: nn.Module) -> None:
         set_layer(model, name, conv)
     else:
         module.conv = conv
-
-
-def first_conv(model: nn.Module) -> nn.Conv2d | nn.ConvTranspose2d:
-    """The model's first convolution: its input channels are the model's."""
-    return next(m for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d))
 
 
 def conv_like(layer: nn.Conv2d | nn.ConvTranspose2d, weight: torch.Tensor, **changes: Any
