@@ -10,134 +10,11 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.markup import escape
 
+from search.cli_prepare import add_data, add_init, add_train
+
 __all__ = ["main"]
 
 console = Console(stderr=True)
-
-
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train", help="train a GG-CNN on a grasp dataset (optionally distilled from a teacher)",
-        description="Train a model on a Cornell or Jacquard-format dataset, report the IoU "
-                    "grasp-match accuracy on the held-out split, save a checkpoint and log "
-                    "the run to MLflow.")
-    p.add_argument("dataset", help="dataset folder")
-    p.add_argument("--format", dest="dataset_format", default="jacquard",
-                   choices=["jacquard", "cornell"], help="dataset layout (default: jacquard)")
-    p.add_argument("--model", default="ggcnn", help="registered model name (default: ggcnn)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--split", dest="split_by", default="auto",
-                   choices=["auto", "object", "image", "preset"],
-                   help="the dataset's own train/ val/ test/ folders where it has them "
-                        "(simulated data), else object-wise (held-out objects): as a study "
-                        "splits it (default auto); or object, image, preset")
-    p.add_argument("--objects", default=None,
-                   help="Cornell's image -> object table (lines `<image> <object id>`), for "
-                        "object-wise splits")
-    p.add_argument("--skip-nan-rectangles", action="store_true",
-                   help="Cornell: skip rectangles with NaN corners (two files of the real "
-                        "dataset have them), with a warning; refused by default")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--test-fraction", type=float, default=0.1)
-    p.add_argument("--output-size", type=int, default=300, help="input size in pixels")
-    p.add_argument("--teacher", default=None, help="checkpoint to distil from")
-    p.add_argument("--init", default=None,
-                   help="checkpoint to start from (continue a run, fine-tune a baseline)")
-    p.add_argument("--distill-weight", type=float, default=0.5,
-                   help="share of the teacher term in the loss (0..1; default 0.5)")
-    p.add_argument("--input-gain", type=float, default=1.0,
-                   help="optimise the first layer as if the depth input were this many times "
-                        "larger (simulated depth spans only cm; e.g. 20); the model is unchanged")
-    p.add_argument("--pos-weight", type=float, default=1.0,
-                   help="weigh pixels inside good grasps this much more in the loss (sparse "
-                        "labels: e.g. 10; default 1, GG-CNN's loss)")
-    p.add_argument("--crop", type=int, default=0,
-                   help="train on random windows of this many pixels (a multiple of 12, "
-                        ">= 96; e.g. 144: ~6x cheaper steps); 0 = whole images (default)")
-    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
-                   help="constant lr, or cosine decay to 0 over the run (default: constant)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
-    p.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/MODEL.pt)")
-    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI")
-    p.add_argument("--experiment", default="ggopt-train", help="MLflow experiment name")
-    p.set_defaults(run=_run_train)
-
-
-def _run_train(args: argparse.Namespace) -> None:
-    from grasp.train import BaselineJob, TrainConfig, train_baseline
-
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         distill_weight=args.distill_weight, max_steps=args.max_steps,
-                         seed=args.seed, workers=args.workers, input_gain=args.input_gain,
-                         pos_weight=args.pos_weight, crop=args.crop,
-                         lr_schedule=args.lr_schedule)
-    job = BaselineJob(
-        dataset=args.dataset, dataset_format=args.dataset_format, model=args.model,
-        split_by=args.split_by, val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, output_size=args.output_size, objects=args.objects,
-        skip_nan_rectangles=args.skip_nan_rectangles, teacher=args.teacher,
-        init=args.init,
-        out=args.out or f"checkpoints/{args.model}.pt", tracking_uri=args.tracking_uri,
-        experiment=args.experiment)
-    train_baseline(job, config, console=console)
-
-
-def _add_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="make grasp datasets")
-    data = p.add_subparsers(dest="data_command", required=True, metavar="SOURCE")
-    s = data.add_parser(
-        "sim", help="simulate scenes and label grasps by simulated grasp trials (pybullet)",
-        description="Render tabletop scenes of pybullet's random objects and label antipodal "
-                    "grasp candidates by executing them with a simulated parallel-jaw "
-                    "gripper. Writes Jacquard format under OUT/{train,val,test}/ (split "
-                    "object-wise); an interrupted run resumes where it stopped.")
-    s.add_argument("--scenes", type=int, default=None,
-                   help="number of scenes (scene i goes to train/val/test by i %% 10)")
-    s.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="a documented dataset instead of --scenes/--splits (docs/datasets.md): "
-                        "quickstart (~32 train, ~200 val sparsely labelled, 4 test; 6-7 min on "
-                        "2 cores), overnight (1040 train, ~2,000 val, ~2,000 test; ~7 h)")
-    s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--workers", type=int, default=1, help="processes (default 1)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--candidates-per-object", type=int, default=8)
-    s.add_argument("--splits", default="train,val,test",
-                   help="comma-separated splits to make scenes for (default all); "
-                        "'val,test' grows the held-out sets of an existing dataset")
-    s.set_defaults(run=_run_data_sim)
-
-
-#: The documented datasets (docs/datasets.md), as runs of (scenes, splits, candidates per
-#: object): the quick start's held-out scenes are labelled sparsely to fit its budget.
-RECIPES = {
-    "quickstart": ((40, ("train", "test"), 8), (2300, ("val",), 3)),
-    "overnight": ((1300, ("train",), 8), (22000, ("val", "test"), 8)),
-}
-
-
-def _run_data_sim(args: argparse.Namespace) -> None:
-    from grasp.sim.generate import generate_dataset
-
-    if args.recipe is None and args.scenes is None:
-        raise ValueError("data sim: give --scenes N (with --splits), or --recipe "
-                         f"{'|'.join(sorted(RECIPES))}.")
-    if args.recipe is not None:
-        if args.scenes is not None:
-            raise ValueError(f"data sim: --recipe {args.recipe} sets the scenes; leave out "
-                             f"--scenes (got {args.scenes}).")
-        runs = RECIPES[args.recipe]
-    else:
-        splits = tuple(part.strip() for part in args.splits.split(",") if part.strip())
-        runs = ((args.scenes, splits, args.candidates_per_object),)
-    for scenes, splits, per_object in runs:
-        console.print(f"[bold]{', '.join(splits)}[/]: scenes 0..{scenes - 1} of these splits, "
-                      f"{per_object} candidates per object")
-        generate_dataset(args.out, scenes, workers=args.workers, seed=args.seed,
-                         per_object=per_object, console=console, splits=splits)
 
 
 #: The front table's full width: a narrower terminal wraps its lines rather than cutting
@@ -457,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ggopt",
         description="Find the best compressed GG-CNN grasp detectors for a robot computer.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_data(sub)
-    _add_train(sub)
+    add_data(sub)
+    add_train(sub)
+    add_init(sub)
     _add_search(sub)
     _add_pareto(sub)
     _add_export(sub)

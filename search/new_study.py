@@ -1,0 +1,146 @@
+"""``ggopt init``: a study file for a user's model, checkpoint and data, sized to their
+machine and hours (search.plan), written with what was measured and what to expect."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from rich.console import Console
+
+from search.config import load_study_config
+from search.plan import GATE_MARGIN, Plan, Probe, plan_study, probe_study
+
+__all__ = ["StudyRequest", "init_study"]
+
+#: The overnight recipe's recovery (studies/ggcnn_overnight_cpu.toml): found for GG-CNN at
+#: 600 steps, a starting point for other networks.
+RECOVERY = {"batch_size": 4, "lr": 8e-3, "lr_schedule": "cosine", "distill_weight": 1.0}
+
+
+@dataclass(frozen=True)
+class StudyRequest:
+    """What the user gave ``ggopt init``."""
+
+    out: Path
+    data_root: str
+    hours: float
+    model: str = "ggcnn"
+    factory: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str = "baseline"
+    data_format: str = "jacquard"
+    split: str = "auto"
+    objects: str | None = None
+    skip_nan_rectangles: bool = False
+    output_size: int = 300
+    crop: int | None = None
+    constraints: tuple[str, ...] = ("accuracy >= baseline - 0.03",)
+    name: str | None = None
+    force: bool = False
+
+    def study_name(self) -> str:
+        return self.name or re.sub(r"[^A-Za-z0-9_-]+", "_", self.out.stem) or "study"
+
+
+def default_crop(output_size: int) -> int:
+    """Recovery on random crops of about half the image (a multiple of 12, at least 96):
+    a step costs a quarter of a full-image one, and a fully convolutional network learns the
+    same function from them."""
+    return min(output_size, max(96, output_size // 2 // 12 * 12))
+
+
+def study_table(request: StudyRequest, split: str, steps: int, gate_steps: int,
+                n_trials: int, timeout: float | None) -> dict[str, Any]:
+    """The study file's contents (TOML tables)."""
+    model: dict[str, Any] = ({"factory": request.factory, "options": request.options}
+                             if request.factory else {"name": request.model})
+    model["checkpoint"] = request.checkpoint
+    data: dict[str, Any] = {"format": request.data_format, "root": request.data_root,
+                            "split": split, "output_size": request.output_size,
+                            "calibration_images": 32}
+    if request.objects:
+        data["objects"] = request.objects
+    if request.skip_nan_rectangles:
+        data["skip_nan_rectangles"] = True
+    search: dict[str, Any] = {"sampler": "tpe", "seed": 0, "n_trials": n_trials}
+    if timeout:
+        search["timeout"] = timeout
+    return {
+        "version": 1, "name": request.study_name(), "constraints": list(request.constraints),
+        "model": model, "data": data,
+        "knobs": {"enabled": ["upsample", "depthwise", "lowrank", "prune", "precision"],
+                  "prune": {"max_ratio": 0.8}, "precision": {"precisions": ["fp32", "int8"]}},
+        "recovery": {"crop": request.crop or default_crop(request.output_size),
+                     "steps": steps, **RECOVERY, "gate_steps": gate_steps,
+                     "gate_margin": GATE_MARGIN},
+        "objectives": {"names": ["accuracy", "size", "latency"]},
+        "runtime": {"name": "onnxruntime", "device": "cpu", "threads": 1, "warmup": 5,
+                    "runs": 30, "min_seconds": 1.0},
+        "search": search | {"storage": "sqlite:///ggopt.db", "artifacts_dir": "ggopt-artifacts"},
+        "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "ggopt"},
+    }
+
+
+def init_study(request: StudyRequest, console: Console) -> tuple[Path, Probe, Plan]:
+    """Checks the request as a study file, probes it, plans it, writes it."""
+    out = request.out
+    if out.exists() and not request.force:
+        raise ValueError(f"{out}: already exists; ggopt init never overwrites a study file "
+                         f"(give another path, or --force).")
+    if request.hours <= 0:
+        raise ValueError(f"--hours: must be > 0, got {request.hours:g}.")
+    split = request.split
+    if split == "auto":
+        split = "preset" if all((Path(request.data_root) / s).is_dir()
+                                for s in ("train", "val", "test")) else "object"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The draft sits beside the study file: a factory's module is found there, as it will be.
+    draft = out.with_name(f".{out.name}.draft")
+    table = study_table(request, split, 60, 20, 1, None)
+    draft.write_text(tomli_w.dumps(table))
+    try:
+        config = load_study_config(draft)
+        val_images = len(config.parts(config.dataset())["val"])
+        probe = probe_study(config, val_images, console)
+    finally:
+        draft.unlink(missing_ok=True)
+    plan = plan_study(probe, request.hours)
+    table = study_table(request, split, plan.steps, plan.gate_steps, plan.n_trials,
+                        request.hours * 3600)
+    out.write_text(_header(request, probe, plan) + tomli_w.dumps(table))
+    load_study_config(out)  # what was written reads back as a valid study
+    return out, probe, plan
+
+
+def describe(probe: Probe, plan: Plan) -> list[str]:
+    """What was measured and what the plan should give, a line each: the file's header and
+    the command's report."""
+    return [
+        f"measured by {probe.trials} probe trials: setup (data, baseline) "
+        f"{plan.setup_s / 60:.1f} min for {plan.images} validation images; a recovery step "
+        f"{probe.step_s:.3f} s ({probe.recovering:.0%} of the sampler's trials recover); "
+        f"{probe.image_s * 1e3:.1f} ms per scored validation image",
+        f"plan: {plan.steps} recovery steps, the gate after {plan.gate_steps} "
+        f"({GATE_MARGIN:.0%} below the baseline stops a trial), all {plan.images} "
+        f"validation images scored",
+        f"predicted: {plan.trial_s:.0f} s a trial, {plan.trials_per_hour:.0f} trials an hour, "
+        f"{plan.n_trials} trials in {plan.hours:g} h (a trial the gate stops costs less)",
+        f"{plan.images} validation images resolve a paired accuracy difference of about "
+        f"+-{plan.half_width * 100:.1f} pp at 95 % (a compressed model and the baseline "
+        f"disagree on {probe.discordance:.0%} of images: {probe.discordance_from})",
+    ]
+
+
+def _header(request: StudyRequest, probe: Probe, plan: Plan) -> str:
+    lines = [f"Written by `ggopt init --hours {request.hours:g}` on {date.today()}, on "
+             f"{probe.machine}: sized to fit {request.hours:g} h there.", *describe(probe, plan)]
+    if plan.short:
+        lines.append("short: fewer than 48 trials fit even with the shortest recovery; give "
+                     "more hours, a smaller [recovery] crop, or fewer [data] eval_images")
+    lines.append(f"run it: ggopt search {request.out} (running it again resumes it)")
+    return "".join(f"# {line}\n" for line in lines) + "\n"
