@@ -13,13 +13,19 @@ import tomli_w
 from rich.console import Console
 
 from search.config import load_study_config
-from search.plan import GATE_MARGIN, Plan, Probe, plan_study, probe_study
+from search.plan import GATE_MARGIN, Phase, Plan, Probe, plan_study, probe_study
+from search.study.screening import SCREEN_IMAGES, screens
 
 __all__ = ["StudyRequest", "init_study"]
 
 #: The overnight recipe's recovery (studies/ggcnn_overnight_cpu.toml): found for GG-CNN at
 #: 600 steps, a starting point for other networks.
 RECOVERY = {"batch_size": 4, "lr": 8e-3, "lr_schedule": "cosine", "distill_weight": 1.0}
+
+#: Latency on this machine's CPU, one thread (stable on a busy machine), each file timed for
+#: at least a second so that a 2 ms model's median holds still too (docs/timing.md).
+RUNTIME = {"name": "onnxruntime", "device": "cpu", "threads": 1, "warmup": 5, "runs": 30,
+           "min_seconds": 1.0}
 
 
 @dataclass(frozen=True)
@@ -79,8 +85,7 @@ def study_table(request: StudyRequest, split: str, steps: int, gate_steps: int,
                      "steps": steps, **RECOVERY, "gate_steps": gate_steps,
                      "gate_margin": GATE_MARGIN},
         "objectives": {"names": ["accuracy", "size", "latency"]},
-        "runtime": {"name": "onnxruntime", "device": "cpu", "threads": 1, "warmup": 5,
-                    "runs": 30, "min_seconds": 1.0},
+        "runtime": dict(RUNTIME),
         "search": search | {"storage": "sqlite:///ggopt.db", "artifacts_dir": "ggopt-artifacts"},
         "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "ggopt"},
     }
@@ -121,19 +126,29 @@ def describe(probe: Probe, plan: Plan) -> list[str]:
     """What was measured and what the plan should give, a line each: the file's header and
     the command's report."""
     return [
-        f"measured by {probe.trials} probe trials: setup (data, baseline) "
-        f"{plan.setup_s / 60:.1f} min for {plan.images} validation images; a recovery step "
-        f"{probe.step_s:.3f} s ({probe.recovering:.0%} of the sampler's trials recover); "
-        f"{probe.image_s * 1e3:.1f} ms per scored validation image",
+        f"measured by {probe.trials} probe trials in {probe.probe_s / 60:.1f} min: setup "
+        f"(data, baseline) {plan.setup_s / 60:.1f} min for {plan.images} validation images; "
+        + "; ".join(f"{name} trials: {_phase(phase)}" for name, phase in probe.phases.items()),
         f"plan: {plan.steps} recovery steps, the gate after {plan.gate_steps} "
-        f"({GATE_MARGIN:.0%} below the baseline stops a trial), all {plan.images} "
-        f"validation images scored",
+        f"({GATE_MARGIN:.0%} below the baseline stops a trial), {_scoring(plan.images)}",
         f"predicted: {plan.trial_s:.0f} s a trial, {plan.trials_per_hour:.0f} trials an hour, "
         f"{plan.n_trials} trials in {plan.hours:g} h (a trial the gate stops costs less)",
         f"{plan.images} validation images resolve a paired accuracy difference of about "
         f"+-{plan.half_width * 100:.1f} pp at 95 % (a compressed model and the baseline "
         f"disagree on {probe.discordance:.0%} of images: {probe.discordance_from})",
     ]
+
+
+def _phase(phase: Phase) -> str:
+    return (f"{phase.recovering:.0%} recover, {phase.step_s * 1e3:.0f} ms a step, "
+            f"{phase.image_s * 1e3:.1f} ms a scored image")
+
+
+def _scoring(images: int) -> str:
+    if screens(("accuracy",), images):
+        return (f"{images} validation images scored in two passes (the first {SCREEN_IMAGES}, "
+                f"then the rest for a trial the front does not already beat)")
+    return f"all {images} validation images scored"
 
 
 def _header(request: StudyRequest, probe: Probe, plan: Plan) -> str:

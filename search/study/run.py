@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -46,9 +47,10 @@ from search.tracking import StudyTracker
 
 
 def run_study(config: StudyConfig, console: Console | None = None,
-              track: bool = True) -> optuna.Study:
+              track: bool = True, setup: StudySetup | None = None) -> optuna.Study:
     """Runs (or resumes) the study until ``n_trials`` trials have finished in all (over every
-    worker sharing it) or this worker's timeout."""
+    worker sharing it) or this worker's timeout; on ``setup`` where the caller prepared it
+    already."""
     console = console or Console(stderr=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if config.target:  # latency is timed there, whatever this machine has
@@ -65,7 +67,7 @@ def run_study(config: StudyConfig, console: Console | None = None,
     config = settle_timing(config, stored)
     check_resume(config, stored)
     with sqlite_worker_lock(config.storage):
-        setup = prepare(config, console)
+        setup = prepare(config, console) if setup is None else replace(setup, config=config)
         return _run(config, setup, storage, console, track)
 
 

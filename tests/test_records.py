@@ -1,0 +1,71 @@
+"""Benchmark records and RESULTS.md: the committed text says what the records say, and the
+renderer notices when it does not."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from records import Record, read_records  # noqa: E402
+from render import BEGIN, END, rendered  # noqa: E402
+
+EXAMPLE = {
+    "benchmark": "init_forecast", "title": "`ggopt init`: predicted and measured",
+    "command": "python benchmarks/init_forecast.py --data data/sim --hours 1",
+    "commit": "0123456789", "date": "2026-12-07",
+    "machine": {"cpu": "AMD EPYC", "family_model": "26/2", "flags": "avx2", "cores": 2},
+    "figures": {"hours": 1.0, "steps": 1000, "gate_steps": 330, "n_trials": 86,
+                "predicted_trial_s": 41, "predicted_trials_per_hour": 87.0, "probe_s": 93.0,
+                "finished": 80, "complete": 70, "gate_stopped": 10, "failed": 0,
+                "optimising_hours": 1.0, "measured_trials_per_hour": 80.0,
+                "data": "the quick start's data"},
+}
+
+
+def test_committed_results_are_rendered_from_the_committed_records():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "render.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_record_names_its_command_commit_date_and_machine():
+    for record in read_records():
+        assert record.command.startswith(("python benchmarks/", "ggopt ", "bash "))
+        assert record.machine.cores >= 1 and record.machine.cpu
+
+
+def test_a_figure_edited_by_hand_is_rendered_back_and_a_new_record_appended():
+    record = Record.model_validate(EXAMPLE)
+    text = rendered("# Benchmark results\n\nhand-written text\n", [record])
+    assert text.startswith("# Benchmark results\n\nhand-written text\n\n")
+    assert BEGIN.format(name="init_forecast") in text and END.format(name="init_forecast") in text
+    row = "| 1 | 1000 (330) | 80 of 86 | 10 | 87.0 | 80.0 | 0.92 |"
+    assert row in text
+    assert rendered(text, [record]) == text  # rendering again changes nothing
+    edited = text.replace("| 80.0 | 0.92 |", "| 95.0 | 1.09 |")
+    assert rendered(edited, [record]) == text  # the record wins over the text
+    assert "hand-written text" in rendered(edited, [record])
+
+
+def test_a_section_whose_record_is_gone_is_refused():
+    record = Record.model_validate(EXAMPLE)
+    text = rendered("# Results\n", [record])
+    with pytest.raises(SystemExit, match=r"init_forecast.json, which is gone"):
+        rendered(text, [])
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"commit": "HEAD"}, "commit"), ({"date": "7 Dec"}, "date"),
+    ({"machine": {"cpu": "x", "flags": "", "cores": 2}}, "family_model"),
+    ({"speedup": 7.0}, "speedup"),
+])
+def test_a_record_without_its_provenance_is_refused(change, field):
+    with pytest.raises(ValueError, match=field):
+        Record.model_validate_json(json.dumps(EXAMPLE | change))
