@@ -13,6 +13,7 @@ wrote and that has run: the prediction from the file's header, the trials from i
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -22,7 +23,9 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside this script
 
-from records import write_record
+import itertools
+
+from records import current_commit, write_record
 
 from search.config import load_study_config
 from search.record import SURPLUS_KEY
@@ -42,6 +45,7 @@ def main() -> None:
     parser.add_argument("--data-label", default=None,
                         help="how RESULTS names the data (default: its folder)")
     args = parser.parse_args()
+    commit = current_commit()  # the code the run begins on, however long it runs
     if args.existing:
         path = Path(args.existing)
     else:
@@ -54,11 +58,13 @@ def main() -> None:
         subprocess.run(["ggopt", "init", path.name, "--data", data, "--hours",
                         f"{args.hours:g}", "--force"], cwd=work, check=True)
         subprocess.run(["ggopt", "search", path.name], cwd=work, check=True)
+        os.chdir(work)  # the study's storage is named relative to where it ran
+        path = Path(path.name)
     figures = measure(path)
     config = load_study_config(path)
     figures["data"] = args.data_label or f"`{config.data_root}`"
     record = write_record("init_forecast", "`ggopt init`: predicted and measured trials per hour",
-                          figures)
+                          figures, commit=commit)
     print(f"{record}: predicted {figures['predicted_trials_per_hour']:.1f} trials/h, measured "
           f"{figures['measured_trials_per_hour']:.1f}")
 
@@ -79,6 +85,10 @@ def measure(path: Path) -> dict:
     first = min(t.datetime_start for t in trials)
     last = max(t.datetime_complete for t in trials)
     hours = (last - first).total_seconds() / 3600
+    trials.sort(key=lambda t: t.number)
+    starts = [t.datetime_start.timestamp() for t in trials]
+    costs = [b - a for a, b in zip(starts, [*starts[1:], last.timestamp()], strict=True)]
+    quarters = [round(len(trials) * q / 4) for q in range(5)]
     return {
         "hours": float(found[4]), "steps": config.recovery_steps,
         "gate_steps": config.gate_steps, "n_trials": int(found[3]),
@@ -90,6 +100,9 @@ def measure(path: Path) -> dict:
                             and "screened" not in t.user_attrs for t in trials),
         "failed": sum(t.state == TrialState.FAIL for t in trials),
         "optimising_hours": round(hours, 4),
+        # Mean seconds a trial, by quarter of the study: how its cost moved as it went on.
+        "quarter_trial_s": [round(sum(costs[a:b]) / max(1, b - a), 1)
+                            for a, b in itertools.pairwise(quarters)],
         "measured_trials_per_hour": round(len(trials) / hours, 2),
     }
 

@@ -74,15 +74,15 @@ def current_commit() -> str:
 
 
 def write_record(benchmark: str, title: str, figures: dict[str, Any],
-                 command: str | None = None) -> Path:
+                 command: str | None = None, commit: str | None = None) -> Path:
     """Writes ``records/<benchmark>.json`` (replacing the run it supersedes: git keeps the
-    old one) and returns its path."""
+    old one) and returns its path; ``commit``: the code the run began on (default: now)."""
     fp = host_fingerprint()
     record = Record(
         benchmark=benchmark, title=title,
         command=command or "python " + shlex.join([f"benchmarks/{Path(sys.argv[0]).name}",
                                                    *sys.argv[1:]]),
-        commit=current_commit(), date=date.today().isoformat(),
+        commit=commit or current_commit(), date=date.today().isoformat(),
         machine=Machine(cpu=str(fp.get("cpu")), family_model=_family_model(),
                         flags=str(fp.get("flags")),
                         cores=int(fp.get("cores") or 0)),

@@ -88,6 +88,7 @@ class StudyConfig:
     split: str
     output_size: int
     eval_images: int
+    first_pass_images: int  # 0: one pass (search.study.screening)
     data_objects: str | None
     skip_nan_rectangles: bool
     calibration_images: int
@@ -289,7 +290,8 @@ def _check_knob_options(path: Path, knobs: KnobTables, model_name: str) -> None:
                     raise _fail(path, f"knobs.{knob}", "exclude", f"unknown layer {layer!r} of "
                                 f"{model_name} (layers: {', '.join(layers)})",
                                 list(given["exclude"]))
-        if knob in ("dilate", "group"):  # whether they fit the model's layers, named now
+        if knob in ("dilate", "group") and (knob in knobs.enabled or given):
+            # whether they fit the model's layers, named now (a knob left off is not checked)
             try:
                 get_knob(knob, **given).check(model or get_model(model_name))
             except KnobError as error:
@@ -303,7 +305,8 @@ def _flat(path: Path, study: StudyFile, model: str) -> StudyConfig:
         path=path, name=study.name, model=model, model_options=dict(m.options),
         checkpoint=m.checkpoint,
         data_format=d.format, data_root=d.root, split=d.split, output_size=d.output_size,
-        eval_images=d.eval_images, calibration_images=d.calibration_images,
+        eval_images=d.eval_images, first_pass_images=d.first_pass_images,
+        calibration_images=d.calibration_images,
         data_objects=d.objects, skip_nan_rectangles=d.skip_nan_rectangles,
         knobs=tuple(x for x in KNOBS if x in k.enabled), knob_options=_knob_options(k),
         recovery_steps=r.steps, recovery_batch_size=r.batch_size, recovery_crop=r.crop,

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from search.config import load_study_config
 from search.plan import GATE_MARGIN, Phase, Plan, Probe, plan_study, probe_study
-from search.study.screening import SCREEN_IMAGES, screens
+from search.study.screening import screens
 
 __all__ = ["StudyRequest", "init_study"]
 
@@ -61,14 +61,15 @@ def default_crop(output_size: int) -> int:
 
 
 def study_table(request: StudyRequest, split: str, steps: int, gate_steps: int,
-                n_trials: int, timeout: float | None) -> dict[str, Any]:
+                n_trials: int, timeout: float | None, first_pass: int = 512
+                ) -> dict[str, Any]:
     """The study file's contents (TOML tables)."""
     model: dict[str, Any] = ({"factory": request.factory, "options": request.options}
                              if request.factory else {"name": request.model})
     model["checkpoint"] = request.checkpoint
     data: dict[str, Any] = {"format": request.data_format, "root": request.data_root,
                             "split": split, "output_size": request.output_size,
-                            "calibration_images": 32}
+                            "first_pass_images": first_pass, "calibration_images": 32}
     if request.objects:
         data["objects"] = request.objects
     if request.skip_nan_rectangles:
@@ -112,11 +113,13 @@ def init_study(request: StudyRequest, console: Console) -> tuple[Path, Probe, Pl
         config = load_study_config(draft)
         val_images = len(config.parts(config.dataset())["val"])
         probe = probe_study(config, val_images, console)
+    except ValueError as error:  # named as the file it would have written
+        raise ValueError(str(error).replace(str(draft), f"{out} (to be written)")) from None
     finally:
         draft.unlink(missing_ok=True)
     plan = plan_study(probe, request.hours)
-    table = study_table(request, split, plan.steps, plan.gate_steps, plan.n_trials,
-                        request.hours * 3600)
+    table = study_table(request, split, plan.steps, plan.gate_steps, plan.trial_cap,
+                        request.hours * 3600, plan.first_pass)
     out.write_text(_header(request, probe, plan) + tomli_w.dumps(table))
     load_study_config(out)  # what was written reads back as a valid study
     return out, probe, plan
@@ -130,9 +133,12 @@ def describe(probe: Probe, plan: Plan) -> list[str]:
         f"(data, baseline) {plan.setup_s / 60:.1f} min for {plan.images} validation images; "
         + "; ".join(f"{name} trials: {_phase(phase)}" for name, phase in probe.phases.items()),
         f"plan: {plan.steps} recovery steps, the gate after {plan.gate_steps} "
-        f"({GATE_MARGIN:.0%} below the baseline stops a trial), {_scoring(plan.images)}",
+        f"({GATE_MARGIN:.0%} below the baseline stops a trial), "
+        f"{_scoring(plan.images, plan.first_pass)}",
         f"predicted: {plan.trial_s:.0f} s a trial, {plan.trials_per_hour:.0f} trials an hour, "
-        f"{plan.n_trials} trials in {plan.hours:g} h (a trial the gate stops costs less)",
+        f"{plan.n_trials} trials in {plan.hours:g} h (a trial the gate stops costs less); "
+        f"n_trials = {plan.trial_cap}, so that the timeout, not the count, ends a study that "
+        f"runs faster",
         f"{plan.images} validation images resolve a paired accuracy difference of about "
         f"+-{plan.half_width * 100:.1f} pp at 95 % (a compressed model and the baseline "
         f"disagree on {probe.discordance:.0%} of images: {probe.discordance_from})",
@@ -144,9 +150,9 @@ def _phase(phase: Phase) -> str:
             f"{phase.image_s * 1e3:.1f} ms a scored image")
 
 
-def _scoring(images: int) -> str:
-    if screens(("accuracy",), images):
-        return (f"{images} validation images scored in two passes (the first {SCREEN_IMAGES}, "
+def _scoring(images: int, first_pass: int) -> str:
+    if screens(("accuracy",), images, first_pass):
+        return (f"{images} validation images scored in two passes (the first {first_pass}, "
                 f"then the rest for a trial the front does not already beat)")
     return f"all {images} validation images scored"
 

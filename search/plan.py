@@ -44,6 +44,7 @@ from search.recovery import recover
 from search.stats import unpack_hits
 from search.study import run_study
 from search.study.baseline import warm_start
+from search.study.screening import SCREEN_CONFIDENCE
 from search.study.setup import (
     STARTUP_TRIALS,
     StudySetup,
@@ -66,6 +67,9 @@ MAX_STEPS = 1000  # beyond this the hours buy more from more trials than from lo
 GATE_FRACTION = 3  # the gate sits after a third of the recovery steps
 GATE_MARGIN = 0.25  # and stops trials more than 25 pp below the baseline there
 DEFAULT_DISCORDANCE = 0.10  # when no probe trial was scored against the baseline
+FIRST_PASS_GAP = 0.10  # the first scoring pass resolves a trial 10 pp behind a front one
+MIN_FIRST_PASS = 128  # and has at least this many images
+TRIAL_CAP = 1.5  # n_trials is this many times the trials predicted to fit
 PHASES = ("warm", "startup", "guided")
 
 
@@ -156,10 +160,17 @@ class Plan:
     setup_s: float
     half_width: float  # paired 95 % half-width on ``images`` images, normal approximation
     short: bool  # fewer than MIN_TRIALS trials even at MIN_STEPS
+    first_pass: int  # [data] first_pass_images
 
     @property
     def trial_s(self) -> float:
         return self.study_s / self.n_trials
+
+    @property
+    def trial_cap(self) -> int:
+        """``n_trials`` for the study file: room for a study that runs faster than predicted
+        (its guided trials get cheaper as the sampler settles), which the timeout ends."""
+        return math.ceil(TRIAL_CAP * self.n_trials)
 
     @property
     def trials_per_hour(self) -> float:
@@ -311,4 +322,14 @@ def plan_study(probe: Probe, hours: float) -> Plan:
     return Plan(hours=hours, steps=steps, gate_steps=gate_steps, images=images,
                 n_trials=n_trials, study_s=cost(n_trials, steps), setup_s=setup,
                 half_width=z * math.sqrt(probe.discordance / images),
-                short=n_trials < MIN_TRIALS)
+                short=n_trials < MIN_TRIALS, first_pass=first_pass_images(probe.discordance))
+
+
+def first_pass_images(discordance: float) -> int:
+    """The first scoring pass that tells a trial FIRST_PASS_GAP behind a front trial beyond
+    doubt (the screen's confidence), at the discordance the probe measured: z^2 d / gap^2
+    images (normal approximation), a multiple of 8, at least MIN_FIRST_PASS. The study
+    scores in two passes only on twice as many validation images."""
+    z = float(scipy_stats.norm.ppf(0.5 + SCREEN_CONFIDENCE / 2))
+    need = math.ceil(z * z * discordance / FIRST_PASS_GAP**2 / 8) * 8
+    return max(MIN_FIRST_PASS, need)

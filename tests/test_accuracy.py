@@ -526,13 +526,10 @@ def test_a_trial_is_screened_out_only_by_a_front_trial_that_beats_it_beyond_doub
 
 
 def test_a_large_validation_split_is_scored_in_two_passes(tmp_path, trained, monkeypatch):
-    import search.study.screening
     import search.study.trial
     from search.stats import PairedDifference
     from search.study.screening import Dominance
 
-    monkeypatch.setattr(search.study.screening, "SCREEN_IMAGES", 8)
-    monkeypatch.setattr(search.study.trial, "SCREEN_IMAGES", 8)
     first_passes = []
 
     def screen(study, objectives, hits, values):
@@ -542,7 +539,9 @@ def test_a_large_validation_split_is_scored_in_two_passes(tmp_path, trained, mon
         return None
 
     monkeypatch.setattr(search.study.trial, "dominating_trial", screen)
-    study = run_study(load_study_config(_trained_study(tmp_path, trained)), track=False)
+    path = _trained_study(tmp_path, trained)
+    path.write_text(path.read_text().replace("[data]\n", "[data]\nfirst_pass_images = 8\n"))
+    study = run_study(load_study_config(path), track=False)
     assert first_passes[:2] == [8, 8]
     base = unpack_hits(study.user_attrs["baseline"]["hits"])
     # Trial 0 is the uncompressed model: its two passes, joined, are the baseline's outcomes.

@@ -7,6 +7,7 @@ a user runs it, on a built-in model and on a network of one's own."""
 from __future__ import annotations
 
 import math
+import re
 import sys
 from datetime import datetime, timedelta
 
@@ -91,6 +92,11 @@ def test_the_plan_fills_the_hours_and_no_more(data, hours):
         assert _study_seconds(p, MIN_TRIALS, made.steps) <= budget * (1 + 1e-9)
         assert _study_seconds(p, MIN_TRIALS, made.steps + 10) > budget * (1 - 1e-9)
     assert made.short == (made.n_trials < MIN_TRIALS)
+    # The first scoring pass tells a trial 10 pp behind beyond doubt (99 %), and no more.
+    z99 = 2.5758293
+    assert made.first_pass % 8 == 0 and made.first_pass >= 128
+    assert z99 * math.sqrt(p.discordance / made.first_pass) <= 0.10 + 1e-9
+    assert made.first_pass == 128 or z99 * math.sqrt(p.discordance / (made.first_pass - 8)) > 0.10
     assert made.half_width == pytest.approx(1.959964 * math.sqrt(p.discordance / p.val_images),
                                             rel=1e-6)
 
@@ -162,12 +168,14 @@ def test_init_writes_a_study_that_fits_and_runs(tmp_path, jacquard_root, monkeyp
     said = capsys.readouterr().err
     config = load_study_config(out)
     assert config.name == "mine" and config.model == "ggcnn" and config.timeout == 1800
+    # The timeout ends the study: n_trials leaves room for one faster than predicted.
+    predicted = int(re.search(r"(\d+) trials in 0.5 h", " ".join(said.split()))[1])
+    assert config.n_trials == math.ceil(1.5 * predicted)
     assert MIN_STEPS <= config.recovery_steps <= MAX_STEPS
     assert config.gate_steps == config.recovery_steps // 3 // 10 * 10
     assert config.recovery_crop == 96 and config.split == "image"
     text = out.read_text()
     assert f"{config.recovery_steps} recovery steps" in text and "trials an hour" in text
-    assert f"{config.n_trials} trials in 0.5 h" in " ".join(said.split())
     # The probe wrote nothing of the user's: no storage, artifacts or MLflow store here, and
     # no draft left beside the study file.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["jacquard", "studies"]
@@ -191,6 +199,14 @@ def test_init_refuses_bad_requests_before_any_work(tmp_path, jacquard_root, argv
     out = tmp_path / "mine.toml"
     assert main(["init", str(out), "--data", str(jacquard_root), *argv]) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_init_names_bad_data_as_the_file_it_would_write(tmp_path, capsys):
+    out = tmp_path / "mine.toml"
+    assert main(["init", str(out), "--data", str(tmp_path / "nowhere"), "--hours", "1"]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{out} (to be written): [data] root" in said and ".draft" not in said
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_init_sizes_a_network_of_ones_own(tmp_path, jacquard_root, monkeypatch, quick):

@@ -246,3 +246,46 @@ def test_a_grconvnet_state_dict_enters_a_study(tmp_path, jacquard_root):
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 2, [t.user_attrs.get("fail_reason") for t in study.trials]
     assert "prune.res3.conv1.ratio" in done[0].params
+
+
+FLAT_MODULE = '''
+import torch
+from torch import nn
+
+
+class Flat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return tuple(self.head(torch.relu(self.conv2(torch.relu(self.conv1(x))))).split(1, 1))
+
+
+def build():
+    return Flat()
+'''
+
+
+def test_a_knob_left_off_is_not_checked_against_a_network_it_would_not_fit(
+        tmp_path, jacquard_root, monkeypatch):
+    # No layer of this network takes a dilation (3x3 and 1x1 kernels): a study that leaves
+    # dilate off loads; one that turns it on is refused, naming why.
+    from test_search import write_study
+
+    from search.config import StudyConfigError, load_study_config
+
+    (tmp_path / "flat.py").write_text(FLAT_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import flat
+
+    torch.save(flat.build().state_dict(), tmp_path / "flat.pt")
+    for knobs in ('["prune", "precision"]', '["dilate", "precision"]'):
+        path = write_study(tmp_path, tmp_path / "flat.pt", jacquard_root, knobs=knobs)
+        path.write_text(path.read_text().replace('name = "ggcnn"\n', 'factory = "flat:build"\n'))
+        if "dilate" not in knobs:
+            assert load_study_config(path).knobs == ("prune", "precision")
+        else:
+            with pytest.raises(StudyConfigError, match=r"\[knobs.dilate\].*no layer of Flat"):
+                load_study_config(path)

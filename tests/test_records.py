@@ -25,6 +25,7 @@ EXAMPLE = {
                 "predicted_trial_s": 41, "predicted_trials_per_hour": 87.0, "probe_s": 93.0,
                 "finished": 80, "complete": 70, "gate_stopped": 10, "failed": 0,
                 "optimising_hours": 1.0, "measured_trials_per_hour": 80.0,
+                "quarter_trial_s": [50.0, 45.0, 44.0, 41.0],
                 "data": "the quick start's data"},
 }
 
@@ -69,3 +70,22 @@ def test_a_section_whose_record_is_gone_is_refused():
 def test_a_record_without_its_provenance_is_refused(change, field):
     with pytest.raises(ValueError, match=field):
         Record.model_validate_json(json.dumps(EXAMPLE | change))
+
+
+def test_the_quick_start_record_takes_its_times_from_the_readme_runner(tmp_path):
+    from quickstart import _stages
+
+    log = tmp_path / "qs.log"
+    lines = ["STAGE rc=0 130s: bash -c pip install -q torch==2.13.0 && pip install -q -e .",
+             "noise", "STAGE rc=0 301s: ggopt data sim --recipe quickstart --out data/sim",
+             "STAGE rc=0 240s: ggopt search studies/quickstart.toml",
+             "STAGE rc=0 66s: ggopt export studies/quickstart.toml --trial knee --out best/",
+             "STAGE rc=0 20s: ggopt pareto studies/quickstart.toml"]
+    log.write_text("\n".join(lines))
+    assert _stages(log) == {"install": 130, "data": 301, "search": 240, "export": 66}
+    log.write_text("\n".join(lines).replace("rc=0 240s", "rc=1 240s"))
+    with pytest.raises(SystemExit, match="failed"):
+        _stages(log)
+    log.write_text("\n".join(lines[:2]))
+    with pytest.raises(SystemExit, match="no STAGE line for data, export, search"):
+        _stages(log)

@@ -3,7 +3,8 @@ if it may still join the front.
 
 On an overnight study's 2,000+ validation images, scoring is a third of a trial (about
 17 ms an image on 2 cores), while most trials of a mature study end up dominated. So a
-trial is first scored on ``SCREEN_IMAGES`` images (its size and latency are measured in
+trial is first scored on ``[data] first_pass_images`` images (512 unless the study file
+says; its size and latency are measured in
 full, they are cheap). It stops there, pruned, when a trial of the feasible front is at
 least as small and as fast and more accurate *on the same images* beyond doubt: McNemar's
 test rejects a tie at ``1 - SCREEN_CONFIDENCE`` (the paired score interval at that
@@ -23,9 +24,9 @@ from optuna.trial import FrozenTrial
 from search.front import SIGN, feasible_front
 from search.stats import PairedDifference, paired_difference, unpack_hits
 
-__all__ = ["SCREEN_CONFIDENCE", "SCREEN_IMAGES", "Dominance", "dominating_trial", "screens"]
+__all__ = ["SCREEN_CONFIDENCE", "Dominance", "dominating_trial", "screens"]
 
-SCREEN_IMAGES = 512  # a multiple of the scoring batch (8): batches, so outputs, stay the same
+# The first pass is a multiple of the scoring batch (8): batches, so outputs, stay the same.
 SCREEN_CONFIDENCE = 0.99  # wrongly stopping a front trial costs more than scoring one in full
 
 
@@ -46,9 +47,9 @@ class Dominance:
                 f"{self.difference.confidence:.0%}")
 
 
-def screens(objectives: tuple[str, ...], images: int) -> bool:
-    """Whether a study screens: it scores accuracy, on at least twice the first pass."""
-    return "accuracy" in objectives and images >= 2 * SCREEN_IMAGES
+def screens(objectives: tuple[str, ...], images: int, first_pass: int) -> bool:
+    """Whether a study screens: it scores accuracy, on at least twice its first pass."""
+    return first_pass > 0 and "accuracy" in objectives and images >= 2 * first_pass
 
 
 def dominating_trial(study: optuna.Study, objectives: tuple[str, ...], hits: np.ndarray,

@@ -48,7 +48,7 @@ from search.study.measure import (
     constrained_values,
     measure_artifact,
 )
-from search.study.screening import SCREEN_IMAGES, dominating_trial, screens
+from search.study.screening import dominating_trial, screens
 from search.study.setup import (
     METRIC_NAMES,
     StudySetup,
@@ -182,8 +182,8 @@ class TrialPipeline:
         (search.study.screening): the rest of the images only for a trial the front does not
         already beat (``screen``; a promotion is measured in full)."""
         c, everything = self.setup.config, self.setup.eval_data
-        screening = screen and screens(c.objectives, len(everything))
-        first = everything[:SCREEN_IMAGES] if screening else everything
+        screening = screen and screens(c.objectives, len(everything), c.first_pass_images)
+        first = everything[:c.first_pass_images] if screening else everything
         values, details = measure_artifact(self.setup, artifact, times, self.reference,
                                            self.baseline["latency"], first)
         hits: ImageHits = details.pop("hits")
