@@ -13,20 +13,10 @@ __all__ = ["add_data", "add_init", "add_train"]
 console = Console(stderr=True)
 
 
-def add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train", help="train a GG-CNN on a grasp dataset (optionally distilled from a teacher)",
-        description="Train a model on a Cornell or Jacquard-format dataset, report the IoU "
-                    "grasp-match accuracy on the held-out split, save a checkpoint and log "
-                    "the run to MLflow.")
-    p.add_argument("dataset", help="dataset folder")
+def dataset_args(p: argparse.ArgumentParser) -> None:
+    """How a dataset folder is read and split: the same options for ``train`` and ``init``."""
     p.add_argument("--format", dest="dataset_format", default="jacquard",
                    choices=["jacquard", "cornell"], help="dataset layout (default: jacquard)")
-    p.add_argument("--model", default="ggcnn", help="registered model name (default: ggcnn)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--split", dest="split_by", default="auto",
                    choices=["auto", "object", "image", "preset"],
                    help="the dataset's own train/ val/ test/ folders where it has them "
@@ -38,9 +28,24 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-nan-rectangles", action="store_true",
                    help="Cornell: skip rectangles with NaN corners (two files of the real "
                         "dataset have them), with a warning; refused by default")
+    p.add_argument("--output-size", type=int, default=300, help="input size in pixels")
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a GG-CNN on a grasp dataset (optionally distilled from a teacher)",
+        description="Train a model on a Cornell or Jacquard-format dataset, report the IoU "
+                    "grasp-match accuracy on the held-out split, save a checkpoint and log "
+                    "the run to MLflow.")
+    p.add_argument("dataset", help="dataset folder")
+    dataset_args(p)
+    p.add_argument("--model", default="ggcnn", help="registered model name (default: ggcnn)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
-    p.add_argument("--output-size", type=int, default=300, help="input size in pixels")
     p.add_argument("--teacher", default=None, help="checkpoint to distil from")
     p.add_argument("--init", default=None,
                    help="checkpoint to start from (continue a run, fine-tune a baseline)")
@@ -152,8 +157,7 @@ def add_init(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--hours", type=float, required=True,
                    help="how long the study may run here (e.g. 8 for a night)")
-    p.add_argument("--format", dest="data_format", default="jacquard",
-                   choices=["jacquard", "cornell"], help="dataset layout (default: jacquard)")
+    dataset_args(p)
     p.add_argument("--model", default="ggcnn",
                    help="built-in architecture: ggcnn, ggcnn2 or grconvnet (default: ggcnn)")
     p.add_argument("--factory", default=None, metavar="MODULE:FUNCTION",
@@ -165,14 +169,6 @@ def add_init(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default="baseline",
                    help="your weights: a state dict or a ggopt checkpoint (default: the "
                         "shipped baseline of --model)")
-    p.add_argument("--split", default="auto", choices=["auto", "preset", "object", "image"],
-                   help="the dataset's own train/ val/ test/ folders where it has them, else "
-                        "object-wise (default auto)")
-    p.add_argument("--objects", default=None,
-                   help="Cornell's image -> object table, for object-wise splits")
-    p.add_argument("--skip-nan-rectangles", action="store_true",
-                   help="Cornell: skip rectangles with NaN corners, with a warning")
-    p.add_argument("--output-size", type=int, default=300, help="input size in pixels")
     p.add_argument("--crop", type=int, default=None,
                    help="recovery crop in pixels (default: about half the input size)")
     p.add_argument("--constraint", action="append", default=None, metavar="TEXT",
@@ -209,7 +205,7 @@ def _run_init(args: argparse.Namespace) -> None:
     request = StudyRequest(
         out=Path(args.out), data_root=args.data, hours=args.hours, model=args.model,
         factory=args.factory, options=_options(args.option), checkpoint=args.checkpoint,
-        data_format=args.data_format, split=args.split, objects=args.objects,
+        data_format=args.dataset_format, split=args.split_by, objects=args.objects,
         skip_nan_rectangles=args.skip_nan_rectangles, output_size=args.output_size,
         crop=args.crop, name=args.name, force=args.force,
         **({"constraints": tuple(args.constraint)} if args.constraint else {}))
