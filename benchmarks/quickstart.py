@@ -50,18 +50,11 @@ def main() -> None:
     figures = {"stages_s": stages,
                "total_s": sum(stages.values()) if stages else args.seconds,
                **study_figures(clone)}
-    commit = args.commit or _clone_head(clone)
+    commit = args.commit or current_commit(clone)
     path = write_record("quickstart", "Quick start from a fresh clone", figures,
                         command="bash benchmarks/readme_commands.sh",
                         commit=commit)
     print(path)
-
-
-def _clone_head(clone: Path) -> str:
-    import subprocess
-
-    return subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=clone, check=True,
-                          capture_output=True, text=True).stdout.strip() or current_commit()
 
 
 def _stages(log: Path) -> dict[str, float]:

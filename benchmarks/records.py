@@ -63,9 +63,9 @@ class Record(BaseModel):
     figures: dict[str, Any]
 
 
-def current_commit() -> str:
-    """HEAD's short hash, ``+dirty`` when tracked files differ from it."""
-    root = RECORDS.parent.parent
+def current_commit(root: Path = RECORDS.parent.parent) -> str:
+    """HEAD's short hash in ``root`` (this checkout), ``+dirty`` when tracked files differ
+    from it."""
     head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root, check=True,
                           capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":!benchmarks/records",

@@ -68,9 +68,10 @@ def _ms(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def _paired(diff: dict, scale: float = 100.0) -> str:
-    return (f"{diff['difference'] * scale:+.1f} pp [{diff['low'] * scale:+.1f}, "
-            f"{diff['high'] * scale:+.1f}] (+{diff['better']}/-{diff['worse']}, McNemar p = "
+def _paired(diff: dict) -> str:
+    """A paired difference (fractions) in pp, with its interval, counts and McNemar's p."""
+    return (f"{diff['difference'] * 100:+.1f} pp [{diff['low'] * 100:+.1f}, "
+            f"{diff['high'] * 100:+.1f}] (+{diff['better']}/-{diff['worse']}, McNemar p = "
             f"{diff['p_value']:.2g})")
 
 

@@ -213,8 +213,4 @@ def _run_init(args: argparse.Namespace) -> None:
     console.print(f"measured on {probe.machine}:")
     for line in describe(probe, plan):
         console.print(f"  {line}", highlight=False)
-    if plan.short:
-        console.print("[yellow]short:[/] fewer than 48 trials fit even with the shortest "
-                      "recovery; give more hours, a smaller --crop, or fewer validation "
-                      "images ([data] eval_images)")
     console.print(f"wrote {out}; run it with: ggopt search {out}", highlight=False)

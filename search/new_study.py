@@ -12,8 +12,9 @@ from typing import Any
 import tomli_w
 from rich.console import Console
 
-from search.config import load_study_config
-from search.plan import GATE_MARGIN, Phase, Plan, Probe, plan_study, probe_study
+from grasp.data import has_preset_split
+from search.config import StudyConfig, load_study_config
+from search.plan import GATE_MARGIN, MIN_TRIALS, Phase, Plan, Probe, plan_study, probe_study
 from search.study.screening import screens
 
 __all__ = ["StudyRequest", "init_study"]
@@ -100,18 +101,22 @@ def init_study(request: StudyRequest, console: Console) -> tuple[Path, Probe, Pl
                          f"(give another path, or --force).")
     if request.hours <= 0:
         raise ValueError(f"--hours: must be > 0, got {request.hours:g}.")
-    split = request.split
-    if split == "auto":
-        split = "preset" if all((Path(request.data_root) / s).is_dir()
-                                for s in ("train", "val", "test")) else "object"
     out.parent.mkdir(parents=True, exist_ok=True)
     # The draft sits beside the study file: a factory's module is found there, as it will be.
     draft = out.with_name(f".{out.name}.draft")
-    table = study_table(request, split, 60, 20, 1, None)
-    draft.write_text(tomli_w.dumps(table))
+
+    def checked(split: str) -> StudyConfig:
+        draft.write_text(tomli_w.dumps(study_table(request, split, 60, 20, 1, None)))
+        return load_study_config(draft)
+
+    split = request.split
     try:
-        config = load_study_config(draft)
-        val_images = len(config.parts(config.dataset())["val"])
+        config = checked("image" if split == "auto" else split)
+        dataset = config.dataset()
+        if split == "auto":  # as `ggopt train` splits the same folder
+            split = "preset" if has_preset_split(dataset) else "object"
+            config = checked(split)
+        val_images = len(config.parts(dataset)["val"])
         probe = probe_study(config, val_images, console)
     except ValueError as error:  # named as the file it would have written
         raise ValueError(str(error).replace(str(draft), f"{out} (to be written)")) from None
@@ -142,7 +147,9 @@ def describe(probe: Probe, plan: Plan) -> list[str]:
         f"{plan.images} validation images resolve a paired accuracy difference of about "
         f"+-{plan.half_width * 100:.1f} pp at 95 % (a compressed model and the baseline "
         f"disagree on {probe.discordance:.0%} of images: {probe.discordance_from})",
-    ]
+    ] + ([f"short: fewer than {MIN_TRIALS} trials fit even with the shortest recovery; give "
+          f"more hours, a smaller [recovery] crop, or fewer [data] eval_images"]
+         if plan.short else [])
 
 
 def _phase(phase: Phase) -> str:
@@ -160,8 +167,5 @@ def _scoring(images: int, first_pass: int) -> str:
 def _header(request: StudyRequest, probe: Probe, plan: Plan) -> str:
     lines = [f"Written by `ggopt init --hours {request.hours:g}` on {date.today()}, on "
              f"{probe.machine}: sized to fit {request.hours:g} h there.", *describe(probe, plan)]
-    if plan.short:
-        lines.append("short: fewer than 48 trials fit even with the shortest recovery; give "
-                     "more hours, a smaller [recovery] crop, or fewer [data] eval_images")
     lines.append(f"run it: ggopt search {request.out} (running it again resumes it)")
     return "".join(f"# {line}\n" for line in lines) + "\n"
