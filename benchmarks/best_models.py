@@ -32,11 +32,13 @@ Wilson interval and its paired difference to the strongest baseline on the same 
 (Tango's score interval, better/worse image counts).
 ``--data`` scores both on another copy of the dataset, such as one whose held-out sets were
 grown with ``ggopt data sim --splits val,test`` after the study ran (same training scenes).
-Latency is timed round-robin over every artifact for ``--rounds`` rounds (the study's
-threads, warm-up and runs), each artifact in strict alternation with the torch sub-pixel
-baseline, timed as the study times latency (depth in -> grasp out, or the network alone);
-speed-ups are ratios of the median per-pair ratios, which the machine's speed drifts do
-not move. Then the fastest and the smallest model whose paired validation interval rules
+Latency is timed by the study's protocol (its threads, warm-up and runs; depth in -> grasp
+out, or the network alone, as the study times it), round-robin over every artifact for
+``--rounds`` rounds: first the exact uncompressed forms, each in the same timing rounds as
+the torch sub-pixel one, to find the strongest baseline (the smallest median per-round
+ratio); then every artifact in the same rounds as the strongest baseline, so each
+speed-up is paired over all its rounds, with its 95 % interval (timing.protocol). Then the
+fastest and the smallest model whose paired validation interval rules
 out a loss of more than 1 pp, and of more than 3 pp, against the strongest baseline.
 """
 
@@ -44,7 +46,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
+import math
+import sys
 import tempfile
 from pathlib import Path
 
@@ -55,7 +58,7 @@ from rich.table import Table
 from grasp.artifact import Artifact, fuse_heads
 from grasp.evaluation import score_grasps
 from objectives import count_macs, device_fingerprint
-from objectives.latency import measure_latency
+from objectives.latency import LatencyResult, measure_latency
 from search.config import load_study_config
 from search.front import feasible_front
 from search.recovery import recover
@@ -67,7 +70,11 @@ from spaces.depthwise import DepthwiseConfig
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.prune import PruneConfig
 from spaces.upsample import rewrite_all
-from timing.protocol import machine_line
+from timing.protocol import joined, machine_line
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside this script
+
+from records import current_commit, write_record
 
 
 def main() -> None:
@@ -83,6 +90,7 @@ def main() -> None:
                         help="dataset folder to score val and test accuracy on (default: the "
                              "study's)")
     args = parser.parse_args()
+    commit = current_commit()  # the code this run began on
     console = Console(width=150)
     config = load_study_config(args.study, {"storage": args.storage, "data_root": args.data})
     exported = dict(_exported(Path(folder), config) for folder in args.exported)
@@ -153,40 +161,60 @@ def main() -> None:
             row["val"] = score_grasps(grasps, setup.eval_data, batch_size=8).standard
             row["test"] = (score_grasps(grasps, test_data, batch_size=8).standard
                            if len(test_data) else None)
-            row["medians"], row["ratios"], row["size"] = [], [], row["artifact"].size_bytes
-        pair_with = rows[exact["torch"]]["artifact"]
-        for _ in range(args.rounds):  # interleaved: every artifact once per round
-            for row in rows.values():
-                result = measure_latency(row["artifact"], config.threads, config.warmup,
-                                         config.runs, reference=pair_with,
-                                         end_to_end=config.end_to_end)
-                row["medians"].append(result.median_ms)
-                row["ratios"].append(result.ratio)
-    for row in rows.values():
-        row["ratio"] = statistics.median(row["ratios"])
-    best_label = min(exact.values(), key=lambda label: rows[label]["ratio"])
+            row["size"] = row["artifact"].size_bytes
+
+        def timed(labels: list[str], reference: Artifact) -> dict[str, LatencyResult]:
+            """``labels``' artifacts each beside ``reference``, round-robin, all rounds."""
+            out: dict[str, list[LatencyResult]] = {label: [] for label in labels}
+            for _ in range(args.rounds):
+                for label in labels:
+                    out[label].append(measure_latency(
+                        rows[label]["artifact"], config.threads, config.warmup, config.runs,
+                        reference=reference, end_to_end=config.end_to_end))
+            return {label: joined(results) for label, results in out.items()}
+
+        forms = timed(list(exact.values()), rows[exact["torch"]]["artifact"])
+        best_label = min(forms, key=lambda label: forms[label].ratio)
+        for label, result in timed(list(rows), rows[best_label]["artifact"]).items():
+            rows[label]["latency"] = result
     best = rows[best_label]
     rows = {(f"strongest baseline: {k}" if k == best_label else k): v for k, v in rows.items()}
     best_label = f"strongest baseline: {best_label}"
     scope = "depth in -> grasp out" if config.end_to_end else "network alone"
-    table = Table(title=f"{config.name}: {len(rows)} artifacts, {args.rounds} interleaved "
-                        f"rounds x {config.runs} runs, {config.threads} thread(s), {scope}; "
+    table = Table(title=f"{config.name}: {len(rows)} artifacts, each timed in the same rounds "
+                        f"as the strongest baseline ({args.rounds} x {config.runs} rounds), "
+                        f"{config.threads} thread(s), {scope}; speed-up: median of per-round "
+                        f"ratios, 95 % interval; "
                         f"accuracy on {len(setup.eval_data)} val and {len(test_data)} test "
                         f"images, 95 % intervals, Δ paired with the strongest baseline")
     for column in ("model", "precision", "val accuracy", "Δ val", "test accuracy", "Δ test",
                    "median ms", "speed-up vs strongest", "size kB", "size ÷", "MMACs"):
         table.add_column(column, justify="left" if column == "model" else "right")
     summary = []
+    figures: dict = {"study": config.name, "scope": scope, "threads": config.threads,
+                     "rounds": args.rounds, "steps": steps,
+                     "val_images": len(setup.eval_data), "test_images": len(test_data),
+                     "rows": []}
     for label, row in rows.items():
         val = paired_difference(row["val"], best["val"])
         test = (paired_difference(row["test"], best["test"]) if row["test"] is not None
                 else None)
-        speed, shrink = best["ratio"] / row["ratio"], best["size"] / row["size"]
+        speedup, shrink = row["latency"].speedup(), best["size"] / row["size"]
+        speed = speedup.value
         table.add_row(label, row["artifact"].precision, str(rate(row["val"])), str(val),
                       str(rate(row["test"])) if test else "-", str(test) if test else "-",
-                      f"{statistics.median(row['medians']):.2f}", f"{speed:.2f}x",
+                      f"{row['latency'].median_ms:.2f}", speedup.text(),
                       f"{row['size'] / 1e3:.1f}", f"{shrink:.2f}x", f"{row['macs'] / 1e6:.0f}")
         summary.append((label, val, speed, shrink, test))
+        figures["rows"].append({
+            "model": label, "precision": row["artifact"].precision,
+            "uncompressed": label.removeprefix("strongest baseline: ") in uncompressed,
+            "val": rate(row["val"]).to_dict(), "val_diff": val.to_dict(),
+            "test": rate(row["test"]).to_dict() if test else None,
+            "test_diff": test.to_dict() if test else None,
+            "latency_ms": row["latency"].median_ms, "speedup": speedup.to_dict(),
+            "size_bytes": row["size"], "size_reduction": shrink,
+            "macs": None if math.isnan(row["macs"]) else row["macs"]})
     console.print(table)
     compressed = [s for s in summary
                   if s[0].removeprefix("strongest baseline: ") not in uncompressed]
@@ -208,6 +236,9 @@ def main() -> None:
     console.print(f"study: {done} complete trials; recovery for single techniques: {steps} "
                   f"steps; machine: {machine_line(fp)}, {rt} "
                   f"{fp['runtime_version']}")
+    figures |= {"complete_trials": done, "runtime": f"{rt} {fp['runtime_version']}"}
+    console.print(write_record("best_models", "The front against the strongest baseline and "
+                               "single techniques", figures, commit=commit))
 
 
 def _exported(folder: Path, config) -> tuple[str, dict]:

@@ -13,17 +13,19 @@ Rows (ONNX Runtime, batch 1, 1 thread, the study protocol's timing: warm-up, the
 - the **strongest baseline**: the same network with its grasp synthesis in the file
   (grasp.synthesis), the runtime doing the whole job;
 - int8 only (the same network quantized, grasp synthesis in the file);
-- with ``--study``: the fastest model of that study's feasible front (its own artifact).
+- with ``--study``: that study's recommended model, the knee of its feasible front (its
+  own artifact).
 
-Each of the first three columns is measured on its own: network ms times the file without
-its grasp synthesis, post-processing ms times the post-processing alone on the maps of a
-real validation image (numpy, or the file's synthesis graph run by ONNX Runtime on those
-maps), end-to-end ms times depth in -> grasp out (for the numpy rows, the network call
-followed by the numpy code). The fourth, end-to-end minus network, times the two calls in
-strict alternation and takes the median of the per-pair differences: what the robot pays
-for the post-processing, robust to a drift of the machine's speed that separately timed
-columns are not. Every figure is the median over ``--rounds`` round-robin rounds. Ratios
-are to the strongest baseline's end-to-end median.
+Every row is timed by the study's protocol (timing.protocol): each round times, once each
+and in a rotating order, the row's network alone (the file without its grasp synthesis),
+its post-processing alone on the maps of a real validation image (numpy, or the file's
+synthesis graph run by ONNX Runtime on those maps), its depth in -> grasp out (for the
+numpy rows, the network call followed by the numpy code), and the strongest baseline's
+network and end to end. So the row's columns share every moment of the machine:
+end-to-end minus network is the median of the per-round differences (what the robot pays
+for the post-processing), and the speed-up is the median over rounds of strongest
+baseline / row end to end, with its 95 % interval. ``--rounds`` repeats this round-robin
+over the rows, and every figure pools all of a row's rounds.
 
 Agreement: on ``--images`` validation images, the grasp each file returns against the
 float64 numpy reference on the same file's maps: identical peak pixel and peak flag, and
@@ -33,6 +35,7 @@ the IoU grasp-match accuracy both ways, paired.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -47,47 +50,17 @@ from grasp.checkpoints import load_checkpoint
 from grasp.data import load_dataset, split
 from grasp.evaluation import HeldOut, score_grasps, score_images
 from grasp.rectangles import best_grasp, post_process, scored_grasps
-from objectives.latency import device_fingerprint, measure_latency
+from objectives.latency import device_fingerprint
 from search.stats import paired_difference, rate
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.upsample import rewrite_all
-from timing.protocol import machine_line
+from timing.protocol import machine_line, summarise, time_rounds
 
-TIMING = {"threads": 1, "warmup": 20, "runs": 100, "min_seconds": 1.0}
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside this script
 
+from records import current_commit, write_record
 
-class _Call:
-    """A plain callable in the shape measure_latency times (an artifact's timed call)."""
-
-    def __init__(self, run: Callable[[], None]) -> None:
-        self.run = run
-
-    def timed_call(self, threads: int = 1, end_to_end: bool = False) -> Callable[[], None]:
-        return self.run
-
-
-def _median_ms(run: Callable[[], None]) -> float:
-    return measure_latency(_Call(run), **TIMING).median_ms  # type: ignore[arg-type]
-
-
-def _paired_extra_ms(network: Callable[[], None], end_to_end: Callable[[], None],
-                     pairs: int = 200) -> float:
-    """What the post-processing adds to a call, paired: network and end-to-end calls in
-    strict alternation, the median of the per-pair differences (a drift of the machine's
-    speed moves both calls of a pair alike)."""
-    import time
-
-    for _ in range(TIMING["warmup"]):
-        network()
-        end_to_end()
-    extra = []
-    for _ in range(pairs):
-        start = time.perf_counter()
-        network()
-        middle = time.perf_counter()
-        end_to_end()
-        extra.append((time.perf_counter() - middle) - (middle - start))
-    return 1e3 * float(np.median(extra))
+TIMING = {"warmup": 20, "runs": 100, "min_seconds": 1.0}
 
 
 def _synthesis_alone(artifact: Artifact, image: torch.Tensor) -> Callable[[], None]:
@@ -162,9 +135,10 @@ def main() -> None:
     parser.add_argument("--calibration", default="data/sim",
                         help="a dataset whose training images calibrate int8")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--study", default=None, help="a study file: time its fastest front "
-                                                      "model too")
+    parser.add_argument("--study", default=None, help="a study file: time its recommended "
+                                                      "model (the knee of its front) too")
     args = parser.parse_args()
+    commit = current_commit()  # the code this run began on
     console = Console(width=130)
     dataset = load_dataset("jacquard", args.data, output_size=300)
     parts = split(dataset, "preset", 0.1, 0.1, 0)
@@ -177,7 +151,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         variants = {name: build_artifact(m, PrecisionConfig("fp32"), Path(tmp) / name)
                     for name, m in (("plain", model), ("subpixel", rewrite_all(model)))}
-        network = {name: _median_ms(a.timed_call(1)) for name, a in variants.items()}
+        network = {name: summarise(time_rounds([a.timed_call(1)], **TIMING)[0], 1).median_ms
+                   for name, a in variants.items()}
         best = min(network, key=network.get)
         fp32 = variants[best]
         int8 = build_artifact(rewrite_all(model), PrecisionConfig("int8"), Path(tmp) / "int8",
@@ -185,7 +160,8 @@ def main() -> None:
         artifacts = {"strongest baseline (fp32, synthesis in the file)": fp32,
                      "int8 only (synthesis in the file)": int8}
         if args.study:
-            artifacts["fastest front model of the study"] = _front_artifact(args.study)
+            number, knee = _knee_artifact(args.study)
+            artifacts[f"the study's recommended model (trial {number}, the knee)"] = knee
         for name, post in (("uncompressed fp32 + today's numpy post-processing", _reference),
                            ("uncompressed fp32 + scored_grasps (numpy, quality map only)",
                             scored_grasps)):
@@ -193,25 +169,34 @@ def main() -> None:
                          _with_numpy(fp32, post)))
         rows += [(name, a.timed_call(1), _synthesis_alone(a, image),
                   a.timed_call(1, end_to_end=True)) for name, a in artifacts.items()]
-        rounds = [[[_median_ms(call) for call in calls]
-                   + [_paired_extra_ms(calls[0], calls[2])] for _, *calls in rows]
-                  for _ in range(args.rounds)]
-        timed = [(name, *(float(np.median([r[i][j] for r in rounds])) for j in range(4)))
-                 for i, (name, *_) in enumerate(rows)]
-        strongest = next(e2e for name, _, _, e2e, _ in timed if name.startswith("strongest"))
+        baseline_calls = (fp32.timed_call(1), fp32.timed_call(1, end_to_end=True))
+        timed: dict[str, list[list[float]]] = {name: [[] for _ in range(5)] for name, *_ in rows}
+        for _ in range(args.rounds):
+            for name, *calls in rows:
+                for pooled, times in zip(timed[name], time_rounds([*calls, *baseline_calls],
+                                                                  **TIMING), strict=True):
+                    pooled += times
         table = Table(title=f"Depth in -> grasp out, GG-CNN 300 px, ONNX Runtime, 1 thread "
                             f"[{cpu_line()}]")
         for column in ("row", "network ms", "post-processing ms", "end-to-end ms",
                        "end-to-end minus network, paired ms",
-                       "ratio to strongest baseline, e2e"):
+                       "speed-up over the strongest baseline, e2e [95 % CI]"):
             table.add_column(column, justify="left" if column == "row" else "right")
-        for name, net, post, e2e, extra in timed:
-            table.add_row(name, f"{net:.2f}", f"{post:.2f}", f"{e2e:.2f}", f"{extra:.2f}",
-                          f"{strongest / e2e:.2f}x")
+        figures: dict = {"rounds": args.rounds, "runs": TIMING["runs"], "fastest_form": best,
+                         "images": len(held), "rows": []}
+        for name, (net, post, e2e, _, base_e2e) in timed.items():
+            extra = float(np.median(np.subtract(e2e, net)))
+            speedup = summarise(e2e, 1, base_e2e).speedup()
+            table.add_row(name, f"{np.median(net):.2f}", f"{np.median(post):.2f}",
+                          f"{np.median(e2e):.2f}", f"{extra:.2f}", speedup.text())
+            figures["rows"].append({"row": name, "network_ms": float(np.median(net)),
+                                    "post_ms": float(np.median(post)),
+                                    "e2e_ms": float(np.median(e2e)), "extra_ms": extra,
+                                    "speedup": speedup.to_dict()})
         console.print(table)
-        console.print(f"(the uncompressed network's fastest exact form here: {best}; the "
-                      f"first three columns measured each on its own, the fourth as network "
-                      f"and end-to-end calls in alternation; medians of {args.rounds} rounds)")
+        console.print(f"(the uncompressed network's fastest exact form here: {best}; every "
+                      f"column of a row timed in the same rounds as the strongest baseline; "
+                      f"{args.rounds} x at least {TIMING['runs']} rounds per row)")
         agree = Table(title=f"In-graph grasp against the float64 numpy reference on the same "
                             f"maps, {len(held)} validation images")
         for column in ("file", "same peak pixel and flag", "accuracy, in the file",
@@ -221,21 +206,27 @@ def main() -> None:
             a = agreement(artifact, held)
             agree.add_row(name, f"{a['same']}/{len(held)} ({a['same'] / len(held):.1%})",
                           str(a["graph"]), str(a["reference"]), str(a["paired"]))
+            figures.setdefault("agreement", []).append(
+                {"file": name, "same": a["same"], "graph": a["graph"].to_dict(),
+                 "reference": a["reference"].to_dict(), "paired": a["paired"].to_dict()})
         console.print(agree)
+    console.print(write_record("end_to_end", "Depth in, grasp out: network, post-processing "
+                               "and end to end", figures, commit=commit))
 
 
-def _front_artifact(study_file: str) -> Artifact:
+def _knee_artifact(study_file: str) -> tuple[int, Artifact]:
+    """The study's recommended model (the knee of its feasible front) and its artifact."""
     from search.config import load_study_config
-    from search.front import feasible_front
+    from search.front import study_picks
     from search.study import load_study
 
     config = load_study_config(study_file)
-    front = feasible_front(load_study(config), config.objectives)
-    if not front:
+    picks = study_picks(load_study(config), config.objectives, 1)
+    if not picks:
         raise SystemExit(f"{study_file}: the study has no feasible front yet.")
-    trial = front[0]  # fastest first
-    return Artifact(Path(trial.user_attrs["artifact"]), config.runtime,
-                    trial.user_attrs["precision"], config.output_size)
+    trial = picks[0]
+    return trial.number, Artifact(Path(trial.user_attrs["artifact"]), config.runtime,
+                                  trial.user_attrs["precision"], config.output_size)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from pathlib import Path
@@ -75,15 +74,6 @@ def _stages(log: Path) -> dict[str, float]:
     return found
 
 
-def _clean(value):
-    """JSON-safe: NaN (a figure older studies lack) as None."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
 def study_figures(clone: Path) -> dict:
     """The study's trials, baseline and front, and the exported knee's verification."""
     config = load_study_config(clone / "studies" / "quickstart.toml", {
@@ -101,11 +91,10 @@ def study_figures(clone: Path) -> dict:
         "gate_stopped": sum("gate_accuracy" in t.user_attrs and t.state == TrialState.PRUNED
                             for t in trials),
         "optimising_s": (last - first).total_seconds(),
-        "baseline": {k: _clean(base.get(k)) for k in (
+        "baseline": {k: base.get(k) for k in (
             "variant", "accuracy", "accuracy_ci", "accuracy_images", "size", "latency",
             "latency_e2e_ms", "latency_network_ms", "macs")},
-        "front": [{k: _clean(v) for k, v in row.items()}
-                  for row in front_rows(study, config.objectives)],
+        "front": front_rows(study, config.objectives),
         "knee": {"trial": exported["trial"], "artifact_format": exported["artifact_format"],
                  "verified": exported["verified"]},
     }

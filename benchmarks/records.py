@@ -6,6 +6,7 @@ was measured, and every copy of it is rendered from there."""
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -73,6 +74,18 @@ def current_commit(root: Path = RECORDS.parent.parent) -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN (a figure that does not exist, such as an interval too few
+    runs admit) as None, so that a record is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_record(benchmark: str, title: str, figures: dict[str, Any],
                  command: str | None = None, commit: str | None = None) -> Path:
     """Writes ``records/<benchmark>.json`` (replacing the run it supersedes: git keeps the
@@ -86,7 +99,7 @@ def write_record(benchmark: str, title: str, figures: dict[str, Any],
         machine=Machine(cpu=str(fp.get("cpu")), family_model=_family_model(),
                         flags=str(fp.get("flags")),
                         cores=int(fp.get("cores") or 0)),
-        figures=figures)
+        figures=json_safe(figures))
     RECORDS.mkdir(exist_ok=True)
     path = RECORDS / f"{benchmark}.json"
     path.write_text(json.dumps(record.model_dump(), indent=2) + "\n")

@@ -21,12 +21,13 @@ class Context:
     ``eval_data`` is a ``HeldOut`` or ``GraspSubset`` (the study's validation split).
     ``details`` collects the secondary numbers each measurement reports (per-image hits,
     p90, CV, fingerprint...). With a
-    ``reference`` artifact and its recorded ``reference_ms``, latency is timed paired with
-    it and scored as ``reference_ms`` x the measured ratio. ``end_to_end``: latency scores
+    ``reference`` artifact, latency is timed in the same rounds as it (the paired speed-up
+    is a detail); with its recorded ``reference_ms`` too, it is scored as ``reference_ms`` x
+    the measured ratio. ``end_to_end``: latency scores
     depth in -> grasp out (the network and its grasp synthesis), else the network alone.
     ``target``: a timing agent's client (``timing.client.AgentClient``) when latency is
-    measured on the robot's computer, with ``measure`` shaped like
-    ``objectives.latency.measure_latency`` and ``fingerprint(artifact, threads)``.
+    measured on the robot's computer, with ``measure_scopes`` shaped like
+    ``objectives.latency.measure_scopes`` and ``fingerprint(artifact, threads)``.
     """
 
     eval_data: Any = None

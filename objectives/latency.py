@@ -1,18 +1,19 @@
 """Latency: measured on the target runtime, never estimated.
 
 Batch 1 at the artifact's input size, a fixed thread count (1 thread times stably on a
-busy machine, 2 do not), warm-up runs outside the timed region, then back-to-back timed
-runs, at least ``runs`` of them and at least ``min_seconds`` of timing: median, p90 and
-coefficient of variation. A 2 ms model gets as much timing as a 20 ms one, so its median
-holds as still. The device fingerprint travels with the number, because a
-latency is only comparable on the same hardware and runtime.
+busy machine, 2 do not), warm-up runs outside the timed region, then timed rounds, at least
+``runs`` of them and at least ``min_seconds`` of timing: median, p90 and coefficient of
+variation. A round times the file at both its scopes (network alone, depth in -> grasp out)
+and the study's baseline at the same scopes, so the two scopes and the speed-up over the
+baseline are paired over rounds: the speed-up is the median over rounds of baseline / file,
+with its 95 % interval. The device fingerprint travels with the number, because a latency
+is only comparable on the same hardware and runtime.
 
-Paired timing (``[runtime] paired = true``): the artifact and the study's baseline run in
-strict alternation, and the score is the baseline's recorded latency times the median of
-the per-pair ratios. It helps on a machine that drifts between speed states shared by
-every model; where the baseline's own timing wanders more than the
-artifact's (a large fp32 model on a shared L3 cache against a small int8 one), it adds
-that noise instead. The raw median is kept beside it (``latency_raw_ms``).
+The score is the file's median (``latency_raw_ms``), or with ``[runtime] paired = true``
+the baseline's recorded latency times the median of the per-round ratios: that helps on a
+machine that drifts between speed states shared by every model; where the baseline's own
+timing wanders more than the artifact's (a large fp32 model on a shared L3 cache against a
+small int8 one), it adds that noise instead.
 
 The protocol itself lives in :mod:`timing.protocol`, without torch, so that the timing agent
 on the robot's computer (``[runtime] target``, :mod:`timing.agent`) times by the same one.
@@ -20,6 +21,7 @@ on the robot's computer (``[runtime] target``, :mod:`timing.agent`) times by the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,15 +31,19 @@ from grasp.artifact import Artifact, torch_threads
 from objectives.base import Context, register_objective
 from timing.protocol import (
     MAX_RUNS,
+    SCOPES,
     LatencyResult,
+    Speedup,
     check_protocol,
     fingerprint_key,
     host_fingerprint,
-    time_calls,
+    scope_of,
+    time_scopes,
 )
 
-__all__ = ["LATENCY_KEYS", "MAX_RUNS", "Latency", "LatencyResult", "device_fingerprint",
-           "fingerprint_key", "measure_latency"]
+__all__ = ["LATENCY_KEYS", "MAX_RUNS", "SPEEDUP_KEYS", "Latency", "LatencyResult",
+           "device_fingerprint", "fingerprint_key", "measure_latency", "measure_scopes",
+           "speedup_details", "timed_scopes"]
 
 
 def device_fingerprint(artifact: Artifact | None = None, threads: int = 1,
@@ -58,44 +64,59 @@ def device_fingerprint(artifact: Artifact | None = None, threads: int = 1,
             "device": device, "threads": threads, **gpu}
 
 
-def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs: int = 50,
-                    reference: Artifact | None = None, block: int = 1,
-                    min_seconds: float = 0.0, end_to_end: bool = False) -> LatencyResult:
-    """Times ``runs`` single-image inferences after ``warmup`` untimed ones, going on in
-    batches of ``runs`` until ``min_seconds`` of runs have been timed (both artifacts' when
-    paired; at most MAX_RUNS runs).
+def timed_scopes(artifact: Artifact) -> tuple[str, ...]:
+    """The scopes a file can be timed at: the network alone always; end to end where the
+    grasp is computed (a torch artifact runs grasp synthesis after its module)."""
+    return SCOPES if artifact.runtime == "torch" or artifact.returns_grasp else SCOPES[:1]
 
-    With a ``reference`` artifact, the two are timed in alternating blocks of ``block``
-    runs, and ``ratio`` is the median over blocks of artifact / reference block medians.
-    A machine that drifts between speed states for seconds at a time (shared VMs, turbo,
-    thermal limits) moves both sides of a pair alike, so the ratio holds still where the
-    absolute median does not. Keep ``block`` at 1: blocks of 10 drifted as much as raw
-    medians did. ``end_to_end``: depth in, grasp out; else the network alone.
-    """
-    check_protocol(threads, warmup, runs, block, min_seconds)
-    run = artifact.timed_call(threads, end_to_end=end_to_end)
-    other = (reference.timed_call(threads, end_to_end=end_to_end) if reference is not None
-             else None)
+
+def measure_scopes(artifact: Artifact, threads: int = 1, warmup: int = 10, runs: int = 50,
+                   reference: Artifact | None = None, min_seconds: float = 0.0,
+                   scopes: tuple[str, ...] | None = None) -> dict[str, LatencyResult]:
+    """Times ``artifact`` at ``scopes`` (default: every scope it has), and ``reference`` at
+    the same scopes, in the same rounds (:func:`timing.protocol.time_scopes`): so a file's
+    end to end and network share every moment of the machine, and its ``ratio`` and
+    ``speedup()`` to the reference are paired over rounds."""
+    check_protocol(threads, warmup, runs, min_seconds)
+    scopes = scopes or timed_scopes(artifact)
+
+    def calls(a: Artifact) -> dict[str, Callable[[], None]]:
+        return {s: a.timed_call(threads, end_to_end=s == SCOPES[1]) for s in scopes}
+
     with torch_threads(threads):
-        return time_calls(run, other, threads, warmup, runs, block, min_seconds)
+        return time_scopes(calls(artifact), calls(reference) if reference is not None
+                           else None, threads, warmup, runs, min_seconds)
+
+
+def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs: int = 50,
+                    reference: Artifact | None = None, min_seconds: float = 0.0,
+                    end_to_end: bool = False) -> LatencyResult:
+    """One scope of :func:`measure_scopes`: ``end_to_end`` (depth in, grasp out) or the
+    network alone."""
+    scope = scope_of(end_to_end)
+    return measure_scopes(artifact, threads, warmup, runs, reference, min_seconds,
+                          (scope,))[scope]
 
 
 def time_package(path: Path, reference: Path | None, request: dict[str, Any]
-                 ) -> LatencyResult:
+                 ) -> dict[str, LatencyResult]:
     """A timing agent's request for a torch ``.pt2`` package, timed by
-    :func:`measure_latency` (``ggopt agent --allow-torch`` hands this to the agent)."""
+    :func:`measure_scopes` (``ggopt agent --allow-torch`` hands this to the agent)."""
     def artifact(p: Path) -> Artifact:
         return Artifact(p, runtime="torch", precision=request["precision"],
                         input_size=request["input_size"])
 
-    return measure_latency(artifact(path), request["threads"],
-                           reference=artifact(reference) if reference else None,
-                           end_to_end=request["end_to_end"],
-                           **{k: request[k] for k in ("warmup", "runs", "block", "min_seconds")})
+    return measure_scopes(artifact(path), request["threads"],
+                          reference=artifact(reference) if reference else None,
+                          scopes=tuple(request["scopes"]),
+                          **{k: request[k] for k in ("warmup", "runs", "min_seconds")})
 
 
 #: The detail each latency is logged as, by whether it is end to end (depth in, grasp out).
 LATENCY_KEYS = {True: "latency_e2e_ms", False: "latency_network_ms"}
+
+#: The paired speed-up a trial records (:func:`speedup_details`).
+SPEEDUP_KEYS = ("speedup", "speedup_low", "speedup_high", "speedup_p", "speedup_rounds")
 
 
 @register_objective
@@ -105,29 +126,38 @@ class Latency:
 
     def __call__(self, artifact: Artifact, ctx: Context) -> float:
         """The latency the study optimises (``ctx.end_to_end`` or the network alone); the
-        other one is timed too, by the same protocol, unpaired, as a detail
-        (``latency_e2e_ms``, ``latency_network_ms``)."""
-        paired = ctx.reference is not None and ctx.reference_ms is not None
+        other scope is timed in the same rounds, as a detail (``latency_e2e_ms``,
+        ``latency_network_ms``), and so is ``ctx.reference`` when given: the paired
+        speed-up with its interval (``speedup``, ``speedup_low``, ``speedup_high``).
+        With ``ctx.reference_ms`` too, the score is ``reference_ms`` x the paired ratio."""
+        scope = scope_of(ctx.end_to_end)
+        scopes = tuple(dict.fromkeys((scope, *timed_scopes(artifact))))
         # Where it is timed: here, or on the robot's computer through its timing agent.
-        measure = ctx.target.measure if ctx.target is not None else measure_latency
-        result = measure(artifact, ctx.threads, ctx.warmup, ctx.runs,
-                         reference=ctx.reference if paired else None,
-                         min_seconds=ctx.min_seconds, end_to_end=ctx.end_to_end)
+        measure = ctx.target.measure_scopes if ctx.target is not None else measure_scopes
+        results = measure(artifact, ctx.threads, ctx.warmup, ctx.runs, reference=ctx.reference,
+                          min_seconds=ctx.min_seconds, scopes=scopes)
+        result = results[scope]
         fingerprint = (ctx.target.fingerprint(artifact, ctx.threads) if ctx.target is not None
                        else device_fingerprint(artifact, ctx.threads))
         ctx.details.update({"latency_p90_ms": result.p90_ms, "latency_cv": result.cv,
                             "latency_runs": result.runs, "latency_raw_ms": result.median_ms,
-                            "fingerprint": fingerprint})
-        # The network alone can always be timed; end to end, where the grasp is computed.
-        if ctx.end_to_end or artifact.runtime == "torch" or artifact.returns_grasp:
-            other = measure(artifact, ctx.threads, ctx.warmup, ctx.runs,
-                            min_seconds=ctx.min_seconds, end_to_end=not ctx.end_to_end)
-            ctx.details[LATENCY_KEYS[not ctx.end_to_end]] = other.median_ms
-            ctx.details[LATENCY_KEYS[ctx.end_to_end]] = result.median_ms
+                            "fingerprint": fingerprint,
+                            **{LATENCY_KEYS[s == SCOPES[1]]: r.median_ms
+                               for s, r in results.items()}})
         if ctx.target is not None:
             ctx.details.update(ctx.target.take_costs())
-        if not paired:
+        speedup = result.speedup()
+        if speedup is not None:
+            ctx.details.update({"latency_ratio": result.ratio,
+                                "latency_reference_ms": result.reference_ms,
+                                **speedup_details(speedup)})
+        if speedup is None or ctx.reference_ms is None:
             return result.median_ms
-        ctx.details.update({"latency_ratio": result.ratio,
-                            "latency_reference_ms": result.reference_ms})
         return ctx.reference_ms * result.ratio
+
+
+def speedup_details(speedup: Speedup) -> dict[str, float]:
+    """A paired speed-up as a trial's details (and MLflow metrics)."""
+    return {"speedup": speedup.value, "speedup_low": speedup.low,
+            "speedup_high": speedup.high, "speedup_p": speedup.p_value,
+            "speedup_rounds": float(speedup.rounds)}

@@ -100,8 +100,9 @@ def finish_trial(config: StudyConfig, trial: FrozenTrial, steps: int, out: Path,
     save_weights(model, out)
     artifact = build_trial_artifact(setup, model, configs, out)
     folder = Path(c.artifacts_dir) / c.name
-    reference = reference_artifact(setup, folder, baseline["variant"]) if c.paired else None
-    values, details = measure_artifact(setup, artifact, None, reference, baseline["latency"])
+    values, details = measure_artifact(setup, artifact, None,
+                                       reference_artifact(setup, folder, baseline["variant"]),
+                                       baseline["latency"] if c.paired else None)
     return Finished(artifact, values, details, steps, count_macs(model, c.output_size),
                     continued, lr)
 

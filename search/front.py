@@ -90,7 +90,8 @@ def _no_costlier(trial: FrozenTrial, objectives: tuple[str, ...],
 
 def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[str, Any]]:
     """The front as plain data: validation accuracy with its interval, the paired
-    difference to the baseline with its interval (pp), size, latency and ratios."""
+    difference to the baseline with its interval (pp), size, latency and ratios (the
+    speed-up paired over timing rounds, with its interval)."""
     base = study.user_attrs.get("baseline", {})
     rows = []
     for t in feasible_front(study, objectives):
@@ -110,11 +111,23 @@ def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[st
             "discordant": [paired.get("better"), paired.get("worse")],
             "accuracy_change_p": paired.get("p_value"),
             "executed_accuracy": stats.get("executed_accuracy"),
-            "speedup": base.get("latency", np.nan) / v["latency"],
+            **_speedup(t.user_attrs.get("extra", {}), base, v),
             "size_reduction": base.get("size", np.nan) / v["size"],
             "macs": t.user_attrs.get("extra", {}).get("macs"),
         })
     return rows
+
+
+
+def _speedup(extra: dict[str, Any], base: dict[str, Any], values: dict[str, float]
+             ) -> dict[str, Any]:
+    """The speed-up over the baseline paired over the timing rounds, with its interval;
+    studies from before that protocol: the ratio of the two medians, without one."""
+    if "speedup" in extra:
+        return {"speedup": extra["speedup"],
+                "speedup_ci": [extra["speedup_low"], extra["speedup_high"]]}
+    return {"speedup": base.get("latency", np.nan) / values["latency"],
+            "speedup_ci": [np.nan, np.nan]}
 
 
 

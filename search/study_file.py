@@ -204,9 +204,9 @@ class RuntimeTable(Table):
     runs: int = key(50, "must be an integer >= 3", ge=3)
     min_seconds: float = key(1.0, "must be a number of seconds from 0 to 600 (latency times on "
                                   "past `runs` until this much has been timed)", ge=0, le=600)
-    paired: bool | None = key(None, "must be true or false (true: each artifact is timed in "
-                                    "alternation with the baseline's and scored as the "
-                                    "baseline's latency x their ratio)")
+    paired: bool | None = key(None, "must be true or false (true: each artifact is scored "
+                                    "as the baseline's latency x their ratio over the timing "
+                                    "rounds they share; false: its own median)")
     allow_other_devices: bool = key(False, "must be true or false (true: workers on other "
                                            "hardware may score latency, which is then not "
                                            "comparable across them)")

@@ -87,6 +87,12 @@ def test_the_agent_times_by_the_study_protocol_without_torch(agent, files):
     assert result.p90_ms >= result.median_ms > 0
     paired = client.measure(files["grasp"], reference=files["maps"], **FAST)
     assert paired.ratio is not None and len(paired.reference_times) == paired.runs
+    # Both scopes and the reference in the same rounds, as a study times a trial.
+    both = client.measure_scopes(files["grasp"], reference=files["grasp"],
+                                 scopes=("network", "end_to_end"), **FAST)
+    assert len(both["network"].times) == len(both["end_to_end"].reference_times)
+    assert both["end_to_end"].median_ms > both["network"].median_ms
+    assert both["network"].speedup().rounds == both["network"].runs
     costs = client.take_costs()
     assert costs["agent_upload_s"] > 0 and costs["agent_timing_s"] >= 0.3
     assert client.take_costs() == {}
@@ -349,7 +355,9 @@ def test_a_timing_request_is_bounded(agent, files):
     for body, expected in (({"runs": 5000}, "`runs` must be at most 2000"),
                            ({"warmup": 10**6}, "`warmup` must be at most 1000"),
                            ({"threads": cores + 1}, f"`threads` must be at most {cores}"),
-                           ({"runs": 10, "block": 11}, "`block` must be at most 10")):
+                           ({"scopes": ["network", "network"]}, "distinct scopes"),
+                           ({"scopes": ["grasp"]}, "`scopes` must list"),
+                           ({"block": 1}, "unknown field 'block'")):
         status, answer = call(agent.url, "POST", "/time",
                               json.dumps({"artifact": sha, **body}).encode())
         assert status == 400 and expected in answer["error"], answer

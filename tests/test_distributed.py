@@ -79,7 +79,9 @@ def test_two_workers_share_one_study_on_postgres(tmp_path, checkpoint, jacquard_
     # Every latency was timed on the agent, and no two timings overlapped.
     assert all(t.user_attrs["fingerprint"]["agent"] == agent.url for t in complete)
     records = sorted(agent.timings(), key=lambda r: r["start"])
-    assert len(records) >= 2 * (len(complete) + 1)  # each trial and the baseline, both ways
+    # One request per file: each trial and the baseline, both ways in the same rounds.
+    assert len(records) >= len(complete) + 1
+    assert all(set(r["median_ms"]) == {"network", "end_to_end"} for r in records)
     for earlier, later in itertools.pairwise(records):
         assert later["start"] >= earlier["end"], "two workers' timings overlapped"
 

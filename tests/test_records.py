@@ -89,3 +89,34 @@ def test_the_quick_start_record_takes_its_times_from_the_readme_runner(tmp_path)
     log.write_text("\n".join(lines[:2]))
     with pytest.raises(SystemExit, match="no STAGE line for data, export, search"):
         _stages(log)
+
+
+def test_timed_benchmarks_render_each_speedup_with_its_interval():
+    """end_to_end and best_models records: each speed-up is printed with its interval, an
+    interval the record does not have (too few rounds) is left out, not invented."""
+    speedup = {"value": 5.4213, "low": 5.3111, "high": 5.5522, "p_value": 1e-9, "rounds": 100,
+               "confidence": 0.95}
+    rate = {"value": 0.4, "successes": 2, "n": 5, "low": 0.12, "high": 0.77, "confidence": 0.95}
+    paired = {"difference": 0.0, "low": -0.2, "high": 0.2, "better": 1, "worse": 1,
+              "p_value": 1.0, "n": 5, "confidence": 0.95}
+    machine = EXAMPLE["machine"]
+    e2e = Record(benchmark="end_to_end", title="End to end", command="python benchmarks/x.py",
+                 commit="0123456789", date="2026-12-07", machine=machine, figures={
+                     "rounds": 1, "runs": 100, "fastest_form": "subpixel", "images": 5,
+                     "rows": [{"row": "knee", "network_ms": 1.0, "post_ms": 0.4, "e2e_ms": 1.5,
+                               "extra_ms": 0.5, "speedup": speedup}],
+                     "agreement": [{"file": "knee", "same": 5, "graph": rate,
+                                    "reference": rate, "paired": paired}]})
+    few = {**speedup, "low": None, "high": None, "rounds": 5}
+    best = Record(benchmark="best_models", title="Best", command="python benchmarks/x.py",
+                  commit="0123456789", date="2026-12-07", machine=machine, figures={
+                      "study": "qs", "scope": "network alone", "threads": 1, "rounds": 1,
+                      "steps": 60, "val_images": 5, "test_images": 0, "complete_trials": 3,
+                      "runtime": "onnxruntime 1.2",
+                      "rows": [{"model": "knee", "precision": "int8", "uncompressed": False,
+                                "val": rate, "val_diff": paired, "test": None,
+                                "test_diff": None, "latency_ms": 1.5, "speedup": few,
+                                "size_bytes": 5e4, "size_reduction": 5.0, "macs": None}]})
+    text = rendered("# Results\n", [e2e, best])
+    assert "| knee | 1.00 | 0.40 | 1.50 | 0.50 | 5.42x [5.31, 5.55] |" in text
+    assert "| 1.50 | 5.42x | 50.0 | 5.00x | - |" in text

@@ -134,8 +134,12 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
     history = client.get_metric_history(parent, "hypervolume")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
     assert history[-1].value == pytest.approx(hypervolume_history(study, config.objectives)[-1])
-    assert review.metrics["best_speedup"] == pytest.approx(
-        max(baseline["latency"] / t.user_attrs["values"]["latency"] for t in front))
+    # The speed-up is the one paired over the timing rounds each trial shared with the
+    # baseline's file (paired scoring's 1 / ratio, up to the median of an even count).
+    speedups = [t.user_attrs["extra"]["speedup"] for t in front]
+    assert review.metrics["best_speedup"] == pytest.approx(max(speedups))
+    assert all(s == pytest.approx(baseline["latency"] / t.user_attrs["values"]["latency"],
+                                  rel=0.1) for s, t in zip(speedups, front, strict=True))
     note = review.tags["mlflow.note.content"]
     assert all(f"| {t.number} | {t.user_attrs['precision']} |" in note for t in front)
     on_front = children[children["tags.ggopt.front"] == "true"]["tags.ggopt.trial"]
@@ -300,13 +304,15 @@ def test_constraints_mark_trials_infeasible(tmp_path, checkpoint, jacquard_root)
     study = run_study(load_study_config(path), track=False)
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 2 and all(t.user_attrs["constraints"][0] > 0 for t in done)
-    # A new study with `paired` unset times raw medians, going on past `runs = 3` until
-    # `min_seconds` (0.05 s) of runs have been timed.
+    # A new study with `paired` unset scores raw medians, timed in rounds beside the
+    # baseline's file (past `runs = 3` until `min_seconds`, 0.05 s, of timing), so each
+    # trial records its paired speed-up with its interval.
     for t in done:
         extra = t.user_attrs["extra"]
-        assert "latency_ratio" not in extra
         assert t.user_attrs["values"]["latency"] == extra["latency_raw_ms"]
-        assert extra["latency_runs"] > 3 and extra["latency_runs"] % 3 == 0
+        assert extra["latency_runs"] > 3 and extra["speedup_rounds"] == extra["latency_runs"]
+        assert extra["speedup"] == pytest.approx(1 / extra["latency_ratio"], rel=0.2)
+        assert extra["speedup_low"] <= extra["speedup"] <= extra["speedup_high"]
     assert study.user_attrs["config"]["study.paired_latency"] is False
     from search.front import feasible_front
 

@@ -18,8 +18,9 @@ The protocol, over HTTP with ``Authorization: Bearer TOKEN`` on every request:
 - ``GET /fingerprint``: the device (CPU, cores, machine, runtime versions).
 - ``PUT /artifacts/{sha256}?kind=onnx|pt2``: an artifact's bytes, kept by content hash.
 - ``POST /time``: ``{"artifact": sha256, "reference": sha256 | null, "kind", "precision",
-  "input_size", "end_to_end", "threads", "warmup", "runs", "min_seconds", "block"}`` ->
-  ``{"result": LatencyResult, "fingerprint", "wait_s", "timing_s", "start", "end"}``;
+  "input_size", "scopes", "threads", "warmup", "runs", "min_seconds"}`` (``scopes``: a list
+  of ``"network"``, ``"end_to_end"``, timed in the same rounds) -> ``{"results": {scope:
+  LatencyResult}, "fingerprint", "wait_s", "timing_s", "start", "end"}``;
   404 when the agent does not hold the artifact (it restarted): upload it again.
 
 The study's side is :mod:`timing.client`.
@@ -48,6 +49,7 @@ from typing import Any
 
 from timing.client import DEFAULT_PORT, TOKEN_ENV, TOKEN_FILE_ENV, AgentError, read_token
 from timing.protocol import (
+    SCOPES,
     LatencyResult,
     TimingError,
     check_protocol,
@@ -55,7 +57,7 @@ from timing.protocol import (
     machine_line,
     onnx_session,
     onnx_timed_call,
-    time_calls,
+    time_scopes,
     without_synthesis,
 )
 
@@ -117,21 +119,26 @@ def _runtime_versions(allow_torch: bool) -> dict[str, str]:
 
 
 def _measure(path: Path, kind: str, request: dict[str, Any], reference: Path | None,
-             package_timer: PackageTimer | None = None) -> LatencyResult:
-    """Times one artifact (and its reference) by the study's protocol: blocking, run in a
-    worker thread while the agent's lock is held."""
-    threads, end_to_end = request["threads"], request["end_to_end"]
-    protocol = {k: request[k] for k in ("warmup", "runs", "block", "min_seconds")}
+             package_timer: PackageTimer | None = None) -> dict[str, LatencyResult]:
+    """Times one artifact (and its reference) at the requested scopes by the study's
+    protocol: blocking, run in a worker thread while the agent's lock is held."""
+    threads = request["threads"]
+    protocol = {k: request[k] for k in ("warmup", "runs", "min_seconds")}
     if kind == "pt2":  # only with a timer handed in (ggopt agent --allow-torch)
         return package_timer(path, reference, request)
 
-    def call(p: Path):
+    def calls(p: Path) -> dict[str, Callable[[], None]]:
         source = p.read_bytes()
-        if not end_to_end:
-            source = without_synthesis(source)
-        return onnx_timed_call(onnx_session(source, threads), request["input_size"], end_to_end)
+        out = {}
+        for scope in request["scopes"]:
+            end_to_end = scope == SCOPES[1]
+            file = source if end_to_end else without_synthesis(source)
+            out[scope] = onnx_timed_call(onnx_session(file, threads), request["input_size"],
+                                         end_to_end)
+        return out
 
-    return time_calls(call(path), call(reference) if reference else None, threads, **protocol)
+    return time_scopes(calls(path), calls(reference) if reference else None, threads,
+                       **protocol)
 
 
 def _check_time_request(body: Any) -> dict[str, Any]:
@@ -140,8 +147,8 @@ def _check_time_request(body: Any) -> dict[str, Any]:
         raise ValueError(f"the request must be a JSON object, got {type(body).__name__}.")
     fields = {"artifact": (str, None), "reference": ((str, type(None)), None),
               "kind": (str, "onnx"), "precision": (str, "fp32"), "input_size": (int, 300),
-              "end_to_end": (bool, False), "threads": (int, 1), "warmup": (int, 10),
-              "runs": (int, 50), "min_seconds": ((int, float), 0.0), "block": (int, 1)}
+              "scopes": (list, [SCOPES[0]]), "threads": (int, 1), "warmup": (int, 10),
+              "runs": (int, 50), "min_seconds": ((int, float), 0.0)}
     unknown = sorted(set(body) - set(fields))
     if unknown:
         raise ValueError(f"unknown field {unknown[0]!r} (valid: {', '.join(fields)}).")
@@ -157,11 +164,15 @@ def _check_time_request(body: Any) -> dict[str, Any]:
         raise ValueError(f"`kind` must be one of {sorted(KINDS)}, got {request['kind']!r}.")
     if not 16 <= request["input_size"] <= 4096:
         raise ValueError(f"`input_size` must be from 16 to 4096, got {request['input_size']}.")
-    check_protocol(request["threads"], request["warmup"], request["runs"], request["block"],
+    scopes = request["scopes"]
+    if not scopes or any(s not in SCOPES for s in scopes) or len(set(scopes)) < len(scopes):
+        raise ValueError(f"`scopes` must list distinct scopes of {list(SCOPES)}, got "
+                         f"{scopes!r}.")
+    check_protocol(request["threads"], request["warmup"], request["runs"],
                    request["min_seconds"])
     cores = os.cpu_count() or 1
     for name, bound in (("min_seconds", 600), ("runs", MAX_RUNS), ("warmup", MAX_WARMUP),
-                        ("threads", cores), ("block", request["runs"])):
+                        ("threads", cores)):
         if request[name] > bound:
             raise ValueError(f"`{name}` must be at most {bound} on this agent, got "
                              f"{request[name]}.")
@@ -291,7 +302,7 @@ def create_app(token: str, folder: Path, max_bytes: int = DEFAULT_MAX_MB << 20,
             wait = time.perf_counter() - arrived
             start = time.time()
             try:
-                result = await run_in_threadpool(_measure, paths["artifact"], body["kind"],
+                results = await run_in_threadpool(_measure, paths["artifact"], body["kind"],
                                                  body, paths.get("reference"), package_timer)
             except Exception as problem:  # whatever a file does, the agent keeps serving
                 name = "" if isinstance(problem, TimingError) else f"{type(problem).__name__}: "
@@ -302,9 +313,11 @@ def create_app(token: str, folder: Path, max_bytes: int = DEFAULT_MAX_MB << 20,
         device |= {"runtime": runtime, "runtime_version": base["versions"][runtime],
                    "threads": body["threads"]}
         record({"event": "timed", "artifact": body["artifact"][:12], "start": start,
-                "end": end, "wait_s": round(wait, 4), "median_ms": round(result.median_ms, 4),
-                "runs": result.runs, "end_to_end": body["end_to_end"]})
-        return JSONResponse({"result": result.to_dict(), "fingerprint": device,
+                "end": end, "wait_s": round(wait, 4),
+                "median_ms": {s: round(r.median_ms, 4) for s, r in results.items()},
+                "runs": next(iter(results.values())).runs})
+        return JSONResponse({"results": {s: r.to_dict() for s, r in results.items()},
+                             "fingerprint": device,
                              "wait_s": wait, "timing_s": end - start, "start": start,
                              "end": end})
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from timing.protocol import LatencyResult, check_protocol, fingerprint_key
+from timing.protocol import SCOPES, LatencyResult, check_protocol, fingerprint_key, scope_of
 
 __all__ = ["CA_FILE_ENV", "DEFAULT_PORT", "TOKEN_ENV", "TOKEN_FILE_ENV", "AgentClient",
            "AgentDeviceChanged", "AgentError", "AgentUnavailable", "check_target_url",
@@ -87,7 +87,7 @@ class AgentClient:
     """A study's connection to one timing agent: uploads artifacts once (by content hash),
     times them there, and waits out an agent that went away with a bounded back-off.
 
-    ``measure`` has the shape of :func:`objectives.latency.measure_latency`;
+    ``measure_scopes`` has the shape of :func:`objectives.latency.measure_scopes`;
     ``fingerprint`` the shape of ``device_fingerprint`` (the agent's, as of the last timing).
     """
 
@@ -209,18 +209,28 @@ class AgentClient:
         return sha
 
     def measure(self, artifact: Any, threads: int = 1, warmup: int = 10, runs: int = 50,
-                reference: Any = None, block: int = 1, min_seconds: float = 0.0,
-                end_to_end: bool = False) -> LatencyResult:
-        """Times ``artifact`` on the agent, uploading it (and ``reference``) if the agent
-        does not hold it (a restarted agent holds nothing)."""
-        check_protocol(threads, warmup, runs, block, min_seconds)
+                reference: Any = None, min_seconds: float = 0.0, end_to_end: bool = False
+                ) -> LatencyResult:
+        """One scope of :meth:`measure_scopes`: the shape of
+        :func:`objectives.latency.measure_latency`."""
+        scope = scope_of(end_to_end)
+        return self.measure_scopes(artifact, threads, warmup, runs, reference, min_seconds,
+                                   (scope,))[scope]
+
+    def measure_scopes(self, artifact: Any, threads: int = 1, warmup: int = 10, runs: int = 50,
+                       reference: Any = None, min_seconds: float = 0.0,
+                       scopes: tuple[str, ...] = SCOPES[:1]) -> dict[str, LatencyResult]:
+        """Times ``artifact`` (and ``reference``, in the same rounds) at ``scopes`` on the
+        agent, uploading either if the agent does not hold it (a restarted agent holds
+        nothing): the shape of :func:`objectives.latency.measure_scopes`."""
+        check_protocol(threads, warmup, runs, min_seconds)
         for attempt in range(2):
             request = {"artifact": self._upload(artifact),
                        "reference": self._upload(reference) if reference is not None else None,
                        "kind": "pt2" if Path(artifact.path).suffix == ".pt2" else "onnx",
                        "precision": artifact.precision, "input_size": artifact.input_size,
-                       "end_to_end": end_to_end, "threads": threads, "warmup": warmup,
-                       "runs": runs, "min_seconds": min_seconds, "block": block}
+                       "scopes": list(scopes), "threads": threads, "warmup": warmup,
+                       "runs": runs, "min_seconds": min_seconds}
             status, answer = self._patiently(lambda r=request: self._request(
                 "POST", "/time", json.dumps(r).encode()))
             if status == 404 and attempt == 0:  # restarted: it holds nothing any more
@@ -235,7 +245,7 @@ class AgentClient:
         for key, value in (("agent_wait_s", answer["wait_s"]),
                            ("agent_timing_s", answer["timing_s"])):
             self.costs[key] = self.costs.get(key, 0.0) + value
-        return LatencyResult.from_dict(answer["result"])
+        return {s: LatencyResult.from_dict(r) for s, r in answer["results"].items()}
 
     def _check_device(self, fingerprint: dict[str, Any]) -> None:
         key = fingerprint_key(fingerprint)

@@ -1,10 +1,15 @@
 """The timing protocol and ONNX Runtime sessions, without torch.
 
-Shared by the study's latency objective (:mod:`objectives.latency`) and the timing agent
-that runs on the robot's computer (:mod:`timing.agent`, which installs without torch), so
-that a latency means the same thing wherever it is measured: batch 1, a fixed input,
-warm-up runs outside the timed region, then back-to-back timed runs, at least ``runs`` of
-them and at least ``min_seconds`` of timing; median, p90 and coefficient of variation.
+Shared by the study's latency objective (:mod:`objectives.latency`), the benchmarks and the
+timing agent that runs on the robot's computer (:mod:`timing.agent`, which installs without
+torch), so that a latency means the same thing wherever it is measured: batch 1, a fixed
+input, warm-up runs outside the timed region, then timed rounds, at least ``runs`` of them
+and at least ``min_seconds`` of timing in all. A round times every call once: the file at
+each of its scopes (network alone, depth in -> grasp out) and, when given, its reference
+(the study's baseline) at the same scopes, in an order that rotates from round to round.
+So a file's two scopes and its reference share every moment of a machine whose speed
+moves, and a speed-up is a paired ratio over rounds with its interval
+(:meth:`LatencyResult.speedup`). Per call: median, p90 and coefficient of variation.
 """
 
 from __future__ import annotations
@@ -13,27 +18,56 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
-__all__ = ["GRASP_OUTPUT", "INPUT_NAME", "MAX_RUNS", "OUTPUT_NAME", "SIMD_FLAGS",
-           "LatencyResult", "TimingError", "check_protocol", "cpu_flags", "fingerprint_key",
-           "fixed_input", "host_fingerprint", "machine_line", "onnx_session",
-           "onnx_timed_call", "time_calls", "without_synthesis"]
+__all__ = ["GRASP_OUTPUT", "INPUT_NAME", "MAX_RUNS", "OUTPUT_NAME", "SCOPES", "SIMD_FLAGS",
+           "LatencyResult", "Speedup", "TimingError", "check_protocol", "cpu_flags",
+           "fingerprint_key", "fixed_input", "host_fingerprint", "joined", "machine_line",
+           "onnx_session", "onnx_timed_call", "scope_of", "summarise", "time_calls", "time_rounds",
+           "time_scopes", "without_synthesis"]
 
 #: The artifact's input, its maps output, and the grasp output of an end-to-end file.
 INPUT_NAME, OUTPUT_NAME, GRASP_OUTPUT = "depth", "maps", "grasp"
 
-#: A bound on the timed runs that ``min_seconds`` can ask for (a model faster than
+#: A bound on the timed rounds that ``min_seconds`` can ask for (a model faster than
 #: min_seconds / MAX_RUNS stops here).
 MAX_RUNS = 20_000
+
+#: What a file is timed at: the network alone, and depth in -> grasp out.
+SCOPES = ("network", "end_to_end")
+
+
+def scope_of(end_to_end: bool) -> str:
+    return SCOPES[int(end_to_end)]
 
 
 class TimingError(ValueError):
     """An artifact that cannot be timed: not loadable, or asked for what it lacks."""
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """How many times faster a file ran than its reference: the median over rounds of
+    reference / file, with the distribution-free interval of that median (binomial order
+    statistics) and the sign test of 'as fast' that agrees with it."""
+
+    value: float
+    low: float
+    high: float
+    p_value: float
+    rounds: int
+    confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def text(self) -> str:
+        """``5.42x [5.31, 5.55]``."""
+        return f"{self.value:.2f}x [{self.low:.2f}, {self.high:.2f}]"
 
 
 @dataclass(frozen=True)
@@ -43,10 +77,10 @@ class LatencyResult:
     cv: float
     runs: int
     threads: int
-    reference_ms: float | None = None  # the reference's median, timed alongside
-    ratio: float | None = None  # median over blocks of (artifact / reference) block medians
-    times: tuple[float, ...] = ()  # every timed run, ms, in order
-    reference_times: tuple[float, ...] = ()  # the reference's, interleaved with them
+    reference_ms: float | None = None  # the reference's median, timed in the same rounds
+    ratio: float | None = None  # median over rounds of (file / reference)
+    times: tuple[float, ...] = ()  # every timed run, ms, one per round
+    reference_times: tuple[float, ...] = ()  # the reference's, in the same rounds
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,57 +92,96 @@ class LatencyResult:
                   if k in known}
         return cls(**values)
 
+    def speedup(self, confidence: float = 0.95) -> Speedup | None:
+        """The paired speed-up over the rounds (None without a reference). scipy is
+        imported here, not at the top: the timing agent installs without it."""
+        if not self.reference_times:
+            return None
+        from scipy.stats import quantile_test
 
-def _timed(run: Callable[[], None], count: int) -> list[float]:
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1e3)
+        ratios = np.asarray(self.reference_times) / np.asarray(self.times)
+        test = quantile_test(ratios, q=1.0, p=0.5)
+        # NaN ends where the rounds are too few for any interval at this level (5 at 95 %).
+        interval = test.confidence_interval(confidence)
+        return Speedup(float(np.median(ratios)), float(interval.low), float(interval.high),
+                       float(test.pvalue), len(ratios), confidence)
+
+
+def check_protocol(threads: int, warmup: int, runs: int, min_seconds: float) -> None:
+    if runs < 3 or warmup < 0 or threads < 1 or not min_seconds >= 0:
+        raise ValueError(f"`runs >= 3, warmup >= 0, threads >= 1, min_seconds >= 0` must "
+                         f"hold, but got {runs=}, {warmup=}, {threads=}, {min_seconds=}.")
+
+
+def time_rounds(calls: Sequence[Callable[[], None]], warmup: int = 10, runs: int = 50,
+                min_seconds: float = 0.0) -> list[list[float]]:
+    """Each call's timed runs (ms), one per round: ``warmup`` untimed runs of each, then
+    rounds of one run of every call, the order rotated by one each round (no call always
+    follows the same one), until ``runs`` rounds and ``min_seconds`` of timing in all (at
+    most MAX_RUNS rounds)."""
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    times: list[list[float]] = [[] for _ in calls]
+    total, rounds = 0.0, 0
+    while rounds < runs or (total < min_seconds * 1e3 and rounds < MAX_RUNS):
+        for k in range(len(calls)):
+            i = (rounds + k) % len(calls)
+            start = time.perf_counter()
+            calls[i]()
+            elapsed = (time.perf_counter() - start) * 1e3
+            times[i].append(elapsed)
+            total += elapsed
+        rounds += 1
     return times
 
 
-def check_protocol(threads: int, warmup: int, runs: int, block: int, min_seconds: float
-                   ) -> None:
-    if runs < 3 or warmup < 0 or threads < 1 or block < 1 or not min_seconds >= 0:
-        raise ValueError(f"`runs >= 3, warmup >= 0, threads >= 1, block >= 1, min_seconds >= "
-                         f"0` must hold, but got {runs=}, {warmup=}, {threads=}, {block=}, "
-                         f"{min_seconds=}.")
-
-
-def time_calls(run: Callable[[], None], other: Callable[[], None] | None, threads: int,
-               warmup: int = 10, runs: int = 50, block: int = 1, min_seconds: float = 0.0
-               ) -> LatencyResult:
-    """Times ``run`` (and ``other``, the reference, in alternating blocks of ``block`` runs
-    when given) by the protocol above; ``threads`` is recorded, the caller sets it."""
-    check_protocol(threads, warmup, runs, block, min_seconds)
-    times: list[float] = []
-    reference_times: list[float] = []
-    ratios: list[float] = []
-    for call in (run,) if other is None else (run, other):
-        for _ in range(warmup):
-            call()
-    while not times or (sum(times) + sum(reference_times) < min_seconds * 1e3
-                        and len(times) < MAX_RUNS):
-        if other is None:
-            times += _timed(run, runs)
-            continue
-        for start in range(0, runs, block):
-            count = min(block, runs - start)
-            mine, theirs = _timed(run, count), _timed(other, count)
-            times += mine
-            reference_times += theirs
-            ratios.append(statistics.median(mine) / statistics.median(theirs))
+def summarise(times: Sequence[float], threads: int, reference: Sequence[float] | None = None
+              ) -> LatencyResult:
+    """One call's timed runs (and its reference's, from the same rounds) as a result."""
     mean = statistics.fmean(times)
     return LatencyResult(
         median_ms=statistics.median(times),
         p90_ms=float(np.percentile(times, 90)),
         cv=statistics.stdev(times) / mean if mean > 0 else 0.0,
         runs=len(times), threads=threads,
-        reference_ms=statistics.median(reference_times) if reference_times else None,
-        ratio=statistics.median(ratios) if ratios else None,
-        times=tuple(times), reference_times=tuple(reference_times),
-    )
+        reference_ms=statistics.median(reference) if reference else None,
+        ratio=(statistics.median(a / b for a, b in zip(times, reference, strict=True))
+               if reference else None),
+        times=tuple(times), reference_times=tuple(reference or ()))
+
+
+def time_scopes(calls: Mapping[str, Callable[[], None]],
+                reference: Mapping[str, Callable[[], None]] | None, threads: int,
+                warmup: int = 10, runs: int = 50, min_seconds: float = 0.0
+                ) -> dict[str, LatencyResult]:
+    """Times a file's ``calls`` by scope (:data:`SCOPES`) and, when given, its reference's
+    calls at the same scopes, all in the same rounds (:func:`time_rounds`); ``threads`` is
+    recorded, the caller sets it."""
+    check_protocol(threads, warmup, runs, min_seconds)
+    scopes = list(calls)
+    if reference is not None and set(reference) != set(scopes):
+        raise TimingError(f"the reference is timed at {sorted(reference)}, the file at "
+                          f"{sorted(scopes)}: a ratio needs the same scopes")
+    ordered = [calls[s] for s in scopes] + ([reference[s] for s in scopes] if reference
+                                            else [])
+    times = time_rounds(ordered, warmup, runs, min_seconds)
+    return {s: summarise(times[i], threads, times[len(scopes) + i] if reference else None)
+            for i, s in enumerate(scopes)}
+
+
+def joined(results: Sequence[LatencyResult]) -> LatencyResult:
+    """Several timings of one file (and its reference) as one: all their rounds."""
+    times = [t for r in results for t in r.times]
+    reference = [t for r in results for t in r.reference_times]
+    return summarise(times, results[0].threads, reference or None)
+
+
+def time_calls(run: Callable[[], None], other: Callable[[], None] | None, threads: int,
+               warmup: int = 10, runs: int = 50, min_seconds: float = 0.0) -> LatencyResult:
+    """One call (and its reference) by :func:`time_scopes`."""
+    return time_scopes({"call": run}, None if other is None else {"call": other}, threads,
+                       warmup, runs, min_seconds)["call"]
 
 
 def cpu_model() -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import optuna
 from rich.table import Table
@@ -22,6 +24,12 @@ def ci_text(pair: list[float], form: str = "{:.3f}") -> str:
 
 
 
+def speedup_text(row: dict[str, Any]) -> str:
+    """``5.42 [5.31, 5.55]``: a front row's paired speed-up and its 95 % interval."""
+    return f"{row['speedup']:.2f}{ci_text(row['speedup_ci'], '{:.2f}')}"
+
+
+
 def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
     """The front beside the baseline: validation accuracy with its 95 % interval, the
     paired difference to the baseline on the same images with its interval, and the
@@ -37,7 +45,8 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
         f"{level:.0%} Wilson interval; Δ: paired with the baseline on the same images, "
         f"{level:.0%} score interval (Tango), +better/-worse images and McNemar's p (below "
         f"{1 - level:.2g} exactly when the interval excludes 0). Validation chooses; "
-        f"test figures come with `ggopt export` / `ggopt verify`."
+        f"test figures come with `ggopt export` / `ggopt verify`. Speed-up: the median over "
+        f"timing rounds of baseline / model, both timed in every round, 95 % interval."
         + (" (from N): trial N's recovery continued by promotion." if promoted else "")
         if images else None))
     scope = latency_scope(study)
@@ -64,6 +73,6 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
                       (f"{r['accuracy_change_p']:.2g}" if r["accuracy_change_p"] is not None
                        else ""),
                       f"{r['size_bytes'] / 1e3:.1f}", f"{r['size_reduction']:.1f}",
-                      f"{r['latency_ms']:.2f}", f"{r['speedup']:.2f}", _ms(r[other]),
+                      f"{r['latency_ms']:.2f}", speedup_text(r), _ms(r[other]),
                       f"{(r['macs'] or 0) / 1e6:.0f}")
     return table

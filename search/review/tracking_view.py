@@ -19,7 +19,7 @@ from search.front import (
 )
 from search.record import RUN_ID_KEY
 from search.review.plots import plot_front
-from search.review.table import ci_text
+from search.review.table import ci_text, speedup_text
 from search.storage import finished
 from search.tracking import FRONT_TAG
 
@@ -56,7 +56,7 @@ def _recommendation(row: dict[str, Any] | None) -> list[str]:
     return [f"**Recommended** (the knee of the front): trial {r['trial']} ({r['precision']}), "
             f"validation accuracy {r['accuracy']:.3f}{ci_text(r['accuracy_ci'])}, "
             f"{r['accuracy_change_pp']:+.1f} pp against the baseline, {r['size_reduction']:.1f}× "
-            f"smaller, {r['speedup']:.2f}× faster.", ""]
+            f"smaller, {speedup_text(r)}× faster.", ""]
 
 
 
@@ -74,13 +74,14 @@ def front_note(study: optuna.Study, rows: list[dict[str, Any]],
              f"images, {base.get('size', 0) / 1e3:.1f} kB, {base.get('latency', float('nan')):.2f}"
              f" ms ({scope}). Every figure is measured on the shipped file.", "",
              f"| trial | precision | val accuracy [95 % CI] | Δ pp vs baseline [95 % CI] | kB "
-             f"| × smaller | ms ({scope}) | × faster |", "|---|---|---|---|---|---|---|---|"]
+             f"| × smaller | ms ({scope}) | × faster [95 % CI] |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['trial']} | {r['precision']} | {r['accuracy']:.3f}{ci_text(r['accuracy_ci'])} "
             f"| {r['accuracy_change_pp']:+.1f}{ci_text(r['accuracy_change_ci_pp'], '{:+.1f}')} "
             f"| {r['size_bytes'] / 1e3:.1f} | {r['size_reduction']:.1f} "
-            f"| {r['latency_ms']:.2f} | {r['speedup']:.2f} |")
+            f"| {r['latency_ms']:.2f} | {speedup_text(r)} |")
     if not rows:
         lines.append("| (no feasible trial yet) | | | | | | | |")
     lines += ["", f"Front trials: filter runs by `tags.{FRONT_TAG} = 'true'`. Δ is paired "

@@ -22,7 +22,7 @@ from grasp.artifact import Artifact
 from grasp.evaluation import ImageHits, score_images
 from grasp.train import predict_maps
 from objectives import count_macs, count_params
-from objectives.latency import fingerprint_key
+from objectives.latency import SPEEDUP_KEYS, fingerprint_key
 from search.record import (
     PROMOTED_FROM,
     RUN_ID_KEY,
@@ -74,8 +74,10 @@ class TrialPipeline:
         c = setup.config
         self.folder = Path(c.artifacts_dir) / c.name
         self.baseline = study.user_attrs["baseline"]
-        self.reference = (reference_artifact(setup, self.folder, self.baseline["variant"])
-                          if c.paired else None)
+        # Every trial is timed in the same rounds as the baseline's file: its speed-up is
+        # paired; the score is that ratio x the baseline's latency with `[runtime] paired`.
+        self.reference = reference_artifact(setup, self.folder, self.baseline["variant"])
+        self.reference_ms = self.baseline["latency"] if c.paired else None
         self.size_limits = [k for k in c.constraints if k.objective == "size"]
         self.promotion_pool: RecoveryPool | None = None
 
@@ -138,7 +140,8 @@ class TrialPipeline:
             extra = {"macs": count_macs(model, c.output_size), "params": count_params(model),
                      **{k: details[k] for k in ("latency_p90_ms", "latency_cv", "latency_raw_ms",
                                                 "latency_ratio", "latency_runs",
-                                                *LATENCY_DETAILS, *AGENT_COSTS)
+                                                *LATENCY_DETAILS, *SPEEDUP_KEYS,
+                                                *AGENT_COSTS)
                         if k in details}}
             trial.set_user_attr("extra", extra)
             if run_id:
@@ -185,7 +188,7 @@ class TrialPipeline:
         screening = screen and screens(c.objectives, len(everything), c.first_pass_images)
         first = everything[:c.first_pass_images] if screening else everything
         values, details = measure_artifact(self.setup, artifact, times, self.reference,
-                                           self.baseline["latency"], first)
+                                           self.reference_ms, first)
         hits: ImageHits = details.pop("hits")
         if not screening:
             return values, details, hits

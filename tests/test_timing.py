@@ -1,0 +1,121 @@
+"""The timing protocol's rounds and its paired speed-up, against independent computations:
+a scripted clock for the rounds, binomial order statistics and the sign test for the
+interval."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import binom, binomtest
+
+import timing.protocol as timing
+from objectives import Context, get_objective
+from objectives.latency import measure_scopes
+from timing.protocol import LatencyResult
+
+
+def _scripted_clock(monkeypatch, cost_of):
+    """perf_counter advances by the cost of the call that runs between a start and a stop;
+    ``cost_of()`` says which call ran last."""
+    clock = {"now": 0.0, "started": False}
+
+    def perf_counter() -> float:
+        if clock["started"]:
+            clock["now"] += cost_of() / 1e3
+        clock["started"] = not clock["started"]
+        return clock["now"]
+
+    monkeypatch.setattr(timing.time, "perf_counter", perf_counter)
+
+
+def test_rounds_time_every_call_once_each_in_a_rotating_order(monkeypatch):
+    order: list[int] = []
+    _scripted_clock(monkeypatch, lambda: float(order[-1] + 1))  # call k costs k + 1 ms
+    calls = [lambda k=k: order.append(k) for k in range(4)]
+    times = timing.time_rounds(calls, warmup=1, runs=6)
+    assert order[:4] == [0, 1, 2, 3]  # the warm-ups, then six rounds
+    rounds = [order[4 + 4 * r: 8 + 4 * r] for r in range(6)]
+    assert rounds == [[(r + k) % 4 for k in range(4)] for r in range(6)]
+    # Each call's times are its own, whatever its place in the round.
+    assert np.allclose(times, [[k + 1.0] * 6 for k in range(4)])
+    # min_seconds counts every call: 10 ms a round, so 100 ms take 10 rounds.
+    order.clear()
+    assert len(timing.time_rounds(calls, warmup=0, runs=3, min_seconds=0.1)[0]) == 10
+
+
+def test_scopes_and_reference_share_the_rounds(monkeypatch):
+    costs = {"net": 2.0, "e2e": 3.0, "ref net": 8.0, "ref e2e": 10.0}
+    last: list[str] = []
+    _scripted_clock(monkeypatch, lambda: costs[last[-1]])
+    out = timing.time_scopes(
+        {"network": lambda: last.append("net"), "end_to_end": lambda: last.append("e2e")},
+        {"network": lambda: last.append("ref net"),
+         "end_to_end": lambda: last.append("ref e2e")}, threads=1, warmup=0, runs=7)
+    assert np.allclose(out["network"].times, 2.0) and len(out["network"].times) == 7
+    assert np.allclose(out["network"].reference_times, 8.0)
+    assert out["end_to_end"].median_ms == pytest.approx(3.0)
+    assert out["end_to_end"].reference_ms == pytest.approx(10.0)
+    speedup = out["end_to_end"].speedup()
+    assert speedup.value == pytest.approx(10 / 3) and speedup.rounds == 7
+    with pytest.raises(timing.TimingError, match="same scopes"):
+        timing.time_scopes({"network": lambda: None}, {"end_to_end": lambda: None}, 1)
+
+
+def _order_statistic_interval(ratios: np.ndarray, level: float) -> tuple[float, float]:
+    """The textbook distribution-free interval for a median: the k-th smallest and k-th
+    largest values, k the largest with P(Binomial(n, 1/2) < k) <= (1 - level) / 2."""
+    n, alpha = len(ratios), (1 - level) / 2
+    ks = [k for k in range(1, n + 1) if binom.cdf(k - 1, n, 0.5) <= alpha]
+    if not ks:
+        return np.nan, np.nan
+    s = np.sort(ratios)
+    return s[max(ks) - 1], s[n - max(ks)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.5, 50), st.floats(0.5, 50)), min_size=3, max_size=80))
+def test_the_speedup_interval_is_the_order_statistics_and_agrees_with_the_sign_test(pairs):
+    mine = tuple(m for m, _ in pairs)
+    theirs = tuple(t for _, t in pairs)
+    ratios = np.array(theirs) / np.array(mine)
+    result = LatencyResult(float(np.median(mine)), 0.0, 0.0, len(mine), 1, times=mine,
+                           reference_times=theirs)
+    speedup = result.speedup()
+    assert speedup.value == pytest.approx(np.median(ratios))
+    low, high = _order_statistic_interval(ratios, 0.95)
+    assert speedup.low == pytest.approx(low, nan_ok=True)
+    assert speedup.high == pytest.approx(high, nan_ok=True)
+    faster, slower = int((ratios > 1).sum()), int((ratios < 1).sum())
+    if faster + slower == len(ratios):  # no round exactly as fast (timings never tie)
+        assert speedup.p_value == pytest.approx(binomtest(faster, faster + slower).pvalue)
+    if not np.isnan(low) and not (ratios == 1).any():
+        # 'as fast' is rejected at 5 % exactly when 1 lies outside the interval.
+        assert (speedup.p_value < 0.05) == (not low <= 1 <= high)
+
+
+def test_a_file_is_timed_at_both_scopes_beside_its_reference(tmp_path):
+    """A study's latency: end to end and network in the same rounds as the baseline's file,
+    so end to end is never below network, and a paired speed-up with its interval."""
+    import torch
+
+    from grasp.models import get_model
+    from spaces import get_knob
+    from spaces.precision import PrecisionConfig
+
+    torch.manual_seed(0)
+    build = get_knob("precision").build
+    small = build(get_model("ggcnn").eval(), PrecisionConfig("fp32"), tmp_path / "s.onnx",
+                  input_size=96)
+    big = build(get_model("ggcnn").eval(), PrecisionConfig("fp32"), tmp_path / "b.onnx",
+                input_size=192)
+    both = measure_scopes(small, warmup=2, runs=30, reference=big)
+    assert set(both) == {"network", "end_to_end"}
+    assert len(both["network"].times) == len(both["end_to_end"].times) == 30
+    assert both["end_to_end"].median_ms > both["network"].median_ms
+    ctx = Context(warmup=2, runs=30, reference=big, end_to_end=True)
+    score = get_objective("latency")(small, ctx)
+    d = ctx.details
+    assert score == d["latency_raw_ms"] == d["latency_e2e_ms"] > d["latency_network_ms"]
+    assert d["speedup_low"] <= d["speedup"] <= d["speedup_high"]
+    assert d["speedup"] > 1.5 and d["speedup_rounds"] == 30  # 4x the pixels
+    assert d["speedup"] == pytest.approx(1 / d["latency_ratio"], rel=0.05)
