@@ -56,12 +56,19 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     benchmark: str = Field(pattern=r"^[a-z0-9_]+$")  # the script, benchmarks/<benchmark>.py
+    # A script that measures several things (one study's front, another's) names each
+    # record; the file is records/<name>.json, else records/<benchmark>.json.
+    name: str | None = Field(default=None, pattern=r"^[a-z0-9_]+$")
     title: str
     command: str
     commit: str = Field(pattern=r"^[0-9a-f]{7,40}(\+dirty)?$")
     date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
     machine: Machine
     figures: dict[str, Any]
+
+    @property
+    def stem(self) -> str:
+        return self.name or self.benchmark
 
 
 def current_commit(root: Path = RECORDS.parent.parent) -> str:
@@ -87,12 +94,14 @@ def json_safe(value: Any) -> Any:
 
 
 def write_record(benchmark: str, title: str, figures: dict[str, Any],
-                 command: str | None = None, commit: str | None = None) -> Path:
-    """Writes ``records/<benchmark>.json`` (replacing the run it supersedes: git keeps the
-    old one) and returns its path; ``commit``: the code the run began on (default: now)."""
+                 command: str | None = None, commit: str | None = None,
+                 name: str | None = None) -> Path:
+    """Writes ``records/<name or benchmark>.json`` (replacing the run it supersedes: git
+    keeps the old one) and returns its path; ``commit``: the code the run began on
+    (default: now)."""
     fp = host_fingerprint()
     record = Record(
-        benchmark=benchmark, title=title,
+        benchmark=benchmark, name=name, title=title,
         command=command or "python " + shlex.join([f"benchmarks/{Path(sys.argv[0]).name}",
                                                    *sys.argv[1:]]),
         commit=commit or current_commit(), date=date.today().isoformat(),
@@ -101,7 +110,7 @@ def write_record(benchmark: str, title: str, figures: dict[str, Any],
                         cores=int(fp.get("cores") or 0)),
         figures=json_safe(figures))
     RECORDS.mkdir(exist_ok=True)
-    path = RECORDS / f"{benchmark}.json"
+    path = RECORDS / f"{record.stem}.json"
     path.write_text(json.dumps(record.model_dump(), indent=2) + "\n")
     return path
 
@@ -114,7 +123,7 @@ def read_records() -> list[Record]:
             records.append(Record.model_validate_json(path.read_text()))
         except ValueError as error:
             raise SystemExit(f"{path}: not a benchmark record: {error}") from None
-        if records[-1].benchmark != path.stem:
-            raise SystemExit(f"{path}: benchmark {records[-1].benchmark!r} must match the "
-                             f"file name")
+        if records[-1].stem != path.stem:
+            raise SystemExit(f"{path}: its name (or benchmark) {records[-1].stem!r} must "
+                             f"match the file name")
     return records

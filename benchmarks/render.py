@@ -78,11 +78,8 @@ def _paired(diff: dict) -> str:
             f"{diff['p_value']:.2g})")
 
 
-def _quickstart(record: Record) -> str:
-    f = record.figures
-    base, knee, v = f["baseline"], f["knee"], f["knee"]["verified"]
-    stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in f["stages_s"].items())
-    stages = f" ({stages})" if stages else ""
+def _front_table(base: dict, front: list[dict]) -> list[str]:
+    """A study's front beside its baseline, as `ggopt pareto` prints it (end to end)."""
     rows = [
         "| trial | precision | val accuracy [95 % CI] | Δ pp vs baseline [95 % CI] | "
         "+better/-worse | p | kB | size ÷ | ms, depth -> grasp | speed-up | network ms | "
@@ -92,7 +89,7 @@ def _quickstart(record: Record) -> str:
         f"{_ci(base['accuracy_ci'])} | | | | {base['size'] / 1e3:.1f} | 1.0 | "
         f"{base['latency']:.2f} | 1.00 | {_ms(base['latency_network_ms'])} | "
         f"{base['macs'] / 1e6:.0f} |"]
-    for r in f["front"]:
+    for r in front:
         better, worse = r["discordant"]
         rows.append(
             f"| {r['trial']} | {r['precision']} | {r['accuracy']:.3f}{_ci(r['accuracy_ci'])} | "
@@ -102,6 +99,15 @@ def _quickstart(record: Record) -> str:
             f"{r['latency_ms']:.2f} | {r['speedup']:.2f}{_ci(r.get('speedup_ci'), '{:.2f}')} | "
             f"{_ms(r['latency_network_ms'])} | "
             f"{(r['macs'] or 0) / 1e6:.0f} |")
+    return rows
+
+
+def _quickstart(record: Record) -> str:
+    f = record.figures
+    base, knee, v = f["baseline"], f["knee"], f["knee"]["verified"]
+    stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in f["stages_s"].items())
+    stages = f" ({stages})" if stages else ""
+    rows = _front_table(base, f["front"])
     n = v["test_images"]
     speedups = ("speed-up: the median over the timing rounds each trial shared with the "
                 "baseline's file, 95 % interval" if any(_ci(r.get("speedup_ci"))
@@ -188,26 +194,62 @@ def _best_models(record: Record) -> str:
         f"median of per-round ratios with its 95 % interval.", "", *rows])
 
 
+def _study_front(record: Record) -> str:
+    f = record.figures
+    t, base = f["baseline_training"], f["baseline"]
+    training = (f"The baseline, `{t['checkpoint']}`, was trained by `ggopt train` on "
+                f"{t['train_images']} images ({t['epochs']} epochs of batch {t['batch_size']}, "
+                f"lr {t['lr']:g} {t['lr_schedule']}, {t['crop']}-px crops, pos-weight "
+                f"{t['pos_weight']:g}; its last run took {t['train_seconds'] / 60:.0f} min) and "
+                f"chosen at validation accuracy {t['best_val_accuracy']:.3f}. "
+                if t.get("train_seconds") else "")
+    verified = ["| trial | test accuracy | baseline | paired difference | simulated grasp "
+                "success | baseline | paired difference |", "|---|---|---|---|---|---|---|"]
+    for number, v in f["verified"].items():
+        n, scenes = v["test_images"], v.get("sim_scenes")
+        sim = (f"{v['sim_success'] * 100:.1f} %{_percent(v['sim_success_ci'])} of {scenes} | "
+               f"{v['baseline_sim_success'] * 100:.1f} %"
+               f"{_percent(v['baseline_sim_success_ci'])} | {_paired(v['sim_success_diff'])}"
+               if scenes else "- | - | -")
+        verified.append(
+            f"| {number} | {v['test_accuracy'] * 100:.1f} %{_percent(v['test_accuracy_ci'])} "
+            f"of {n} | {v['baseline_test_accuracy'] * 100:.1f} % | "
+            f"{_paired(v['test_accuracy_diff'])} | {sim} |")
+    return "\n".join([
+        f"{training}The study (`{f['model']}`, objectives {', '.join(f['objectives'])}; "
+        f"constraints {', '.join(f['constraints']) or 'none'}; {f['recovery_steps']} "
+        f"recovery steps): {f['trials']} trials ({f['complete']} complete, "
+        f"{f['gate_stopped']} stopped at the gate) in {f['optimising_hours']:.2f} h, "
+        f"{f['trials_per_hour']:.1f} trials an hour. Its feasible front (validation, "
+        f"{base['accuracy_images']} images; Δ paired with the baseline on the same images; "
+        f"speed-up end to end, the median over the timing rounds each trial shared with the "
+        f"baseline's file, 95 % interval):", "", *_front_table(base, f["front"]), "",
+        "The front trials a user would most likely pick, on data the study never saw "
+        "(test images; simulated grasps on held-out scenes), each paired with the baseline "
+        "on the same images and scenes:", "", *verified])
+
+
 #: How each benchmark's figures read, by benchmark name.
 RENDERERS: dict[str, Callable[[Record], str]] = {"best_models": _best_models,
                                                   "end_to_end": _end_to_end,
                                                   "init_forecast": _init_forecast,
-                                                  "quickstart": _quickstart}
+                                                  "quickstart": _quickstart,
+                                                  "study_front": _study_front}
 
 
 def section(record: Record) -> str:
     if record.benchmark not in RENDERERS:
-        raise SystemExit(f"benchmarks/records/{record.benchmark}.json: render.py has no "
+        raise SystemExit(f"benchmarks/records/{record.stem}.json: render.py has no "
                          f"renderer for it (add one to RENDERERS)")
-    return "\n".join([BEGIN.format(name=record.benchmark), f"## {record.title}", "",
+    return "\n".join([BEGIN.format(name=record.stem), f"## {record.title}", "",
                       _provenance(record), "", RENDERERS[record.benchmark](record),
-                      END.format(name=record.benchmark)])
+                      END.format(name=record.stem)])
 
 
 def rendered(text: str, records: list[Record]) -> str:
     """``text`` with every record's section rendered in place (or appended)."""
     for record in records:
-        begin, end = (re.escape(m.format(name=record.benchmark)) for m in (BEGIN, END))
+        begin, end = (re.escape(m.format(name=record.stem)) for m in (BEGIN, END))
         block = re.compile(f"{begin}.*?{end}", re.DOTALL)
         new = section(record)
         found = block.search(text)
@@ -215,7 +257,7 @@ def rendered(text: str, records: list[Record]) -> str:
             text = text[:found.start()] + new + text[found.end():]
         else:
             text = text.rstrip("\n") + "\n\n" + new + "\n"
-    known = {r.benchmark for r in records}
+    known = {r.stem for r in records}
     for name in re.findall(r"<!-- rendered from benchmarks/records/(\w+)\.json", text):
         if name not in known:
             raise SystemExit(f"{RESULTS}: a section is rendered from records/{name}.json, "

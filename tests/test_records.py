@@ -120,3 +120,23 @@ def test_timed_benchmarks_render_each_speedup_with_its_interval():
     text = rendered("# Results\n", [e2e, best])
     assert "| knee | 1.00 | 0.40 | 1.50 | 0.50 | 5.42x [5.31, 5.55] |" in text
     assert "| 1.50 | 5.42x | 50.0 | 5.00x | - |" in text
+
+
+def test_a_named_record_owns_its_own_section_and_file(tmp_path, monkeypatch):
+    """One script, several records (one study's front, another's): each under its name."""
+    import records
+
+    monkeypatch.setattr(records, "RECORDS", tmp_path)
+    first = records.write_record("init_forecast", "First", EXAMPLE["figures"],
+                                 command="python benchmarks/x.py", commit="0123456789",
+                                 name="forecast_a")
+    records.write_record("init_forecast", "Second", EXAMPLE["figures"],
+                         command="python benchmarks/x.py", commit="0123456789",
+                         name="forecast_b")
+    assert first == tmp_path / "forecast_a.json"
+    both = records.read_records()
+    text = rendered("# Results\n", both)
+    assert BEGIN.format(name="forecast_a") in text and "## Second" in text
+    first.rename(tmp_path / "forecast_c.json")
+    with pytest.raises(SystemExit, match="'forecast_a' must match the file name"):
+        records.read_records()
