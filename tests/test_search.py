@@ -1,5 +1,6 @@
 """End to end: a study of a few tiny trials, resume, failure, the gate, pareto, export."""
 
+import math
 import re
 from pathlib import Path
 
@@ -135,11 +136,9 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
     assert history[-1].value == pytest.approx(hypervolume_history(study, config.objectives)[-1])
     # The speed-up is the one paired over the timing rounds each trial shared with the
-    # baseline's file (paired scoring's 1 / ratio, up to the median of an even count).
+    # baseline's file, not a ratio of medians timed apart.
     speedups = [t.user_attrs["extra"]["speedup"] for t in front]
     assert review.metrics["best_speedup"] == pytest.approx(max(speedups))
-    assert all(s == pytest.approx(baseline["latency"] / t.user_attrs["values"]["latency"],
-                                  rel=0.1) for s, t in zip(speedups, front, strict=True))
     note = review.tags["mlflow.note.content"]
     assert all(f"| {t.number} | {t.user_attrs['precision']} |" in note for t in front)
     on_front = children[children["tags.ggopt.front"] == "true"]["tags.ggopt.trial"]
@@ -311,8 +310,11 @@ def test_constraints_mark_trials_infeasible(tmp_path, checkpoint, jacquard_root)
         extra = t.user_attrs["extra"]
         assert t.user_attrs["values"]["latency"] == extra["latency_raw_ms"]
         assert extra["latency_runs"] > 3 and extra["speedup_rounds"] == extra["latency_runs"]
-        assert extra["speedup"] == pytest.approx(1 / extra["latency_ratio"], rel=0.2)
-        assert extra["speedup_low"] <= extra["speedup"] <= extra["speedup_high"]
+        assert extra["speedup"] > 0 and 0 <= extra["speedup_p"] <= 1
+        if extra["speedup_rounds"] >= 6:
+            assert extra["speedup_low"] <= extra["speedup"] <= extra["speedup_high"]
+        else:  # too few rounds for a 95 % interval: its ends are left empty, not invented
+            assert math.isnan(extra["speedup_low"]) and math.isnan(extra["speedup_high"])
     assert study.user_attrs["config"]["study.paired_latency"] is False
     from search.front import feasible_front
 
