@@ -1,6 +1,7 @@
 """The README's quick start, measured: reads a clone where the README's first command ran
 (its study, the exported knee's config.json) and writes benchmarks/records/quickstart.json,
-which render.py turns into RESULTS.md's quick-start section.
+which render.py turns into RESULTS.md's quick-start section, and the study's front picture
+beside it (records/quickstart-front.png, which the README shows).
 
     bash benchmarks/readme_commands.sh . /tmp/qs > /tmp/qs.log 2>&1
     python benchmarks/quickstart.py /tmp/qs/clone --log /tmp/qs.log
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,6 +29,8 @@ from search.config import load_study_config
 from search.front import front_rows
 from search.study import load_study
 
+#: The quick start's front as its study drew it, beside its record (the README shows it).
+FRONT_PICTURE = Path(__file__).resolve().parent / "records" / "quickstart-front.png"
 STAGE = re.compile(r"^STAGE rc=(\d+) (\d+)s: (.*)$")
 #: The first command's parts, as readme_commands.sh times them.
 PARTS = {"install": "pip install", "data": "ggopt data sim", "search": "ggopt search",
@@ -53,7 +57,9 @@ def main() -> None:
     path = write_record("quickstart", "Quick start from a fresh clone", figures,
                         command="bash benchmarks/readme_commands.sh",
                         commit=commit)
-    print(path)
+    # The README shows this run's front: the picture goes with its record.
+    shutil.copyfile(clone / "ggopt-artifacts" / "quickstart" / "pareto.png", FRONT_PICTURE)
+    print(path, FRONT_PICTURE)
 
 
 def _stages(log: Path) -> dict[str, float]:

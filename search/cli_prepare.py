@@ -102,8 +102,8 @@ def add_data(sub: argparse._SubParsersAction) -> None:
                    help="number of scenes (scene i goes to train/val/test by i %% 10)")
     s.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="a documented dataset instead of --scenes/--splits (docs/datasets.md): "
-                        "quickstart (~32 train, ~200 val sparsely labelled, 4 test; 6-7 min on "
-                        "2 cores), overnight (1040 train, ~2,000 val, ~2,000 test; ~7 h)")
+                        "quickstart (~32 train, ~200 val sparsely labelled, 4 test; minutes), "
+                        "overnight (1040 train, ~2,000 val, ~2,000 test; hours)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     s.add_argument("--seed", type=int, default=0)
