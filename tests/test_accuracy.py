@@ -555,3 +555,29 @@ def test_a_large_validation_split_is_scored_in_two_passes(tmp_path, trained, mon
     config = load_study_config(tmp_path / "study.toml")
     assert not (Path(config.artifacts_dir) / config.name / "trial-1").exists()
     assert (Path(config.artifacts_dir) / config.name / "trial-0").exists()
+
+
+def test_a_trial_the_baseline_dominates_is_not_on_the_front():
+    """A compressed model that is no more accurate, no smaller and no faster than the
+    uncompressed baseline is no choice: the front leaves it out, and keeps a slower model
+    that is smaller."""
+    from search.front import feasible_front
+
+    objectives = ("accuracy", "size", "latency")
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.set_user_attr("baseline", {"accuracy": 0.435, "size": 270e3, "latency": 8.0})
+    hits = np.zeros(200, dtype=bool)
+    hits[:80] = True  # 0.400
+    _finished(study, hits, 46e3, 1.4)  # 0: small and fast
+    near = hits.copy()
+    near[80:86] = True  # 0.430
+    _finished(study, near, 280e3, 25.0)  # 1: larger, slower and less accurate than the baseline
+    closer = hits.copy()
+    closer[80:84] = True  # 0.420
+    _finished(study, closer, 74e3, 45.0)  # 2: slower than the baseline, but smaller
+    more = hits.copy()
+    more[80:100] = True  # 0.500: more accurate than the baseline
+    _finished(study, more, 300e3, 30.0)  # 3: larger and slower, but more accurate
+    assert sorted(t.number for t in feasible_front(study, objectives)) == [0, 2, 3]
+    study.set_user_attr("baseline", {"size": 270e3})  # no full baseline figures: all count
+    assert sorted(t.number for t in feasible_front(study, objectives)) == [0, 1, 2, 3]
