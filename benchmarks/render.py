@@ -194,6 +194,12 @@ def _best_models(record: Record) -> str:
         f"median of per-round ratios with its 95 % interval.", "", *rows])
 
 
+def _predicted(f: dict) -> str:
+    predicted = f.get("predicted_trials_per_hour")
+    return (f" (`ggopt init`, which wrote the study file, predicted {predicted:.0f})"
+            if predicted else "")
+
+
 def _study_front(record: Record) -> str:
     f = record.figures
     t, base = f["baseline_training"], f["baseline"]
@@ -220,7 +226,8 @@ def _study_front(record: Record) -> str:
         f"constraints {', '.join(f['constraints']) or 'none'}; {f['recovery_steps']} "
         f"recovery steps): {f['trials']} trials ({f['complete']} complete, "
         f"{f['gate_stopped']} stopped at the gate) in {f['optimising_hours']:.2f} h, "
-        f"{f['trials_per_hour']:.1f} trials an hour. Its feasible front (validation, "
+        f"{f['trials_per_hour']:.1f} trials an hour{_predicted(f)}. Its feasible front "
+        f"(validation, "
         f"{base['accuracy_images']} images; Δ paired with the baseline on the same images; "
         f"speed-up end to end, the median over the timing rounds each trial shared with the "
         f"baseline's file, 95 % interval):", "", *_front_table(base, f["front"]), "",

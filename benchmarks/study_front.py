@@ -21,6 +21,7 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside this script
 
+from init_forecast import PREDICTED
 from records import current_commit, write_record
 
 from grasp.checkpoints import load_checkpoint
@@ -61,6 +62,7 @@ def main() -> None:
                    "variant", "accuracy", "accuracy_ci", "accuracy_images", "size", "latency",
                    "latency_e2e_ms", "latency_network_ms", "macs", "params")},
                "latency_scope": "end_to_end" if config.end_to_end else "network",
+               "predicted_trials_per_hour": _predicted(Path(args.study)),
                "front": front_rows(study, config.objectives),
                "verified": {str(n): v.card() for n, v in verified.items()}}
     path = write_record("study_front", args.title or f"Study `{config.name}`: its front, "
@@ -76,6 +78,12 @@ def _training(config) -> dict:
             "train_images": len(checkpoint.config.get("train_images") or []),
             **{k: train.get(k) for k in ("epochs", "batch_size", "lr", "lr_schedule", "crop",
                                          "pos_weight", "input_gain")}}
+
+
+def _predicted(path: Path) -> float | None:
+    """The trials an hour `ggopt init` predicted, where it wrote the study file."""
+    found = PREDICTED.search(" ".join(path.read_text().split()))
+    return float(found[2]) if found else None
 
 
 def _trials(study) -> dict:
