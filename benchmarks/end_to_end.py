@@ -210,8 +210,8 @@ def main() -> None:
                 {"file": name, "same": a["same"], "graph": a["graph"].to_dict(),
                  "reference": a["reference"].to_dict(), "paired": a["paired"].to_dict()})
         console.print(agree)
-    console.print(write_record("end_to_end", "Depth in, grasp out: network, post-processing "
-                               "and end to end", figures, commit=commit))
+    console.print(write_record("end_to_end", "End to end: network, grasp synthesis, depth in "
+                               "-> grasp out", figures, commit=commit))
 
 
 def _knee_artifact(study_file: str) -> tuple[int, Artifact]:
