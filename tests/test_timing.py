@@ -119,3 +119,18 @@ def test_a_file_is_timed_at_both_scopes_beside_its_reference(tmp_path):
     assert d["speedup_low"] <= d["speedup"] <= d["speedup_high"]
     assert d["speedup"] > 1.5 and d["speedup_rounds"] == 30  # 4x the pixels
     assert d["speedup"] == pytest.approx(1 / d["latency_ratio"], rel=0.05)
+
+
+def test_a_trial_line_says_its_speedup_with_its_interval_or_without_one():
+    from types import SimpleNamespace
+
+    from search.study.measure import latency_note
+
+    e2e, network = SimpleNamespace(end_to_end=True), SimpleNamespace(end_to_end=False)
+    details = {"latency_network_ms": 3.1, "latency_e2e_ms": 3.6, "speedup": 5.4213,
+               "speedup_low": 5.311, "speedup_high": 5.552}
+    assert latency_note(e2e, details) == (" end to end (network 3.10 ms; 5.42x [5.31, 5.55] "
+                                          "the baseline's speed)")
+    few = {**details, "speedup_low": float("nan"), "speedup_high": float("nan")}
+    assert latency_note(network, few) == " network (end to end 3.60 ms; 5.42x the baseline's speed)"
+    assert latency_note(e2e, {}) == " end to end"  # the baseline's own line

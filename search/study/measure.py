@@ -5,6 +5,7 @@ checked on."""
 from __future__ import annotations
 
 import functools
+import math
 import time
 from typing import Any
 
@@ -78,12 +79,19 @@ AGENT_COSTS = ("agent_upload_s", "agent_wait_s", "agent_timing_s")
 
 
 def latency_note(config: StudyConfig, details: dict[str, Any]) -> str:
-    """" end to end (network 4.10 ms)": what the latency figure beside it times."""
-    if config.end_to_end:
-        network = details.get(LATENCY_KEYS[False])
-        return f" end to end (network {network:.2f} ms)" if network is not None else ""
-    e2e = details.get(LATENCY_KEYS[True])
-    return f" network (end to end {e2e:.2f} ms)" if e2e is not None else " network"
+    """" end to end (network 4.10 ms; 5.42x [5.31, 5.55] the baseline's speed)": what the
+    latency figure beside it times, the other scope, and the speed-up paired over the
+    timing rounds."""
+    scope, other = ("end to end", "network") if config.end_to_end else ("network",
+                                                                        "end to end")
+    parts = []
+    if details.get(LATENCY_KEYS[not config.end_to_end]) is not None:
+        parts.append(f"{other} {details[LATENCY_KEYS[not config.end_to_end]]:.2f} ms")
+    if "speedup" in details:
+        interval = ("" if math.isnan(details["speedup_low"]) else
+                    f" [{details['speedup_low']:.2f}, {details['speedup_high']:.2f}]")
+        parts.append(f"{details['speedup']:.2f}x{interval} the baseline's speed")
+    return f" {scope} ({'; '.join(parts)})" if parts else f" {scope}"
 
 
 
