@@ -44,7 +44,7 @@ from search.recovery import recover
 from search.stats import unpack_hits
 from search.study import run_study
 from search.study.baseline import warm_start
-from search.study.screening import SCREEN_CONFIDENCE
+from search.study.screening import RACE_CONFIDENCE
 from search.study.setup import (
     STARTUP_TRIALS,
     StudySetup,
@@ -329,7 +329,8 @@ def first_pass_images(discordance: float) -> int:
     """The first scoring pass that tells a trial FIRST_PASS_GAP behind a front trial beyond
     doubt (the screen's confidence), at the discordance the probe measured: z^2 d / gap^2
     images (normal approximation), a multiple of 8, at least MIN_FIRST_PASS. The study
-    scores in two passes only on twice as many validation images."""
-    z = float(scipy_stats.norm.ppf(0.5 + SCREEN_CONFIDENCE / 2))
+    races (looks after blocks doubling from this one) only on twice as many validation
+    images."""
+    z = float(scipy_stats.norm.ppf(0.5 + RACE_CONFIDENCE / 2))
     need = math.ceil(z * z * discordance / FIRST_PASS_GAP**2 / 8) * 8
     return max(MIN_FIRST_PASS, need)

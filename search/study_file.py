@@ -102,9 +102,10 @@ class DataTable(Table):
         300, "must be an integer multiple of 12, >= 96")
     eval_images: int = key(0, "must be an integer >= 0 (0: all)", ge=0)
     first_pass_images: Annotated[int, _holds(lambda v: v >= 0 and v % 8 == 0)] = key(
-        512, "must be 0 (one pass) or a multiple of 8 (on a validation split of at least "
-             "twice as many images, a trial is scored on these first, and on the rest only if "
-             "no front trial at least as small and as fast beats it there beyond doubt)")
+        512, "must be 0 (no racing) or a multiple of 8 (on a validation split of at least "
+             "twice as many images, a trial is raced: scored on these first, then on twice as "
+             "many and so on, and stopped at the first look where a rival at least as small "
+             "and as fast beats it beyond doubt or an accuracy constraint cannot hold)")
     calibration_images: int = key(16, "must be an integer >= 1", ge=1)
     objects: str | None = key(None, "must be the path of Cornell's image -> object table "
                                     "(lines `<image number> <object id>`), which split = "

@@ -502,8 +502,8 @@ def _finished(study, accuracy_hits, size, latency, feasible=True):
                     "constraints": [-0.1 if feasible else 0.1]}))
 
 
-def test_a_trial_is_screened_out_only_by_a_front_trial_that_beats_it_beyond_doubt():
-    from search.study.screening import SCREEN_CONFIDENCE, dominating_trial
+def test_a_trial_is_raced_out_only_by_a_rival_that_beats_it_beyond_doubt():
+    from search.study.screening import race_stop
 
     objectives = ("accuracy", "size", "latency")
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
@@ -511,47 +511,52 @@ def test_a_trial_is_screened_out_only_by_a_front_trial_that_beats_it_beyond_doub
     _finished(study, front_hits, 40e3, 5.0)  # trial 0: small, fast, 70 images more
     _finished(study, ~front_hits, 10e3, 9.0, feasible=False)  # trial 1: infeasible
     measured = {"size": 50e3, "latency": 6.0}
-    found = dominating_trial(study, objectives, candidate, measured)
-    assert found.trial == 0 and found.difference.confidence == SCREEN_CONFIDENCE
-    assert found.difference.high < 0 and found.difference.worse == 80
-    assert found.difference.p_value < 1 - SCREEN_CONFIDENCE
-    # Faster than every front trial: it may join the front, so it is scored in full.
-    assert dominating_trial(study, objectives, candidate, {**measured, "latency": 4.9}) is None
-    # As small and fast but 6 images behind: McNemar p = 0.03, not beyond doubt at 99 %
-    # (a bootstrap interval would already exclude zero); 10 images behind, p = 0.002, is.
+    found = race_stop(study, objectives, (), {}, candidate, measured, 0.01)
+    assert found.reason == "dominated" and found.rival == "trial 0"
+    assert found.figures["high"] < 0 and found.figures["worse"] == 80
+    assert found.figures["p_value"] < 0.01 and found.images == 512
+    # Faster than every front trial: it may join the front, so it is scored on.
+    assert race_stop(study, objectives, (), {}, candidate, {**measured, "latency": 4.9},
+                     0.01) is None
+    # As small and fast but 6 images behind: McNemar p = 0.03, not beyond doubt at the
+    # look's 1 % (a bootstrap interval would already exclude zero); 10 behind, p = 0.002, is.
     for behind, beaten in ((6, False), (10, True)):
         close = front_hits.copy()
         close[np.flatnonzero(front_hits)[:behind]] = False
-        assert (dominating_trial(study, objectives, close, measured) is not None) == beaten
+        assert (race_stop(study, objectives, (), {}, close, measured, 0.01)
+                is not None) == beaten
 
 
-def test_a_large_validation_split_is_scored_in_two_passes(tmp_path, trained, monkeypatch):
+def test_a_large_validation_split_is_raced_in_growing_blocks(tmp_path, trained, monkeypatch):
     import search.study.trial
-    from search.stats import PairedDifference
-    from search.study.screening import Dominance
+    from search.study.screening import Stop
 
-    first_passes = []
+    seen = []
 
-    def screen(study, objectives, hits, values):
-        first_passes.append(len(hits))
-        if len(first_passes) == 2:  # trial 1: as if the front beat it
-            return Dominance(0, PairedDifference(-0.5, -0.8, -0.2, 0, 4, 8, 0.001, 0.99))
+    def stop(study, objectives, constraints, baseline, hits, values, level):
+        seen.append((len(hits), level))
+        if len(seen) == 3:  # trial 1's first look: as if the front beat it
+            return Stop("dominated", len(hits), level, rival="trial 0",
+                        figures={"difference": -0.5, "low": -0.8, "high": -0.2})
         return None
 
-    monkeypatch.setattr(search.study.trial, "dominating_trial", screen)
+    monkeypatch.setattr(search.study.trial, "race_stop", stop)
     path = _trained_study(tmp_path, trained)
     path.write_text(path.read_text().replace("[data]\n", "[data]\nfirst_pass_images = 8\n"))
     study = run_study(load_study_config(path), track=False)
-    assert first_passes[:2] == [8, 8]
+    # 24 validation images: looks after 8 and 16, at the spending function's increments.
+    assert [n for n, _ in seen[:3]] == [8, 16, 8]  # trial 0's two looks, trial 1's first
+    assert seen[0][1] == pytest.approx(0.01 * math.log(1 + (math.e - 1) / 3))
     base = unpack_hits(study.user_attrs["baseline"]["hits"])
-    # Trial 0 is the uncompressed model: its two passes, joined, are the baseline's outcomes.
+    # Trial 0 is the uncompressed model: its blocks, joined, are the baseline's outcomes.
     whole = study.trials[0]
     assert np.array_equal(unpack_hits(whole.user_attrs["hits"]), base) and base.size == 24
     assert whole.user_attrs["values"]["accuracy"] == base.mean()
-    screened = study.trials[1]
-    assert screened.state == TrialState.PRUNED
-    assert screened.user_attrs["screened"]["images"] == 8
-    assert screened.user_attrs["screened"]["by"]["trial"] == 0
+    raced = study.trials[1]
+    assert raced.state == TrialState.PRUNED
+    assert raced.user_attrs["screened"]["images"] == 8
+    assert raced.user_attrs["screened"]["rival"] == "trial 0"
+    assert "more accurate on the first 8 images" in raced.user_attrs["screened"]["text"]
     config = load_study_config(tmp_path / "study.toml")
     assert not (Path(config.artifacts_dir) / config.name / "trial-1").exists()
     assert (Path(config.artifacts_dir) / config.name / "trial-0").exists()

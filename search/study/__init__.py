@@ -7,8 +7,8 @@ Read top-down, as a trial flows:
 - :mod:`~search.study.measure`: the objectives on one artifact, accuracy's intervals, the
   constraints' inputs, the timing agent's connection.
 - :mod:`~search.study.baseline`: the uncompressed baseline and the warm-start trials.
-- :mod:`~search.study.screening` and :mod:`~search.study.promotion`: scoring a trial in two
-  passes, and continuing the likely picks' recovery.
+- :mod:`~search.study.screening` and :mod:`~search.study.promotion`: racing a trial over
+  growing blocks of validation images, and continuing the likely picks' recovery.
 - :mod:`~search.study.continuation`: a kept trial's weights, recovered further.
 - :mod:`~search.study.trial`: one trial, as Optuna calls it.
 - :mod:`~search.study.resume`: what a study records of its scoring, and the checks that

@@ -32,7 +32,9 @@ def outcome(trial: FrozenTrial, config: StudyConfig) -> str:
         return trial.user_attrs["fail_reason"]
     screened = trial.user_attrs.get("screened")
     if screened is not None:
-        by = screened["by"]
+        if "text" in screened:
+            return f"raced out: {screened['text']}"
+        by = screened["by"]  # a study from before racing: one first pass
         return (f"screened out: trial {by['trial']} is as small and fast and "
                 f"{-100 * by['difference']:.1f} pp [{-100 * by['high']:.1f}, "
                 f"{-100 * by['low']:.1f}] more accurate on the first {screened['images']} images")

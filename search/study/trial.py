@@ -48,7 +48,7 @@ from search.study.measure import (
     constrained_values,
     measure_artifact,
 )
-from search.study.screening import dominating_trial, screens
+from search.study.screening import look_levels, looks, race_stop, screens
 from search.study.setup import (
     METRIC_NAMES,
     StudySetup,
@@ -181,33 +181,45 @@ class TrialPipeline:
     def _measure(self, trial: optuna.Trial, artifact: Artifact, folder: Path,
                   times: dict[str, float], run_id: str | None, screen: bool = True
                   ) -> tuple[dict[str, float], dict[str, Any], ImageHits]:
-        """Size, latency and accuracy; on a large validation split, accuracy in two passes
-        (search.study.screening): the rest of the images only for a trial the front does not
-        already beat (``screen``; a promotion is measured in full)."""
+        """Size, latency and accuracy; on a large validation split, accuracy raced in
+        growing blocks (search.study.screening): the trial stops at the first look that shows
+        it cannot join the feasible front (``screen``; a promotion is measured in full)."""
         c, everything = self.setup.config, self.setup.eval_data
-        screening = screen and screens(c.objectives, len(everything), c.first_pass_images)
-        first = everything[:c.first_pass_images] if screening else everything
+        racing = screen and screens(c.objectives, len(everything), c.first_pass_images)
+        counts = looks(len(everything), c.first_pass_images) if racing else []
+        first = everything[:counts[0]] if counts else everything
         values, details = measure_artifact(self.setup, artifact, times, self.reference,
                                            self.reference_ms, first)
         hits: ImageHits = details.pop("hits")
-        if not screening:
-            return values, details, hits
-        dominance = dominating_trial(self.study, c.objectives, hits.standard, values)
-        if dominance is not None:
-            trial.set_user_attr("screened", {"images": len(hits), "accuracy": hits.accuracy,
-                                             "values": values, "by": dominance.to_dict()})
-            if run_id:
-                self.tracker.log_metrics(run_id, {"screen_accuracy": hits.accuracy,
-                                                  "screen_images": float(len(hits))} | times)
-            shutil.rmtree(folder)  # a stopped trial keeps no files
-            raise optuna.TrialPruned(f"screened out: {dominance}")
+        for count, level in zip(counts, look_levels(counts, len(everything)), strict=True):
+            if count > len(hits):
+                hits = hits.then(self._score_more(artifact, everything[len(hits):count],
+                                                  times))
+            stop = race_stop(self.study, c.objectives, c.constraints, self.baseline,
+                             hits.standard, values, level)
+            if stop is not None:
+                trial.set_user_attr("screened", {"images": len(hits),
+                                                 "accuracy": hits.accuracy, "values": values,
+                                                 **stop.to_dict()})
+                if run_id:
+                    self.tracker.log_metrics(run_id, {"screen_accuracy": hits.accuracy,
+                                                      "screen_images": float(len(hits))}
+                                             | times)
+                shutil.rmtree(folder)  # a stopped trial keeps no files
+                raise optuna.TrialPruned(f"raced out: {stop}")
+        if len(hits) < len(everything):
+            hits = hits.then(self._score_more(artifact, everything[len(hits):], times))
+            values["accuracy"] = hits.accuracy
+        return values, details, hits
+
+    def _score_more(self, artifact: Artifact, images: Any, times: dict[str, float]
+                    ) -> ImageHits:
+        """Accuracy on the next validation images, its time added to the trial's."""
         spent: dict[str, float] = {}
-        _, rest = measure_artifact(self.setup, artifact, spent, images=everything[len(first):],
+        _, more = measure_artifact(self.setup, artifact, spent, images=images,
                                    names=("accuracy",))
         times["accuracy_s"] += spent["accuracy_s"]
-        hits = hits.then(rest["hits"])
-        values["accuracy"] = hits.accuracy
-        return values, details, hits
+        return more["hits"]
 
     def _check_size_first(self, trial: optuna.Trial, model: nn.Module,
                           configs: dict[str, KnobConfig], times: dict[str, float],
