@@ -85,6 +85,17 @@ class RecoveryPool:
         return len(self.x)
 
 
+def freeze_batch_norm(model: nn.Module) -> nn.Module:
+    """``model`` with its batch norms in eval mode: they normalise by the statistics the
+    model was trained with, and only their scale and shift learn. Recovery trains on a few
+    crops at a time, whose batch statistics are far from the whole images' the model ships
+    with; a batch-norm network recovered with them lost most of its accuracy."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    return model
+
+
 def recover(model: nn.Module, pool: RecoveryPool, steps: int, recipe: Recipe, start: int = 0,
             total: int | None = None, on_step: Callable[[int], None] | None = None
             ) -> nn.Module:
@@ -101,7 +112,7 @@ def recover(model: nn.Module, pool: RecoveryPool, steps: int, recipe: Recipe, st
     schedule = (torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * (start + i) / total)))
         if recipe.lr_schedule == "cosine" else None)
-    model.train()
+    freeze_batch_norm(model.train())
     order = torch.randperm(len(pool), generator=generator)
     at, batch_size, w = 0, recipe.batch_size, recipe.distill_weight
     for step in range(steps):

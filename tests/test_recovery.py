@@ -75,3 +75,23 @@ def test_a_cosine_schedule_goes_on_where_an_earlier_stage_left_off(train_data, s
     assert largest_step / 3 < moved < largest_step * 1.01
     with pytest.raises(ValueError, match=r"lr_schedule: must be one of .*got 'step'"):
         Recipe(batch_size=4, lr=1e-2, distill_weight=1.0, lr_schedule="step")
+
+
+def test_recovery_keeps_a_batch_norm_networks_statistics_and_trains_its_scale(train_data):
+    """Batch norm normalises by the statistics the network shipped with during recovery
+    (a few crops per step would replace them); its scale and shift still learn."""
+    torch.manual_seed(0)
+    teacher = get_model("grconvnet", channel_size=4).eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    bn = student.bn1
+    mean, var, scale = (bn.running_mean.clone(), bn.running_var.clone(), bn.weight.clone())
+    batches = bn.num_batches_tracked.clone()
+    pool = RecoveryPool.build(train_data, teacher, samples=8, seed=0)
+    recover(student, pool, 5, Recipe(batch_size=4, lr=1e-2, distill_weight=1.0))
+    assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+    assert torch.equal(bn.num_batches_tracked, batches)
+    assert not torch.equal(bn.weight, scale)
+    assert not student.training and not bn.training
