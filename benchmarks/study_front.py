@@ -42,8 +42,10 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=SIM_SCENES)
     parser.add_argument("--storage", default=None)
     parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--commit", default=None,
+                        help="the commit the study ran on (default: this checkout's HEAD)")
     args = parser.parse_args()
-    commit = current_commit()
+    commit = args.commit or current_commit()
     overrides = {k: v for k, v in (("storage", args.storage),
                                    ("tracking_uri", args.tracking_uri)) if v}
     config = load_study_config(args.study, overrides)
@@ -57,7 +59,7 @@ def main() -> None:
                "baseline_training": _training(config),
                **_trials(study), "objectives": list(config.objectives),
                "constraints": [k.text for k in config.constraints],
-               "recovery_steps": config.recovery_steps,
+               "recovery_steps": config.recovery_steps, "recovery_lr": config.recovery_lr,
                "baseline": {k: study.user_attrs["baseline"].get(k) for k in (
                    "variant", "accuracy", "accuracy_ci", "accuracy_images", "size", "latency",
                    "latency_e2e_ms", "latency_network_ms", "macs", "params")},

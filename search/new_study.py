@@ -14,7 +14,17 @@ from rich.console import Console
 
 from grasp.data import has_preset_split
 from search.config import StudyConfig, load_study_config
-from search.plan import GATE_MARGIN, MIN_TRIALS, Phase, Plan, Probe, plan_study, probe_study
+from search.plan import (
+    GATE_MARGIN,
+    LR_IMAGES,
+    LR_STEPS,
+    MIN_TRIALS,
+    Phase,
+    Plan,
+    Probe,
+    plan_study,
+    probe_study,
+)
 from search.study.screening import screens
 
 __all__ = ["StudyRequest", "init_study"]
@@ -62,8 +72,8 @@ def default_crop(output_size: int) -> int:
 
 
 def study_table(request: StudyRequest, split: str, steps: int, gate_steps: int,
-                n_trials: int, timeout: float | None, first_pass: int = 512
-                ) -> dict[str, Any]:
+                n_trials: int, timeout: float | None, first_pass: int = 512,
+                lr: float = RECOVERY["lr"]) -> dict[str, Any]:
     """The study file's contents (TOML tables)."""
     model: dict[str, Any] = ({"factory": request.factory, "options": request.options}
                              if request.factory else {"name": request.model})
@@ -84,7 +94,7 @@ def study_table(request: StudyRequest, split: str, steps: int, gate_steps: int,
         "knobs": {"enabled": ["upsample", "depthwise", "lowrank", "prune", "precision"],
                   "prune": {"max_ratio": 0.8}, "precision": {"precisions": ["fp32", "int8"]}},
         "recovery": {"crop": request.crop or default_crop(request.output_size),
-                     "steps": steps, **RECOVERY, "gate_steps": gate_steps,
+                     "steps": steps, **RECOVERY, "lr": lr, "gate_steps": gate_steps,
                      "gate_margin": GATE_MARGIN},
         "objectives": {"names": ["accuracy", "size", "latency"]},
         "runtime": dict(RUNTIME),
@@ -124,7 +134,7 @@ def init_study(request: StudyRequest, console: Console) -> tuple[Path, Probe, Pl
         draft.unlink(missing_ok=True)
     plan = plan_study(probe, request.hours)
     table = study_table(request, split, plan.steps, plan.gate_steps, plan.trial_cap,
-                        request.hours * 3600, plan.first_pass)
+                        request.hours * 3600, plan.first_pass, probe.lr)
     out.write_text(_header(request, probe, plan) + tomli_w.dumps(table))
     load_study_config(out)  # what was written reads back as a valid study
     return out, probe, plan
@@ -137,6 +147,10 @@ def describe(probe: Probe, plan: Plan) -> list[str]:
         f"measured by {probe.trials} probe trials in {probe.probe_s / 60:.1f} min: setup "
         f"(data, baseline) {plan.setup_s / 60:.1f} min for {plan.images} validation images; "
         + "; ".join(f"{name} trials: {_phase(phase)}" for name, phase in probe.phases.items()),
+        *([f"recovery peak rate {probe.lr:g}, the best after {LR_STEPS} steps of the same "
+           f"warm-start point on {LR_IMAGES} validation images: "
+           + ", ".join(f"{lr:g} -> {accuracy:.3f}" for lr, accuracy in probe.lr_scores)]
+          if probe.lr_scores else []),
         f"plan: {plan.steps} recovery steps, the gate after {plan.gate_steps} "
         f"({GATE_MARGIN:.0%} below the baseline stops a trial), "
         f"{_scoring(plan.images, plan.first_pass)}",

@@ -61,6 +61,12 @@ PROBE_STEPS = 10  # recovery steps per probe trial
 STEP_TIMING = 20  # recovery steps timed on each warm-start point, after a warm-up
 GATE_TIMING_IMAGES = 32  # images scored with torch to time the gate's scoring
 PROBE_IMAGES = 128  # validation images a probe trial scores
+#: The peak recovery rates the probe chooses between: the overnight recipe's, which suits
+#: GG-CNN, and gentler ones, which networks with batch norm need (at 8e-3 a 50 %-pruned
+#: GR-ConvNet lost everything in 130 steps; at 1e-3 it kept most of its accuracy).
+LR_CANDIDATES = (8e-3, 2e-3, 5e-4)
+LR_STEPS = 60  # recovery steps each candidate rate gets
+LR_IMAGES = 64  # validation images that score them
 MIN_TRIALS = 48  # TPE's 8 random start-up trials and 40 that it guides
 MIN_STEPS = 60  # fewer leaves a pruned model far from its teacher
 MAX_STEPS = 1000  # beyond this the hours buy more from more trials than from longer recovery
@@ -114,6 +120,8 @@ class Probe:
     discordance_from: str
     machine: str  # CPU model, flags, cores: where it was measured
     probe_s: float = 0.0  # how long the probe took
+    lr: float = LR_CANDIDATES[0]  # the peak recovery rate the probe chose
+    lr_scores: tuple[tuple[float, float], ...] = ()  # (rate, accuracy) it chose from
 
     @property
     def trials(self) -> int:
@@ -196,6 +204,7 @@ def probe_study(config: StudyConfig, val_images: int, console: Console) -> Probe
             setup = prepare(probe, quiet)
             bench = time.time()
             warm_steps, gate_image_s = _warm_start_steps(setup)
+            lr_scores = _rate_scores(setup)
             bench = time.time() - bench
             study = run_study(probe, quiet, setup=setup)
         trials = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -207,7 +216,8 @@ def probe_study(config: StudyConfig, val_images: int, console: Console) -> Probe
         measured = _measured(study.user_attrs["baseline"], trials, started + bench, images,
                              val_images, STARTUP_TRIALS[config.sampler], warm_steps,
                              gate_image_s)
-        return replace(measured, probe_s=time.time() - started)
+        return replace(measured, probe_s=time.time() - started, lr_scores=lr_scores,
+                       lr=best_rate(lr_scores) if lr_scores else config.recovery_lr)
 
 
 def _warm_start_steps(setup: StudySetup) -> tuple[list[float], float]:
@@ -227,6 +237,30 @@ def _warm_start_steps(setup: StudySetup) -> tuple[list[float], float]:
             steps.append((time.perf_counter() - start) / STEP_TIMING)
             gate.append(_scoring_seconds(model, images))
     return steps, statistics.fmean(gate or [_scoring_seconds(setup.base, images)])
+
+
+def _rate_scores(setup: StudySetup) -> tuple[tuple[float, float], ...]:
+    """Each candidate peak rate's accuracy on the first validation images after a short
+    recovery of the same warm-start point (the pruned one, else the first that recovers);
+    none when no warm-start point recovers."""
+    points = [p for p in warm_start(setup)
+              if changes_function(build_trial_model(setup, params=p)[1])]
+    pruned = [p for p in points if any(k.startswith("prune.") and k.endswith(".ratio") and v > 0
+                                       for k, v in p.items())]
+    if not points:
+        return ()
+    model, _ = build_trial_model(setup, params=(pruned or points)[0])
+    images, pool = setup.eval_data.head(LR_IMAGES), setup.recovery_pool()
+    scores = []
+    for lr in LR_CANDIDATES:
+        recovered = recover(copy.deepcopy(model), pool, LR_STEPS, setup.recipe(lr))
+        scores.append((lr, score_images(predict_maps(recovered.eval()), images).accuracy))
+    return tuple(scores)
+
+
+def best_rate(scores: tuple[tuple[float, float], ...]) -> float:
+    """The rate that scored best; on a tie, the larger (it goes further in a long recovery)."""
+    return max(scores, key=lambda s: (s[1], s[0]))[0]
 
 
 def _scoring_seconds(model: nn.Module, images: HeldOut) -> float:

@@ -152,6 +152,11 @@ def test_the_probe_measures_each_phase_and_predicts_the_guided_one_from_the_seed
     assert "guided" not in never.phases and never.phase_of(40) == never.phases["startup"]
 
 
+def test_the_best_rate_is_the_most_accurate_and_on_a_tie_the_largest():
+    assert plan.best_rate(((8e-3, 0.0), (2e-3, 0.32), (5e-4, 0.30))) == 2e-3
+    assert plan.best_rate(((8e-3, 0.4), (2e-3, 0.4), (5e-4, 0.1))) == 8e-3
+
+
 @pytest.fixture
 def quick(monkeypatch):
     """Latency timed briefly: the tests check what init writes, not how well it times."""
@@ -176,6 +181,13 @@ def test_init_writes_a_study_that_fits_and_runs(tmp_path, jacquard_root, monkeyp
     assert config.recovery_crop == 96 and config.split == "image"
     text = out.read_text()
     assert f"{config.recovery_steps} recovery steps" in text and "trials an hour" in text
+    # The peak rate is the candidate whose short recovery scored best, all of them listed.
+    rates = re.search(r"recovery peak rate ([\d.e-]+), the best after \d+ steps.*?images: "
+                      r"(.*?)\n", text, re.DOTALL)
+    scores = dict((float(lr), float(acc)) for lr, acc in
+                  re.findall(r"([\d.e-]+) -> ([\d.]+)", " ".join(rates[2].split("#"))))
+    assert sorted(scores) == sorted(plan.LR_CANDIDATES)
+    assert config.recovery_lr == float(rates[1]) == plan.best_rate(tuple(scores.items()))
     # The probe wrote nothing of the user's: no storage, artifacts or MLflow store here, and
     # no draft left beside the study file.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["jacquard", "studies"]
