@@ -224,7 +224,8 @@ def _study_front(record: Record) -> str:
     return "\n".join([
         f"{training}The study (`{f['model']}`, objectives {', '.join(f['objectives'])}; "
         f"constraints {', '.join(f['constraints']) or 'none'}; {f['recovery_steps']} "
-        f"recovery steps at a peak rate of {f['recovery_lr']:g}): {f['trials']} trials ({f['complete']} complete, "
+        f"recovery steps at a peak rate of {f['recovery_lr']:g}): {f['trials']} trials "
+        f"({f['complete']} complete, "
         f"{f['gate_stopped']} stopped at the gate) in {f['optimising_hours']:.2f} h, "
         f"{f['trials_per_hour']:.1f} trials an hour{_predicted(f)}. Its feasible front "
         f"(validation, "
