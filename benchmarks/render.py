@@ -204,10 +204,10 @@ def _study_front(record: Record) -> str:
     f = record.figures
     t, base = f["baseline_training"], f["baseline"]
     training = (f"The baseline, `{t['checkpoint']}`, was trained by `ggopt train` on "
-                f"{t['train_images']} images ({t['epochs']} epochs of batch {t['batch_size']}, "
-                f"lr {t['lr']:g} {t['lr_schedule']}, {t['crop']}-px crops, pos-weight "
-                f"{t['pos_weight']:g}; its last run took {t['train_seconds'] / 60:.0f} min) and "
-                f"chosen at validation accuracy {t['best_val_accuracy']:.3f}. "
+                f"{t['train_images']} images (its last run: {t['epochs']} epochs of batch "
+                f"{t['batch_size']}, lr {t['lr']:g} {t['lr_schedule']}, {t['crop']}-px crops, "
+                f"pos-weight {t['pos_weight']:g}, {t['train_seconds'] / 60:.0f} min) and chosen "
+                f"at validation accuracy {t['best_val_accuracy']:.3f}. "
                 if t.get("train_seconds") else "")
     verified = ["| trial | test accuracy | baseline | paired difference | simulated grasp "
                 "success | baseline | paired difference |", "|---|---|---|---|---|---|---|"]
@@ -221,8 +221,9 @@ def _study_front(record: Record) -> str:
             f"| {number} | {v['test_accuracy'] * 100:.1f} %{_percent(v['test_accuracy_ci'])} "
             f"of {n} | {v['baseline_test_accuracy'] * 100:.1f} % | "
             f"{_paired(v['test_accuracy_diff'])} | {sim} |")
+    note = f"{f['note']} " if f.get("note") else ""
     return "\n".join([
-        f"{training}The study (`{f['model']}`, objectives {', '.join(f['objectives'])}; "
+        f"{training}{note}The study (`{f['model']}`, objectives {', '.join(f['objectives'])}; "
         f"constraints {', '.join(f['constraints']) or 'none'}; {f['recovery_steps']} "
         f"recovery steps at a peak rate of {f['recovery_lr']:g}): {f['trials']} trials "
         f"({f['complete']} complete, "

@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=SIM_SCENES)
     parser.add_argument("--storage", default=None)
     parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--note", default="",
+                        help="how the study was made, in a sentence (rendered with it)")
     parser.add_argument("--commit", default=None,
                         help="the commit the study ran on (default: this checkout's HEAD)")
     args = parser.parse_args()
@@ -55,7 +57,7 @@ def main() -> None:
     if not picks:
         raise SystemExit(f"{args.study}: study {config.name!r} has no feasible front yet")
     verified = verify_trials(study, config, picks, args.scenes, True, console, log=False)
-    figures = {"study": config.name, "model": config.model,
+    figures = {"study": config.name, "model": config.model, "note": args.note,
                "baseline_training": _training(config),
                **_trials(study), "objectives": list(config.objectives),
                "constraints": [k.text for k in config.constraints],
@@ -76,7 +78,10 @@ def _training(config) -> dict:
     """What the study's checkpoint says about its own training (a `ggopt train` file)."""
     checkpoint = load_checkpoint(config.checkpoint_path(), config.model)
     train = checkpoint.config.get("train", {})
-    return {"checkpoint": str(config.checkpoint_path()), **checkpoint.metrics,
+    path = config.checkpoint_path().resolve()
+    root = Path(__file__).resolve().parent.parent
+    shown = path.relative_to(root) if path.is_relative_to(root) else path.name
+    return {"checkpoint": str(shown), **checkpoint.metrics,
             "train_images": len(checkpoint.config.get("train_images") or []),
             **{k: train.get(k) for k in ("epochs", "batch_size", "lr", "lr_schedule", "crop",
                                          "pos_weight", "input_gain")}}
