@@ -88,7 +88,7 @@ class StudyConfig:
     split: str
     output_size: int
     eval_images: int
-    first_pass_images: int  # 0: one pass (search.study.screening)
+    first_pass_images: int  # racing's first block; 0: no racing (search.study.screening)
     data_objects: str | None
     skip_nan_rectangles: bool
     calibration_images: int

@@ -173,8 +173,8 @@ def _phase(phase: Phase) -> str:
 
 def _scoring(images: int, first_pass: int) -> str:
     if screens(("accuracy",), images, first_pass):
-        return (f"{images} validation images scored in two passes (the first {first_pass}, "
-                f"then the rest for a trial the front does not already beat)")
+        return (f"{images} validation images raced in blocks doubling from {first_pass} (a "
+                f"trial stops at the first block that shows it cannot join the front)")
     return f"all {images} validation images scored"
 
 
