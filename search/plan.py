@@ -243,13 +243,14 @@ def _rate_scores(setup: StudySetup) -> tuple[tuple[float, float], ...]:
     """Each candidate peak rate's accuracy on the first validation images after a short
     recovery of the same warm-start point (the pruned one, else the first that recovers);
     none when no warm-start point recovers."""
-    points = [p for p in warm_start(setup)
-              if changes_function(build_trial_model(setup, params=p)[1])]
-    pruned = [p for p in points if any(k.startswith("prune.") and k.endswith(".ratio") and v > 0
-                                       for k, v in p.items())]
+    built = [(p, *build_trial_model(setup, params=p)) for p in warm_start(setup)]
+    points = [(p, model) for p, model, configs in built if changes_function(configs)]
+    pruned = [(p, model) for p, model in points
+              if any(k.startswith("prune.") and k.endswith(".ratio") and v > 0
+                     for k, v in p.items())]
     if not points:
         return ()
-    model, _ = build_trial_model(setup, params=(pruned or points)[0])
+    model = (pruned or points)[0][1]
     images, pool = setup.eval_data.head(LR_IMAGES), setup.recovery_pool()
     scores = []
     for lr in LR_CANDIDATES:

@@ -105,20 +105,20 @@ def race_stop(study: optuna.Study, objectives: tuple[str, ...],
     n = len(hits)
     rivals = [(f"trial {t.number}", t.user_attrs["values"], unpack_hits(t.user_attrs["hits"]))
               for t in feasible_front(study, objectives)]
-    if baseline.get("hits") is not None:
-        rivals.append(("the baseline", baseline, unpack_hits(baseline["hits"])))
+    base_hits = unpack_hits(baseline["hits"]) if baseline.get("hits") is not None else None
+    if base_hits is not None:
+        rivals.append(("the baseline", baseline, base_hits))
     for name, theirs, their_hits in rivals:
         if not _no_worse(theirs, values, objectives):
             continue
         difference = paired_difference(hits, their_hits[:n], 1 - level)
         if difference.difference < 0 and difference.p_value < level:
             return Stop("dominated", n, level, rival=name, figures=difference.to_dict())
-    base_hits = unpack_hits(baseline["hits"])[:n] if baseline.get("hits") is not None else None
     for k in constraints:
         if k.objective != "accuracy" or k.op != ">=":
             continue
         if k.relative and base_hits is not None:
-            paired = paired_difference(hits, base_hits, 1 - level)
+            paired = paired_difference(hits, base_hits[:n], 1 - level)
             if paired.high < k.value:  # even the optimistic difference breaks the margin
                 return Stop("infeasible", n, level, constraint=k.text,
                             figures=paired.to_dict())
