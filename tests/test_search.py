@@ -309,7 +309,9 @@ def test_constraints_mark_trials_infeasible(tmp_path, checkpoint, jacquard_root)
     for t in done:
         extra = t.user_attrs["extra"]
         assert t.user_attrs["values"]["latency"] == extra["latency_raw_ms"]
-        assert extra["latency_runs"] > 3 and extra["speedup_rounds"] == extra["latency_runs"]
+        # (min_seconds counts the baseline's calls too: going on past `runs` is tested with a
+        # scripted clock in test_timing.py)
+        assert extra["latency_runs"] >= 3 and extra["speedup_rounds"] == extra["latency_runs"]
         assert extra["speedup"] > 0 and 0 <= extra["speedup_p"] <= 1
         if extra["speedup_rounds"] >= 6:
             assert extra["speedup_low"] <= extra["speedup"] <= extra["speedup_high"]
