@@ -179,19 +179,19 @@ def main() -> None:
         table = Table(title=f"Depth in -> grasp out, GG-CNN 300 px, ONNX Runtime, 1 thread "
                             f"[{cpu_line()}]")
         for column in ("row", "network ms", "post-processing ms", "end-to-end ms",
-                       "end-to-end minus network, paired ms",
+                       "end to end minus network, paired [95 % CI]",
                        "speed-up over the strongest baseline, e2e [95 % CI]"):
             table.add_column(column, justify="left" if column == "row" else "right")
         figures: dict = {"rounds": args.rounds, "runs": TIMING["runs"], "fastest_form": best,
                          "images": len(held), "rows": []}
         for name, (net, post, e2e, _, base_e2e) in timed.items():
-            extra = float(np.median(np.subtract(e2e, net)))
+            extra = summarise(e2e, 1).extra_over(summarise(net, 1))
             speedup = summarise(e2e, 1, base_e2e).speedup()
             table.add_row(name, f"{np.median(net):.2f}", f"{np.median(post):.2f}",
-                          f"{np.median(e2e):.2f}", f"{extra:.2f}", speedup.text())
+                          f"{np.median(e2e):.2f}", extra.text(), speedup.text())
             figures["rows"].append({"row": name, "network_ms": float(np.median(net)),
                                     "post_ms": float(np.median(post)),
-                                    "e2e_ms": float(np.median(e2e)), "extra_ms": extra,
+                                    "e2e_ms": float(np.median(e2e)), "extra": extra.to_dict(),
                                     "speedup": speedup.to_dict()})
         console.print(table)
         console.print(f"(the uncompressed network's fastest exact form here: {best}; every "

@@ -99,7 +99,8 @@ def study_figures(clone: Path) -> dict:
         "optimising_s": (last - first).total_seconds(),
         "baseline": {k: base.get(k) for k in (
             "variant", "accuracy", "accuracy_ci", "accuracy_images", "size", "latency",
-            "latency_e2e_ms", "latency_network_ms", "macs")},
+            "latency_e2e_ms", "latency_network_ms", "synthesis_ms", "synthesis_low_ms",
+            "synthesis_high_ms", "macs")},
         "front": front_rows(study, config.objectives),
         "knee": {"trial": exported["trial"], "artifact_format": exported["artifact_format"],
                  "verified": exported["verified"]},

@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside th
 
 from records import Record, read_records
 
+from timing.protocol import extra_text, ratio_text
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN = "<!-- rendered from benchmarks/records/{name}.json by benchmarks/render.py -->"
 END = "<!-- end of benchmarks/records/{name}.json -->"
@@ -78,16 +80,26 @@ def _paired(diff: dict) -> str:
             f"{diff['p_value']:.2g})")
 
 
+def _synthesis(row: dict) -> str:
+    """What the grasp synthesis adds, paired over the timing rounds, with its interval."""
+    return extra_text(row["synthesis_ms"], *row.get("synthesis_ci", [None, None]))
+
+
 def _front_table(base: dict, front: list[dict]) -> list[str]:
-    """A study's front beside its baseline, as `ggopt pareto` prints it (end to end)."""
+    """A study's front beside its baseline, as `ggopt pareto` prints it (end to end); the
+    synthesis' paired cost where the study recorded it, else the network's median."""
+    paired = base.get("synthesis_ms") is not None
+    other = "synthesis, paired" if paired else "network ms"
+    cell = _synthesis if paired else lambda r: _ms(r["latency_network_ms"])
+    base = {**base, "synthesis_ci": [base.get("synthesis_low_ms"), base.get("synthesis_high_ms")]}
     rows = [
         "| trial | precision | val accuracy [95 % CI] | Δ pp vs baseline [95 % CI] | "
-        "+better/-worse | p | kB | size ÷ | ms, depth -> grasp | speed-up | network ms | "
+        f"+better/-worse | p | kB | size ÷ | ms, depth -> grasp | speed-up | {other} | "
         "MMACs |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
         f"| baseline | fp32 {base['variant']} | {base['accuracy']:.3f}"
         f"{_ci(base['accuracy_ci'])} | | | | {base['size'] / 1e3:.1f} | 1.0 | "
-        f"{base['latency']:.2f} | 1.00 | {_ms(base['latency_network_ms'])} | "
+        f"{base['latency']:.2f} | 1.00 | {cell(base)} | "
         f"{base['macs'] / 1e6:.0f} |"]
     for r in front:
         better, worse = r["discordant"]
@@ -97,8 +109,7 @@ def _front_table(base: dict, front: list[dict]) -> list[str]:
             f"+{better}/-{worse} | {r['accuracy_change_p']:.2g} | "
             f"{r['size_bytes'] / 1e3:.1f} | {r['size_reduction']:.1f} | "
             f"{r['latency_ms']:.2f} | {r['speedup']:.2f}{_ci(r.get('speedup_ci'), '{:.2f}')} | "
-            f"{_ms(r['latency_network_ms'])} | "
-            f"{(r['macs'] or 0) / 1e6:.0f} |")
+            f"{cell(r)} | {(r['macs'] or 0) / 1e6:.0f} |")
     return rows
 
 
@@ -136,7 +147,7 @@ def _quickstart(record: Record) -> str:
 
 def _speedup(speedup: dict) -> str:
     """``5.42x [5.31, 5.55]``: a paired speed-up over timing rounds, with its interval."""
-    return f"{speedup['value']:.2f}x{_ci([speedup['low'], speedup['high']], '{:.2f}')}"
+    return ratio_text(speedup["value"], speedup["low"], speedup["high"])
 
 
 def _rate(rate: dict) -> str:
@@ -147,10 +158,11 @@ def _rate(rate: dict) -> str:
 def _end_to_end(record: Record) -> str:
     f = record.figures
     rows = ["| row | network ms | post-processing ms | end-to-end ms | end to end minus "
-            "network, paired ms | speed-up over the strongest baseline, end to end [95 % CI] |",
-            "|---|---|---|---|---|---|"]
+            "network, paired [95 % CI] | speed-up over the strongest baseline, end to end "
+            "[95 % CI] |", "|---|---|---|---|---|---|"]
     rows += [f"| {r['row']} | {r['network_ms']:.2f} | {r['post_ms']:.2f} | {r['e2e_ms']:.2f} | "
-             f"{r['extra_ms']:.2f} | {_speedup(r['speedup'])} |" for r in f["rows"]]
+             f"{extra_text(r['extra']['value'], r['extra']['low'], r['extra']['high'])} | "
+             f"{_speedup(r['speedup'])} |" for r in f["rows"]]
     agree = ["| file | same peak pixel and flag | accuracy, in the file | accuracy, numpy "
              "reference | paired difference |", "|---|---|---|---|---|"]
     agree += [f"| {a['file']} | {a['same']} of {f['images']} | {_rate(a['graph'])} | "
@@ -162,7 +174,7 @@ def _end_to_end(record: Record) -> str:
         f"baseline's end to end were timed in the same {rounds} rounds ({f['rounds']} passes "
         f"round-robin over the rows): medians over rounds; end to end minus network is the "
         f"median of the per-round differences; the speed-up is the median of per-round "
-        f"ratios with its 95 % interval.", "", *rows, "",
+        f"ratios; both with their 95 % interval.", "", *rows, "",
         f"The grasp each file computes against the float64 numpy reference on the same maps, "
         f"{f['images']} validation images:", "", *agree])
 

@@ -64,7 +64,8 @@ def main() -> None:
                "recovery_steps": config.recovery_steps, "recovery_lr": config.recovery_lr,
                "baseline": {k: study.user_attrs["baseline"].get(k) for k in (
                    "variant", "accuracy", "accuracy_ci", "accuracy_images", "size", "latency",
-                   "latency_e2e_ms", "latency_network_ms", "macs", "params")},
+                   "latency_e2e_ms", "latency_network_ms", "synthesis_ms", "synthesis_low_ms",
+            "synthesis_high_ms", "macs", "params")},
                "latency_scope": "end_to_end" if config.end_to_end else "network",
                "predicted_trials_per_hour": _predicted(Path(args.study)),
                "front": front_rows(study, config.objectives),

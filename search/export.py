@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial
 from rich.console import Console
 
 from grasp.data import INPUT_CONTRACT
-from objectives.latency import LATENCY_KEYS
+from objectives.latency import LATENCY_KEYS, speedup_text
 from search.config import StudyConfig
 from search.finish import finish_trial
 from search.front import both_latencies, latency_scope
@@ -206,8 +206,7 @@ def _speedup_cell(details: dict[str, Any]) -> str:
     baseline (a study from before that protocol)."""
     if "speedup" not in details:
         return "n/a"
-    return (f"{details['speedup']:.2f}x [{details['speedup_low']:.2f}, "
-            f"{details['speedup_high']:.2f}] ({details['speedup_rounds']:.0f} rounds)")
+    return f"{speedup_text(details)} ({details['speedup_rounds']:.0f} rounds)"
 
 
 

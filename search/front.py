@@ -13,7 +13,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives.latency import LATENCY_KEYS
+from objectives.latency import LATENCY_KEYS, SYNTHESIS_KEYS
 from search.record import PROMOTED_FROM, is_feasible, values_of
 from search.storage import superseded
 
@@ -117,6 +117,7 @@ def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[st
             "accuracy_change_p": paired.get("p_value"),
             "executed_accuracy": stats.get("executed_accuracy"),
             **_speedup(t.user_attrs.get("extra", {}), base, v),
+            **synthesis_cost(t.user_attrs.get("extra", {})),
             "size_reduction": base.get("size", np.nan) / v["size"],
             "macs": t.user_attrs.get("extra", {}).get("macs"),
         })
@@ -133,6 +134,14 @@ def _speedup(extra: dict[str, Any], base: dict[str, Any], values: dict[str, floa
                 "speedup_ci": [extra["speedup_low"], extra["speedup_high"]]}
     return {"speedup": base.get("latency", np.nan) / values["latency"],
             "speedup_ci": [np.nan, np.nan]}
+
+
+
+def synthesis_cost(extra: dict[str, Any]) -> dict[str, Any]:
+    """What the grasp synthesis adds, paired over the timing rounds, with its interval
+    (NaN for studies from before that figure)."""
+    low, high = (extra.get(k, np.nan) for k in SYNTHESIS_KEYS[1:])
+    return {"synthesis_ms": extra.get(SYNTHESIS_KEYS[0], np.nan), "synthesis_ci": [low, high]}
 
 
 

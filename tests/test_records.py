@@ -104,7 +104,8 @@ def test_timed_benchmarks_render_each_speedup_with_its_interval():
                  commit="0123456789", date="2026-12-07", machine=machine, figures={
                      "rounds": 1, "runs": 100, "fastest_form": "subpixel", "images": 5,
                      "rows": [{"row": "knee", "network_ms": 1.0, "post_ms": 0.4, "e2e_ms": 1.5,
-                               "extra_ms": 0.5, "speedup": speedup}],
+                               "extra": {"value": 0.5, "low": 0.41, "high": 0.6},
+                               "speedup": speedup}],
                      "agreement": [{"file": "knee", "same": 5, "graph": rate,
                                     "reference": rate, "paired": paired}]})
     few = {**speedup, "low": None, "high": None, "rounds": 5}
@@ -118,7 +119,7 @@ def test_timed_benchmarks_render_each_speedup_with_its_interval():
                                 "test_diff": None, "latency_ms": 1.5, "speedup": few,
                                 "size_bytes": 5e4, "size_reduction": 5.0, "macs": None}]})
     text = rendered("# Results\n", [e2e, best])
-    assert "| knee | 1.00 | 0.40 | 1.50 | 0.50 | 5.42x [5.31, 5.55] |" in text
+    assert "| knee | 1.00 | 0.40 | 1.50 | +0.50 ms [+0.41, +0.60] | 5.42x [5.31, 5.55] |" in text
     assert "| 1.50 | 5.42x | 50.0 | 5.00x | - |" in text
 
 

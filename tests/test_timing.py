@@ -93,6 +93,24 @@ def test_the_speedup_interval_is_the_order_statistics_and_agrees_with_the_sign_t
         assert (speedup.p_value < 0.05) == (not low <= 1 <= high)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.5, 50), st.floats(0.0, 2.0)), min_size=3, max_size=60))
+def test_the_synthesis_cost_is_the_median_per_round_difference_with_its_interval(pairs):
+    """What end to end adds to network: the per-round differences' median and its order-
+    statistic interval, so it holds its sign where two medians would cross."""
+    network = tuple(n for n, _ in pairs)
+    e2e = tuple(n + d for n, d in pairs)
+    extra = timing.summarise(e2e, 1).extra_over(timing.summarise(network, 1))
+    differences = np.subtract(e2e, network)
+    assert extra.value == pytest.approx(np.median(differences))
+    low, high = _order_statistic_interval(differences, 0.95)
+    assert extra.low == pytest.approx(low, nan_ok=True)
+    assert extra.high == pytest.approx(high, nan_ok=True)
+    assert extra.value >= 0 and (np.isnan(low) or low >= -1e-9)  # every round adds >= 0
+    with pytest.raises(timing.TimingError, match="same rounds"):
+        timing.summarise(e2e, 1).extra_over(timing.summarise(network[1:] or (1.0,), 1))
+
+
 def test_a_file_is_timed_at_both_scopes_beside_its_reference(tmp_path):
     """A study's latency: end to end and network in the same rounds as the baseline's file,
     so end to end is never below network, and a paired speed-up with its interval."""
@@ -119,6 +137,8 @@ def test_a_file_is_timed_at_both_scopes_beside_its_reference(tmp_path):
     assert d["speedup_low"] <= d["speedup"] <= d["speedup_high"]
     assert d["speedup"] > 1.5 and d["speedup_rounds"] == 30  # 4x the pixels
     assert d["speedup"] == pytest.approx(1 / d["latency_ratio"], rel=0.05)
+    assert d["synthesis_low_ms"] <= d["synthesis_ms"] <= d["synthesis_high_ms"]
+    assert d["synthesis_ms"] > 0  # a 96 px file's synthesis costs far above timer noise
 
 
 def test_a_trial_line_says_its_speedup_with_its_interval_or_without_one():
@@ -128,9 +148,12 @@ def test_a_trial_line_says_its_speedup_with_its_interval_or_without_one():
 
     e2e, network = SimpleNamespace(end_to_end=True), SimpleNamespace(end_to_end=False)
     details = {"latency_network_ms": 3.1, "latency_e2e_ms": 3.6, "speedup": 5.4213,
-               "speedup_low": 5.311, "speedup_high": 5.552}
-    assert latency_note(e2e, details) == (" end to end (network 3.10 ms; 5.42x [5.31, 5.55] "
-                                          "the baseline's speed)")
+               "speedup_low": 5.311, "speedup_high": 5.552, "synthesis_ms": 0.483,
+               "synthesis_low_ms": 0.41, "synthesis_high_ms": 0.552}
+    assert latency_note(e2e, details) == (" end to end (network 3.10 ms; synthesis +0.48 ms "
+                                          "[+0.41, +0.55]; 5.42x [5.31, 5.55] the baseline's "
+                                          "speed)")
+    del details["synthesis_ms"]
     few = {**details, "speedup_low": float("nan"), "speedup_high": float("nan")}
     assert latency_note(network, few) == " network (end to end 3.60 ms; 5.42x the baseline's speed)"
     assert latency_note(e2e, {}) == " end to end"  # the baseline's own line

@@ -14,6 +14,7 @@ moves, and a speed-up is a paired ratio over rounds with its interval
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -25,10 +26,11 @@ from typing import Any
 import numpy as np
 
 __all__ = ["GRASP_OUTPUT", "INPUT_NAME", "MAX_RUNS", "OUTPUT_NAME", "SCOPES", "SIMD_FLAGS",
-           "LatencyResult", "Speedup", "TimingError", "check_protocol", "cpu_flags",
-           "fingerprint_key", "fixed_input", "host_fingerprint", "joined", "machine_line",
-           "onnx_session", "onnx_timed_call", "scope_of", "summarise", "time_calls", "time_rounds",
-           "time_scopes", "without_synthesis"]
+           "ExtraTime", "LatencyResult", "Speedup", "TimingError", "check_protocol",
+           "cpu_flags", "extra_text", "fingerprint_key", "fixed_input", "host_fingerprint",
+           "joined", "machine_line", "median_interval", "onnx_session", "onnx_timed_call",
+           "ratio_text", "scope_of", "summarise", "time_calls", "time_rounds", "time_scopes",
+           "without_synthesis"]
 
 #: The artifact's input, its maps output, and the grasp output of an end-to-end file.
 INPUT_NAME, OUTPUT_NAME, GRASP_OUTPUT = "depth", "maps", "grasp"
@@ -67,7 +69,61 @@ class Speedup:
 
     def text(self) -> str:
         """``5.42x [5.31, 5.55]``."""
-        return f"{self.value:.2f}x [{self.low:.2f}, {self.high:.2f}]"
+        return ratio_text(self.value, self.low, self.high)
+
+
+@dataclass(frozen=True)
+class ExtraTime:
+    """What one call adds to another timed in the same rounds (a file's grasp synthesis:
+    end to end minus network): the median over rounds of the difference, with the
+    distribution-free interval of that median and the sign test of 'adds nothing'. Two
+    medians alone can cross when the addition is below the timing noise; this cannot
+    contradict itself."""
+
+    value: float
+    low: float
+    high: float
+    p_value: float
+    rounds: int
+    confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def text(self) -> str:
+        """``+0.48 ms [+0.41, +0.55]``."""
+        return extra_text(self.value, self.low, self.high)
+
+
+def _interval(low: float | None, high: float | None, form: str) -> str:
+    """`` [low, high]``, or nothing where an end is missing (too few rounds)."""
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return ""
+    return f" [{form.format(low)}, {form.format(high)}]"
+
+
+def ratio_text(value: float, low: float | None = None, high: float | None = None) -> str:
+    """``5.42x [5.31, 5.55]``: how every speed-up is written."""
+    return f"{value:.2f}x{_interval(low, high, '{:.2f}')}"
+
+
+def extra_text(value: float, low: float | None = None, high: float | None = None) -> str:
+    """``+0.48 ms [+0.41, +0.55]``: how every paired extra time is written."""
+    return f"{value:+.2f} ms{_interval(low, high, '{:+.2f}')}"
+
+
+def median_interval(values: Sequence[float], null: float, confidence: float = 0.95
+                    ) -> tuple[float, float, float, float]:
+    """The median of ``values``, the ends of its distribution-free interval (binomial order
+    statistics; NaN where the values are too few for one: under 6 at 95 %) and the sign
+    test's p of median = ``null``, which rejects exactly when the interval excludes it.
+    scipy is imported here, not at the top: the timing agent installs without it."""
+    from scipy.stats import quantile_test
+
+    test = quantile_test(np.asarray(values, dtype=float), q=null, p=0.5)
+    interval = test.confidence_interval(confidence)
+    return (float(np.median(values)), float(interval.low), float(interval.high),
+            float(test.pvalue))
 
 
 @dataclass(frozen=True)
@@ -93,18 +149,20 @@ class LatencyResult:
         return cls(**values)
 
     def speedup(self, confidence: float = 0.95) -> Speedup | None:
-        """The paired speed-up over the rounds (None without a reference). scipy is
-        imported here, not at the top: the timing agent installs without it."""
+        """The paired speed-up over the rounds (None without a reference)."""
         if not self.reference_times:
             return None
-        from scipy.stats import quantile_test
-
         ratios = np.asarray(self.reference_times) / np.asarray(self.times)
-        test = quantile_test(ratios, q=1.0, p=0.5)
-        # NaN ends where the rounds are too few for any interval at this level (5 at 95 %).
-        interval = test.confidence_interval(confidence)
-        return Speedup(float(np.median(ratios)), float(interval.low), float(interval.high),
-                       float(test.pvalue), len(ratios), confidence)
+        return Speedup(*median_interval(ratios, 1.0, confidence), len(ratios), confidence)
+
+    def extra_over(self, shorter: LatencyResult, confidence: float = 0.95) -> ExtraTime:
+        """What this call adds to ``shorter``, timed in the same rounds (end to end over
+        network: the grasp synthesis)."""
+        if len(self.times) != len(shorter.times):
+            raise TimingError(f"{len(self.times)} and {len(shorter.times)} runs: a paired "
+                              f"difference needs the same rounds")
+        extra = np.asarray(self.times) - np.asarray(shorter.times)
+        return ExtraTime(*median_interval(extra, 0.0, confidence), len(extra), confidence)
 
 
 def check_protocol(threads: int, warmup: int, runs: int, min_seconds: float) -> None:

@@ -48,7 +48,7 @@ def write_report(study: optuna.Study, config: StudyConfig, out: Path) -> Path:
         f"<td>{r['accuracy_change_pp']:+.1f}{ci_text(r['accuracy_change_ci_pp'], '{:+.1f}')}</td>"
         f"<td>{r['size_bytes'] / 1e3:.1f}</td>"
         f"<td>{r['size_reduction']:.1f}×</td><td>{r['latency_ms']:.2f}</td>"
-        f"<td>{speedup_text(r)}×</td></tr>" for r in front_rows(study, config.objectives))
+        f"<td>{speedup_text(r)}</td></tr>" for r in front_rows(study, config.objectives))
     base = study.user_attrs.get("baseline", {})
     variant = html.escape(str(base.get("variant")))
     row = recommended_row(study, config.objectives, front_rows(study, config.objectives))
@@ -60,7 +60,7 @@ def write_report(study: optuna.Study, config: StudyConfig, out: Path) -> Path:
             f"{ci_text(row['accuracy_ci'])}, {row['accuracy_change_pp']:+.1f} pp against the "
             f"baseline{ci_text(row['accuracy_change_ci_pp'], '{:+.1f}')}; "
             f"{row['size_bytes'] / 1e3:.1f} kB ({row['size_reduction']:.1f}× smaller); "
-            f"{row['latency_ms']:.2f} ms ({speedup_text(row)}× faster, "
+            f"{row['latency_ms']:.2f} ms ({speedup_text(row)} faster, "
             f"{SCOPE_NAMES[latency_scope(study)]}).<br>Ship it with <code>ggopt export "
             f"{html.escape(str(config.path))} --trial {row['trial']} --out best/</code>, which "
             f"also scores it on the test images and grasps with it in simulation.</p>")

@@ -8,8 +8,8 @@ import numpy as np
 import optuna
 from rich.table import Table
 
-from objectives.latency import LATENCY_KEYS
-from search.front import SCOPE_NAMES, both_latencies, front_rows, latency_scope
+from search.front import SCOPE_NAMES, front_rows, latency_scope, synthesis_cost
+from timing.protocol import ratio_text
 
 
 def _ms(value: float) -> str:
@@ -24,9 +24,17 @@ def ci_text(pair: list[float], form: str = "{:.3f}") -> str:
 
 
 
+def _synthesis(row: dict[str, Any]) -> str:
+    """What the grasp synthesis adds, paired: ``+0.48 [+0.41, +0.55]`` (blank before)."""
+    if np.isnan(row["synthesis_ms"]):
+        return ""
+    return f"{row['synthesis_ms']:+.2f}{ci_text(row['synthesis_ci'], '{:+.2f}')}"
+
+
+
 def speedup_text(row: dict[str, Any]) -> str:
-    """``5.42 [5.31, 5.55]``: a front row's paired speed-up and its 95 % interval."""
-    return f"{row['speedup']:.2f}{ci_text(row['speedup_ci'], '{:.2f}')}"
+    """``5.42x [5.31, 5.55]``: a front row's paired speed-up and its 95 % interval."""
+    return ratio_text(row["speedup"], *row["speedup_ci"])
 
 
 
@@ -50,16 +58,15 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
         + (" (from N): trial N's recovery continued by promotion." if promoted else "")
         if images else None))
     scope = latency_scope(study)
-    other = LATENCY_KEYS[scope != "end_to_end"]
     for col in ("trial", "precision", "val accuracy", "Δ vs baseline (pp)", "±", "p", "size kB",
                 "size ÷", f"latency ms ({SCOPE_NAMES[scope]})", "speed-up",
-                f"{'network' if scope == 'end_to_end' else 'end-to-end'} ms", "MMACs"):
+                "synthesis ms", "MMACs"):
         table.add_column(col, justify="right", no_wrap=True)
     if base:
         table.add_row("baseline", f"fp32 {base.get('variant', '')}",
                       f"{base['accuracy']:.3f}{ci_text(base.get('accuracy_ci'))}", "0.0", "", "",
                       f"{base['size'] / 1e3:.1f}", "1.0", f"{base['latency']:.2f}", "1.00",
-                      _ms(both_latencies(base, base, scope)[other]),
+                      _synthesis(synthesis_cost(base)),
                       f"{base.get('macs', 0) / 1e6:.0f}", style="dim")
     for r in rows:
         better, worse = r["discordant"]
@@ -73,6 +80,6 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
                       (f"{r['accuracy_change_p']:.2g}" if r["accuracy_change_p"] is not None
                        else ""),
                       f"{r['size_bytes'] / 1e3:.1f}", f"{r['size_reduction']:.1f}",
-                      f"{r['latency_ms']:.2f}", speedup_text(r), _ms(r[other]),
+                      f"{r['latency_ms']:.2f}", speedup_text(r), _synthesis(r),
                       f"{(r['macs'] or 0) / 1e6:.0f}")
     return table

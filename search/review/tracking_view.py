@@ -56,7 +56,7 @@ def _recommendation(row: dict[str, Any] | None) -> list[str]:
     return [f"**Recommended** (the knee of the front): trial {r['trial']} ({r['precision']}), "
             f"validation accuracy {r['accuracy']:.3f}{ci_text(r['accuracy_ci'])}, "
             f"{r['accuracy_change_pp']:+.1f} pp against the baseline, {r['size_reduction']:.1f}× "
-            f"smaller, {speedup_text(r)}× faster.", ""]
+            f"smaller, {speedup_text(r)} faster.", ""]
 
 
 
@@ -74,7 +74,7 @@ def front_note(study: optuna.Study, rows: list[dict[str, Any]],
              f"images, {base.get('size', 0) / 1e3:.1f} kB, {base.get('latency', float('nan')):.2f}"
              f" ms ({scope}). Every figure is measured on the shipped file.", "",
              f"| trial | precision | val accuracy [95 % CI] | Δ pp vs baseline [95 % CI] | kB "
-             f"| × smaller | ms ({scope}) | × faster [95 % CI] |",
+             f"| × smaller | ms ({scope}) | speed-up [95 % CI] |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
