@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial
 from rich.console import Console
 
 from grasp.data import INPUT_CONTRACT
-from objectives.latency import LATENCY_KEYS, speedup_text
+from objectives.latency import LATENCY_KEYS, speedup_text, synthesis_text
 from search.config import StudyConfig
 from search.finish import finish_trial
 from search.front import both_latencies, latency_scope
@@ -152,6 +152,10 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
     table.append(f"| speed-up over the baseline ({scope.replace('_', ' ')}; paired over "
                  "timing rounds, 95 % CI) | "
                  + " | ".join(_speedup_cell(d) for d in speedups) + " | 1 |")
+    table.append("| what the grasp synthesis adds (end to end minus network, paired over "
+                 "timing rounds, 95 % CI) | "
+                 + " | ".join(synthesis_text(d) if "synthesis_ms" in d else "n/a"
+                              for d in (*speedups, base)) + " |")
     card = [
         f"# {study.study_name} — {title}", "",
         f"Model `{config.model}` compressed by ggopt; file `{model_path.name}` for "

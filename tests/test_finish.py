@@ -73,6 +73,12 @@ def test_export_finish_recovers_longer_and_measures_the_new_file(
     assert float(accuracy_row[1]) == pytest.approx(saved["values"]["accuracy"], abs=5e-4)
     assert float(accuracy_row[2]) <= float(accuracy_row[1]) <= float(accuracy_row[3])
     assert float(accuracy_row[4]) == pytest.approx(saved["study_values"]["accuracy"], abs=5e-4)
+    # What the synthesis adds, paired, for the file, the trial and the baseline.
+    synthesis = re.search(r"\| what the grasp synthesis adds \(end to end minus network, "
+                          r"paired over timing rounds, 95 % CI\) \|(.*)\|$", card, re.M)
+    cells = [c.strip() for c in synthesis[1].split("|")]
+    assert len(cells) == 3 and all(re.fullmatch(r"[+-]\d+\.\d\d ms( \[.*\])?", c)
+                                   for c in cells), cells
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     version = client.search_model_versions("name = 'tiny-ggcnn'")[0]
     run = client.get_run(version.run_id)
