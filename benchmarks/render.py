@@ -179,6 +179,22 @@ def _end_to_end(record: Record) -> str:
         f"{f['images']} validation images:", "", *agree])
 
 
+def _baselines(record: Record) -> str:
+    f = record.figures
+    rows = ["| model | parameters | IoU-match accuracy, test [95 % CI] | Δ paired | "
+            "simulated grasp success [95 % CI] | Δ paired |", "|---|---:|---|---|---|---|"]
+    for r in f["rows"]:
+        test_diff, sim_diff = (("", "") if r["test_diff"] is None else
+                               (_paired(r["test_diff"]), _paired(r["sim_diff"])))
+        rows.append(f"| {r['model']} | {r['params']:,} | {_rate(r['test'])} | {test_diff} | "
+                    f"{_rate(r['sim'])} | {sim_diff} |")
+    return "\n".join([
+        f"On {f['data']}: {f['test_images']} test images of objects never trained on, and "
+        f"{f['sim_scenes']} simulated held-out scenes with one executed grasp each. Every "
+        f"model on the same images and scenes; Δ is paired with {f['reference']} (Tango's "
+        f"interval, McNemar's p).", "", *rows])
+
+
 def _mmacs(macs: float | None) -> str:
     return "-" if macs is None else f"{macs / 1e6:.0f}"
 
@@ -251,7 +267,8 @@ def _study_front(record: Record) -> str:
 
 
 #: How each benchmark's figures read, by benchmark name.
-RENDERERS: dict[str, Callable[[Record], str]] = {"best_models": _best_models,
+RENDERERS: dict[str, Callable[[Record], str]] = {"baselines": _baselines,
+                                                  "best_models": _best_models,
                                                   "end_to_end": _end_to_end,
                                                   "init_forecast": _init_forecast,
                                                   "quickstart": _quickstart,
