@@ -195,6 +195,16 @@ def _baselines(record: Record) -> str:
         f"interval, McNemar's p).", "", *rows])
 
 
+def _sim_trials(record: Record) -> str:
+    f = record.figures
+    speed = ", ".join(f"{rate:.1f} trials/s with {workers} worker{'s' * (workers != '1')}"
+                      for workers, rate in f["trials_per_s"].items())
+    return (f"Labelling {f['scenes']} scenes (scene generation, rendering and the grasp "
+            f"trials, as `ggopt data sim` does): {speed}. On the same scenes, antipodal "
+            f"candidates succeed {_rate(f['success']['antipodal'])} and random grasps on "
+            f"objects {_rate(f['success']['random'])}.")
+
+
 def _mmacs(macs: float | None) -> str:
     return "-" if macs is None else f"{macs / 1e6:.0f}"
 
@@ -272,6 +282,7 @@ RENDERERS: dict[str, Callable[[Record], str]] = {"baselines": _baselines,
                                                   "end_to_end": _end_to_end,
                                                   "init_forecast": _init_forecast,
                                                   "quickstart": _quickstart,
+                                                  "sim_trials": _sim_trials,
                                                   "study_front": _study_front}
 
 
