@@ -45,16 +45,17 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from grasp.artifact import INPUT_NAME, OUTPUT_NAME, Artifact
+from grasp.artifact import GRASP_OUTPUT, INPUT_NAME, OUTPUT_NAME, Artifact
 from grasp.checkpoints import load_checkpoint
 from grasp.data import load_dataset, split
 from grasp.evaluation import HeldOut, score_grasps, score_images
 from grasp.rectangles import best_grasp, post_process, scored_grasps
+from grasp.synthesis import synthesis_graph
 from objectives.latency import device_fingerprint
 from search.stats import paired_difference, rate
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.upsample import rewrite_all
-from timing.protocol import machine_line, summarise, time_rounds
+from timing.protocol import machine_line, onnx_session, summarise, time_rounds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside this script
 
@@ -64,21 +65,17 @@ TIMING = {"warmup": 20, "runs": 100, "min_seconds": 1.0}
 
 
 def _synthesis_alone(artifact: Artifact, image: torch.Tensor) -> Callable[[], None]:
-    """The file's grasp synthesis alone, on the maps the file computes for ``image``."""
+    """The grasp synthesis the file carries, alone (the same graph, built at the file's size
+    and opset), on the maps the file computes for ``image``."""
     import onnx
-    import onnxruntime as ort
 
-    part = onnx.utils.Extractor(onnx.load(str(artifact.path))).extract_model(
-        [OUTPUT_NAME, INPUT_NAME], ["grasp"])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(part.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    x = image.numpy()[None]
-    feed = {OUTPUT_NAME: artifact.predictor(1)(image[None]).numpy(), INPUT_NAME: x}
+    network = onnx.load(str(artifact.path))
+    opset = next(o.version for o in network.opset_import if o.domain in ("", "ai.onnx"))
+    session = onnx_session(synthesis_graph(artifact.input_size, opset, network.ir_version))
+    feed = {"s.maps": artifact.predictor(1)(image[None]).numpy(), "s.depth": image.numpy()[None]}
 
     def run() -> None:
-        session.run(["grasp"], feed)
+        session.run([GRASP_OUTPUT], feed)
 
     return run
 

@@ -308,7 +308,7 @@ def attach_to_onnx(path: str | Path, size: int) -> Path:
     network = onnx.load(str(path))
     maps = network.graph.output[0]
     synthesis = onnx.ModelProto()
-    synthesis.ParseFromString(_synthesis_graph(size, _opset(network), network.ir_version))
+    synthesis.ParseFromString(synthesis_graph(size, _opset(network), network.ir_version))
     merged = compose.merge_models(network, synthesis, io_map=[(maps.name, "s.maps")])
     grasp = list(merged.graph.output)
     del merged.graph.output[:]
@@ -328,9 +328,10 @@ def attach_to_onnx(path: str | Path, size: int) -> Path:
 
 
 @functools.lru_cache(maxsize=8)
-def _synthesis_graph(size: int, opset: int, ir_version: int) -> bytes:
+def synthesis_graph(size: int, opset: int, ir_version: int) -> bytes:
     """The synthesis as a standalone ONNX model (serialized), exported once per process for
     each size and opset: exporting and slimming it takes over a second, merging it little.
+    Inputs ``s.maps`` and ``s.depth``, output ``grasp``: what a file's synthesis runs alone.
 
     The candidates' peak search says whether its answer is proven; an ``If`` passes it on,
     or runs the exact search (a small subgraph reading the smoothed quality from the outer
