@@ -32,8 +32,10 @@ Wilson interval and its paired difference to the strongest baseline on the same 
 (Tango's score interval, better/worse image counts).
 ``--data`` scores both on another copy of the dataset, such as one whose held-out sets were
 grown with ``ggopt data sim --splits val,test`` after the study ran (same training scenes).
-Latency is timed by the study's protocol (its threads, warm-up and runs; depth in -> grasp
-out, or the network alone, as the study times it), round-robin over every artifact for
+Latency is timed exactly as the study times a trial beside its baseline
+(objectives.latency.measure_as_study: its threads, warm-up, runs and min_seconds, both
+scopes of both files in every round; depth in -> grasp out, or the network alone, as the
+study scores it), round-robin over every artifact for
 ``--rounds`` rounds: first the exact uncompressed forms, each in the same timing rounds as
 the torch sub-pixel one, to find the strongest baseline (the smallest median per-round
 ratio); then every artifact in the same rounds as the strongest baseline, so each
@@ -58,7 +60,7 @@ from rich.table import Table
 from grasp.artifact import Artifact, fuse_heads
 from grasp.evaluation import score_grasps
 from objectives import count_macs, device_fingerprint
-from objectives.latency import LatencyResult, measure_latency
+from objectives.latency import LatencyResult, measure_as_study
 from search.config import load_study_config
 from search.front import feasible_front
 from search.recovery import recover
@@ -70,7 +72,7 @@ from spaces.depthwise import DepthwiseConfig
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.prune import PruneConfig
 from spaces.upsample import rewrite_all
-from timing.protocol import joined, machine_line
+from timing.protocol import joined, machine_line, scope_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside this script
 
@@ -164,13 +166,16 @@ def main() -> None:
             row["size"] = row["artifact"].size_bytes
 
         def timed(labels: list[str], reference: Artifact) -> dict[str, LatencyResult]:
-            """``labels``' artifacts each beside ``reference``, round-robin, all rounds."""
+            """``labels``' artifacts each beside ``reference`` as the study times a trial
+            beside its baseline, round-robin over the labels, all rounds pooled."""
+            scope = scope_of(config.end_to_end)
             out: dict[str, list[LatencyResult]] = {label: [] for label in labels}
             for _ in range(args.rounds):
                 for label in labels:
-                    out[label].append(measure_latency(
-                        rows[label]["artifact"], config.threads, config.warmup, config.runs,
-                        reference=reference, end_to_end=config.end_to_end))
+                    out[label].append(measure_as_study(
+                        rows[label]["artifact"], reference, config.end_to_end,
+                        config.threads, config.warmup, config.runs,
+                        config.min_seconds)[scope])
             return {label: joined(results) for label, results in out.items()}
 
         forms = timed(list(exact.values()), rows[exact["torch"]]["artifact"])

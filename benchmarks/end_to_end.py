@@ -16,16 +16,18 @@ Rows (ONNX Runtime, batch 1, 1 thread, the study protocol's timing: warm-up, the
 - with ``--study``: that study's recommended model, the knee of its feasible front (its
   own artifact).
 
-Every row is timed by the study's protocol (timing.protocol): each round times, once each
-and in a rotating order, the row's network alone (the file without its grasp synthesis),
-its post-processing alone on the maps of a real validation image (numpy, or the file's
-synthesis graph run by ONNX Runtime on those maps), its depth in -> grasp out (for the
-numpy rows, the network call followed by the numpy code), and the strongest baseline's
-network and end to end. So the row's columns share every moment of the machine:
-end-to-end minus network is the median of the per-round differences (what the robot pays
-for the post-processing), and the speed-up is the median over rounds of strongest
-baseline / row end to end, with its 95 % interval. ``--rounds`` repeats this round-robin
-over the rows, and every figure pools all of a row's rounds.
+Every file row is timed exactly as a study times a trial beside its baseline
+(objectives.latency.measure_as_study): each round times, once each and in a rotating
+order, the file's network alone (the file without its grasp synthesis) and its depth in ->
+grasp out, and the strongest baseline's two; so its speed-up measures what the study's
+does. Its post-processing alone (the synthesis graph the file carries, run by ONNX Runtime
+on the maps of a real validation image) is timed in rounds of its own. A numpy row's
+rounds hold its network, its numpy code alone, the two one after the other, and the
+strongest baseline's network and end to end. End to end minus network is the median of
+the per-round differences (what the robot pays for the post-processing), and the speed-up
+the median over rounds of strongest baseline / row end to end, each with its 95 %
+interval. ``--rounds`` repeats this round-robin over the rows, and every figure pools all
+of a row's rounds.
 
 Agreement: on ``--images`` validation images, the grasp each file returns against the
 float64 numpy reference on the same file's maps: identical peak pixel and peak flag, and
@@ -51,7 +53,7 @@ from grasp.data import load_dataset, split
 from grasp.evaluation import HeldOut, score_grasps, score_images
 from grasp.rectangles import best_grasp, post_process, scored_grasps
 from grasp.synthesis import synthesis_graph
-from objectives.latency import device_fingerprint
+from objectives.latency import device_fingerprint, measure_as_study
 from search.stats import paired_difference, rate
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.upsample import rewrite_all
@@ -164,14 +166,22 @@ def main() -> None:
                             scored_grasps)):
             rows.append((name, fp32.timed_call(1), _numpy_alone(fp32, image, post),
                          _with_numpy(fp32, post)))
-        rows += [(name, a.timed_call(1), _synthesis_alone(a, image),
-                  a.timed_call(1, end_to_end=True)) for name, a in artifacts.items()]
+        synthesis = {name: _synthesis_alone(a, image) for name, a in artifacts.items()}
         baseline_calls = (fp32.timed_call(1), fp32.timed_call(1, end_to_end=True))
-        timed: dict[str, list[list[float]]] = {name: [[] for _ in range(5)] for name, *_ in rows}
+        timed: dict[str, list[list[float]]] = {
+            name: [[] for _ in range(5)] for name in [r[0] for r in rows] + list(artifacts)}
         for _ in range(args.rounds):
             for name, *calls in rows:
                 for pooled, times in zip(timed[name], time_rounds([*calls, *baseline_calls],
                                                                   **TIMING), strict=True):
+                    pooled += times
+            for name, a in artifacts.items():  # as the study times a trial beside its baseline
+                both = measure_as_study(a, fp32, True, 1, **TIMING)
+                net, e2e = both["network"], both["end_to_end"]
+                post = time_rounds([synthesis[name]], **TIMING)[0]
+                for pooled, times in zip(timed[name], (net.times, post, e2e.times,
+                                                       net.reference_times,
+                                                       e2e.reference_times), strict=True):
                     pooled += times
         table = Table(title=f"Depth in -> grasp out, GG-CNN 300 px, ONNX Runtime, 1 thread "
                             f"[{cpu_line()}]")

@@ -44,10 +44,10 @@ from timing.protocol import (
     time_scopes,
 )
 
-__all__ = ["LATENCY_KEYS", "MAX_RUNS", "SPEEDUP_KEYS", "SYNTHESIS_KEYS", "Latency", "LatencyResult",
-           "device_fingerprint", "fingerprint_key", "measure_latency", "measure_scopes",
-           "speedup_details", "speedup_text", "synthesis_details", "synthesis_text",
-           "timed_scopes"]
+__all__ = ["LATENCY_KEYS", "MAX_RUNS", "SPEEDUP_KEYS", "SYNTHESIS_KEYS", "Latency",
+           "LatencyResult", "device_fingerprint", "fingerprint_key", "measure_as_study",
+           "measure_latency", "measure_scopes", "speedup_details", "speedup_text",
+           "synthesis_details", "synthesis_text", "timed_scopes"]
 
 
 def device_fingerprint(artifact: Artifact | None = None, threads: int = 1,
@@ -102,6 +102,23 @@ def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs
                           (scope,))[scope]
 
 
+def study_scopes(artifact: Artifact, end_to_end: bool) -> tuple[str, ...]:
+    """What a study times a file at: the scope it optimises first, then every other the
+    file has (so the rounds hold the same calls wherever the study's protocol is used)."""
+    return tuple(dict.fromkeys((scope_of(end_to_end), *timed_scopes(artifact))))
+
+
+def measure_as_study(artifact: Artifact, reference: Artifact, end_to_end: bool,
+                     threads: int = 1, warmup: int = 10, runs: int = 50,
+                     min_seconds: float = 0.0) -> dict[str, LatencyResult]:
+    """``artifact`` timed exactly as a study times a trial beside its baseline: the same
+    calls in every round (both scopes of each file), so that a benchmark's speed-up and the
+    study's measure one thing. (What else shares a round moves a file's time: a call that
+    follows another model's runs on a colder cache.)"""
+    return measure_scopes(artifact, threads, warmup, runs, reference, min_seconds,
+                          study_scopes(artifact, end_to_end))
+
+
 def time_package(path: Path, reference: Path | None, request: dict[str, Any]
                  ) -> dict[str, LatencyResult]:
     """A timing agent's request for a torch ``.pt2`` package, timed by
@@ -139,7 +156,7 @@ class Latency:
         speed-up with its interval (``speedup``, ``speedup_low``, ``speedup_high``).
         With ``ctx.reference_ms`` too, the score is ``reference_ms`` x the paired ratio."""
         scope = scope_of(ctx.end_to_end)
-        scopes = tuple(dict.fromkeys((scope, *timed_scopes(artifact))))
+        scopes = study_scopes(artifact, ctx.end_to_end)
         # Where it is timed: here, or on the robot's computer through its timing agent.
         measure = ctx.target.measure_scopes if ctx.target is not None else measure_scopes
         results = measure(artifact, ctx.threads, ctx.warmup, ctx.runs, reference=ctx.reference,
