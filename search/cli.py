@@ -110,7 +110,7 @@ def _run_pareto(args: argparse.Namespace) -> None:
     import json
 
     from search.front import front_rows
-    from search.review.table import front_table
+    from search.review.table import front_table, recipes_table
     from search.study.setup import load_study
 
     config = _config(args)
@@ -119,8 +119,11 @@ def _run_pareto(args: argparse.Namespace) -> None:
         raise ValueError(f"--verify: the number of front trials must be >= 0, got {args.verify}.")
     rows = front_rows(study, config.objectives)
     if not args.json:
-        Console(width=max(Console().width, TABLE_WIDTH)).print(
-            front_table(study, config.objectives))
+        wide = Console(width=max(Console().width, TABLE_WIDTH))
+        wide.print(front_table(study, config.objectives))
+        recipes = recipes_table(study, config.objectives)
+        if recipes is not None:
+            wide.print(recipes)
     if args.verify:
         from search.front import study_picks
         from search.verify import verify_trials

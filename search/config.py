@@ -74,6 +74,37 @@ class Promotion:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """A hand recipe (``[search] recipes``): one setting for every layer, the kind of
+    compression a user could apply without a search (search.study.recipes builds it)."""
+
+    name: str | None = None
+    upsample: str = "subpixel"
+    prune: float = 0.0
+    depthwise: bool = False
+    precision: str = "int8"
+
+    @property
+    def label(self) -> str:
+        """Its name, or what it does: ``50 % pruning + int8``."""
+        if self.name:
+            return self.name
+        parts = ([f"{self.prune * 100:g} % pruning"] if self.prune else []) + (
+            ["depthwise everywhere"] if self.depthwise else []) + (
+            ["low-resolution last decoder"] if self.upsample == "lowres" else []) + (
+            [self.precision] if self.precision != "fp32" else [])
+        if not parts:
+            parts = ["uncompressed" if self.upsample == "keep" else "sub-pixel decoders"]
+        return " + ".join(parts)
+
+
+#: The recipes a study runs first when its file names none.
+DEFAULT_RECIPES = (Recipe(upsample="keep", precision="fp32"), Recipe(), Recipe(prune=0.5),
+                   Recipe(upsample="lowres"), Recipe(depthwise=True),
+                   Recipe(depthwise=True, prune=0.25))
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A study file as the study reads it, flat; every default and rule is the schema's
     (:mod:`search.study_file`). :func:`load_study_config` builds one."""
@@ -127,6 +158,7 @@ class StudyConfig:
     sensitivity: str | None
     sensitivity_max_loss: float
     promote: Promotion | None
+    recipes: tuple[Recipe, ...] | None  # None: DEFAULT_RECIPES
     tracking_uri: str
     experiment: str
 
@@ -323,6 +355,8 @@ def _flat(path: Path, study: StudyFile, model: str) -> StudyConfig:
         artifacts_dir=s.artifacts_dir, sensitivity=s.sensitivity,
         sensitivity_max_loss=s.sensitivity_max_loss,
         promote=Promotion(**s.promote.model_dump()) if s.promote else None,
+        recipes=(None if s.recipes is None else
+                 tuple(Recipe(**r.model_dump()) for r in s.recipes)),
         tracking_uri=t.uri, experiment=t.experiment)
 
 

@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives.latency import LATENCY_KEYS, SYNTHESIS_KEYS
-from search.record import PROMOTED_FROM, is_feasible, values_of
+from search.record import PROMOTED_FROM, RECIPE, is_feasible, values_of
 from search.storage import superseded
 
 SIGN = {"accuracy": -1.0, "size": 1.0, "latency": 1.0}  # minimisation form
@@ -43,6 +43,43 @@ def feasible_front(study: optuna.Study, objectives: tuple[str, ...]) -> list[Fro
     front = [t for t in done if not any(_dominates(values_of(o), values_of(t), objectives)
                                         for o in done if o is not t)]
     return sorted(front, key=lambda t: values_of(t)["latency"])
+
+
+
+def recipe_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Each hand recipe's trial against the front: on it (``on_front_as``: itself, or the
+    promotion that continues it), or which front trials beat it (at least as good on every
+    objective and better on one, as the study measured them), or why it stopped before
+    being measured whole."""
+    front = feasible_front(study, objectives)
+    on_front = {f.number: f.number for f in front} | {
+        f.user_attrs[PROMOTED_FROM]: f.number for f in front if PROMOTED_FROM in f.user_attrs}
+    base = study.user_attrs.get("baseline", {})
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if RECIPE not in t.user_attrs:
+            continue
+        row: dict[str, Any] = {"recipe": t.user_attrs[RECIPE], "trial": t.number,
+                               "state": t.state.name, "why": None,
+                               "on_front_as": on_front.get(t.number), "beaten_by": []}
+        if t.state == TrialState.COMPLETE and "values" in t.user_attrs:
+            v = values_of(t)
+            paired = t.user_attrs.get("accuracy_stats", {}).get("paired", {})
+            row.update({
+                "accuracy": v["accuracy"], "size_bytes": v["size"], "latency_ms": v["latency"],
+                "accuracy_change_pp": 100 * (v["accuracy"] - base.get("accuracy", np.nan)),
+                "accuracy_change_ci_pp": [100 * x for x in _interval(
+                    paired and (paired["low"], paired["high"]))],
+                **_speedup(t.user_attrs.get("extra", {}), base, v),
+                "size_reduction": base.get("size", np.nan) / v["size"],
+                "feasible": is_feasible(t),
+                "beaten_by": [f.number for f in front
+                              if _dominates(values_of(f), v, objectives)]})
+        else:
+            row["why"] = (t.user_attrs.get("stop_reason") or t.user_attrs.get("fail_reason")
+                          or t.state.name.lower())
+        rows.append(row)
+    return rows
 
 
 

@@ -6,10 +6,10 @@ are then set so that the study fits, and the trials per hour it should reach are
 The probe runs the real pipeline with the study's own sampler, so every cost a trial has is
 in it: applying knobs, recovery steps, export, int8 calibration, scoring, latency timing,
 tracking. A study's trials come in three phases that cost differently: the warm-start
-points and the sampler's random start-up draws, which the probe runs, and the trials the
-sampler's model then guides, most of a study. Those head for the front, which the
-warm-start points seed (int8, sub-pixel or low-resolution decoders, 50 % pruning): they are
-predicted to cost what the warm-start points that recover cost. (The probe cannot run
+points (the study's hand recipes, search.study.recipes) and the sampler's random start-up
+draws, which the probe runs, and the trials the sampler's model then guides, most of a
+study. Those head for the front, which the warm-start points seed: they are predicted to
+cost what the warm-start points that recover cost. (The probe cannot run
 guided trials faithfully: after its few recovery steps every compressed model scores
 badly, so the sampler would be guided towards the lightly compressed, dear ones. On the
 quick start's data, a random draw's recovery step cost 41 ms, the warm-start points' 19 ms
@@ -43,7 +43,7 @@ from search.config import StudyConfig
 from search.recovery import recover
 from search.stats import unpack_hits
 from search.study import run_study
-from search.study.baseline import warm_start
+from search.study.recipes import recipe_trials
 from search.study.screening import RACE_CONFIDENCE
 from search.study.setup import (
     STARTUP_TRIALS,
@@ -229,7 +229,7 @@ def _warm_start_steps(setup: StudySetup) -> tuple[list[float], float]:
     recover(copy.deepcopy(setup.base), pool, 2, recipe)
     images = setup.eval_data.head(GATE_TIMING_IMAGES)
     steps, gate = [], []
-    for params in warm_start(setup):
+    for _, params in recipe_trials(setup):
         model, configs = build_trial_model(setup, params=params)
         if changes_function(configs):
             start = time.perf_counter()
@@ -243,7 +243,7 @@ def _rate_scores(setup: StudySetup) -> tuple[tuple[float, float], ...]:
     """Each candidate peak rate's accuracy on the first validation images after a short
     recovery of the same warm-start point (the pruned one, else the first that recovers);
     none when no warm-start point recovers."""
-    built = [(p, *build_trial_model(setup, params=p)) for p in warm_start(setup)]
+    built = [(p, *build_trial_model(setup, params=p)) for _, p in recipe_trials(setup)]
     points = [(p, model) for p, model, configs in built if changes_function(configs)]
     pruned = [(p, model) for p, model in points
               if any(k.startswith("prune.") and k.endswith(".ratio") and v > 0

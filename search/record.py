@@ -40,6 +40,7 @@ RUN_ID_KEY = "mlflow_run_id"
 SURPLUS_KEY = "surplus"
 
 PROMOTED_FROM = "promoted_from"  # a promotion's user attribute: the trial it continues
+RECIPE = "recipe"  # a hand recipe's user attribute: its label (search.study.recipes)
 
 #: How accuracy is scored: 2 is GG-CNN's protocol (no peak above 0.2 is a miss) with
 #: per-image outcomes kept for pairing; 1 took the quality map's maximum instead; 3 scores

@@ -225,6 +225,27 @@ class Promote(Table):
     steps: int = Field(ge=1)
 
 
+RECIPES_RULE = ("must be a list of tables, each {name = TEXT, upsample = \"keep\" | "
+                "\"subpixel\" | \"lowres\", prune = a multiple of 0.05 from 0 to 0.9, depthwise = "
+                f"true | false, precision = {' | '.join(PRECISIONS)}}}, every key optional "
+                "(defaults: sub-pixel decoders, no pruning, int8): hand recipes the study runs "
+                "first, with its own recovery, so that its front is measured against them "
+                "(default: the uncompressed model, int8, 50 % pruning, a low-resolution last "
+                "decoder, depthwise everywhere, and that with 25 % pruning, all int8 but the "
+                "first)")
+
+
+class RecipeTable(Table):
+    """One hand recipe of ``[search] recipes``."""
+
+    name: Annotated[str, _holds(bool)] | None = None
+    upsample: Literal["keep", "subpixel", "lowres"] = "subpixel"
+    prune: Annotated[float, _holds(lambda v: abs(v * 20 - round(v * 20)) < 1e-9)] = Field(
+        0.0, ge=0, le=0.9)
+    depthwise: bool = False
+    precision: Annotated[str, _holds(lambda v: v in PRECISIONS)] = "int8"
+
+
 class SearchTable(Table):
     sampler: Annotated[str, _holds(lambda v: v in SAMPLERS)] = key(
         "tpe", f"must be one of {', '.join(SAMPLERS)}")
@@ -243,6 +264,7 @@ class SearchTable(Table):
     sensitivity_max_loss: float = key(0.03, "must be an accuracy fraction in (0, 1] (0.03: 3 "
                                             "pp, after the scan's short recovery)", gt=0, le=1)
     promote: Promote | None = key(None, PROMOTE_RULE)
+    recipes: list[RecipeTable] | None = key(None, RECIPES_RULE)
 
 
 class TrackingTable(Table):

@@ -81,9 +81,11 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
     study = run_study(config)
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 4
-    # Warm start: the uncompressed fp32 model is trial 0, int8 + sub-pixel is trial 1.
+    # Hand recipes first: the uncompressed fp32 model is trial 0, int8 + sub-pixel trial 1.
     assert trials[0].params["precision"] == "fp32"
     assert trials[1].params["precision"] == "int8"
+    assert [t.user_attrs.get("recipe") for t in trials] == [
+        "uncompressed", "int8", "50 % pruning + int8", "low-resolution last decoder + int8"]
     assert trials[1].user_attrs["values"]["size"] < 0.6 * trials[0].user_attrs["values"]["size"]
     baseline = study.user_attrs["baseline"]
     for t in trials:
@@ -179,6 +181,9 @@ def test_pareto_and_export_from_the_cli(tmp_path, checkpoint, jacquard_root, cap
     # Every structural knob, and trials past the warm starts that dilate and group layers.
     path = write_study(tmp_path, checkpoint, jacquard_root, n_trials=5, knobs=(
         '["upsample", "dilate", "group", "depthwise", "lowrank", "prune", "precision"]'))
+    path.write_text(path.read_text().replace("[search]\n", (
+        '[search]\nrecipes = [{upsample = "keep", precision = "fp32"}, {}, {prune = 0.5}, '
+        '{upsample = "lowres"}]\n')))
     monkeypatch.setenv("COLUMNS", "60")  # a narrow terminal
     assert main(["search", str(path)]) == 0
     printed = capsys.readouterr().err.splitlines()
@@ -188,6 +193,7 @@ def test_pareto_and_export_from_the_cli(tmp_path, checkpoint, jacquard_root, cap
     assert main(["pareto", str(path)]) == 0
     shown = capsys.readouterr().out
     assert "baseline" in shown and "feasible Pareto front" in shown
+    assert "hand recipes against the front" in shown and "50 % pruning + int8" in shown
     assert "promotion" not in shown  # said only when the front holds one
     study = load_study(load_study_config(path))
     drawn = [t.params for t in study.trials[4:]]
@@ -544,25 +550,6 @@ def test_every_artifact_format_is_recorded_against_the_runtimes_it_changed():
     assert max(max(changes) for changes in FORMAT_CHANGES.values()) == ARTIFACT_FORMAT
     assert [files_format("torch", f) for f in range(1, ARTIFACT_FORMAT + 1)][:3] == [1, 2, 2]
     assert files_format("onnxruntime", 4) == 4
-
-
-def test_warm_starts_include_a_low_resolution_decoder_where_the_modes_allow_it():
-    from grasp.models import get_model
-    from search.study.baseline import warm_start
-    from search.study.setup import StudySetup
-    from spaces import get_knob
-
-    def points(modes):
-        knobs = {"prune": get_knob("prune"), "upsample": get_knob("upsample", modes=modes),
-                 "precision": get_knob("precision", precisions=["int8"])}
-        return warm_start(StudySetup(None, get_model("ggcnn"), None, None, [], knobs))
-
-    low = [p for p in points(["subpixel", "lowres"]) if "lowres" in p.values()]
-    assert len(low) == 1
-    assert {k: v for k, v in low[0].items() if k.startswith("upsample.")} == {
-        "upsample.convt1": "subpixel", "upsample.convt2": "subpixel", "upsample.convt3": "lowres"}
-    assert all(v == 0.0 for k, v in low[0].items() if k.endswith(".ratio"))
-    assert not any("lowres" in p.values() for p in points(["subpixel"]))
 
 
 def test_resuming_with_other_knob_choices_is_refused_before_any_trial(tmp_path, checkpoint,

@@ -8,7 +8,7 @@ import numpy as np
 import optuna
 from rich.table import Table
 
-from search.front import SCOPE_NAMES, front_rows, latency_scope, synthesis_cost
+from search.front import SCOPE_NAMES, front_rows, latency_scope, recipe_rows, synthesis_cost
 from timing.protocol import ratio_text
 
 
@@ -83,3 +83,45 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
                       f"{r['latency_ms']:.2f}", speedup_text(r), _synthesis(r),
                       f"{(r['macs'] or 0) / 1e6:.0f}")
     return table
+
+
+
+def recipe_verdict(row: dict[str, Any]) -> str:
+    """``on the front``, ``beaten by trials 7, 12``, ``not beaten``, or why it stopped."""
+    if row["why"] is not None:
+        return f"stopped: {row['why']}"
+    if row["on_front_as"] is not None:
+        return ("on the front" if row["on_front_as"] == row["trial"]
+                else f"on the front (continued as trial {row['on_front_as']})")
+    if row["beaten_by"]:
+        return "beaten by trial" + "s" * (len(row["beaten_by"]) > 1) + " " + ", ".join(
+            map(str, row["beaten_by"]))
+    return "not beaten" + ("" if row["feasible"] else " (infeasible)")
+
+
+
+def recipes_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table | None:
+    """The hand recipes the study ran first, each against the front (None when none ran)."""
+    rows = recipe_rows(study, objectives)
+    if not rows:
+        return None
+    table = Table(title="hand recipes against the front", caption=(
+        "each recipe ran as a trial with the study's recovery; beaten by: front trials at "
+        "least as good on every objective and better on one (validation)"))
+    for col in ("recipe", "trial", "Δ vs baseline (pp)", "size kB", "size ÷",
+                f"latency ms ({SCOPE_NAMES[latency_scope(study)]})", "speed-up",
+                "against the front"):
+        table.add_column(col, justify="left" if col in ("recipe", "against the front")
+                         else "right")
+    for r in rows:
+        measured = "accuracy" in r
+        table.add_row(
+            r["recipe"], str(r["trial"]),
+            (f"{r['accuracy_change_pp']:+.1f}{ci_text(r['accuracy_change_ci_pp'], '{:+.1f}')}"
+             if measured else ""),
+            f"{r['size_bytes'] / 1e3:.1f}" if measured else "",
+            f"{r['size_reduction']:.1f}" if measured else "",
+            f"{r['latency_ms']:.2f}" if measured else "",
+            speedup_text(r) if measured else "", recipe_verdict(r))
+    return table
+

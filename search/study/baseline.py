@@ -4,7 +4,6 @@ with."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from search.stats import (
 )
 from search.study.measure import LATENCY_DETAILS, confidence_level, latency_note, measure_artifact
 from search.study.setup import StudySetup
-from spaces import ORDER
 
 
 def measure_baseline(setup: StudySetup, folder: Path, console: Console) -> dict[str, Any]:
@@ -79,50 +77,3 @@ def reference_artifact(setup: StudySetup, folder: Path, variant: str) -> Artifac
         return Artifact(path, runtime=c.runtime, precision="fp32", input_size=c.output_size,
                         device=c.device)
     return _baseline_artifact(setup, folder, variant)
-
-
-
-def warm_start(setup: StudySetup) -> list[dict[str, Any]]:
-    """The uncompressed model, int8 with sub-pixel decoders, 50 % pruning, and int8 with the
-    last decoder at low resolution (``lowres``): known-good points that give TPE a front to
-    improve on from the first trials."""
-    def params(mode: str, ratio: float, precision: str) -> dict[str, Any] | None:
-        model, out = setup.base, {}
-        for name in ORDER:
-            knob = setup.knobs.get(name)
-            if knob is None:
-                continue
-            if name == "upsample":
-                last = knob.last_layer(model)
-                wanted = {layer: mode if mode != "lowres" or layer == last else "subpixel"
-                          for layer in knob.layers(model)}
-                if any(m not in knob.modes_for(model, layer) for layer, m in wanted.items()):
-                    return None
-                out.update({f"upsample.{layer}": m for layer, m in wanted.items()})
-            elif name in ("depthwise", "lowrank"):
-                out.update({f"{name}.{layer}": False for layer in knob.layers(model)})
-            elif name in ("dilate", "group"):
-                out.update({f"{name}.{layer}": 1 for layer in knob.layers(model)})
-            elif name == "prune":
-                out.update({f"prune.{layer}.ratio": min(
-                    ratio, math.floor(knob.max_ratio_for(layer) * 20) / 20)
-                    for layer in knob.layers(model)})
-                out.update({"prune.criterion": "l2", "prune.round_to": 1})
-            elif name == "precision":
-                if precision not in knob.precisions:
-                    return None
-                out["precision"] = precision
-            if name != "precision":
-                model = knob.apply(model, knob.from_params(out, model))
-        return out
-
-    points = []
-    for point in (("keep", 0.0, "fp32"), ("subpixel", 0.0, "int8"), ("subpixel", 0.5, "int8"),
-                  ("lowres", 0.0, "int8")):
-        try:
-            found = params(*point)
-        except ValueError:  # a knob refuses this point for this model: leave it to the search
-            found = None
-        if found is not None:
-            points.append(found)
-    return points

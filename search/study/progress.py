@@ -7,7 +7,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig
 from search.front import feasible_front
-from search.record import PROMOTED_FROM
+from search.record import PROMOTED_FROM, RECIPE
 from search.storage import counted
 from search.study.measure import latency_note
 
@@ -24,9 +24,11 @@ def outcome(trial: FrozenTrial, config: StudyConfig) -> str:
         source = trial.user_attrs.get(PROMOTED_FROM)
         promoted = (f"  (trial {source} continued {trial.user_attrs['promotion']['steps']} "
                     f"steps)" if source is not None else "")
+        recipe = (f"  (hand recipe: {trial.user_attrs[RECIPE]})" if RECIPE in trial.user_attrs
+                  else "")
         return (f"accuracy {v['accuracy']:.3f}{delta}  size {v['size'] / 1e3:.1f} kB  latency "
                 f"{v['latency']:.2f} ms{note}  [{trial.user_attrs['precision']}]"
-                f"{'' if ok else '  (infeasible)'}{promoted}")
+                f"{'' if ok else '  (infeasible)'}{promoted}{recipe}")
     gate = trial.user_attrs.get("gate_accuracy")
     if trial.user_attrs.get("fail_reason"):
         return trial.user_attrs["fail_reason"]

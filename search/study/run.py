@@ -28,10 +28,11 @@ from search.storage import (
     sqlite_worker_lock,
     worker_id,
 )
-from search.study.baseline import measure_baseline, warm_start
+from search.study.baseline import measure_baseline
 from search.study.measure import connect_agent
 from search.study.progress import front_line, outcome, states_line
 from search.study.promotion import promote_due
+from search.study.recipes import RECIPE, recipe_trials
 from search.study.resume import (
     check_choices,
     check_eval_set,
@@ -80,10 +81,11 @@ def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: C
     with setup_lock(storage, config.name):
         study = load_study(config, create=True, storage=storage)
         if "baseline" not in study.user_attrs:
+            recipes = recipe_trials(setup)  # a recipe the space cannot express fails here
             study.set_user_attr("baseline", measure_baseline(setup, folder, console))
             study.set_user_attr("config", attrs)
-            for params in warm_start(setup):
-                study.enqueue_trial(params, skip_if_exists=True)
+            for label, params in recipes:
+                study.enqueue_trial(params, user_attrs={RECIPE: label}, skip_if_exists=True)
         check_same_device(config, study.user_attrs["baseline"], console)
         check_eval_set(config, setup, study.user_attrs["baseline"])
         check_choices(config, setup, study)

@@ -25,6 +25,7 @@ from objectives import count_macs, count_params
 from objectives.latency import SPEEDUP_KEYS, fingerprint_key
 from search.record import (
     PROMOTED_FROM,
+    RECIPE,
     RUN_ID_KEY,
     SURPLUS_KEY,
     TRACKED_FOLDERS,
@@ -172,6 +173,8 @@ class TrialPipeline:
                         for key in ("fail_reason", "stop_reason") if trial.user_attrs.get(key)}
                 if source is not None:
                     tags["ggopt.promoted_from"] = str(source)
+                if RECIPE in trial.user_attrs:
+                    tags["ggopt.recipe"] = trial.user_attrs[RECIPE]
                 fp = trial.user_attrs.get("fingerprint")
                 if fp:
                     tags["ggopt.device"] = fingerprint_key(fp)
