@@ -205,6 +205,25 @@ def _sim_trials(record: Record) -> str:
             f"objects {_rate(f['success']['random'])}.")
 
 
+def _racing_replay(record: Record) -> str:
+    f = record.figures
+    rows = ["| study | complete trials | validation images | looks after | images a trial, "
+            "racing | fewer images | trials stopped | its front | front trials racing stops |",
+            "|---|---:|---:|---|---:|---:|---:|---|---|"]
+    for s in f["studies"]:
+        lost = "; ".join(f"{n}: {why}" for n, why in s["front_lost"].items()) or "none"
+        rows.append(f"| `{s['study']}` | {s['trials']} | {s['images']} | "
+                    f"{', '.join(map(str, s['looks']))} | {s['mean_images']:.1f} | "
+                    f"{s['saving']:.2f}x | {s['stopped']} | {len(s['front'])} trials | "
+                    f"{lost} |")
+    return "\n".join([
+        f"Each study's complete trials, in the order they finished, raced as a study would "
+        f"race them (first block {f['first_pass']} images, doubling; error rate "
+        f"{1 - f['confidence']:.0%} spent over the looks) against the trials the replay kept "
+        f"and the baseline, on their stored per-image hits. Front: the study's own feasible "
+        f"front; a front trial racing stops is a trial the rule would have lost.", "", *rows])
+
+
 def _mmacs(macs: float | None) -> str:
     return "-" if macs is None else f"{macs / 1e6:.0f}"
 
@@ -282,6 +301,7 @@ RENDERERS: dict[str, Callable[[Record], str]] = {"baselines": _baselines,
                                                   "end_to_end": _end_to_end,
                                                   "init_forecast": _init_forecast,
                                                   "quickstart": _quickstart,
+                                                  "racing_replay": _racing_replay,
                                                   "sim_trials": _sim_trials,
                                                   "study_front": _study_front}
 
