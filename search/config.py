@@ -79,7 +79,7 @@ class Recipe:
     compression a user could apply without a search (search.study.recipes builds it)."""
 
     name: str | None = None
-    upsample: str = "subpixel"
+    upsample: str | None = None  # None: sub-pixel where the upsample knob is on
     prune: float = 0.0
     depthwise: bool = False
     precision: str = "int8"

@@ -25,7 +25,8 @@ def recipe_params(setup: StudySetup, recipe: Recipe) -> dict[str, Any]:
     layers each knob sees after the knobs before it (the order trials build in). Raises
     RecipeError naming what the study's space lacks."""
     needs = {"prune": recipe.prune > 0, "depthwise": recipe.depthwise,
-             "upsample": recipe.upsample != "keep", "precision": recipe.precision != "fp32"}
+             "upsample": recipe.upsample not in (None, "keep"),
+             "precision": recipe.precision != "fp32"}
     missing = [name for name, needed in needs.items() if needed and name not in setup.knobs]
     if missing:
         raise RecipeError(f"needs the {', '.join(missing)} knob, which [knobs] enabled leaves "
@@ -36,9 +37,9 @@ def recipe_params(setup: StudySetup, recipe: Recipe) -> dict[str, Any]:
         if knob is None:
             continue
         if name == "upsample":
-            last = knob.last_layer(model)
-            wanted = {layer: (recipe.upsample if recipe.upsample != "lowres" or layer == last
-                              else "subpixel") for layer in knob.layers(model)}
+            last, mode = knob.last_layer(model), recipe.upsample or "subpixel"
+            wanted = {layer: (mode if mode != "lowres" or layer == last else "subpixel")
+                      for layer in knob.layers(model)}
             for layer, mode in wanted.items():
                 if mode not in knob.modes_for(model, layer):
                     raise RecipeError(f"upsample mode {mode!r} is not offered for layer "
