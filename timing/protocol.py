@@ -52,10 +52,10 @@ class TimingError(ValueError):
 
 
 @dataclass(frozen=True)
-class Speedup:
-    """How many times faster a file ran than its reference: the median over rounds of
-    reference / file, with the distribution-free interval of that median (binomial order
-    statistics) and the sign test of 'as fast' that agrees with it."""
+class PairedMedian:
+    """The median over timing rounds of a per-round quantity, with the distribution-free
+    interval of that median (binomial order statistics) and the sign test that agrees with
+    it (:func:`median_interval`)."""
 
     value: float
     low: float
@@ -66,29 +66,22 @@ class Speedup:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class Speedup(PairedMedian):
+    """How many times faster a file ran than its reference: the median over rounds of
+    reference / file; its test is of 'as fast'."""
 
     def text(self) -> str:
         """``5.42x [5.31, 5.55]``."""
         return ratio_text(self.value, self.low, self.high)
 
 
-@dataclass(frozen=True)
-class ExtraTime:
+class ExtraTime(PairedMedian):
     """What one call adds to another timed in the same rounds (a file's grasp synthesis:
-    end to end minus network): the median over rounds of the difference, with the
-    distribution-free interval of that median and the sign test of 'adds nothing'. Two
-    medians alone can cross when the addition is below the timing noise; this cannot
-    contradict itself."""
-
-    value: float
-    low: float
-    high: float
-    p_value: float
-    rounds: int
-    confidence: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    end to end minus network): the median over rounds of the difference; its test is of
+    'adds nothing'. Two medians alone can cross when the addition is below the timing
+    noise; this cannot contradict itself."""
 
     def text(self) -> str:
         """``+0.48 ms [+0.41, +0.55]``."""
