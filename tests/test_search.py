@@ -228,6 +228,7 @@ def test_pareto_and_export_from_the_cli(tmp_path, checkpoint, jacquard_root, cap
 
     page = (tmp_path / "report" / "index.html").read_text()
     assert not re.search(r'src="(?!data:)', page)
+    assert "Hand recipes against the front" in page and "50 % pruning + int8" in page
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert [base64.b64decode(e) for e in embedded] == [
         (tmp_path / "report" / f"{name}.png").read_bytes()

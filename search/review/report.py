@@ -20,10 +20,11 @@ from search.front import (
     front_rows,
     hypervolume_history,
     latency_scope,
+    recipe_rows,
     recommended_row,
 )
 from search.review.plots import plot_front, plot_layers
-from search.review.table import ci_text, speedup_text
+from search.review.table import ci_text, recipe_verdict, speedup_text
 
 
 def write_report(study: optuna.Study, config: StudyConfig, out: Path) -> Path:
@@ -80,11 +81,33 @@ paired with the baseline on the same images, with its 95 % interval.</p>
 <table><tr><th>trial</th><th>precision</th><th>val accuracy</th>
 <th>Δ pp</th><th>kB</th><th>smaller</th><th>ms ({SCOPE_NAMES[latency_scope(study)]})</th>
 <th>faster</th></tr>{rows}</table>
-{_embedded(out / "pareto.png")}<h2>Hypervolume</h2>{_embedded(out / "hypervolume.png")}
+{_embedded(out / "pareto.png")}{_recipes_section(study, config)}
+<h2>Hypervolume</h2>{_embedded(out / "hypervolume.png")}
 <h2>What each front model changed, per layer</h2>{_embedded(out / "layers.png")}
 {_sensitivity_section(config, out)}</body></html>"""
     (out / "index.html").write_text(page)
     return out / "index.html"
+
+
+
+def _recipes_section(study: optuna.Study, config: StudyConfig) -> str:
+    """The hand recipes the study ran first, each against the front."""
+    rows = recipe_rows(study, config.objectives)
+    if not rows:
+        return ""
+    cells = "".join(
+        f"<tr><td style='text-align:left'>{html.escape(r['recipe'])}</td><td>{r['trial']}</td>"
+        + (f"<td>{r['accuracy_change_pp']:+.1f}"
+           f"{ci_text(r['accuracy_change_ci_pp'], '{:+.1f}')}</td>"
+           f"<td>{r['size_bytes'] / 1e3:.1f}</td><td>{r['latency_ms']:.2f}</td>"
+           f"<td>{speedup_text(r)}</td>" if "accuracy" in r else "<td></td>" * 4)
+        + f"<td style='text-align:left'>{html.escape(recipe_verdict(r))}</td></tr>"
+        for r in rows)
+    return ("<h2>Hand recipes against the front</h2><p>One setting for every layer, run "
+            "with the study's own recovery; beaten by: front trials at least as good on "
+            "every objective and better on one (validation).</p><table><tr><th>recipe</th>"
+            "<th>trial</th><th>Δ pp</th><th>kB</th><th>ms</th><th>faster</th>"
+            f"<th>against the front</th></tr>{cells}</table>")
 
 
 
