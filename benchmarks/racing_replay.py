@@ -1,7 +1,8 @@
 """Racing's error and savings, measured: completed studies replayed through the racing rule.
 
-    python benchmarks/racing_replay.py STUDY.toml [STUDY.toml ...] [--first-pass 32]
-        [--name NAME]
+    python benchmarks/racing_replay.py STUDY.toml[@DIR] [...] [--first-pass 32] [--name NAME]
+
+(``@DIR``: the folder the study ran from, where its relative storage and data paths lead.)
 
 A study scored every trial on every validation image (its split too small to race, or
 racing off) keeps each trial's per-image hits. The replay takes its complete trials in the
@@ -17,6 +18,7 @@ records/racing_replay.json (or ``--name``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -37,10 +39,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside th
 from records import current_commit, write_record
 
 
-def replay(path: str, first_pass: int, confidence: float) -> dict:
+def replay(given: str, first_pass: int, confidence: float) -> dict:
     """One study replayed: images per trial with and without racing, the front kept."""
-    config = load_study_config(path)
-    study = load_study(config)
+    path, _, folder = given.partition("@")
+    path = str(Path(path).resolve())
+    here = os.getcwd()
+    os.chdir(folder or here)
+    try:
+        config = load_study_config(path)
+        study = load_study(config)
+    finally:
+        os.chdir(here)
     baseline = study.user_attrs["baseline"]
     images = int(baseline["accuracy_images"])
     done = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -77,7 +86,7 @@ def replay(path: str, first_pass: int, confidence: float) -> dict:
             stopped[trial.number] = str(replace(stop, rival=rival))
     front = [t.number for t in feasible_front(study, config.objectives)]
     lost = {n: stopped[n] for n in front if n in stopped}
-    return {"study": config.name, "file": str(path), "images": images,
+    return {"study": config.name, "file": given, "images": images,
             "trials": len(done), "looks": counts, "levels": levels,
             "mean_images": float(np.mean(spent)), "saving": images / float(np.mean(spent)),
             "stopped": len(stopped), "front": front, "front_lost": lost}

@@ -1,12 +1,15 @@
-"""Renders the benchmark records (``benchmarks/records/*.json``) into RESULTS.md.
+"""Renders the benchmark records (``benchmarks/records/*.json``) into RESULTS.md and the
+README's results table.
 
-    python benchmarks/render.py            # rewrite the rendered sections of RESULTS.md
-    python benchmarks/render.py --check    # exit 1, with a diff, where the file differs
+    python benchmarks/render.py            # rewrite the rendered parts of both
+    python benchmarks/render.py --check    # exit 1, with a diff, where a file differs
 
 Each record owns one section of RESULTS.md, between the markers this script writes; a
-record without a section yet gets one at the end. The text between the markers is this
-script's: edit the record (re-run its benchmark) or the renderer below, never the text.
-The tests run ``--check``, so a committed RESULTS.md always says what its records say.
+record without a section yet gets one at the end. Records with a README cell
+(``README_CELLS``) each give one row of the README's table, linked to their section. The
+text between the markers is this script's: edit the record (re-run its benchmark) or the
+renderer below, never the text. The tests run ``--check``, so the committed pages always
+say what their records say.
 """
 
 from __future__ import annotations
@@ -306,6 +309,137 @@ RENDERERS: dict[str, Callable[[Record], str]] = {"baselines": _baselines,
                                                   "study_front": _study_front}
 
 
+def _pp(diff: dict) -> str:
+    """``-3.9 pp [-10.4, +2.6]``: a paired difference in short."""
+    return (f"{diff['difference'] * 100:+.1f} pp [{diff['low'] * 100:+.1f}, "
+            f"{diff['high'] * 100:+.1f}]")
+
+
+def _front_cell(row: dict, images: int) -> str:
+    speedup = ratio_text(row["speedup"], *(row.get("speedup_ci") or [None, None]))
+    return (f"{row['size_reduction']:.1f}x smaller, {speedup} faster end to end, "
+            f"{row['accuracy_change_pp']:+.1f} pp{_ci(row['accuracy_change_ci_pp'], '{:+.1f}')}"
+            f" on {images} validation images")
+
+
+def _quickstart_cell(record: Record) -> tuple[str, str]:
+    f = record.figures
+    knee = next(r for r in f["front"] if r["trial"] == f["knee"]["trial"])
+    return (f"The quick start's knee, {f['total_s'] / 60:.1f} min from a fresh clone",
+            "against GG-CNN: " + _front_cell(knee, f["baseline"]["accuracy_images"]))
+
+
+def _study_front_cell(record: Record) -> tuple[str, str]:
+    f = record.figures
+    number, v = next(iter(f["verified"].items()))
+    row = next(r for r in f["front"] if str(r["trial"]) == number)
+    name = {"ggcnn": "GG-CNN", "ggcnn2": "GG-CNN2", "grconvnet": "GR-ConvNet"}
+    return (f"A {name.get(f['model'], f['model'])} study, {f['optimising_hours']:.1f} h",
+            f"{row['precision']}: {_front_cell(row, f['baseline']['accuracy_images'])}; "
+            f"{_pp(v['test_accuracy_diff'])} on {v['test_images']} test images")
+
+
+def _end_to_end_cell(record: Record) -> tuple[str, str]:
+    f = record.figures
+    numpy_row, file_row = f["rows"][0], next(r for r in f["rows"] if "strongest" in r["row"])
+    same = min(a["same"] for a in f["agreement"])
+    return ("Grasp synthesis inside the file",
+            f"{extra_text(*(file_row['extra'][k] for k in ('value', 'low', 'high')))} "
+            f"end to end against {numpy_row['post_ms']:.2f} ms for numpy post-processing; the "
+            f"same grasp on {same} of {f['images']} images")
+
+
+def _best_models_cell(record: Record) -> tuple[str, str]:
+    f = record.figures
+    single = [r for r in f["rows"] if "fine-tune" in r["model"] or r["model"].startswith("int8")]
+    study = [r for r in f["rows"] if r["model"].startswith("study trial")]
+    best_single = max(single, key=lambda r: r["speedup"]["value"])
+    fastest = max(study, key=lambda r: r["speedup"]["value"])
+    return ("The study's fastest model against single techniques",
+            f"{fastest['model']}: {_speedup(fastest['speedup'])} the strongest baseline; the "
+            f"best single technique ({best_single['model'].split(',')[0]}): "
+            f"{_speedup(best_single['speedup'])}")
+
+
+def _init_forecast_cell(record: Record) -> tuple[str, str]:
+    f = record.figures
+    return ("`ggopt init`'s forecast of trials per hour",
+            f"{f['predicted_trials_per_hour']:.0f} predicted, "
+            f"{f['measured_trials_per_hour']:.0f} measured")
+
+
+def _baselines_cell(record: Record) -> tuple[str, str]:
+    f = record.figures
+    sims = ", ".join(f"{r['model'].split(' ')[0]} {r['sim']['value'] * 100:.0f} %"
+                     for r in f["rows"])
+    return ("The shipped baselines in simulation",
+            f"grasp success on {f['sim_scenes']} held-out scenes: {sims}")
+
+
+def _racing_cell(record: Record) -> tuple[str, str]:
+    f = record.figures
+    savings = [s["saving"] for s in f["studies"]]
+    lost = sum(len(s["front_lost"]) for s in f["studies"])
+    front = sum(len(s["front"]) for s in f["studies"])
+    return ("Racing, replayed on completed studies",
+            f"{min(savings):.2f}-{max(savings):.2f}x fewer images scored; {lost} of {front} "
+            f"front trials lost")
+
+
+def _timing_process_cell(record: Record) -> tuple[str, str]:
+    blocks = record.figures["blocks"]
+    after = [b for b in blocks if b["block"] > 0]
+    child = [b["speedup"]["value"] for b in after if b["where"] == "timing child"]
+    here = [b["speedup"]["value"] for b in after if b["where"] == "this process"]
+    return ("One pair of files timed after torch training",
+            f"{min(child):.2f}-{max(child):.2f}x in the timing child, "
+            f"{min(here):.2f}-{max(here):.2f}x in the training process")
+
+
+def _sim_trials_cell(record: Record) -> tuple[str, str]:
+    s = record.figures["success"]
+    return ("Simulated grasp labels",
+            f"antipodal candidates succeed {s['antipodal']['value'] * 100:.0f} %, random "
+            f"grasps on objects {s['random']['value'] * 100:.0f} %")
+
+
+#: The README's results table: one short cell per record, in this order.
+README_CELLS: dict[str, Callable[[Record], tuple[str, str]]] = {
+    "quickstart": _quickstart_cell, "study_front": _study_front_cell,
+    "end_to_end": _end_to_end_cell, "best_models": _best_models_cell,
+    "timing_process": _timing_process_cell, "racing_replay": _racing_cell,
+    "init_forecast": _init_forecast_cell, "baselines": _baselines_cell,
+    "sim_trials": _sim_trials_cell}
+README = RESULTS.parent.parent / "README.md"
+README_BEGIN = "<!-- results rendered from benchmarks/records by benchmarks/render.py -->"
+README_END = "<!-- end of results -->"
+
+
+def _anchor(title: str) -> str:
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+def readme_table(records: list[Record]) -> str:
+    """The README's results table, a row per record that has a cell, linked to its section."""
+    order = list(README_CELLS)
+    rows = ["| what | result | measured |", "|---|---|---|"]
+    for record in sorted((r for r in records if r.benchmark in README_CELLS),
+                         key=lambda r: (order.index(r.benchmark), r.stem)):
+        what, result = README_CELLS[record.benchmark](record)
+        rows.append(f"| {what} | {result} | [{record.date}]"
+                    f"(benchmarks/RESULTS.md#{_anchor(record.title)}) |")
+    return "\n".join([README_BEGIN, *rows, README_END])
+
+
+def rendered_readme(text: str, records: list[Record]) -> str:
+    begin, end = re.escape(README_BEGIN), re.escape(README_END)
+    block = re.compile(f"{begin}.*?{end}", re.DOTALL)
+    if not block.search(text):
+        raise SystemExit(f"{README}: no results table markers ({README_BEGIN})")
+    return block.sub(lambda _: readme_table(records), text)
+
+
 def section(record: Record) -> str:
     if record.benchmark not in RENDERERS:
         raise SystemExit(f"benchmarks/records/{record.stem}.json: render.py has no "
@@ -339,18 +473,23 @@ def main() -> None:
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 where RESULTS.md differs from its records")
     args = parser.parse_args()
-    text = RESULTS.read_text()
-    new = rendered(text, read_records())
+    records = read_records()
+    pages = {RESULTS: rendered(RESULTS.read_text(), records),
+             README: rendered_readme(README.read_text(), records)}
     if args.check:
-        if new != text:
+        stale = [page for page, new in pages.items() if new != page.read_text()]
+        for page in stale:
             sys.stdout.writelines(difflib.unified_diff(
-                text.splitlines(keepends=True), new.splitlines(keepends=True),
-                "RESULTS.md (committed)", "RESULTS.md (rendered from the records)"))
-            print("\nRESULTS.md differs from its records: run python benchmarks/render.py",
-                  file=sys.stderr)
+                page.read_text().splitlines(keepends=True),
+                pages[page].splitlines(keepends=True), f"{page.name} (committed)",
+                f"{page.name} (rendered from the records)"))
+        if stale:
+            print(f"\n{', '.join(p.name for p in stale)} differ from the records: run python "
+                  f"benchmarks/render.py", file=sys.stderr)
             raise SystemExit(1)
         return
-    RESULTS.write_text(new)
+    for page, new in pages.items():
+        page.write_text(new)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 from records import Record, read_records  # noqa: E402
-from render import BEGIN, END, rendered  # noqa: E402
+from render import BEGIN, END, readme_table, rendered  # noqa: E402
 
 EXAMPLE = {
     "benchmark": "init_forecast", "title": "`ggopt init`: predicted and measured",
@@ -141,3 +141,17 @@ def test_a_named_record_owns_its_own_section_and_file(tmp_path, monkeypatch):
     first.rename(tmp_path / "forecast_c.json")
     with pytest.raises(SystemExit, match="'forecast_a' must match the file name"):
         records.read_records()
+
+
+def test_the_readme_table_has_a_row_per_record_linked_to_its_section():
+    """One short row per record that has a README cell, linking the section RESULTS gives
+    that record (GitHub's anchor of its title); a record without a cell adds no row."""
+    forecast = Record(**EXAMPLE)
+    other = Record(**{**EXAMPLE, "benchmark": "knobs", "title": "Knobs"})
+    table = readme_table([forecast, other]).splitlines()
+    assert table[1:3] == ["| what | result | measured |", "|---|---|---|"]
+    assert table[3] == ("| `ggopt init`'s forecast of trials per hour | 87 predicted, 80 "
+                        "measured | [2026-12-07](benchmarks/RESULTS.md#ggopt-init-predicted-"
+                        "and-measured) |")
+    assert len(table) == 5  # the markers, the header, one row
+
