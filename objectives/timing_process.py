@@ -13,14 +13,12 @@ imports the caller's main module; requests and answers travel over two pipes.
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import os
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from grasp.artifact import ArtifactError
@@ -55,13 +53,6 @@ def serve(read_fd: int, write_fd: int, measure: Callable[..., dict[str, LatencyR
             answers.send({"error": str(error), "kind": type(error).__name__})
 
 
-def _absolute(artifact: Any) -> Any:
-    """The artifact with an absolute path: the child keeps the folder it started in."""
-    if artifact is None:
-        return None
-    return dataclasses.replace(artifact, path=Path(artifact.path).resolve())
-
-
 class TimingProcess:
     """A child process that times artifacts, one request at a time; ``measure_scopes`` has
     the shape of :func:`objectives.latency.measure_scopes_here`."""
@@ -88,9 +79,8 @@ class TimingProcess:
     def measure_scopes(self, artifact: Any, threads: int = 1, warmup: int = 10,
                        runs: int = 50, reference: Any = None, min_seconds: float = 0.0,
                        scopes: tuple[str, ...] | None = None) -> dict[str, LatencyResult]:
-        request = {"artifact": _absolute(artifact), "threads": threads, "warmup": warmup,
-                   "runs": runs, "reference": _absolute(reference), "min_seconds": min_seconds,
-                   "scopes": scopes}
+        request = {"artifact": artifact, "threads": threads, "warmup": warmup, "runs": runs,
+                   "reference": reference, "min_seconds": min_seconds, "scopes": scopes}
         with self._lock:
             try:
                 self._requests.send(request)
