@@ -29,7 +29,6 @@ import torch
 
 from grasp.artifact import Artifact, torch_threads
 from objectives.base import Context, register_objective
-from objectives.timing_process import local_timer, serve
 from timing.protocol import (
     MAX_RUNS,
     SCOPES,
@@ -47,9 +46,8 @@ from timing.protocol import (
 
 __all__ = ["LATENCY_KEYS", "MAX_RUNS", "SPEEDUP_KEYS", "SYNTHESIS_KEYS", "Latency",
            "LatencyResult", "device_fingerprint", "fingerprint_key", "measure_as_study",
-           "measure_latency", "measure_scopes", "measure_scopes_here", "serve_timing",
-           "speedup_details", "speedup_text", "synthesis_details", "synthesis_text",
-           "timed_scopes"]
+           "measure_latency", "measure_scopes", "speedup_details", "speedup_text",
+           "synthesis_details", "synthesis_text", "timed_scopes"]
 
 
 def device_fingerprint(artifact: Artifact | None = None, threads: int = 1,
@@ -79,25 +77,10 @@ def timed_scopes(artifact: Artifact) -> tuple[str, ...]:
 def measure_scopes(artifact: Artifact, threads: int = 1, warmup: int = 10, runs: int = 50,
                    reference: Artifact | None = None, min_seconds: float = 0.0,
                    scopes: tuple[str, ...] | None = None) -> dict[str, LatencyResult]:
-    """:func:`measure_scopes_here`, run in this process's timing child
-    (:mod:`objectives.timing_process`): what this process ran before cannot move it."""
-    return local_timer().measure_scopes(artifact, threads, warmup, runs, reference,
-                                        min_seconds, scopes)
-
-
-def serve_timing(read_fd: int, write_fd: int) -> None:
-    """The timing child's entry (:mod:`objectives.timing_process`)."""
-    serve(read_fd, write_fd, measure_scopes_here)
-
-
-def measure_scopes_here(artifact: Artifact, threads: int = 1, warmup: int = 10,
-                        runs: int = 50, reference: Artifact | None = None,
-                        min_seconds: float = 0.0, scopes: tuple[str, ...] | None = None
-                        ) -> dict[str, LatencyResult]:
     """Times ``artifact`` at ``scopes`` (default: every scope it has), and ``reference`` at
-    the same scopes, in the same rounds (:func:`timing.protocol.time_scopes`), in this
-    process: so a file's end to end and network share every moment of the machine, and its
-    ``ratio`` and ``speedup()`` to the reference are paired over rounds."""
+    the same scopes, in the same rounds (:func:`timing.protocol.time_scopes`): so a file's
+    end to end and network share every moment of the machine, and its ``ratio`` and
+    ``speedup()`` to the reference are paired over rounds."""
     check_protocol(threads, warmup, runs, min_seconds)
     scopes = scopes or timed_scopes(artifact)
 
@@ -144,8 +127,8 @@ def time_package(path: Path, reference: Path | None, request: dict[str, Any]
         return Artifact(p, runtime="torch", precision=request["precision"],
                         input_size=request["input_size"])
 
-    return measure_scopes_here(artifact(path), request["threads"],
-                               reference=artifact(reference) if reference else None,
+    return measure_scopes(artifact(path), request["threads"],
+                          reference=artifact(reference) if reference else None,
                           scopes=tuple(request["scopes"]),
                           **{k: request[k] for k in ("warmup", "runs", "min_seconds")})
 

@@ -141,32 +141,6 @@ def test_a_file_is_timed_at_both_scopes_beside_its_reference(tmp_path):
     assert d["synthesis_ms"] > 0  # a 96 px file's synthesis costs far above timer noise
 
 
-def test_latency_is_timed_in_a_child_process_whose_errors_come_back_named(tmp_path):
-    """What ran before in the caller cannot move a latency: it is timed in a child."""
-    import os
-
-    import torch
-
-    import objectives.timing_process as child
-    from grasp.artifact import Artifact
-    from grasp.models import get_model
-    from spaces import get_knob
-    from spaces.precision import PrecisionConfig
-
-    torch.manual_seed(0)
-    file = get_knob("precision").build(get_model("ggcnn").eval(), PrecisionConfig("fp32"),
-                                       tmp_path / "f.onnx", input_size=96)
-    child._TIMER = None  # none started yet in this test
-    result = measure_scopes(file, warmup=1, runs=3)
-    assert child._TIMER is not None and child._TIMER.alive()
-    assert child._TIMER.pid != os.getpid()
-    assert len(result["end_to_end"].times) == 3
-    wrong = Artifact(file.path, input_size=97)  # onnxruntime refuses the input's shape
-    with pytest.raises(RuntimeError, match=r"in the timing process: (.|\n)*Got: 97"):
-        measure_scopes(wrong, warmup=1, runs=3)
-    assert measure_scopes(file, warmup=1, runs=3)["network"].runs == 3  # still serving
-
-
 def test_a_trial_line_says_its_speedup_with_its_interval_or_without_one():
     from types import SimpleNamespace
 
