@@ -113,8 +113,7 @@ def measure_as_study(artifact: Artifact, reference: Artifact, end_to_end: bool,
                      min_seconds: float = 0.0) -> dict[str, LatencyResult]:
     """``artifact`` timed exactly as a study times a trial beside its baseline: the same
     calls in every round (both scopes of each file), so that a benchmark's speed-up and the
-    study's measure one thing. (What else shares a round moves a file's time: a call that
-    follows another model's runs on a colder cache.)"""
+    study's are measured alike."""
     return measure_scopes(artifact, threads, warmup, runs, reference, min_seconds,
                           study_scopes(artifact, end_to_end))
 
