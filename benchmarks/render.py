@@ -173,11 +173,15 @@ def _end_to_end(record: Record) -> str:
     rounds = f["rows"][0]["speedup"]["rounds"]
     return "\n".join([
         f"GG-CNN at 300 px on ONNX Runtime, batch 1, 1 thread; the uncompressed network's "
-        f"fastest exact form here: {f['fastest_form']}. Every column of a row and the strongest "
-        f"baseline's end to end were timed in the same {rounds} rounds ({f['rounds']} passes "
-        f"round-robin over the rows): medians over rounds; end to end minus network is the "
-        f"median of the per-round differences; the speed-up is the median of per-round "
-        f"ratios; both with their 95 % interval.", "", *rows, "",
+        f"fastest exact form here: {f['fastest_form']}. A file row is timed as a study times "
+        f"a trial beside its baseline (its network and end to end, the strongest baseline's "
+        f"two, in every round), its synthesis alone in rounds of its own; a numpy row's "
+        f"rounds hold its network, its numpy code, the two together and the strongest "
+        f"baseline's two calls. {rounds} rounds a row ({f['rounds']} passes round-robin over "
+        f"the rows): medians over rounds; end to end minus network is the median of the "
+        f"per-round differences; the speed-up the median of per-round ratios; both with their "
+        f"95 % interval over this run's rounds (the strongest baseline against a second "
+        f"session of itself shows what a run's own setting adds).", "", *rows, "",
         f"The grasp each file computes against the float64 numpy reference on the same maps, "
         f"{f['images']} validation images:", "", *agree])
 
@@ -357,10 +361,17 @@ def _init_forecast_cell(record: Record) -> tuple[str, str]:
             f"{f['measured_trials_per_hour']:.0f} measured")
 
 
+def _short_rate(rate: dict) -> str:
+    """``68 % [58, 76]``."""
+    return (f"{rate['value'] * 100:.0f} % [{rate['low'] * 100:.0f}, "
+            f"{rate['high'] * 100:.0f}]")
+
+
 def _baselines_cell(record: Record) -> tuple[str, str]:
     f = record.figures
-    sims = ", ".join(f"{r['model'].split(' ')[0]} {r['sim']['value'] * 100:.0f} %"
-                     for r in f["rows"])
+    names = {"ggcnn": "GG-CNN", "ggcnn2": "GG-CNN2", "grconvnet": "GR-ConvNet"}
+    sims = ", ".join(f"{names.get(r['model'].split(' ')[0], 'random grasps')} "
+                     f"{_short_rate(r['sim'])}" for r in f["rows"])
     return ("The shipped baselines in simulation",
             f"grasp success on {f['sim_scenes']} held-out scenes: {sims}")
 
@@ -410,8 +421,9 @@ def _timing_drift(record: Record) -> str:
 def _sim_trials_cell(record: Record) -> tuple[str, str]:
     s = record.figures["success"]
     return ("Simulated grasp labels",
-            f"antipodal candidates succeed {s['antipodal']['value'] * 100:.0f} %, random "
-            f"grasps on objects {s['random']['value'] * 100:.0f} %")
+            f"antipodal candidates succeed {_short_rate(s['antipodal'])} of "
+            f"{s['antipodal']['n']}, random grasps on objects {_short_rate(s['random'])} of "
+            f"{s['random']['n']}")
 
 
 #: The README's results table: one short cell per record, in this order.
