@@ -12,11 +12,6 @@ from search.front import SCOPE_NAMES, front_rows, latency_scope, recipe_rows, sy
 from timing.protocol import ratio_text
 
 
-def _ms(value: float) -> str:
-    return "" if np.isnan(value) else f"{value:.2f}"
-
-
-
 def ci_text(pair: list[float], form: str = "{:.3f}") -> str:
     if not pair or any(x is None or np.isnan(x) for x in pair):
         return ""
