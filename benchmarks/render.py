@@ -226,7 +226,7 @@ def _racing_replay(record: Record) -> str:
     return "\n".join([
         f"Each study's complete trials, in the order they finished, raced as a study would "
         f"race them (first block {f['first_pass']} images, doubling; error rate "
-        f"{1 - f['confidence']:.0%} spent over the looks) against the trials the replay kept "
+        f"{(1 - f['confidence']) * 100:.0f} % spent over the looks) against the trials the replay kept "
         f"and the baseline, on their stored per-image hits. Front: the study's own feasible "
         f"front; a front trial racing stops is a trial the rule would have lost.", "", *rows])
 
