@@ -226,9 +226,10 @@ def _racing_replay(record: Record) -> str:
     return "\n".join([
         f"Each study's complete trials, in the order they finished, raced as a study would "
         f"race them (first block {f['first_pass']} images, doubling; error rate "
-        f"{(1 - f['confidence']) * 100:.0f} % spent over the looks) against the trials the replay kept "
-        f"and the baseline, on their stored per-image hits. Front: the study's own feasible "
-        f"front; a front trial racing stops is a trial the rule would have lost.", "", *rows])
+        f"{(1 - f['confidence']) * 100:.0f} % spent over the looks) against the trials the "
+        f"replay kept and the baseline, on their stored per-image hits. Front: the study's "
+        f"own feasible front; a front trial racing stops is a trial the rule would have "
+        f"lost.", "", *rows])
 
 
 def _mmacs(macs: float | None) -> str:
