@@ -143,6 +143,8 @@ def test_study_runs_resumes_and_is_tracked(tmp_path, checkpoint, jacquard_root):
     assert review.metrics["best_speedup"] == pytest.approx(max(speedups))
     note = review.tags["mlflow.note.content"]
     assert all(f"| {t.number} | {t.user_attrs['precision']} |" in note for t in front)
+    # ...and each hand recipe against the front, with its verdict.
+    assert "| uncompressed | 0 |" in note and "| 50 % pruning + int8 | 2 |" in note
     on_front = children[children["tags.ggopt.front"] == "true"]["tags.ggopt.trial"]
     assert sorted(int(n) for n in on_front) == sorted(t.number for t in front)
     # Resumed with other scoring settings (timing, recovery, teacher): refused before any

@@ -15,11 +15,12 @@ from search.front import (
     front_rows,
     hypervolume,
     latency_scope,
+    recipe_rows,
     recommended_row,
 )
 from search.record import RUN_ID_KEY
 from search.review.plots import plot_front
-from search.review.table import ci_text, speedup_text
+from search.review.table import ci_text, recipe_verdict, speedup_text
 from search.storage import finished
 from search.tracking import FRONT_TAG
 
@@ -84,6 +85,17 @@ def front_note(study: optuna.Study, rows: list[dict[str, Any]],
             f"| {r['latency_ms']:.2f} | {speedup_text(r)} |")
     if not rows:
         lines.append("| (no feasible trial yet) | | | | | | | |")
+    recipes = recipe_rows(study, objectives)
+    if recipes:
+        lines += ["", "Hand recipes against the front (one setting for every layer, the "
+                  "study's recovery):", "",
+                  "| recipe | trial | Δ pp vs baseline [95 % CI] | speed-up [95 % CI] | against "
+                  "the front |", "|---|---|---|---|---|"]
+        lines += [f"| {r['recipe']} | {r['trial']} | "
+                  + (f"{r['accuracy_change_pp']:+.1f}"
+                     f"{ci_text(r['accuracy_change_ci_pp'], '{:+.1f}')} | {speedup_text(r)}"
+                     if "accuracy" in r else " | ")
+                  + f" | {recipe_verdict(r)} |" for r in recipes]
     lines += ["", f"Front trials: filter runs by `tags.{FRONT_TAG} = 'true'`. Δ is paired "
               "with the baseline on the same images. Validation chooses; `ggopt export` "
               "and `ggopt verify` report test and simulated figures. Plot: `pareto.png`; "
