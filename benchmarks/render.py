@@ -349,7 +349,7 @@ def _best_models_cell(record: Record) -> tuple[str, str]:
     study = [r for r in f["rows"] if r["model"].startswith("study trial")]
     best_single = max(single, key=lambda r: r["speedup"]["value"])
     fastest = max(study, key=lambda r: r["speedup"]["value"])
-    return ("The study's fastest model against single techniques",
+    return ("The study's fastest model against single techniques, timed side by side",
             f"{fastest['model']}: {_speedup(fastest['speedup'])} the strongest baseline; the "
             f"best single technique ({best_single['model'].split(',')[0]}): "
             f"{_speedup(best_single['speedup'])}")
