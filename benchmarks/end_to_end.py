@@ -52,7 +52,7 @@ from grasp.checkpoints import load_checkpoint
 from grasp.data import load_dataset, split
 from grasp.evaluation import HeldOut, score_grasps, score_images
 from grasp.rectangles import best_grasp, post_process, scored_grasps
-from grasp.synthesis import synthesis_graph
+from grasp.synthesis import synthesis_for
 from objectives.latency import device_fingerprint, measure_as_study
 from search.stats import paired_difference, rate
 from spaces.precision import PrecisionConfig, build_artifact
@@ -71,9 +71,7 @@ def _synthesis_alone(artifact: Artifact, image: torch.Tensor) -> Callable[[], No
     and opset), on the maps the file computes for ``image``."""
     import onnx
 
-    network = onnx.load(str(artifact.path))
-    opset = next(o.version for o in network.opset_import if o.domain in ("", "ai.onnx"))
-    session = onnx_session(synthesis_graph(artifact.input_size, opset, network.ir_version))
+    session = onnx_session(synthesis_for(onnx.load(str(artifact.path)), artifact.input_size))
     feed = {"s.maps": artifact.predictor(1)(image[None]).numpy(), "s.depth": image.numpy()[None]}
 
     def run() -> None:

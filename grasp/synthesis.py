@@ -43,7 +43,7 @@ from grasp.rectangles import MAX_WIDTH_PX, SIGMAS, TRUNCATE, Grasp
 from timing.protocol import GRASP_OUTPUT
 
 __all__ = ["GRASP_FIELDS", "GRASP_OUTPUT", "MIN_DISTANCE", "THRESHOLD", "GraspSynthesis",
-           "as_grasp", "attach_to_onnx", "gaussian_kernel"]
+           "as_grasp", "attach_to_onnx", "gaussian_kernel", "synthesis_for"]
 
 MIN_DISTANCE = 20
 THRESHOLD = 0.2
@@ -308,7 +308,7 @@ def attach_to_onnx(path: str | Path, size: int) -> Path:
     network = onnx.load(str(path))
     maps = network.graph.output[0]
     synthesis = onnx.ModelProto()
-    synthesis.ParseFromString(synthesis_graph(size, _opset(network), network.ir_version))
+    synthesis.ParseFromString(synthesis_for(network, size))
     merged = compose.merge_models(network, synthesis, io_map=[(maps.name, "s.maps")])
     grasp = list(merged.graph.output)
     del merged.graph.output[:]
@@ -328,10 +328,9 @@ def attach_to_onnx(path: str | Path, size: int) -> Path:
 
 
 @functools.lru_cache(maxsize=8)
-def synthesis_graph(size: int, opset: int, ir_version: int) -> bytes:
+def _synthesis_graph(size: int, opset: int, ir_version: int) -> bytes:
     """The synthesis as a standalone ONNX model (serialized), exported once per process for
     each size and opset: exporting and slimming it takes over a second, merging it little.
-    Inputs ``s.maps`` and ``s.depth``, output ``grasp``: what a file's synthesis runs alone.
 
     The candidates' peak search says whether its answer is proven; an ``If`` passes it on,
     or runs the exact search (a small subgraph reading the smoothed quality from the outer
@@ -448,6 +447,12 @@ def _line_from_range(graph, size: int, name: str) -> None:
     nodes = [*bounds, line, *graph.node]
     del graph.node[:]
     graph.node.extend(nodes)
+
+
+def synthesis_for(network, size: int) -> bytes:
+    """The synthesis graph ``network`` carries (or would), standalone at its opset and IR
+    version: inputs ``s.maps`` and ``s.depth``, output ``grasp``."""
+    return _synthesis_graph(size, _opset(network), network.ir_version)
 
 
 def _opset(model) -> int:
