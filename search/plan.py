@@ -29,6 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from mlflow.tracking import MlflowClient
@@ -203,8 +204,9 @@ def probe_study(config: StudyConfig, val_images: int, console: Console) -> Probe
                             f"{images} validation images"):
             setup = prepare(probe, quiet)
             bench = time.time()
-            warm_steps, gate_image_s = _warm_start_steps(setup)
-            lr_scores = _rate_scores(setup)
+            points = _recovering_points(setup)
+            warm_steps, gate_image_s = _warm_start_steps(setup, points)
+            lr_scores = _rate_scores(setup, points)
             bench = time.time() - bench
             study = run_study(probe, quiet, setup=setup)
         trials = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -220,31 +222,36 @@ def probe_study(config: StudyConfig, val_images: int, console: Console) -> Probe
                        lr=best_rate(lr_scores) if lr_scores else config.recovery_lr)
 
 
-def _warm_start_steps(setup: StudySetup) -> tuple[list[float], float]:
-    """Seconds per recovery step of each warm-start point that recovers, timed after a
-    warm-up (the pool of teacher outputs and the first backward pass, which the study's
-    first recovery pays once, are out of it); and seconds per image scored at the gate,
-    their mean (the base model's where none recovers)."""
+def _recovering_points(setup: StudySetup) -> list[tuple[dict[str, Any], nn.Module]]:
+    """The warm-start points (the study's hand recipes) that recover, each built once."""
+    built = [(p, *build_trial_model(setup, params=p)) for _, p in recipe_trials(setup)]
+    return [(p, model) for p, model, configs in built if changes_function(configs)]
+
+
+def _warm_start_steps(setup: StudySetup, points: list[tuple[dict[str, Any], nn.Module]]
+                      ) -> tuple[list[float], float]:
+    """Seconds per recovery step of each warm-start point that recovers (a copy of it,
+    trained), timed after a warm-up (the pool of teacher outputs and the first backward
+    pass, which the study's first recovery pays once, are out of it); and seconds per image
+    scored at the gate, their mean (the base model's where none recovers)."""
     pool, recipe = setup.recovery_pool(), setup.recipe()
     recover(copy.deepcopy(setup.base), pool, 2, recipe)
     images = setup.eval_data.head(GATE_TIMING_IMAGES)
     steps, gate = [], []
-    for _, params in recipe_trials(setup):
-        model, configs = build_trial_model(setup, params=params)
-        if changes_function(configs):
-            start = time.perf_counter()
-            recover(model, pool, STEP_TIMING, recipe)
-            steps.append((time.perf_counter() - start) / STEP_TIMING)
-            gate.append(_scoring_seconds(model, images))
+    for _, built in points:
+        model = copy.deepcopy(built)
+        start = time.perf_counter()
+        recover(model, pool, STEP_TIMING, recipe)
+        steps.append((time.perf_counter() - start) / STEP_TIMING)
+        gate.append(_scoring_seconds(model, images))
     return steps, statistics.fmean(gate or [_scoring_seconds(setup.base, images)])
 
 
-def _rate_scores(setup: StudySetup) -> tuple[tuple[float, float], ...]:
+def _rate_scores(setup: StudySetup, points: list[tuple[dict[str, Any], nn.Module]]
+                 ) -> tuple[tuple[float, float], ...]:
     """Each candidate peak rate's accuracy on the first validation images after a short
     recovery of the same warm-start point (the pruned one, else the first that recovers);
     none when no warm-start point recovers."""
-    built = [(p, *build_trial_model(setup, params=p)) for _, p in recipe_trials(setup)]
-    points = [(p, model) for p, model, configs in built if changes_function(configs)]
     pruned = [(p, model) for p, model in points
               if any(k.startswith("prune.") and k.endswith(".ratio") and v > 0
                      for k, v in p.items())]
