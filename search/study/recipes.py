@@ -40,9 +40,9 @@ def recipe_params(setup: StudySetup, recipe: Recipe) -> dict[str, Any]:
             last, mode = knob.last_layer(model), recipe.upsample or "subpixel"
             wanted = {layer: (mode if mode != "lowres" or layer == last else "subpixel")
                       for layer in knob.layers(model)}
-            for layer, mode in wanted.items():
-                if mode not in knob.modes_for(model, layer):
-                    raise RecipeError(f"upsample mode {mode!r} is not offered for layer "
+            for layer, chosen in wanted.items():
+                if chosen not in knob.modes_for(model, layer):
+                    raise RecipeError(f"upsample mode {chosen!r} is not offered for layer "
                                       f"{layer!r} (modes: {knob.modes_for(model, layer)})")
             out.update({f"upsample.{layer}": mode for layer, mode in wanted.items()})
         elif name == "depthwise":
