@@ -33,13 +33,13 @@ Wilson interval and its paired difference to the strongest baseline on the same 
 ``--data`` scores both on another copy of the dataset, such as one whose held-out sets were
 grown with ``ggopt data sim --splits val,test`` after the study ran (same training scenes).
 Latency is timed exactly as the study times a trial beside its baseline
-(objectives.latency.measure_as_study: its threads, warm-up, runs and min_seconds, both
-scopes of both files in every round; depth in -> grasp out, or the network alone, as the
-study scores it), round-robin over every artifact for
+(objectives.latency.measure_as_study: its threads, warm-up, runs, min_seconds and blocks,
+both scopes of both files in every round; depth in -> grasp out, or the network alone, as
+the study scores it), round-robin over every artifact for
 ``--rounds`` rounds: first the exact uncompressed forms, each in the same timing rounds as
 the torch sub-pixel one, to find the strongest baseline (the smallest median per-round
 ratio); then every artifact in the same rounds as the strongest baseline, so each
-speed-up is paired over all its rounds, with its 95 % interval (timing.protocol). Then the
+speed-up is paired, with its 95 % interval over all its blocks (timing.protocol). Then the
 fastest and the smallest model whose paired validation interval rules
 out a loss of more than 1 pp, and of more than 3 pp, against the strongest baseline.
 """
@@ -175,7 +175,7 @@ def main() -> None:
                     out[label].append(measure_as_study(
                         rows[label]["artifact"], reference, config.end_to_end,
                         config.threads, config.warmup, config.runs,
-                        config.min_seconds)[scope])
+                        config.min_seconds, config.blocks)[scope])
             return {label: joined(results) for label, results in out.items()}
 
         forms = timed(list(exact.values()), rows[exact["torch"]]["artifact"])

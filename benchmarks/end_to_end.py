@@ -25,9 +25,10 @@ on the maps of a real validation image) is timed in rounds of its own. A numpy r
 rounds hold its network, its numpy code alone, the two one after the other, and the
 strongest baseline's network and end to end. End to end minus network is the median of
 the per-round differences (what the robot pays for the post-processing), and the speed-up
-the median over rounds of strongest baseline / row end to end, each with its 95 %
-interval. ``--rounds`` repeats this round-robin over the rows, and every figure pools all
-of a row's rounds.
+the ratio strongest baseline / row end to end, each with its 95 % interval. A file row is
+timed in the study's blocks (fresh sessions each); ``--rounds`` repeats this round-robin
+over the rows, every figure pools all of a row's rounds, and a speed-up's interval is over
+all its blocks (a numpy row's block: one repetition).
 
 Agreement: on ``--images`` validation images, the grasp each file returns against the
 float64 numpy reference on the same file's maps: identical peak pixel and peak flag, and
@@ -64,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside th
 from records import current_commit, write_record
 
 TIMING = {"warmup": 20, "runs": 100, "min_seconds": 1.0}
+BLOCKS = 5  # a study's timing blocks ([runtime] blocks' default)
 
 
 def _synthesis_alone(artifact: Artifact, image: torch.Tensor) -> Callable[[], None]:
@@ -166,21 +168,25 @@ def main() -> None:
                          _with_numpy(fp32, post)))
         synthesis = {name: _synthesis_alone(a, image) for name, a in artifacts.items()}
         baseline_calls = (fp32.timed_call(1), fp32.timed_call(1, end_to_end=True))
-        timed: dict[str, list[list[float]]] = {
-            name: [[] for _ in range(5)] for name in [r[0] for r in rows] + list(artifacts)}
-        for _ in range(args.rounds):
+        names = [r[0] for r in rows] + list(artifacts)
+        timed: dict[str, list[list[float]]] = {name: [[] for _ in range(5)] for name in names}
+        blocks: dict[str, list[int]] = {name: [] for name in names}  # each e2e round's block
+        for repetition in range(args.rounds):
             for name, *calls in rows:
                 for pooled, times in zip(timed[name], time_rounds([*calls, *baseline_calls],
                                                                   **TIMING), strict=True):
                     pooled += times
+                blocks[name] += [repetition] * (len(timed[name][2]) - len(blocks[name]))
             for name, a in artifacts.items():  # as the study times a trial beside its baseline
-                both = measure_as_study(a, fp32, True, 1, **TIMING)
+                both = measure_as_study(a, fp32, True, 1, **TIMING, blocks=BLOCKS)
                 net, e2e = both["network"], both["end_to_end"]
                 post = time_rounds([synthesis[name]], **TIMING)[0]
                 for pooled, times in zip(timed[name], (net.times, post, e2e.times,
                                                        net.reference_times,
                                                        e2e.reference_times), strict=True):
                     pooled += times
+                blocks[name] += [repetition * BLOCKS + b
+                                 for b in e2e.blocks or (0,) * len(e2e.times)]
         table = Table(title=f"Depth in -> grasp out, GG-CNN 300 px, ONNX Runtime, 1 thread "
                             f"[{cpu_line()}]")
         for column in ("row", "network ms", "post-processing ms", "end-to-end ms",
@@ -191,7 +197,7 @@ def main() -> None:
                          "images": len(held), "rows": []}
         for name, (net, post, e2e, _, base_e2e) in timed.items():
             extra = summarise(e2e, 1).extra_over(summarise(net, 1))
-            speedup = summarise(e2e, 1, base_e2e).speedup()
+            speedup = summarise(e2e, 1, base_e2e, blocks[name]).speedup()
             table.add_row(name, f"{np.median(net):.2f}", f"{np.median(post):.2f}",
                           f"{np.median(e2e):.2f}", extra.text(), speedup.text())
             figures["rows"].append({"row": name, "network_ms": float(np.median(net)),

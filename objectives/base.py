@@ -35,6 +35,7 @@ class Context:
     warmup: int = 10
     runs: int = 50
     min_seconds: float = 0.0  # latency times on until this much of it has been timed
+    blocks: int = 1  # the rounds run in this many blocks of fresh sessions
     reference: Artifact | None = None
     reference_ms: float | None = None
     end_to_end: bool = False

@@ -21,7 +21,6 @@ on the robot's computer (``[runtime] target``, :mod:`timing.agent`) times by the
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,6 +31,7 @@ from objectives.base import Context, register_objective
 from timing.protocol import (
     MAX_RUNS,
     SCOPES,
+    CallMaker,
     ExtraTime,
     LatencyResult,
     Speedup,
@@ -76,20 +76,22 @@ def timed_scopes(artifact: Artifact) -> tuple[str, ...]:
 
 def measure_scopes(artifact: Artifact, threads: int = 1, warmup: int = 10, runs: int = 50,
                    reference: Artifact | None = None, min_seconds: float = 0.0,
-                   scopes: tuple[str, ...] | None = None) -> dict[str, LatencyResult]:
+                   scopes: tuple[str, ...] | None = None, blocks: int = 1
+                   ) -> dict[str, LatencyResult]:
     """Times ``artifact`` at ``scopes`` (default: every scope it has), and ``reference`` at
-    the same scopes, in the same rounds (:func:`timing.protocol.time_scopes`): so a file's
-    end to end and network share every moment of the machine, and its ``ratio`` and
-    ``speedup()`` to the reference are paired over rounds."""
-    check_protocol(threads, warmup, runs, min_seconds)
+    the same scopes, in the same rounds, in ``blocks`` of fresh sessions
+    (:func:`timing.protocol.time_scopes`): so a file's end to end and network share every
+    moment of the machine, and its ``ratio`` and ``speedup()`` to the reference are
+    paired."""
+    check_protocol(threads, warmup, runs, min_seconds, blocks)
     scopes = scopes or timed_scopes(artifact)
 
-    def calls(a: Artifact) -> dict[str, Callable[[], None]]:
-        return {s: a.timed_call(threads, end_to_end=s == SCOPES[1]) for s in scopes}
+    def calls(a: Artifact) -> CallMaker:
+        return lambda: {s: a.timed_call(threads, end_to_end=s == SCOPES[1]) for s in scopes}
 
     with torch_threads(threads):
         return time_scopes(calls(artifact), calls(reference) if reference is not None
-                           else None, threads, warmup, runs, min_seconds)
+                           else None, threads, warmup, runs, min_seconds, blocks)
 
 
 def measure_latency(artifact: Artifact, threads: int = 1, warmup: int = 10, runs: int = 50,
@@ -110,12 +112,12 @@ def study_scopes(artifact: Artifact, end_to_end: bool) -> tuple[str, ...]:
 
 def measure_as_study(artifact: Artifact, reference: Artifact, end_to_end: bool,
                      threads: int = 1, warmup: int = 10, runs: int = 50,
-                     min_seconds: float = 0.0) -> dict[str, LatencyResult]:
+                     min_seconds: float = 0.0, blocks: int = 1) -> dict[str, LatencyResult]:
     """``artifact`` timed exactly as a study times a trial beside its baseline: the same
-    calls in every round (both scopes of each file), so that a benchmark's speed-up and the
-    study's are measured alike."""
+    calls in every round (both scopes of each file), in the same blocks, so that a
+    benchmark's speed-up and the study's are measured alike."""
     return measure_scopes(artifact, threads, warmup, runs, reference, min_seconds,
-                          study_scopes(artifact, end_to_end))
+                          study_scopes(artifact, end_to_end), blocks)
 
 
 def time_package(path: Path, reference: Path | None, request: dict[str, Any]
@@ -129,7 +131,8 @@ def time_package(path: Path, reference: Path | None, request: dict[str, Any]
     return measure_scopes(artifact(path), request["threads"],
                           reference=artifact(reference) if reference else None,
                           scopes=tuple(request["scopes"]),
-                          **{k: request[k] for k in ("warmup", "runs", "min_seconds")})
+                          **{k: request[k] for k in ("warmup", "runs", "min_seconds",
+                                                     "blocks")})
 
 
 #: The detail each latency is logged as, by whether it is end to end (depth in, grasp out).
@@ -139,7 +142,8 @@ LATENCY_KEYS = {True: "latency_e2e_ms", False: "latency_network_ms"}
 SYNTHESIS_KEYS = ("synthesis_ms", "synthesis_low_ms", "synthesis_high_ms")
 
 #: The paired speed-up a trial records (:func:`speedup_details`).
-SPEEDUP_KEYS = ("speedup", "speedup_low", "speedup_high", "speedup_p", "speedup_rounds")
+SPEEDUP_KEYS = ("speedup", "speedup_low", "speedup_high", "speedup_p", "speedup_rounds",
+                "speedup_blocks")
 
 
 @register_objective
@@ -159,7 +163,7 @@ class Latency:
         # Where it is timed: here, or on the robot's computer through its timing agent.
         measure = ctx.target.measure_scopes if ctx.target is not None else measure_scopes
         results = measure(artifact, ctx.threads, ctx.warmup, ctx.runs, reference=ctx.reference,
-                          min_seconds=ctx.min_seconds, scopes=scopes)
+                          min_seconds=ctx.min_seconds, scopes=scopes, blocks=ctx.blocks)
         result = results[scope]
         fingerprint = (ctx.target.fingerprint(artifact, ctx.threads) if ctx.target is not None
                        else device_fingerprint(artifact, ctx.threads))
@@ -205,4 +209,4 @@ def speedup_details(speedup: Speedup) -> dict[str, float]:
     """A paired speed-up as a trial's details (and MLflow metrics)."""
     return {"speedup": speedup.value, "speedup_low": speedup.low,
             "speedup_high": speedup.high, "speedup_p": speedup.p_value,
-            "speedup_rounds": float(speedup.rounds)}
+            "speedup_rounds": float(speedup.rounds), "speedup_blocks": float(speedup.blocks)}

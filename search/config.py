@@ -143,6 +143,7 @@ class StudyConfig:
     warmup: int
     runs: int
     min_seconds: float
+    blocks: int  # the timing rounds run in blocks of fresh sessions (timing.protocol)
     paired: bool | None  # unset: as the study began (search.study.resume.settle_timing)
     allow_other_devices: bool
     target: str | None  # a timing agent's URL: latency timed on the robot's computer
@@ -347,7 +348,7 @@ def _flat(path: Path, study: StudyFile, model: str) -> StudyConfig:
         constraints=tuple(_parse_constraint(path, c) for c in study.constraints),
         confidence=o.confidence, end_to_end=o.latency == "end_to_end", runtime=rt.name,
         device=rt.device, threads=rt.threads, warmup=rt.warmup, runs=rt.runs,
-        min_seconds=rt.min_seconds, paired=rt.paired,
+        min_seconds=rt.min_seconds, blocks=rt.blocks, paired=rt.paired,
         allow_other_devices=rt.allow_other_devices, target=rt.target,
         target_retry_s=rt.target_retry_s, sampler=s.sampler, seed=s.seed,
         n_trials=s.n_trials, timeout=s.timeout, storage=s.storage,

@@ -93,6 +93,10 @@ def test_the_agent_times_by_the_study_protocol_without_torch(agent, files):
     assert len(both["network"].times) == len(both["end_to_end"].reference_times)
     assert both["end_to_end"].median_ms > both["network"].median_ms
     assert both["network"].speedup().rounds == both["network"].runs
+    # In blocks, as a study asks: the interval is over the blocks of fresh sessions.
+    blocked = client.measure_scopes(files["grasp"], reference=files["maps"],
+                                    scopes=("network",), blocks=3, **FAST)["network"]
+    assert sorted(set(blocked.blocks)) == [0, 1, 2] and blocked.speedup().blocks == 3
     costs = client.take_costs()
     assert costs["agent_upload_s"] > 0 and costs["agent_timing_s"] >= 0.3
     assert client.take_costs() == {}
@@ -357,6 +361,7 @@ def test_a_timing_request_is_bounded(agent, files):
                            ({"threads": cores + 1}, f"`threads` must be at most {cores}"),
                            ({"scopes": ["network", "network"]}, "distinct scopes"),
                            ({"scopes": ["grasp"]}, "`scopes` must list"),
+                           ({"blocks": 51}, "`blocks` must be at most 50"),
                            ({"block": 1}, "unknown field 'block'")):
         status, answer = call(agent.url, "POST", "/time",
                               json.dumps({"artifact": sha, **body}).encode())

@@ -4,9 +4,10 @@ interval."""
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.stats import binom, binomtest
+from scipy.stats import t as student_t
 
 import timing.protocol as timing
 from objectives import Context, get_objective
@@ -48,17 +49,81 @@ def test_scopes_and_reference_share_the_rounds(monkeypatch):
     last: list[str] = []
     _scripted_clock(monkeypatch, lambda: costs[last[-1]])
     out = timing.time_scopes(
-        {"network": lambda: last.append("net"), "end_to_end": lambda: last.append("e2e")},
-        {"network": lambda: last.append("ref net"),
-         "end_to_end": lambda: last.append("ref e2e")}, threads=1, warmup=0, runs=7)
+        lambda: {"network": lambda: last.append("net"),
+                 "end_to_end": lambda: last.append("e2e")},
+        lambda: {"network": lambda: last.append("ref net"),
+                 "end_to_end": lambda: last.append("ref e2e")}, threads=1, warmup=0, runs=7)
     assert np.allclose(out["network"].times, 2.0) and len(out["network"].times) == 7
     assert np.allclose(out["network"].reference_times, 8.0)
     assert out["end_to_end"].median_ms == pytest.approx(3.0)
     assert out["end_to_end"].reference_ms == pytest.approx(10.0)
     speedup = out["end_to_end"].speedup()
     assert speedup.value == pytest.approx(10 / 3) and speedup.rounds == 7
+    assert speedup.blocks == 1 and out["network"].blocks == ()
     with pytest.raises(timing.TimingError, match="same scopes"):
-        timing.time_scopes({"network": lambda: None}, {"end_to_end": lambda: None}, 1)
+        timing.time_scopes(lambda: {"network": lambda: None},
+                           lambda: {"end_to_end": lambda: None}, 1)
+
+
+def test_blocks_make_fresh_calls_and_split_the_rounds(monkeypatch):
+    """Each block makes its calls anew (fresh sessions), warms them up and times its share
+    of the rounds; every round is labelled with its block."""
+    made = {"file": 0, "reference": 0}
+    last: list[str] = []
+
+    def maker(name: str):
+        def make():
+            made[name] += 1
+            cost = 1.0 + made["file"] if name == "file" else 12.0
+            return {"network": lambda: last.append((name, cost))}
+        return make
+
+    _scripted_clock(monkeypatch, lambda: last[-1][1])
+    out = timing.time_scopes(maker("file"), maker("reference"), threads=1, warmup=2, runs=7,
+                             blocks=3)["network"]
+    assert made == {"file": 3, "reference": 3}
+    assert out.blocks == (0,) * 3 + (1,) * 3 + (2,) * 3  # ceil(7 / 3) rounds a block
+    assert np.allclose(out.times, [2.0] * 3 + [3.0] * 3 + [4.0] * 3)
+    assert sum(1 for name, _ in last if name == "file") == 3 * (2 + 3)  # warm-ups each block
+    speedup = out.speedup()
+    assert speedup.blocks == 3 and speedup.rounds == 9
+    # the geometric mean of the blocks' ratios, as the score's ratio inverts it
+    assert speedup.value == pytest.approx((6.0 * 4.0 * 3.0) ** (1 / 3))
+    assert out.ratio == pytest.approx(1 / speedup.value)
+    with pytest.raises(ValueError, match="blocks >= 1"):
+        timing.time_scopes(maker("file"), None, 1, blocks=0)
+
+
+def test_joined_timings_keep_their_blocks_apart():
+    one = timing.summarise((1.0, 1.1, 2.0, 2.1), 1, (4.0, 4.0, 4.0, 4.0), (0, 0, 1, 1))
+    two = timing.summarise((1.0, 1.0, 1.0), 1, (3.0, 3.0, 3.0))  # one block: no labels
+    both = timing.joined([one, two])
+    assert both.blocks == (0, 0, 1, 1, 2, 2, 2)
+    assert both.speedup().blocks == 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.2, 20), min_size=2, max_size=12),
+       st.floats(0.80, 0.99))
+def test_the_speedup_over_blocks_is_the_t_interval_on_log_ratios(block_ratios, level):
+    """Several blocks: the geometric mean of the blocks' median ratios and the textbook t
+    interval on their logs; 'as fast' is rejected exactly when 1 lies outside it."""
+    times, reference, labels = [], [], []
+    for b, ratio in enumerate(block_ratios):  # three rounds a block, the middle one the median
+        for jitter in (0.9, 1.0, 1.1):
+            times.append(1.0)
+            reference.append(ratio * jitter)
+            labels.append(b)
+    logs = np.log(block_ratios)
+    assume(np.std(logs) > 1e-6)  # every block the same: no spread to take an interval from
+    speedup = timing.summarise(times, 1, reference, labels).speedup(level)
+    n = len(logs)
+    half = student_t.ppf((1 + level) / 2, n - 1) * np.std(logs, ddof=1) / np.sqrt(n)
+    assert speedup.value == pytest.approx(np.exp(logs.mean()))
+    assert speedup.low == pytest.approx(np.exp(logs.mean() - half))
+    assert speedup.high == pytest.approx(np.exp(logs.mean() + half))
+    if abs(speedup.p_value - (1 - level)) > 1e-9:
+        assert (speedup.p_value < 1 - level) == (not speedup.low <= 1 <= speedup.high)
 
 
 def _order_statistic_interval(ratios: np.ndarray, level: float) -> tuple[float, float]:

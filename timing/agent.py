@@ -50,6 +50,7 @@ from typing import Any
 from timing.client import DEFAULT_PORT, TOKEN_ENV, TOKEN_FILE_ENV, AgentError, read_token
 from timing.protocol import (
     SCOPES,
+    CallMaker,
     LatencyResult,
     TimingError,
     check_protocol,
@@ -123,19 +124,18 @@ def _measure(path: Path, kind: str, request: dict[str, Any], reference: Path | N
     """Times one artifact (and its reference) at the requested scopes by the study's
     protocol: blocking, run in a worker thread while the agent's lock is held."""
     threads = request["threads"]
-    protocol = {k: request[k] for k in ("warmup", "runs", "min_seconds")}
+    protocol = {k: request[k] for k in ("warmup", "runs", "min_seconds", "blocks")}
     if kind == "pt2":  # only with a timer handed in (ggopt agent --allow-torch)
         return package_timer(path, reference, request)
 
-    def calls(p: Path) -> dict[str, Callable[[], None]]:
+    def calls(p: Path) -> CallMaker:
+        """Fresh sessions at every call (one per block); the file is read once."""
         source = p.read_bytes()
-        out = {}
-        for scope in request["scopes"]:
-            end_to_end = scope == SCOPES[1]
-            file = source if end_to_end else without_synthesis(source)
-            out[scope] = onnx_timed_call(onnx_session(file, threads), request["input_size"],
-                                         end_to_end)
-        return out
+        files = {scope: source if scope == SCOPES[1] else without_synthesis(source)
+                 for scope in request["scopes"]}
+        return lambda: {scope: onnx_timed_call(onnx_session(file, threads),
+                                               request["input_size"], scope == SCOPES[1])
+                        for scope, file in files.items()}
 
     return time_scopes(calls(path), calls(reference) if reference else None, threads,
                        **protocol)
@@ -148,7 +148,7 @@ def _check_time_request(body: Any) -> dict[str, Any]:
     fields = {"artifact": (str, None), "reference": ((str, type(None)), None),
               "kind": (str, "onnx"), "precision": (str, "fp32"), "input_size": (int, 300),
               "scopes": (list, [SCOPES[0]]), "threads": (int, 1), "warmup": (int, 10),
-              "runs": (int, 50), "min_seconds": ((int, float), 0.0)}
+              "runs": (int, 50), "min_seconds": ((int, float), 0.0), "blocks": (int, 1)}
     unknown = sorted(set(body) - set(fields))
     if unknown:
         raise ValueError(f"unknown field {unknown[0]!r} (valid: {', '.join(fields)}).")
@@ -169,10 +169,10 @@ def _check_time_request(body: Any) -> dict[str, Any]:
         raise ValueError(f"`scopes` must list distinct scopes of {list(SCOPES)}, got "
                          f"{scopes!r}.")
     check_protocol(request["threads"], request["warmup"], request["runs"],
-                   request["min_seconds"])
+                   request["min_seconds"], request["blocks"])
     cores = os.cpu_count() or 1
     for name, bound in (("min_seconds", 600), ("runs", MAX_RUNS), ("warmup", MAX_WARMUP),
-                        ("threads", cores)):
+                        ("threads", cores), ("blocks", 50)):
         if request[name] > bound:
             raise ValueError(f"`{name}` must be at most {bound} on this agent, got "
                              f"{request[name]}.")

@@ -219,18 +219,20 @@ class AgentClient:
 
     def measure_scopes(self, artifact: Any, threads: int = 1, warmup: int = 10, runs: int = 50,
                        reference: Any = None, min_seconds: float = 0.0,
-                       scopes: tuple[str, ...] = SCOPES[:1]) -> dict[str, LatencyResult]:
+                       scopes: tuple[str, ...] = SCOPES[:1], blocks: int = 1
+                       ) -> dict[str, LatencyResult]:
         """Times ``artifact`` (and ``reference``, in the same rounds) at ``scopes`` on the
-        agent, uploading either if the agent does not hold it (a restarted agent holds
-        nothing): the shape of :func:`objectives.latency.measure_scopes`."""
-        check_protocol(threads, warmup, runs, min_seconds)
+        agent, in ``blocks`` of fresh sessions, uploading either if the agent does not hold
+        it (a restarted agent holds nothing): the shape of
+        :func:`objectives.latency.measure_scopes`."""
+        check_protocol(threads, warmup, runs, min_seconds, blocks)
         for attempt in range(2):
             request = {"artifact": self._upload(artifact),
                        "reference": self._upload(reference) if reference is not None else None,
                        "kind": "pt2" if Path(artifact.path).suffix == ".pt2" else "onnx",
                        "precision": artifact.precision, "input_size": artifact.input_size,
                        "scopes": list(scopes), "threads": threads, "warmup": warmup,
-                       "runs": runs, "min_seconds": min_seconds}
+                       "runs": runs, "min_seconds": min_seconds, "blocks": blocks}
             status, answer = self._patiently(lambda r=request: self._request(
                 "POST", "/time", json.dumps(r).encode()))
             if status == 404 and attempt == 0:  # restarted: it holds nothing any more

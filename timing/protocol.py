@@ -8,8 +8,10 @@ and at least ``min_seconds`` of timing in all. A round times every call once: th
 each of its scopes (network alone, depth in -> grasp out) and, when given, its reference
 (the study's baseline) at the same scopes, in an order that rotates from round to round.
 So a file's two scopes and its reference share every moment of a machine whose speed
-moves, and a speed-up is a paired ratio over rounds with its interval
-(:meth:`LatencyResult.speedup`). Per call: median, p90 and coefficient of variation.
+moves, and a speed-up is a paired ratio with its interval (:meth:`LatencyResult.speedup`).
+The rounds run in ``blocks``, each with fresh sessions of every file: a ratio moves between
+sessions and over seconds more than within one block's rounds, so where there are several
+blocks the interval is taken over them. Per call: median, p90 and coefficient of variation.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["GRASP_OUTPUT", "INPUT_NAME", "MAX_RUNS", "OUTPUT_NAME", "SCOPES", "SIMD_FLAGS",
-           "ExtraTime", "LatencyResult", "Speedup", "TimingError", "check_protocol",
+           "CallMaker", "ExtraTime", "LatencyResult", "Speedup", "TimingError",
+           "block_medians", "blocks_interval", "check_protocol",
            "cpu_flags", "extra_text", "fingerprint_key", "fixed_input", "host_fingerprint",
            "joined", "machine_line", "median_interval", "onnx_session", "onnx_timed_call",
            "ratio_text", "scope_of", "summarise", "time_calls", "time_rounds", "time_scopes",
@@ -68,9 +71,14 @@ class PairedMedian:
         return asdict(self)
 
 
+@dataclass(frozen=True)
 class Speedup(PairedMedian):
-    """How many times faster a file ran than its reference: the median over rounds of
-    reference / file; its test is of 'as fast'."""
+    """How many times faster a file ran than its reference; its test is of 'as fast'. In
+    one block: the median over rounds of reference / file, with the order-statistic
+    interval. In several (:func:`blocks_interval`): the geometric mean of the blocks'
+    medians, with the t interval over blocks (so drift between sessions is inside it)."""
+
+    blocks: int = 1
 
     def text(self) -> str:
         """``5.42x [5.31, 5.55]``."""
@@ -105,6 +113,21 @@ def extra_text(value: float, low: float | None = None, high: float | None = None
     return f"{value:+.2f} ms{_interval(low, high, '{:+.2f}')}"
 
 
+def blocks_interval(block_values: Sequence[float], confidence: float = 0.95
+                    ) -> tuple[float, float, float, float]:
+    """The geometric mean of per-block ratios, the ends of its t interval on their logs
+    (df = blocks - 1) and the one-sample t test's p of ratio 1, which rejects exactly when
+    the interval excludes 1. Blocks, not rounds, are the unit that varies between timings.
+    scipy is imported here: the timing agent installs without it."""
+    from scipy.stats import ttest_1samp
+
+    logs = np.log(np.asarray(block_values, dtype=float))
+    test = ttest_1samp(logs, 0.0)
+    interval = test.confidence_interval(confidence)
+    return (float(np.exp(logs.mean())), float(np.exp(interval.low)),
+            float(np.exp(interval.high)), float(test.pvalue))
+
+
 def median_interval(values: Sequence[float], null: float, confidence: float = 0.95
                     ) -> tuple[float, float, float, float]:
     """The median of ``values``, the ends of its distribution-free interval (binomial order
@@ -130,6 +153,7 @@ class LatencyResult:
     ratio: float | None = None  # median over rounds of (file / reference)
     times: tuple[float, ...] = ()  # every timed run, ms, one per round
     reference_times: tuple[float, ...] = ()  # the reference's, in the same rounds
+    blocks: tuple[int, ...] = ()  # each round's block (fresh sessions); () = one block
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,15 +161,20 @@ class LatencyResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyResult:
         known = {f.name for f in fields(cls)}
-        values = {k: tuple(v) if k.endswith("times") else v for k, v in data.items()
-                  if k in known}
+        values = {k: tuple(v) if k.endswith("times") or k == "blocks" else v
+                  for k, v in data.items() if k in known}
         return cls(**values)
 
     def speedup(self, confidence: float = 0.95) -> Speedup | None:
-        """The paired speed-up over the rounds (None without a reference)."""
+        """The paired speed-up (None without a reference): over the blocks where there are
+        several, else over the rounds (:class:`Speedup`)."""
         if not self.reference_times:
             return None
         ratios = np.asarray(self.reference_times) / np.asarray(self.times)
+        per_block = block_medians(ratios, self.blocks)
+        if len(per_block) > 1:
+            return Speedup(*blocks_interval(per_block, confidence), len(ratios), confidence,
+                           len(per_block))
         return Speedup(*median_interval(ratios, 1.0, confidence), len(ratios), confidence)
 
     def extra_over(self, shorter: LatencyResult, confidence: float = 0.95) -> ExtraTime:
@@ -158,10 +187,22 @@ class LatencyResult:
         return ExtraTime(*median_interval(extra, 0.0, confidence), len(extra), confidence)
 
 
-def check_protocol(threads: int, warmup: int, runs: int, min_seconds: float) -> None:
-    if runs < 3 or warmup < 0 or threads < 1 or not min_seconds >= 0:
-        raise ValueError(f"`runs >= 3, warmup >= 0, threads >= 1, min_seconds >= 0` must "
-                         f"hold, but got {runs=}, {warmup=}, {threads=}, {min_seconds=}.")
+def block_medians(values: Sequence[float], blocks: Sequence[int]) -> list[float]:
+    """The median of ``values`` in each block, in block order; one median when ``blocks``
+    is empty (every round in one block)."""
+    if not len(blocks):
+        return [float(np.median(values))]
+    labels = np.asarray(blocks)
+    values = np.asarray(values, dtype=float)
+    return [float(np.median(values[labels == b])) for b in dict.fromkeys(blocks)]
+
+
+def check_protocol(threads: int, warmup: int, runs: int, min_seconds: float,
+                   blocks: int = 1) -> None:
+    if runs < 3 or warmup < 0 or threads < 1 or not min_seconds >= 0 or blocks < 1:
+        raise ValueError(f"`runs >= 3, warmup >= 0, threads >= 1, min_seconds >= 0, "
+                         f"blocks >= 1` must hold, but got {runs=}, {warmup=}, {threads=}, "
+                         f"{min_seconds=}, {blocks=}.")
 
 
 def time_rounds(calls: Sequence[Callable[[], None]], warmup: int = 10, runs: int = 50,
@@ -187,51 +228,84 @@ def time_rounds(calls: Sequence[Callable[[], None]], warmup: int = 10, runs: int
     return times
 
 
-def summarise(times: Sequence[float], threads: int, reference: Sequence[float] | None = None
-              ) -> LatencyResult:
-    """One call's timed runs (and its reference's, from the same rounds) as a result."""
+def summarise(times: Sequence[float], threads: int, reference: Sequence[float] | None = None,
+              blocks: Sequence[int] = ()) -> LatencyResult:
+    """One call's timed runs (and its reference's, from the same rounds; each round's block)
+    as a result. ``ratio`` (file / reference) is the inverse of the speed-up's value: the
+    geometric mean of the blocks' medians, or the median over rounds in one block."""
     mean = statistics.fmean(times)
+    if blocks and len(blocks) != len(times):
+        raise TimingError(f"{len(blocks)} block labels for {len(times)} rounds")
+    ratio = None
+    if reference:
+        per_block = block_medians(np.asarray(times) / np.asarray(reference), blocks)
+        ratio = (float(np.exp(np.mean(np.log(per_block)))) if len(per_block) > 1
+                 else per_block[0])
     return LatencyResult(
         median_ms=statistics.median(times),
         p90_ms=float(np.percentile(times, 90)),
         cv=statistics.stdev(times) / mean if mean > 0 else 0.0,
         runs=len(times), threads=threads,
         reference_ms=statistics.median(reference) if reference else None,
-        ratio=(statistics.median(a / b for a, b in zip(times, reference, strict=True))
-               if reference else None),
-        times=tuple(times), reference_times=tuple(reference or ()))
+        ratio=ratio, times=tuple(times), reference_times=tuple(reference or ()),
+        blocks=tuple(int(b) for b in blocks) if len(set(blocks)) > 1 else ())
 
 
-def time_scopes(calls: Mapping[str, Callable[[], None]],
-                reference: Mapping[str, Callable[[], None]] | None, threads: int,
-                warmup: int = 10, runs: int = 50, min_seconds: float = 0.0
+#: Builds a file's calls by scope, with fresh sessions each time it is called.
+CallMaker = Callable[[], Mapping[str, Callable[[], None]]]
+
+
+def time_scopes(calls: CallMaker, reference: CallMaker | None, threads: int,
+                warmup: int = 10, runs: int = 50, min_seconds: float = 0.0, blocks: int = 1
                 ) -> dict[str, LatencyResult]:
-    """Times a file's ``calls`` by scope (:data:`SCOPES`) and, when given, its reference's
-    calls at the same scopes, all in the same rounds (:func:`time_rounds`); ``threads`` is
-    recorded, the caller sets it."""
-    check_protocol(threads, warmup, runs, min_seconds)
-    scopes = list(calls)
-    if reference is not None and set(reference) != set(scopes):
-        raise TimingError(f"the reference is timed at {sorted(reference)}, the file at "
-                          f"{sorted(scopes)}: a ratio needs the same scopes")
-    ordered = [calls[s] for s in scopes] + ([reference[s] for s in scopes] if reference
-                                            else [])
-    times = time_rounds(ordered, warmup, runs, min_seconds)
-    return {s: summarise(times[i], threads, times[len(scopes) + i] if reference else None)
+    """Times a file's calls by scope (:data:`SCOPES`) and, when given, its reference's
+    calls at the same scopes, all in the same rounds (:func:`time_rounds`), in ``blocks``:
+    each block makes fresh calls (new sessions), warms them up and times its share of
+    ``runs`` (at least 3 rounds) and of ``min_seconds``. ``threads`` is recorded, the
+    caller sets it."""
+    check_protocol(threads, warmup, runs, min_seconds, blocks)
+    per_block = {"warmup": warmup, "runs": max(3, math.ceil(runs / blocks)),
+                 "min_seconds": min_seconds / blocks}
+    scopes: list[str] = []
+    times: list[list[float]] = []
+    labels: list[int] = []
+    for block in range(blocks):
+        file = calls()
+        other = reference() if reference is not None else None
+        if not scopes:
+            scopes = list(file)
+            times = [[] for _ in range(2 * len(scopes) if other is not None else len(scopes))]
+        if other is not None and set(other) != set(scopes):
+            raise TimingError(f"the reference is timed at {sorted(other)}, the file at "
+                              f"{sorted(scopes)}: a ratio needs the same scopes")
+        ordered = [file[s] for s in scopes] + ([other[s] for s in scopes] if other else [])
+        for pooled, new in zip(times, time_rounds(ordered, **per_block), strict=True):
+            pooled += new
+        labels = labels + [block] * (len(times[0]) - len(labels))
+    return {s: summarise(times[i], threads, times[len(scopes) + i] if reference else None,
+                         labels)
             for i, s in enumerate(scopes)}
 
 
 def joined(results: Sequence[LatencyResult]) -> LatencyResult:
-    """Several timings of one file (and its reference) as one: all their rounds."""
+    """Several timings of one file (and its reference) as one: all their rounds, each
+    timing's blocks kept apart (so the interval is over every block of every timing)."""
     times = [t for r in results for t in r.times]
     reference = [t for r in results for t in r.reference_times]
-    return summarise(times, results[0].threads, reference or None)
+    labels, offset = [], 0
+    for r in results:
+        own = r.blocks or (0,) * len(r.times)
+        labels += [offset + b for b in own]
+        offset += max(own) + 1
+    return summarise(times, results[0].threads, reference or None, labels)
 
 
 def time_calls(run: Callable[[], None], other: Callable[[], None] | None, threads: int,
                warmup: int = 10, runs: int = 50, min_seconds: float = 0.0) -> LatencyResult:
-    """One call (and its reference) by :func:`time_scopes`."""
-    return time_scopes({"call": run}, None if other is None else {"call": other}, threads,
+    """One call (and its reference) by :func:`time_scopes`, in one block (the calls are
+    given, not made)."""
+    return time_scopes(lambda: {"call": run},
+                       None if other is None else (lambda: {"call": other}), threads,
                        warmup, runs, min_seconds)["call"]
 
 

@@ -32,7 +32,7 @@ def measure_artifact(setup: StudySetup, artifact: Artifact,
     image). ``details["hits"]``: the per-image outcomes (grasp.evaluation.ImageHits)."""
     c = setup.config
     ctx = Context(setup.eval_data if images is None else images, c.threads, c.warmup, c.runs,
-                  c.min_seconds, reference, reference_ms, c.end_to_end,
+                  c.min_seconds, c.blocks, reference, reference_ms, c.end_to_end,
                   target=timing_agent(c) if c.target else None)
     values = {}
     for name in names:

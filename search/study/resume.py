@@ -166,7 +166,7 @@ def config_attrs(config: StudyConfig) -> dict[str, Any]:
             "study.latency": "end_to_end" if config.end_to_end else "network",
             "study.storage": redact_url(config.storage), "study.runtime": config.runtime,
             "study.threads": config.threads, "study.paired_latency": config.paired,
-            "study.min_seconds": config.min_seconds,
+            "study.min_seconds": config.min_seconds, "study.timing_blocks": config.blocks,
             "study.timed_by": config.target or "each worker",
             "study.qat_steps": config.knob_options.get("precision", {}).get("qat_steps", 0),
             "study.artifact_format": ARTIFACT_FORMAT}
