@@ -32,7 +32,7 @@ from search.record import (
 )
 from search.review.table import ci_text
 from search.study.resume import settle_timing
-from search.verify import SIM_SCENES, verify_trials
+from search.verify import SIM_SCENES, too_few_test_images, verify_trials
 
 
 def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Path,
@@ -106,7 +106,12 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
                 f"faster files; since 5, int8 that holds on CPUs without VNNI). `--rebuild` "
                 f"builds and measures trial {number}'s file anew from the weights the study "
                 f"kept, with no training.")
-    verified = None
+    verified, unverified = None, "Not verified on the test images or in simulation."
+    if verify and not sim and too_few_test_images(config):
+        unverified = (f"Not verified: {too_few_test_images(config)}; and no simulated "
+                      f"grasps (--no-sim).")
+        console.print(unverified)
+        verify = False
     if verify:
         from grasp.artifact import Artifact
 
@@ -171,7 +176,7 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
            "study: it chose on validation images only. Intervals are 95 % (Wilson for rates; "
            "Tango's paired score interval over the same images or scenes for differences, "
            "with McNemar's test).", ""]
-          if verified else ["Not verified on the test images or in simulation.", ""]),
+          if verified else [unverified, ""]),
         *_loading(config.runtime, trial.user_attrs.get("precision"), config.device),
         "All three numbers were measured on this file. Latency was measured on: "
         f"{fp.get('cpu')} ({fp.get('flags', 'flags not recorded')}, {fp.get('cores')} "

@@ -133,7 +133,7 @@ def _no_costlier(trial: FrozenTrial, objectives: tuple[str, ...],
 def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[str, Any]]:
     """The front as plain data: validation accuracy with its interval, the paired
     difference to the baseline with its interval (pp), size, latency and ratios (the
-    speed-up paired over timing rounds, with its interval)."""
+    speed-up paired over the timing's blocks, with its interval)."""
     base = study.user_attrs.get("baseline", {})
     rows = []
     for t in feasible_front(study, objectives):
@@ -164,11 +164,13 @@ def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[st
 
 def _speedup(extra: dict[str, Any], base: dict[str, Any], values: dict[str, float]
              ) -> dict[str, Any]:
-    """The speed-up over the baseline paired over the timing rounds, with its interval;
-    studies from before that protocol: the ratio of the two medians, without one."""
+    """The speed-up over the baseline paired over the timing rounds, with its interval and
+    the blocks it is over (1: over rounds); studies from before that protocol: the ratio of
+    the two medians, without one."""
     if "speedup" in extra:
         return {"speedup": extra["speedup"],
-                "speedup_ci": [extra["speedup_low"], extra["speedup_high"]]}
+                "speedup_ci": [extra["speedup_low"], extra["speedup_high"]],
+                "speedup_blocks": int(extra.get("speedup_blocks", 1))}
     return {"speedup": base.get("latency", np.nan) / values["latency"],
             "speedup_ci": [np.nan, np.nan]}
 

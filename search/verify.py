@@ -25,36 +25,45 @@ from search.config import StudyConfig
 from search.record import RUN_ID_KEY, baseline_artifact_path, complete_trial, trial_file
 from search.stats import PairedDifference, Rate, paired_difference, rate
 
-__all__ = ["SIM_SCENES", "Verification", "verify_trials"]
+__all__ = ["MIN_TEST_IMAGES", "SIM_SCENES", "Verification", "too_few_test_images",
+           "verify_trials"]
 
 #: Simulated scenes per verification: a Wilson interval of about +-5.5 pp at 50 % success.
 SIM_SCENES = 300
 BASELINE = "baseline"
 
+#: Fewer test images than this give no test figures (a 95 % interval wider than about
+#: +-17 pp says nothing a user can act on): verification is then in simulation alone.
+MIN_TEST_IMAGES = 30
+
 
 @dataclass(frozen=True)
 class Verification:
     """One artifact's test accuracy and simulated grasp success, each beside the
-    baseline's on the same images or scenes, with the paired differences."""
+    baseline's on the same images or scenes, with the paired differences. Without enough
+    test images the test figures are None and ``test_note`` says why."""
 
-    test_accuracy: Rate
-    baseline_test_accuracy: Rate
-    test_difference: PairedDifference
+    test_accuracy: Rate | None
+    baseline_test_accuracy: Rate | None
+    test_difference: PairedDifference | None
     sim_success: Rate | None = None
     baseline_sim_success: Rate | None = None
     sim_difference: PairedDifference | None = None
+    test_note: str = ""
 
     def metrics(self) -> dict[str, float]:
         """The names MLflow and the model card use."""
-        out = {"test_accuracy": self.test_accuracy.value,
-               "test_accuracy_ci_low": self.test_accuracy.low,
-               "test_accuracy_ci_high": self.test_accuracy.high,
-               "test_images": float(self.test_accuracy.n),
-               "baseline_test_accuracy": self.baseline_test_accuracy.value,
-               "test_accuracy_diff": self.test_difference.difference,
-               "test_accuracy_diff_low": self.test_difference.low,
-               "test_accuracy_diff_high": self.test_difference.high,
-               "test_accuracy_diff_p": self.test_difference.p_value}
+        out: dict[str, float] = {}
+        if self.test_accuracy is not None and self.baseline_test_accuracy is not None:
+            out |= {"test_accuracy": self.test_accuracy.value,
+                    "test_accuracy_ci_low": self.test_accuracy.low,
+                    "test_accuracy_ci_high": self.test_accuracy.high,
+                    "test_images": float(self.test_accuracy.n),
+                    "baseline_test_accuracy": self.baseline_test_accuracy.value,
+                    "test_accuracy_diff": self.test_difference.difference,
+                    "test_accuracy_diff_low": self.test_difference.low,
+                    "test_accuracy_diff_high": self.test_difference.high,
+                    "test_accuracy_diff_p": self.test_difference.p_value}
         if self.sim_success is not None and self.baseline_sim_success is not None:
             out |= {"sim_success": self.sim_success.value,
                     "sim_success_ci_low": self.sim_success.low,
@@ -69,12 +78,13 @@ class Verification:
 
     def card(self) -> dict[str, Any]:
         """For config.json and the model card: values with their intervals."""
-        out: dict[str, Any] = {
-            "test_accuracy": self.test_accuracy.value,
-            "test_accuracy_ci": [self.test_accuracy.low, self.test_accuracy.high],
-            "test_images": self.test_accuracy.n,
-            "baseline_test_accuracy": self.baseline_test_accuracy.value,
-            "test_accuracy_diff": self.test_difference.to_dict()}
+        out: dict[str, Any] = {"test_note": self.test_note} if self.test_note else {}
+        if self.test_accuracy is not None and self.baseline_test_accuracy is not None:
+            out |= {"test_accuracy": self.test_accuracy.value,
+                    "test_accuracy_ci": [self.test_accuracy.low, self.test_accuracy.high],
+                    "test_images": self.test_accuracy.n,
+                    "baseline_test_accuracy": self.baseline_test_accuracy.value,
+                    "test_accuracy_diff": self.test_difference.to_dict()}
         if self.sim_success is not None and self.baseline_sim_success is not None:
             out |= {"sim_success": self.sim_success.value,
                     "sim_success_ci": [self.sim_success.low, self.sim_success.high],
@@ -88,10 +98,14 @@ class Verification:
     def lines(self) -> list[str]:
         """A markdown table: this model, the baseline, the paired difference."""
         rows = ["| held out (never seen by the study) | this model | uncompressed baseline "
-                "| paired difference (95 %) |", "|---|---|---|---|",
-                f"| IoU grasp-match accuracy, test images | {self.test_accuracy} | "
-                f"{self.baseline_test_accuracy} | {self.test_difference} "
-                f"(McNemar p = {self.test_difference.p_value:.2g}) |"]
+                "| paired difference (95 %) |", "|---|---|---|---|"]
+        if self.test_accuracy is not None and self.test_difference is not None:
+            rows.append(f"| IoU grasp-match accuracy, test images | {self.test_accuracy} | "
+                        f"{self.baseline_test_accuracy} | {self.test_difference} "
+                        f"(McNemar p = {self.test_difference.p_value:.2g}) |")
+        else:
+            rows.append(f"| IoU grasp-match accuracy, test images | not measured: "
+                        f"{self.test_note} | | |")
         if self.sim_success is not None:
             rows.append(f"| simulated grasp success, held-out scenes | {self.sim_success} | "
                         f"{self.baseline_sim_success} | {self.sim_difference} "
@@ -134,14 +148,25 @@ def baseline_artifact(config: StudyConfig, study: optuna.Study) -> Artifact:
                           runtime=config.runtime)
 
 
-def test_images(config: StudyConfig, console: Console) -> HeldOut:
-    """The test split of the study's dataset: read here, never by the study."""
+def too_few_test_images(config: StudyConfig) -> str:
+    """Why the study's data gives no test figures (fewer than MIN_TEST_IMAGES), or ""."""
+    count = len(config.parts(config.dataset())["test"])
+    if count >= MIN_TEST_IMAGES:
+        return ""
+    return (f"{count} test images in {config.data_root}, fewer than {MIN_TEST_IMAGES}; a "
+            f"simulated dataset grows its test split with `ggopt data sim --recipe "
+            f"quickstart-test --out {config.data_root}`")
+
+
+def test_images(config: StudyConfig, console: Console) -> tuple[HeldOut | None, str]:
+    """The test split of the study's dataset (read here, never by the study), or None and
+    why (:func:`too_few_test_images`)."""
+    note = too_few_test_images(config)
+    if note:
+        return None, note
     dataset = config.dataset()
-    parts = config.parts(dataset)
-    if not parts["test"]:
-        raise ValueError(f"{config.path}: [data] root {config.data_root!r} has no test images "
-                         f"to verify on (ggopt data sim --splits val,test makes some).")
-    return HeldOut.load(dataset.subset(parts["test"]), "reading the test images", console)
+    test = config.parts(dataset)["test"]
+    return HeldOut.load(dataset.subset(test), "reading the test images", console), ""
 
 
 def verify_trials(study: optuna.Study, config: StudyConfig, numbers: list[int],
@@ -160,10 +185,15 @@ def verify_trials(study: optuna.Study, config: StudyConfig, numbers: list[int],
     built = built or {}
     artifacts = {t.number: built.get(t.number) or trial_artifact(config, t)
                  for t in trials}  # a missing file is named now, before minutes of work
+    held, test_note = test_images(config, console)
+    if held is None and not sim:
+        raise ValueError(f"{config.path}: nothing to verify on: {test_note}, and no "
+                         f"simulated grasps asked for.")
     artifacts[BASELINE] = baseline_artifact(config, study)
-    held = test_images(config, console)
     hits = {}
-    for key, artifact in artifacts.items():
+    if held is None:
+        console.print(f"test images: none scored: {test_note}")
+    for key, artifact in artifacts.items() if held is not None else ():
         name = "the baseline" if key == BASELINE else f"trial {key}"
         console.print(f"test images: scoring {name} on {len(held)} images")
         hits[key] = score_grasps(artifact.grasp_predictor(config.threads), held).standard
@@ -179,10 +209,12 @@ def verify_trials(study: optuna.Study, config: StudyConfig, numbers: list[int],
     results = {}
     for t in trials:
         n = t.number
+        test = ((rate(hits[n]), rate(hits[BASELINE]), paired_difference(hits[n], hits[BASELINE]))
+                if hits else (None, None, None))
         results[n] = Verification(
-            rate(hits[n]), rate(hits[BASELINE]), paired_difference(hits[n], hits[BASELINE]),
-            *((rate(outcomes[n]), rate(outcomes[BASELINE]),
-               paired_difference(outcomes[n], outcomes[BASELINE])) if sim else ()))
+            *test, *((rate(outcomes[n]), rate(outcomes[BASELINE]),
+                      paired_difference(outcomes[n], outcomes[BASELINE])) if sim
+                     else (None, None, None)), test_note=test_note)
         if log:
             _log(config, t, results[n])
     return results

@@ -324,10 +324,14 @@ def test_resuming_a_study_scored_by_the_old_metric_is_refused(tmp_path, trained)
 
 
 def test_export_ships_a_file_scored_as_recorded_and_verified_on_held_out_data(
-        tmp_path, trained, capsys):
+        tmp_path, trained, capsys, monkeypatch):
     import json
 
     import mlflow
+
+    import search.verify
+
+    monkeypatch.setattr(search.verify, "MIN_TEST_IMAGES", 10)  # the fixture holds 18
 
     from grasp.artifact import Artifact
     from grasp.data import load_dataset, split
@@ -388,6 +392,41 @@ def test_export_ships_a_file_scored_as_recorded_and_verified_on_held_out_data(
         assert r["accuracy_change_p"] == pytest.approx(expected)
         low, high = r["accuracy_change_ci_pp"]
         assert (low > 0 or high < 0) == (r["accuracy_change_p"] < 0.05)
+
+
+def test_too_few_test_images_give_no_test_figures_and_say_so(tmp_path, trained, capsys):
+    """18 test images are under MIN_TEST_IMAGES: the export is verified in simulation alone,
+    and its card, config and the terminal say why; asked for no simulation, verify refuses
+    before any work, naming the count and how to grow the split."""
+    import json
+
+    from search.cli import main
+    from search.verify import MIN_TEST_IMAGES
+
+    assert MIN_TEST_IMAGES > 18
+    path = _trained_study(tmp_path, trained, n_trials=2)
+    assert main(["search", str(path)]) == 0
+    out = tmp_path / "best"
+    capsys.readouterr()
+    assert main(["export", str(path), "--trial", "1", "--out", str(out), "--scenes", "2",
+                 "--no-register"]) == 0
+    printed = capsys.readouterr().err
+    assert f"18 test images in {trained[1]}, fewer than {MIN_TEST_IMAGES}" in printed
+    verified = json.loads((out / "config.json").read_text())["verified"]
+    assert "test_accuracy" not in verified and verified["sim_scenes"] == 2
+    assert "18 test images" in verified["test_note"]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "| IoU grasp-match accuracy, test images | not measured: 18 test images" in card
+    assert "simulated grasp success, held-out scenes" in card
+    assert main(["verify", str(path), "--trial", "1", "--no-sim"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to verify on: 18 test images" in err and "quickstart-test" in err
+    # An export asked for no simulation ships, unverified, and its card says why.
+    assert main(["export", str(path), "--trial", "1", "--out", str(tmp_path / "plain"),
+                 "--no-sim", "--no-register"]) == 0
+    card = (tmp_path / "plain" / "MODEL_CARD.md").read_text()
+    assert "Not verified: 18 test images" in card and "(--no-sim)" in card
+    assert "verified" not in json.loads((tmp_path / "plain" / "config.json").read_text())
 
 
 def test_verify_names_a_missing_artifact(tmp_path, trained, capsys):

@@ -48,8 +48,9 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
         f"{level:.0%} Wilson interval; Δ: paired with the baseline on the same images, "
         f"{level:.0%} score interval (Tango), +better/-worse images and McNemar's p (below "
         f"{1 - level:.2g} exactly when the interval excludes 0). Validation chooses; "
-        f"test figures come with `ggopt export` / `ggopt verify`. Speed-up: the median over "
-        f"timing rounds of baseline / model, both timed in every round, 95 % interval."
+        f"test figures come with `ggopt export` / `ggopt verify`. Speed-up: baseline / "
+        f"model, both timed in every round, in blocks of fresh sessions; 95 % interval "
+        f"over the blocks."
         + (" (from N): trial N's recovery continued by promotion." if promoted else "")
         if images else None))
     scope = latency_scope(study)
