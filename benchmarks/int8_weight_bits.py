@@ -1,7 +1,6 @@
 """ONNX Runtime int8 with 8-bit against 7-bit weights, on this CPU, side by side in one run.
 
-    python benchmarks/int8_weight_bits.py studies/quickstart.toml [--data DIR] [--pairs 200]
-        [--exported DIR]
+    python benchmarks/int8_weight_bits.py studies/quickstart.toml [--data DIR] [--exported DIR]
 
 x86 CPUs without VNNI (AVX2; AVX-512 before Cascade Lake / Zen 4) multiply uint8
 activations by int8 weights in pairs summed into int16, which saturates when both are
@@ -9,34 +8,39 @@ large; ggopt quantizes weights on 7 bits for that reason (``spaces.precision``).
 on a robot's CPU to see what the 8th bit would cost or gain there: each row is the
 uncompressed model with sub-pixel decoders, its own grasp scored on the study's validation
 images (and its test images) with 95 % intervals and paired with the fp32 file on the same
-images, and its network timed in strict alternation with the other rows (``--pairs``
-rounds of one run each), so all rows see the same machine states. ``--exported DIR`` takes the
-model from a trial exported with ``ggopt export`` (its ``config.json`` parameters and
-``weights.pt``) instead of the uncompressed one.
+images, and its network timed beside the fp32 file's by the study's protocol (its threads,
+warm-up, runs, min_seconds and blocks: objectives.latency.measure_scopes), a speed-up with
+its 95 % interval. ``--exported DIR`` takes the model from a trial exported with ``ggopt
+export`` (its ``config.json`` parameters and ``weights.pt``) instead of the uncompressed
+one. Writes records/int8_weight_bits.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
-import time
 from pathlib import Path
 from unittest import mock
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
 import spaces.precision
 from grasp.evaluation import score_grasps
+from objectives.latency import measure_scopes
 from search.config import load_study_config
 from search.record import WEIGHTS_FILE
 from search.stats import paired_difference, rate
 from search.study import build_trial_model, prepare
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.upsample import rewrite_all
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside this script
+
+from records import current_commit, write_record
 
 
 def vnni() -> str:
@@ -69,11 +73,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", help="study file (TOML)")
     parser.add_argument("--data", default=None, help="dataset folder (default: the study's)")
-    parser.add_argument("--pairs", type=int, default=200, help="timing rounds (default 200)")
     parser.add_argument("--exported", default=None, metavar="DIR",
                         help="a `ggopt export` folder: its trial's weights instead of the "
                              "uncompressed model")
     args = parser.parse_args()
+    commit = current_commit()
     config = load_study_config(args.study, {"data_root": args.data})
     folder = None if args.exported is None else Path(args.exported)
     params = None if folder is None else exported_params(folder)
@@ -92,33 +96,41 @@ def main() -> None:
             rows[label] = {"val": score_grasps(grasps, setup.eval_data).standard,
                            "test": (score_grasps(grasps, test_data).standard
                                     if len(test_data) else None),
-                           "predict": artifact.predictor(config.threads),
-                           "size": artifact.size_bytes, "times": []}
-        x = setup.eval_data.inputs[:1]
-        for _ in range(10):  # warm-up
-            for row in rows.values():
-                row["predict"](x)
-        for _ in range(args.pairs):
-            for row in rows.values():
-                start = time.perf_counter()
-                row["predict"](x)
-                row["times"].append((time.perf_counter() - start) * 1e3)
+                           "artifact": artifact, "size": artifact.size_bytes}
+        fp32 = rows["fp32"]["artifact"]
+        for row in rows.values():
+            row["latency"] = measure_scopes(row["artifact"], config.threads, config.warmup,
+                                            config.runs, fp32, config.min_seconds,
+                                            ("network",), config.blocks)["network"]
     table = Table(title=f"{config.name}: ONNX Runtime, {config.threads} thread, VNNI: {vnni()}; "
                         f"{len(setup.eval_data)} val / {len(test_data)} test images, 95 % "
                         f"intervals, Δ paired with fp32")
     for column in ("artifact", "val accuracy", "Δ val", "test accuracy", "Δ test", "size kB",
-                   "network median ms", "vs fp32"):
+                   "network median ms", "speed-up over fp32 [95 % CI]"):
         table.add_column(column, justify="left" if column == "artifact" else "right")
-    fp32 = np.median(rows["fp32"]["times"])
+    figures: dict = {"study": config.name, "vnni": vnni(), "threads": config.threads,
+                     "blocks": config.blocks, "exported": args.exported,
+                     "val_images": len(setup.eval_data), "test_images": len(test_data),
+                     "rows": []}
     for label, row in rows.items():
-        ms = float(np.median(row["times"]))
         test = row["test"] is not None
-        table.add_row(label, str(rate(row["val"])),
-                      str(paired_difference(row["val"], rows["fp32"]["val"])),
-                      str(rate(row["test"])) if test else "-",
-                      str(paired_difference(row["test"], rows["fp32"]["test"])) if test else "-",
-                      f"{row['size'] / 1e3:.1f}", f"{ms:.2f}", f"{fp32 / ms:.2f}x")
+        speedup = row["latency"].speedup()
+        val_diff = paired_difference(row["val"], rows["fp32"]["val"])
+        test_diff = paired_difference(row["test"], rows["fp32"]["test"]) if test else None
+        table.add_row(label, str(rate(row["val"])), str(val_diff),
+                      str(rate(row["test"])) if test else "-", str(test_diff or "-"),
+                      f"{row['size'] / 1e3:.1f}", f"{row['latency'].median_ms:.2f}",
+                      speedup.text())
+        figures["rows"].append({
+            "artifact": label, "val": rate(row["val"]).to_dict(),
+            "val_diff": None if label == "fp32" else val_diff.to_dict(),
+            "test": rate(row["test"]).to_dict() if test else None,
+            "test_diff": None if label == "fp32" or not test else test_diff.to_dict(),
+            "size_bytes": row["size"], "network_ms": row["latency"].median_ms,
+            "speedup": speedup.to_dict()})
     Console(width=170).print(table)
+    Console().print(write_record("int8_weight_bits", "int8 weights on 7 and 8 bits", figures,
+                                 commit=commit))
 
 
 if __name__ == "__main__":

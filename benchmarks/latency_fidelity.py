@@ -1,156 +1,125 @@
-"""Latency fidelity: re-measure a study's artifacts and compare with what the study recorded.
+"""Do a study's speed-ups hold when timed again? Its files re-timed beside the baseline's,
+exactly as the study timed them.
 
-    python benchmarks/latency_fidelity.py studies/quickstart.toml [--all] [--rounds 5]
+    python benchmarks/latency_fidelity.py studies/quickstart.toml [--front] [--passes 2]
 
-For the feasible front (or every complete trial with ``--all``), each artifact is timed
-again, round-robin over the artifacts for ``--rounds`` rounds so that background load hits
-them alike, the way the study timed it: its threads, warm-up, runs and ``min_seconds``,
-raw or paired with the study's baseline artifact (strict alternation; the score is the
-baseline's recorded latency x the median per-pair ratio). Per artifact: the study's
-latency, the re-measured one (a median over rounds) and its coefficient of variation across
-rounds; for a paired study also the raw median of the same runs. Then Spearman's rank
-correlation between the study's latencies and the re-measurement. Targets (issue 7): CV
-<= 3 % per artifact, rank correlation >= 0.95.
-
-``--estimators`` (paired studies) also reports, from the same runs, the CV across rounds of
-other ways to turn the pairs into a ratio (ratio of medians, of 10th percentiles, of
-minima, a trimmed mean of per-pair ratios), to see which holds still on this machine.
+Every complete trial's file (``--front``: the feasible front's) is timed again beside the
+baseline's file by objectives.latency.measure_as_study with the study's own [runtime]
+settings (threads, warm-up, runs, min_seconds, blocks; depth in -> grasp out or the network
+alone, as the study scored it), round-robin over the files for ``--passes`` passes. Per
+trial: the speed-up the study recorded with its 95 % interval, each pass's, and whether
+each pass's interval overlaps the study's: an interval that covers what a second timing
+gives overlaps it. Then Spearman's rank correlation between the study's speed-ups and the
+passes' median. Writes records/latency_fidelity.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from pathlib import Path
 
-import numpy as np
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
-from scipy import stats
 from scipy.stats import spearmanr
 
 from grasp.artifact import Artifact
-from objectives import device_fingerprint
-from objectives.latency import measure_latency
+from objectives.latency import measure_as_study
 from search.config import load_study_config
 from search.front import SCOPE_NAMES, feasible_front, latency_scope
 from search.record import baseline_artifact_path
 from search.study import load_study
-from search.study.resume import settle_timing
-from timing.protocol import machine_line
+from timing.protocol import ratio_text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside this script
+
+from records import current_commit, write_record
+
+
+def overlaps(a: dict, b: dict) -> bool | None:
+    """Whether two speed-up intervals share a point; None where either has no interval."""
+    ends = (a.get("low"), a.get("high"), b.get("low"), b.get("high"))
+    if any(e is None or e != e for e in ends):  # None or NaN
+        return None
+    return a["low"] <= b["high"] and b["low"] <= a["high"]
+
+
+def _recorded(extra: dict) -> dict:
+    return {"value": extra["speedup"], "low": extra.get("speedup_low"),
+            "high": extra.get("speedup_high"), "blocks": int(extra.get("speedup_blocks", 1))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", help="study file (TOML)")
-    parser.add_argument("--all", action="store_true", help="every complete trial, not the front")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--storage", default=None)
-    parser.add_argument("--estimators", action="store_true",
-                        help="also the CV of other ratio estimators, from the same runs")
+    parser.add_argument("--front", action="store_true", help="the feasible front only")
+    parser.add_argument("--passes", type=int, default=2)
     args = parser.parse_args()
-    if args.rounds < 2:
-        raise SystemExit(f"--rounds: a coefficient of variation across rounds needs at least 2 "
-                         f"rounds, got {args.rounds}.")
-    config = load_study_config(args.study, {"storage": args.storage})
+    if args.passes < 1:
+        raise SystemExit(f"--passes: must be >= 1, got {args.passes}.")
+    commit = current_commit()
+    config = load_study_config(args.study)
     study = load_study(config)
-    config = settle_timing(config, study.user_attrs.get("config", {}))
-    trials = (study.get_trials(states=(TrialState.COMPLETE,)) if args.all
-              else feasible_front(study, config.objectives))
-    trials = [t for t in trials if Path(t.user_attrs.get("artifact", "")).is_file()]
+    trials = (feasible_front(study, config.objectives) if args.front
+              else study.get_trials(states=(TrialState.COMPLETE,)))
+    trials = [t for t in trials if Path(t.user_attrs.get("artifact", "")).is_file()
+              and "speedup" in t.user_attrs.get("extra", {})]
     if len(trials) < 3:
-        raise SystemExit(f"{config.name}: {len(trials)} artifacts on disk; need at least 3.")
-    artifacts = {t.number: Artifact(Path(t.user_attrs["artifact"]), runtime=config.runtime,
-                                    precision=t.user_attrs["precision"],
-                                    input_size=config.output_size, device=config.device)
-                 for t in trials}
+        raise SystemExit(f"{config.name}: {len(trials)} files on disk timed beside the "
+                         f"baseline; need at least 3.")
     baseline = study.user_attrs["baseline"]
     reference_path = baseline_artifact_path(config, baseline["variant"])
     if not reference_path.is_file():
-        raise SystemExit(f"{config.name}: the baseline's artifact {reference_path} is missing.")
+        raise SystemExit(f"{config.name}: the baseline's file {reference_path} is missing.")
     reference = Artifact(reference_path, runtime=config.runtime, precision="fp32",
                          input_size=config.output_size, device=config.device)
-    paired = config.paired
-    scope = latency_scope(study)  # as the study timed it
-    if args.estimators and not paired:
-        raise SystemExit(f"{config.name}: --estimators compares statistics of pairs, and this "
-                         f"study times raw medians.")
-    raw: dict[int, list[float]] = {n: [] for n in artifacts}
-    scored: dict[int, list[float]] = {n: [] for n in artifacts}
-    runs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in artifacts}
-    for _ in range(args.rounds):
-        for number, artifact in artifacts.items():
-            result = measure_latency(artifact, config.threads, config.warmup, config.runs,
-                                     reference=reference if paired else None,
-                                     min_seconds=config.min_seconds,
-                                     end_to_end=scope == "end_to_end")
-            raw[number].append(result.median_ms)
-            scored[number].append(baseline["latency"] * result.ratio if paired
-                                  else result.median_ms)
-            runs[number].append((np.array(result.times), np.array(result.reference_times)))
-
-    how = (f"paired with the baseline ({baseline['variant']}, {baseline['latency']:.2f} ms as "
-           f"recorded)" if paired else "raw medians")
-    table = Table(title=f"{config.name}: {len(trials)} artifacts, {args.rounds} rounds, "
-                        f"{how}, >= {config.runs} runs and >= {config.min_seconds:g} s each, "
-                        f"{config.threads} thread(s), {SCOPE_NAMES[scope]}")
-    columns = ["trial", "precision", "study ms", "again ms", "change", "CV"]
-    if paired:
-        columns += ["raw ms", "CV raw"]
-    for column in columns:
+    scope = latency_scope(study)
+    end_to_end = scope == "end_to_end"
+    again: dict[int, list[dict]] = {t.number: [] for t in trials}
+    for _ in range(args.passes):
+        for t in trials:
+            artifact = Artifact(Path(t.user_attrs["artifact"]), runtime=config.runtime,
+                                precision=t.user_attrs["precision"],
+                                input_size=config.output_size, device=config.device)
+            result = measure_as_study(artifact, reference, end_to_end, config.threads,
+                                      config.warmup, config.runs, config.min_seconds,
+                                      config.blocks)[scope]
+            again[t.number].append(result.speedup().to_dict())
+    table = Table(title=f"{config.name}: {len(trials)} files re-timed beside the baseline's, "
+                        f"{args.passes} passes, {SCOPE_NAMES[scope]}")
+    for column in ("trial", "precision", "study speed-up", *(f"pass {p + 1}" for p in
+                                                             range(args.passes))):
         table.add_column(column, justify="right")
-    recorded, again, cvs, again_raw, cv_raw = [], [], [], [], []
+    rows = []
     for t in trials:
-        recorded.append(t.user_attrs["values"]["latency"])
-        again.append(statistics.median(scored[t.number]))
-        cvs.append(_cv(scored[t.number]))
-        again_raw.append(statistics.median(raw[t.number]))
-        cv_raw.append(_cv(raw[t.number]))
-        row = [str(t.number), t.user_attrs["precision"], f"{recorded[-1]:.2f}",
-               f"{again[-1]:.2f}", f"{again[-1] / recorded[-1] - 1:+.1%}", f"{cvs[-1]:.1%}"]
-        if paired:
-            row += [f"{again_raw[-1]:.2f}", f"{cv_raw[-1]:.1%}"]
-        table.add_row(*row)
-    console = Console(width=120)
+        recorded = _recorded(t.user_attrs["extra"])
+        passes = again[t.number]
+        rows.append({"trial": t.number, "precision": t.user_attrs["precision"],
+                     "study": recorded, "passes": passes,
+                     "overlaps": [overlaps(recorded, p) for p in passes]})
+        table.add_row(str(t.number), t.user_attrs["precision"],
+                      ratio_text(recorded["value"], recorded["low"], recorded["high"]),
+                      *(ratio_text(p["value"], p["low"], p["high"])
+                        + ("" if o is not False else " (apart)")
+                        for p, o in zip(passes, rows[-1]["overlaps"], strict=True)))
+    console = Console(width=130)
     console.print(table)
-    fp = device_fingerprint(None, config.threads, config.runtime, config.device)
-    rows = [("paired" if paired else "raw", again, cvs)]
-    if paired:
-        rows.append(("raw", again_raw, cv_raw))
-    for name, values, spread in rows:
-        rho = spearmanr(recorded, values).statistic
-        console.print(f"{name:>6}: Spearman, study vs re-measured: {rho:.3f} (target >= 0.95); "
-                      f"CV across rounds: median {statistics.median(spread):.1%}, max "
-                      f"{max(spread):.1%} (target <= 3 %); within 3 %: "
-                      f"{sum(c <= 0.03 for c in spread)}/{len(spread)}")
-    console.print(f"[{machine_line(fp)}]")
-    if args.estimators:
-        console.print(_estimator_table(runs))
-
-
-ESTIMATORS = {
-    "median of per-pair ratios (the study's)": lambda a, b: np.median(a / b),
-    "ratio of medians": lambda a, b: np.median(a) / np.median(b),
-    "ratio of 10th percentiles": lambda a, b: np.percentile(a, 10) / np.percentile(b, 10),
-    "ratio of minima": lambda a, b: a.min() / b.min(),
-    "per-pair ratios, 10-90 % trimmed mean": lambda a, b: stats.trim_mean(a / b, 0.1),
-}
-
-
-def _estimator_table(runs: dict[int, list[tuple[np.ndarray, np.ndarray]]]) -> Table:
-    table = Table(title="CV across rounds of each ratio estimator (same runs)")
-    for column in ("estimator", "CV median", "CV max", "within 3 %"):
-        table.add_column(column, justify="left" if column == "estimator" else "right")
-    for name, estimate in ESTIMATORS.items():
-        cvs = [_cv([float(estimate(a, b)) for a, b in rounds]) for rounds in runs.values()]
-        table.add_row(name, f"{statistics.median(cvs):.1%}", f"{max(cvs):.1%}",
-                      f"{sum(c <= 0.03 for c in cvs)}/{len(cvs)}")
-    return table
-
-
-def _cv(values: list[float]) -> float:
-    return statistics.stdev(values) / statistics.fmean(values)
+    rho = float(spearmanr([r["study"]["value"] for r in rows],
+                          [statistics.median(p["value"] for p in r["passes"])
+                           for r in rows]).statistic)
+    judged = [o for r in rows for o in r["overlaps"] if o is not None]
+    console.print(f"re-timed intervals overlapping the study's: {sum(judged)} of "
+                  f"{len(judged)}; Spearman, study vs re-timed speed-ups: {rho:.3f}")
+    figures = {"study": config.name, "scope": scope, "passes": args.passes,
+               "protocol": {"threads": config.threads, "warmup": config.warmup,
+                            "runs": config.runs, "min_seconds": config.min_seconds,
+                            "blocks": config.blocks},
+               "rows": rows, "overlapping": sum(judged), "judged": len(judged),
+               "spearman": rho}
+    console.print(write_record("latency_fidelity", "A study's speed-ups, timed again",
+                               figures, commit=commit))
 
 
 if __name__ == "__main__":

@@ -401,36 +401,80 @@ def _racing_cell(record: Record) -> tuple[str, str]:
             f"front trials lost")
 
 
-def _drift_spread(record: Record) -> tuple[float, float, float]:
-    """The blocks' lowest and highest speed-up, and their median interval half-width (%)."""
-    blocks = [b["speedup"] for b in record.figures["blocks"]]
-    widths = sorted((s["high"] - s["low"]) / 2 / s["value"] * 100 for s in blocks)
-    values = [s["value"] for s in blocks]
-    return min(values), max(values), widths[len(widths) // 2]
-
-
-def _timing_drift_cell(record: Record) -> tuple[str, str]:
-    low, high, width = _drift_spread(record)
-    return ("One speed-up timed again seconds apart",
-            f"{low:.2f}-{high:.2f}x over {len(record.figures['blocks'])} timings, each "
-            f"±{width:.1f} % within itself")
-
-
 def _timing_drift(record: Record) -> str:
     f = record.figures
-    low, high, width = _drift_spread(record)
-    rows = ["| block | at s | file ms | reference ms | speed-up [95 % CI] |",
+    timings = f["timings"]
+    values = [t["speedup"]["value"] for t in timings]
+    pairs = [(a["speedup"], b["speedup"]) for i, a in enumerate(timings)
+             for b in timings[i + 1:]]
+    apart = sum(1 for a, b in pairs if a["low"] > b["high"] or b["low"] > a["high"])
+    rows = ["| timing | at s | file ms | reference ms | speed-up [95 % CI] |",
             "|---:|---:|---:|---:|---|"]
-    rows += [f"| {b['block']} | {b['at_s']:.0f} | {b['file_ms']:.2f} | "
-             f"{b['reference_ms']:.2f} | {_speedup(b['speedup'])} |" for b in f["blocks"]]
+    rows += [f"| {t['timing']} | {t['at_s']:.0f} | {t['file_ms']:.2f} | "
+             f"{t['reference_ms']:.2f} | {_speedup(t['speedup'])} |" for t in timings]
+    p = f["protocol"]
     return "\n".join([
-        f"`{f['file']}` against `{f['reference']}`, each block timed as a study times a "
-        f"trial beside its baseline ({f['protocol']['runs']} rounds and "
-        f"{f['protocol']['min_seconds']:g} s at least, 1 thread), {f['train_s']:g} s of "
-        f"GG-CNN training between blocks. The speed-up moved {low:.2f}-{high:.2f}x between "
-        f"blocks; one block's 95 % interval is about ±{width:.1f} % wide: it says how "
-        f"precisely that run measured, not what a run minutes later will give. Compare "
-        f"speed-ups measured in one run.", "", *rows])
+        f"`{f['file']}` against `{f['reference']}`, each timing as a study times a trial "
+        f"beside its baseline ({p['runs']} rounds and {p['min_seconds']:g} s at least, in "
+        f"{p.get('blocks', 1)} blocks of fresh sessions, 1 thread), {f['train_s']:g} s of "
+        f"GG-CNN training between timings. The speed-up moved {min(values):.2f}-"
+        f"{max(values):.2f}x between timings; **{len(pairs) - apart} of {len(pairs)}** "
+        f"pairs of timings have overlapping 95 % intervals.", "", *rows])
+
+
+def _fidelity_cell(record: Record) -> tuple[str, str]:
+    f = record.figures
+    return ("A study's speed-ups, timed again",
+            f"{f['overlapping']} of {f['judged']} re-timed intervals overlap the study's; "
+            f"rank correlation {f['spearman']:.2f}")
+
+
+def _latency_fidelity(record: Record) -> str:
+    f, p = record.figures, record.figures["protocol"]
+    passes = range(f["passes"])
+    rows = ["| trial | precision | the study's speed-up [95 % CI] (blocks) | "
+            + " | ".join(f"pass {k + 1} [95 % CI]" for k in passes) + " |",
+            "|---|---|---|" + "---|" * f["passes"]]
+    for r in f["rows"]:
+        cells = [_speedup(again) + (" apart" if o is False else "")
+                 for again, o in zip(r["passes"], r["overlaps"], strict=True)]
+        rows.append(f"| {r['trial']} | {r['precision']} | {_speedup(r['study'])} "
+                    f"({r['study'].get('blocks', 1)}) | " + " | ".join(cells) + " |")
+    scope = "depth in -> grasp out" if f["scope"] == "end_to_end" else "the network alone"
+    return "\n".join([
+        f"Study `{f['study']}`: every complete trial's file timed again beside the "
+        f"baseline's, as the study timed it ({scope}; {p['runs']} rounds and "
+        f"{p['min_seconds']:g} s at least, in {p['blocks']} blocks of fresh sessions, "
+        f"{p['threads']} thread), round-robin over the files for {f['passes']} passes, "
+        f"minutes after the study. **{f['overlapping']} of {f['judged']}** re-timed "
+        f"intervals overlap the one the study recorded (the others are marked apart); "
+        f"Spearman's rank correlation between the study's speed-ups and the passes' "
+        f"median: {f['spearman']:.3f}.", "", *rows])
+
+
+def _int8_weight_bits(record: Record) -> str:
+    f = record.figures
+    test = f["test_images"] > 0
+    rows = ["| artifact | val accuracy [95 % CI] | Δ vs fp32, paired | "
+            + ("test accuracy | Δ test | " if test else "")
+            + "kB | network median ms | speed-up over fp32 [95 % CI] |",
+            "|---|---|---|" + ("---|---|" if test else "") + "---:|---:|---|"]
+    for r in f["rows"]:
+        diff = _paired(r["val_diff"]) if r["val_diff"] else ""
+        tests = (f"{_rate(r['test'])} | {_paired(r['test_diff']) if r['test_diff'] else ''} | "
+                 if test else "")
+        rows.append(f"| {r['artifact']} | {_rate(r['val'])} | {diff} | {tests}"
+                    f"{r['size_bytes'] / 1e3:.1f} | {r['network_ms']:.2f} | "
+                    f"{_speedup(r['speedup'])} |")
+    model = f"the trial exported to {f['exported']}" if f["exported"] else (
+        "the uncompressed sub-pixel model")
+    return "\n".join([
+        f"Study `{f['study']}`'s data (VNNI on this CPU: {f['vnni']}): {model}, fp32 and "
+        f"int8 with 8- and 7-bit weights (ggopt's), each file's own grasp on "
+        f"{f['val_images']} validation images paired with the fp32 file; each network "
+        f"timed beside the fp32 file's by the study's protocol ({f['threads']} thread, "
+        f"{f['blocks']} blocks). ggopt quantizes weights on 7 bits on every CPU: without "
+        f"VNNI the 8th bit can saturate int8 x uint8 pairs summed into int16.", "", *rows])
 
 
 def _sim_trials_cell(record: Record) -> tuple[str, str]:
@@ -445,7 +489,7 @@ def _sim_trials_cell(record: Record) -> tuple[str, str]:
 README_CELLS: dict[str, Callable[[Record], tuple[str, str]]] = {
     "quickstart": _quickstart_cell, "study_front": _study_front_cell,
     "end_to_end": _end_to_end_cell, "best_models": _best_models_cell,
-    "timing_drift": _timing_drift_cell, "racing_replay": _racing_cell,
+    "latency_fidelity": _fidelity_cell, "racing_replay": _racing_cell,
     "init_forecast": _init_forecast_cell, "baselines": _baselines_cell,
     "sim_trials": _sim_trials_cell}
 README = RESULTS.parent.parent / "README.md"
@@ -483,6 +527,8 @@ RENDERERS: dict[str, Callable[[Record], str]] = {"baselines": _baselines,
                                                   "best_models": _best_models,
                                                   "end_to_end": _end_to_end,
                                                   "init_forecast": _init_forecast,
+                                                  "int8_weight_bits": _int8_weight_bits,
+                                                  "latency_fidelity": _latency_fidelity,
                                                   "quickstart": _quickstart,
                                                   "racing_replay": _racing_replay,
                                                   "sim_trials": _sim_trials,

@@ -2,14 +2,13 @@
 again by the study's protocol, with torch training between (what a study does).
 
     python benchmarks/timing_drift.py --file A.onnx --reference B.onnx [--precision int8]
-        [--size 300] [--blocks 8] [--train-s 10]
+        [--size 300] [--timings 8] [--train-s 10]
 
-Each block times the file beside its reference exactly as a study times a trial beside its
+Each timing times the file beside its reference exactly as a study times a trial beside its
 baseline (objectives.latency.measure_as_study, the quick start's runtime settings), then
-``--train-s`` seconds of GG-CNN training steps run. Each block's speed-up comes with its
-95 % interval over the block's rounds; the spread of the blocks' speed-ups is what a
-re-measurement minutes later can show, which one block's interval does not cover.
-Writes records/timing_drift.json.
+``--train-s`` seconds of GG-CNN training steps run. Each timing's speed-up comes with its
+95 % interval; how many pairs of timings have overlapping intervals says whether an
+interval covers what a re-measurement gives. Writes records/timing_drift.json.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ def main() -> None:
     parser.add_argument("--reference", required=True)
     parser.add_argument("--size", type=int, default=300)
     parser.add_argument("--precision", default="int8", help="the file's precision")
-    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--timings", type=int, default=8)
     parser.add_argument("--train-s", type=float, default=10.0)
     args = parser.parse_args()
     commit = current_commit()
@@ -64,18 +63,18 @@ def main() -> None:
     torch.set_num_threads(2)
     file = Artifact(Path(args.file), precision=args.precision, input_size=args.size)
     reference = Artifact(Path(args.reference), input_size=args.size)
-    started, blocks = time.perf_counter(), []
-    for block in range(args.blocks):
+    started, timings = time.perf_counter(), []
+    for timing in range(args.timings):
         at = time.perf_counter() - started
         result = measure_as_study(file, reference, True, **PROTOCOL)[scope_of(True)]
         speedup = result.speedup()
-        blocks.append({"block": block, "at_s": at, "file_ms": result.median_ms,
-                       "reference_ms": result.reference_ms, "speedup": speedup.to_dict()})
-        console.print(f"block {block} at {at:.0f} s: {result.median_ms:.2f} ms against "
+        timings.append({"timing": timing, "at_s": at, "file_ms": result.median_ms,
+                        "reference_ms": result.reference_ms, "speedup": speedup.to_dict()})
+        console.print(f"timing {timing} at {at:.0f} s: {result.median_ms:.2f} ms against "
                       f"{result.reference_ms:.2f} ms, {speedup.text()}")
         train(args.train_s)
     figures = {"file": args.file, "reference": args.reference, "protocol": PROTOCOL,
-               "train_s": args.train_s, "blocks": blocks}
+               "train_s": args.train_s, "timings": timings}
     console.print(write_record("timing_drift", "One speed-up, timed again seconds apart",
                                figures, commit=commit))
 

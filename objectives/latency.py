@@ -4,13 +4,14 @@ Batch 1 at the artifact's input size, a fixed thread count (1 thread times stabl
 busy machine, 2 do not), warm-up runs outside the timed region, then timed rounds, at least
 ``runs`` of them and at least ``min_seconds`` of timing: median, p90 and coefficient of
 variation. A round times the file at both its scopes (network alone, depth in -> grasp out)
-and the study's baseline at the same scopes, so the two scopes and the speed-up over the
-baseline are paired over rounds: the speed-up is the median over rounds of baseline / file,
-with its 95 % interval. The device fingerprint travels with the number, because a latency
-is only comparable on the same hardware and runtime.
+and the study's baseline at the same scopes, in blocks of fresh sessions, so the two
+scopes and the speed-up over the baseline are paired: the speed-up is baseline / file over
+the blocks, with its 95 % interval (:meth:`timing.protocol.LatencyResult.speedup`). The
+device fingerprint travels with the number, because a latency is only comparable on the
+same hardware and runtime.
 
 The score is the file's median (``latency_raw_ms``), or with ``[runtime] paired = true``
-the baseline's recorded latency times the median of the per-round ratios: that helps on a
+the baseline's recorded latency divided by the paired speed-up: that helps on a
 machine that drifts between speed states shared by every model; where the baseline's own
 timing wanders more than the artifact's (a large fp32 model on a shared L3 cache against a
 small int8 one), it adds that noise instead.

@@ -209,8 +209,8 @@ class RuntimeTable(Table):
                          "blocks, each with fresh sessions; the speed-up's interval is over "
                          "blocks)", ge=1, le=50)
     paired: bool | None = key(None, "must be true or false (true: each artifact is scored "
-                                    "as the baseline's latency x their ratio over the timing "
-                                    "rounds they share; false: its own median)")
+                                    "as the baseline's latency over their paired speed-up; "
+                                    "false: its own median)")
     allow_other_devices: bool = key(False, "must be true or false (true: workers on other "
                                            "hardware may score latency, which is then not "
                                            "comparable across them)")

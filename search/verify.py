@@ -153,9 +153,10 @@ def too_few_test_images(config: StudyConfig) -> str:
     count = len(config.parts(config.dataset())["test"])
     if count >= MIN_TEST_IMAGES:
         return ""
-    return (f"{count} test images in {config.data_root}, fewer than {MIN_TEST_IMAGES}; a "
-            f"simulated dataset grows its test split with `ggopt data sim --recipe "
-            f"quickstart-test --out {config.data_root}`")
+    held = (f"{count} test images in {config.data_root}, fewer than {MIN_TEST_IMAGES}"
+            if count else f"no test images in {config.data_root}")
+    return (f"{held}; a simulated dataset grows its test split with `ggopt data sim "
+            f"--recipe quickstart-test --out {config.data_root}`")
 
 
 def test_images(config: StudyConfig, console: Console) -> tuple[HeldOut | None, str]:
