@@ -116,7 +116,9 @@ def test_the_speedup_over_blocks_is_the_t_interval_on_log_ratios(block_ratios, l
             labels.append(b)
     logs = np.log(block_ratios)
     assume(np.std(logs) > 1e-6)  # every block the same: no spread to take an interval from
-    speedup = timing.summarise(times, 1, reference, labels).speedup(level)
+    result = timing.summarise(times, 1, reference, labels)
+    speedup = result.speedup(level)
+    assert result.ratio == pytest.approx(1 / speedup.value, rel=1e-12)
     n = len(logs)
     half = student_t.ppf((1 + level) / 2, n - 1) * np.std(logs, ddof=1) / np.sqrt(n)
     assert speedup.value == pytest.approx(np.exp(logs.mean()))
@@ -147,6 +149,8 @@ def test_the_speedup_interval_is_the_order_statistics_and_agrees_with_the_sign_t
                            reference_times=theirs)
     speedup = result.speedup()
     assert speedup.value == pytest.approx(np.median(ratios))
+    paired = timing.summarise(mine, 1, theirs)  # the score's ratio, from the same rounds
+    assert paired.ratio == pytest.approx(1 / speedup.value, rel=1e-12)
     low, high = _order_statistic_interval(ratios, 0.95)
     assert speedup.low == pytest.approx(low, nan_ok=True)
     assert speedup.high == pytest.approx(high, nan_ok=True)
@@ -201,7 +205,7 @@ def test_a_file_is_timed_at_both_scopes_beside_its_reference(tmp_path):
     assert score == d["latency_raw_ms"] == d["latency_e2e_ms"] > d["latency_network_ms"]
     assert d["speedup_low"] <= d["speedup"] <= d["speedup_high"]
     assert d["speedup"] > 1.5 and d["speedup_rounds"] == 30  # 4x the pixels
-    assert d["speedup"] == pytest.approx(1 / d["latency_ratio"], rel=0.05)
+    assert d["speedup"] == pytest.approx(1 / d["latency_ratio"], rel=1e-12)
     assert d["synthesis_low_ms"] <= d["synthesis_ms"] <= d["synthesis_high_ms"]
     assert d["synthesis_ms"] > 0  # a 96 px file's synthesis costs far above timer noise
 

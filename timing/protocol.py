@@ -150,7 +150,7 @@ class LatencyResult:
     runs: int
     threads: int
     reference_ms: float | None = None  # the reference's median, timed in the same rounds
-    ratio: float | None = None  # median over rounds of (file / reference)
+    ratio: float | None = None  # file / reference: 1 / speedup().value
     times: tuple[float, ...] = ()  # every timed run, ms, one per round
     reference_times: tuple[float, ...] = ()  # the reference's, in the same rounds
     blocks: tuple[int, ...] = ()  # each round's block (fresh sessions); () = one block
@@ -231,16 +231,16 @@ def time_rounds(calls: Sequence[Callable[[], None]], warmup: int = 10, runs: int
 def summarise(times: Sequence[float], threads: int, reference: Sequence[float] | None = None,
               blocks: Sequence[int] = ()) -> LatencyResult:
     """One call's timed runs (and its reference's, from the same rounds; each round's block)
-    as a result. ``ratio`` (file / reference) is the inverse of the speed-up's value: the
-    geometric mean of the blocks' medians, or the median over rounds in one block."""
+    as a result. ``ratio`` (file / reference) is exactly the inverse of the speed-up's value
+    (:meth:`LatencyResult.speedup`)."""
     mean = statistics.fmean(times)
     if blocks and len(blocks) != len(times):
         raise TimingError(f"{len(blocks)} block labels for {len(times)} rounds")
     ratio = None
     if reference:
-        per_block = block_medians(np.asarray(times) / np.asarray(reference), blocks)
-        ratio = (float(np.exp(np.mean(np.log(per_block)))) if len(per_block) > 1
-                 else per_block[0])
+        per_block = block_medians(np.asarray(reference) / np.asarray(times), blocks)
+        ratio = 1.0 / (float(np.exp(np.mean(np.log(per_block)))) if len(per_block) > 1
+                       else per_block[0])
     return LatencyResult(
         median_ms=statistics.median(times),
         p90_ms=float(np.percentile(times, 90)),
