@@ -65,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside th
 from records import current_commit, write_record
 
 TIMING = {"warmup": 20, "runs": 100, "min_seconds": 1.0}
-BLOCKS = 5  # a study's timing blocks ([runtime] blocks' default)
+BLOCKS = 6  # a study's timing blocks ([runtime] blocks' default)
 
 
 def _synthesis_alone(artifact: Artifact, image: torch.Tensor) -> Callable[[], None]:

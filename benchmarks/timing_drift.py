@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside th
 from records import current_commit, write_record
 
 PROTOCOL = {"threads": 1, "warmup": 5, "runs": 30, "min_seconds": 1.0,  # the quick start's
-            "blocks": 5}
+            "blocks": 6}
 
 
 def train(seconds: float) -> int:

@@ -36,7 +36,7 @@ RECOVERY = {"batch_size": 4, "lr": 8e-3, "lr_schedule": "cosine", "distill_weigh
 #: Latency on this machine's CPU, one thread (stable on a busy machine), each file timed for
 #: at least a second so that a 2 ms model's median holds still too (docs/timing.md).
 RUNTIME = {"name": "onnxruntime", "device": "cpu", "threads": 1, "warmup": 5, "runs": 30,
-           "min_seconds": 1.0, "blocks": 5}
+           "min_seconds": 1.0, "blocks": 6}
 
 
 @dataclass(frozen=True)

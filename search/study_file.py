@@ -205,9 +205,10 @@ class RuntimeTable(Table):
     runs: int = key(50, "must be an integer >= 3", ge=3)
     min_seconds: float = key(1.0, "must be a number of seconds from 0 to 600 (latency times on "
                                   "past `runs` until this much has been timed)", ge=0, le=600)
-    blocks: int = key(5, "must be an integer from 1 to 50 (the rounds run in this many "
+    blocks: int = key(6, "must be an integer from 1 to 50 (the rounds run in this many "
                          "blocks, each with fresh sessions; the speed-up's interval is over "
-                         "blocks)", ge=1, le=50)
+                         "blocks; an even number balances which file's sessions are made "
+                         "first)", ge=1, le=50)
     paired: bool | None = key(None, "must be true or false (true: each artifact is scored "
                                     "as the baseline's latency over their paired speed-up; "
                                     "false: its own median)")

@@ -71,8 +71,11 @@ def test_blocks_make_fresh_calls_and_split_the_rounds(monkeypatch):
     made = {"file": 0, "reference": 0}
     last: list[str] = []
 
+    order: list[str] = []
+
     def maker(name: str):
         def make():
+            order.append(name)
             made[name] += 1
             cost = 1.0 + made["file"] if name == "file" else 12.0
             return {"network": lambda: last.append((name, cost))}
@@ -82,6 +85,8 @@ def test_blocks_make_fresh_calls_and_split_the_rounds(monkeypatch):
     out = timing.time_scopes(maker("file"), maker("reference"), threads=1, warmup=2, runs=7,
                              blocks=3)["network"]
     assert made == {"file": 3, "reference": 3}
+    # the file's sessions first, then the reference's first, then the file's again
+    assert order == ["file", "reference", "reference", "file", "file", "reference"]
     assert out.blocks == (0,) * 3 + (1,) * 3 + (2,) * 3  # ceil(7 / 3) rounds a block
     assert np.allclose(out.times, [2.0] * 3 + [3.0] * 3 + [4.0] * 3)
     assert sum(1 for name, _ in last if name == "file") == 3 * (2 + 3)  # warm-ups each block

@@ -260,9 +260,10 @@ def time_scopes(calls: CallMaker, reference: CallMaker | None, threads: int,
                 ) -> dict[str, LatencyResult]:
     """Times a file's calls by scope (:data:`SCOPES`) and, when given, its reference's
     calls at the same scopes, all in the same rounds (:func:`time_rounds`), in ``blocks``:
-    each block makes fresh calls (new sessions), warms them up and times its share of
-    ``runs`` (at least 3 rounds) and of ``min_seconds``. ``threads`` is recorded, the
-    caller sets it."""
+    each block makes fresh calls (new sessions; the file's first in even blocks, the
+    reference's first in odd ones), warms them up and times its share of ``runs`` (at
+    least 3 rounds) and of ``min_seconds``. An even number of blocks balances the two
+    orders. ``threads`` is recorded, the caller sets it."""
     check_protocol(threads, warmup, runs, min_seconds, blocks)
     per_block = {"warmup": warmup, "runs": max(3, math.ceil(runs / blocks)),
                  "min_seconds": min_seconds / blocks}
@@ -270,8 +271,15 @@ def time_scopes(calls: CallMaker, reference: CallMaker | None, threads: int,
     times: list[list[float]] = []
     labels: list[int] = []
     for block in range(blocks):
-        file = calls()
-        other = reference() if reference is not None else None
+        # Which file's sessions are made first alternates: made in the same order every
+        # block, each file's buffers land at the same addresses every block, and an
+        # alignment that favours one of them would bias every block alike.
+        if block % 2 == 0 or reference is None:
+            file = calls()
+            other = reference() if reference is not None else None
+        else:
+            other = reference()
+            file = calls()
         if not scopes:
             scopes = list(file)
             times = [[] for _ in range(2 * len(scopes) if other is not None else len(scopes))]
