@@ -39,7 +39,8 @@ the study scores it), round-robin over every artifact for
 ``--rounds`` rounds: first the exact uncompressed forms, each in the same timing rounds as
 the torch sub-pixel one, to find the strongest baseline (the smallest median per-round
 ratio); then every artifact in the same rounds as the strongest baseline, so each
-speed-up is paired, with its 95 % interval over all its blocks (timing.protocol). Then the
+speed-up is paired, with its 95 % interval over all its blocks, widened by the drift
+between timings that the study's controls measured (search.drift), as its review does. Then the
 fastest and the smallest model whose paired validation interval rules
 out a loss of more than 1 pp, and of more than 3 pp, against the strongest baseline.
 """
@@ -62,6 +63,7 @@ from grasp.evaluation import score_grasps
 from objectives import count_macs, device_fingerprint
 from objectives.latency import LatencyResult, measure_as_study
 from search.config import load_study_config
+from search.drift import study_drift
 from search.front import feasible_front
 from search.recovery import recover
 from search.stats import paired_difference, rate
@@ -196,7 +198,9 @@ def main() -> None:
                    "median ms", "speed-up vs strongest", "size kB", "size ÷", "MMACs"):
         table.add_column(column, justify="left" if column == "model" else "right")
     summary = []
-    figures: dict = {"study": config.name, "scope": scope, "threads": config.threads,
+    drift = study_drift(study.get_trials(deepcopy=False))
+    figures: dict = {"drift_sd": drift[0], "drift_pairs": drift[1],
+                     "study": config.name, "scope": scope, "threads": config.threads,
                      "rounds": args.rounds, "steps": steps,
                      "val_images": len(setup.eval_data), "test_images": len(test_data),
                      "rows": []}
@@ -204,7 +208,7 @@ def main() -> None:
         val = paired_difference(row["val"], best["val"])
         test = (paired_difference(row["test"], best["test"]) if row["test"] is not None
                 else None)
-        speedup, shrink = row["latency"].speedup(), best["size"] / row["size"]
+        speedup, shrink = row["latency"].speedup().with_drift(*drift), best["size"] / row["size"]
         speed = speedup.value
         table.add_row(label, row["artifact"].precision, str(rate(row["val"])), str(val),
                       str(rate(row["test"])) if test else "-", str(test) if test else "-",

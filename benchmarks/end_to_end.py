@@ -28,7 +28,8 @@ the per-round differences (what the robot pays for the post-processing), and the
 the ratio strongest baseline / row end to end, each with its 95 % interval. A file row is
 timed in the study's blocks (fresh sessions each); ``--rounds`` repeats this round-robin
 over the rows, every figure pools all of a row's rounds, and a speed-up's interval is over
-all its blocks (a numpy row's block: one repetition).
+all its blocks (a numpy row's block: one repetition), widened with ``--study`` by the drift
+between timings that the study's controls measured (search.drift), as its review does.
 
 Agreement: on ``--images`` validation images, the grasp each file returns against the
 float64 numpy reference on the same file's maps: identical peak pixel and peak flag, and
@@ -158,8 +159,9 @@ def main() -> None:
                               calibration)
         artifacts = {"strongest baseline (fp32, synthesis in the file)": fp32,
                      "int8 only (synthesis in the file)": int8}
+        drift = (0.0, 0)  # without a study, one run's own intervals
         if args.study:
-            number, knee = _knee_artifact(args.study)
+            number, knee, drift = _knee_artifact(args.study)
             artifacts[f"the study's recommended model (trial {number}, the knee)"] = knee
         for name, post in (("uncompressed fp32 + today's numpy post-processing", _reference),
                            ("uncompressed fp32 + scored_grasps (numpy, quality map only)",
@@ -193,11 +195,12 @@ def main() -> None:
                        "end to end minus network, paired [95 % CI]",
                        "speed-up over the strongest baseline, e2e [95 % CI]"):
             table.add_column(column, justify="left" if column == "row" else "right")
-        figures: dict = {"rounds": args.rounds, "runs": TIMING["runs"], "fastest_form": best,
+        figures: dict = {"drift_sd": drift[0], "drift_pairs": drift[1],
+                         "rounds": args.rounds, "runs": TIMING["runs"], "fastest_form": best,
                          "images": len(held), "rows": []}
         for name, (net, post, e2e, _, base_e2e) in timed.items():
             extra = summarise(e2e, 1).extra_over(summarise(net, 1))
-            speedup = summarise(e2e, 1, base_e2e, blocks[name]).speedup()
+            speedup = summarise(e2e, 1, base_e2e, blocks[name]).speedup().with_drift(*drift)
             table.add_row(name, f"{np.median(net):.2f}", f"{np.median(post):.2f}",
                           f"{np.median(e2e):.2f}", extra.text(), speedup.text())
             figures["rows"].append({"row": name, "network_ms": float(np.median(net)),
@@ -225,19 +228,23 @@ def main() -> None:
                                "-> grasp out", figures, commit=commit))
 
 
-def _knee_artifact(study_file: str) -> tuple[int, Artifact]:
-    """The study's recommended model (the knee of its feasible front) and its artifact."""
+def _knee_artifact(study_file: str) -> tuple[int, Artifact, tuple[float, int]]:
+    """The study's recommended model (the knee of its feasible front), its artifact and the
+    drift between timings the study's controls measured (search.drift)."""
     from search.config import load_study_config
+    from search.drift import study_drift
     from search.front import study_picks
     from search.study import load_study
 
     config = load_study_config(study_file)
-    picks = study_picks(load_study(config), config.objectives, 1)
+    study = load_study(config)
+    picks = study_picks(study, config.objectives, 1)
     if not picks:
         raise SystemExit(f"{study_file}: the study has no feasible front yet.")
     trial = picks[0]
-    return trial.number, Artifact(Path(trial.user_attrs["artifact"]), config.runtime,
-                                  trial.user_attrs["precision"], config.output_size)
+    return (trial.number, Artifact(Path(trial.user_attrs["artifact"]), config.runtime,
+                                   trial.user_attrs["precision"], config.output_size),
+            study_drift(study.get_trials(deepcopy=False)))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ settings (threads, warm-up, runs, min_seconds, blocks; depth in -> grasp out or 
 alone, as the study scored it), round-robin over the files for ``--passes`` passes. Per
 trial: the speed-up the study recorded with its 95 % interval, each pass's, and whether
 each pass's interval overlaps the study's: an interval that covers what a second timing
-gives overlaps it. Then Spearman's rank correlation between the study's speed-ups and the
-passes' median. Writes records/latency_fidelity.json.
+gives overlaps it. Both intervals are given as the review gives them, widened by the drift
+between timings that the study's controls measured (search.drift), and as one timing's
+own. Then Spearman's rank correlation between the study's speed-ups and the passes'
+median. Writes records/latency_fidelity.json.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from scipy.stats import spearmanr
 from grasp.artifact import Artifact
 from objectives.latency import measure_as_study
 from search.config import load_study_config
+from search.drift import speedup_of, study_drift
 from search.front import SCOPE_NAMES, feasible_front, latency_scope
 from search.record import baseline_artifact_path
 from search.study import load_study
@@ -46,9 +49,6 @@ def overlaps(a: dict, b: dict) -> bool | None:
     return a["low"] <= b["high"] and b["low"] <= a["high"]
 
 
-def _recorded(extra: dict) -> dict:
-    return {"value": extra["speedup"], "low": extra.get("speedup_low"),
-            "high": extra.get("speedup_high"), "blocks": int(extra.get("speedup_blocks", 1))}
 
 
 def main() -> None:
@@ -77,6 +77,7 @@ def main() -> None:
                          input_size=config.output_size, device=config.device)
     scope = latency_scope(study)
     end_to_end = scope == "end_to_end"
+    drift = study_drift(study.get_trials(deepcopy=False))
     again: dict[int, list[dict]] = {t.number: [] for t in trials}
     for _ in range(args.passes):
         for t in trials:
@@ -86,7 +87,7 @@ def main() -> None:
             result = measure_as_study(artifact, reference, end_to_end, config.threads,
                                       config.warmup, config.runs, config.min_seconds,
                                       config.blocks)[scope]
-            again[t.number].append(result.speedup().to_dict())
+            again[t.number].append(result.speedup())
     table = Table(title=f"{config.name}: {len(trials)} files re-timed beside the baseline's, "
                         f"{args.passes} passes, {SCOPE_NAMES[scope]}")
     for column in ("trial", "precision", "study speed-up", *(f"pass {p + 1}" for p in
@@ -94,11 +95,16 @@ def main() -> None:
         table.add_column(column, justify="right")
     rows = []
     for t in trials:
-        recorded = _recorded(t.user_attrs["extra"])
-        passes = again[t.number]
+        own = speedup_of(t.user_attrs["extra"])
+        recorded, passes = own.with_drift(*drift).to_dict(), [
+            p.with_drift(*drift).to_dict() for p in again[t.number]]
         rows.append({"trial": t.number, "precision": t.user_attrs["precision"],
                      "study": recorded, "passes": passes,
-                     "overlaps": [overlaps(recorded, p) for p in passes]})
+                     "overlaps": [overlaps(recorded, p) for p in passes],
+                     "study_own": own.to_dict(),
+                     "passes_own": [p.to_dict() for p in again[t.number]],
+                     "overlaps_own": [overlaps(own.to_dict(), p.to_dict())
+                                      for p in again[t.number]]})
         table.add_row(str(t.number), t.user_attrs["precision"],
                       ratio_text(recorded["value"], recorded["low"], recorded["high"]),
                       *(ratio_text(p["value"], p["low"], p["high"])
@@ -110,14 +116,18 @@ def main() -> None:
                           [statistics.median(p["value"] for p in r["passes"])
                            for r in rows]).statistic)
     judged = [o for r in rows for o in r["overlaps"] if o is not None]
-    console.print(f"re-timed intervals overlapping the study's: {sum(judged)} of "
-                  f"{len(judged)}; Spearman, study vs re-timed speed-ups: {rho:.3f}")
+    own = [o for r in rows for o in r["overlaps_own"] if o is not None]
+    console.print(f"re-timed intervals overlapping the study's, with the study's drift "
+                  f"(SD {drift[0]:.1%} from {drift[1]} re-timings): {sum(judged)} of "
+                  f"{len(judged)}; one timing's own intervals: {sum(own)} of {len(own)}; "
+                  f"Spearman, study vs re-timed speed-ups: {rho:.3f}")
     figures = {"study": config.name, "scope": scope, "passes": args.passes,
                "protocol": {"threads": config.threads, "warmup": config.warmup,
                             "runs": config.runs, "min_seconds": config.min_seconds,
                             "blocks": config.blocks},
+               "drift_sd": drift[0], "drift_pairs": drift[1],
                "rows": rows, "overlapping": sum(judged), "judged": len(judged),
-               "spearman": rho}
+               "overlapping_own": sum(own), "spearman": rho}
     console.print(write_record("latency_fidelity", "A study's speed-ups, timed again",
                                figures, commit=commit))
 

@@ -163,6 +163,17 @@ def _quickstart(record: Record) -> str:
     ])
 
 
+def _speedup_method(f: dict) -> str:
+    """How a benchmark record's speed-ups and their intervals were computed."""
+    if f.get("drift_sd"):
+        return (f"over blocks of fresh sessions, its 95 % interval widened by the drift "
+                f"between timings the study measured (±{100 * f['drift_sd']:.1f} %, from "
+                f"{f['drift_pairs']} re-timings)")
+    if any((r["speedup"].get("blocks") or 1) > 1 for r in f["rows"]):
+        return "over blocks of fresh sessions, with its 95 % interval over the blocks"
+    return "the median of per-round ratios with its 95 % interval"
+
+
 def _speedup(speedup: dict) -> str:
     """``5.42x [5.31, 5.55]``: a paired speed-up, with its interval over timing blocks."""
     return ratio_text(speedup["value"], speedup["low"], speedup["high"])
@@ -194,9 +205,9 @@ def _end_to_end(record: Record) -> str:
         f"rounds hold its network, its numpy code, the two together and the strongest "
         f"baseline's two calls. {rounds} rounds a row ({f['rounds']} passes round-robin over "
         f"the rows): medians over rounds; end to end minus network is the median of the "
-        f"per-round differences; the speed-up the median of per-round ratios; both with their "
-        f"95 % interval over this run's rounds (the strongest baseline against a second "
-        f"session of itself shows what a run's own setting adds).", "", *rows, "",
+        f"per-round differences, with its 95 % interval over this run's rounds; the "
+        f"speed-up {_speedup_method(f)} (the strongest baseline against a second session of "
+        f"itself shows what a run's own setting adds).", "", *rows, "",
         f"The grasp each file computes against the float64 numpy reference on the same maps, "
         f"{f['images']} validation images:", "", *agree])
 
@@ -270,8 +281,8 @@ def _best_models(record: Record) -> str:
         f"{f['test_images']} test images, differences paired with the strongest baseline on "
         f"the same images; single techniques recover {f['steps']} steps. Latency "
         f"{f['scope']}: every file timed in the same {rounds} rounds as the strongest "
-        f"baseline ({f['rounds']} passes round-robin over the files); the speed-up is the "
-        f"median of per-round ratios with its 95 % interval.", "", *rows])
+        f"baseline ({f['rounds']} passes round-robin over the files); the speed-up "
+        f"{_speedup_method(f)}.", "", *rows])
 
 
 def _predicted(f: dict) -> str:
@@ -425,31 +436,36 @@ def _timing_drift(record: Record) -> str:
 def _fidelity_cell(record: Record) -> tuple[str, str]:
     f = record.figures
     return ("A study's speed-ups, timed again",
-            f"{f['overlapping']} of {f['judged']} re-timed intervals overlap the study's; "
-            f"rank correlation {f['spearman']:.2f}")
+            f"{f['overlapping']} of {f['judged']} re-timed intervals overlap the study's "
+            f"(with its measured drift, ±{100 * f['drift_sd']:.1f} %); rank correlation "
+            f"{f['spearman']:.2f}")
 
 
 def _latency_fidelity(record: Record) -> str:
     f, p = record.figures, record.figures["protocol"]
     passes = range(f["passes"])
-    rows = ["| trial | precision | the study's speed-up [95 % CI] (blocks) | "
+    rows = ["| trial | precision | the study's speed-up [95 % CI] | "
             + " | ".join(f"pass {k + 1} [95 % CI]" for k in passes) + " |",
             "|---|---|---|" + "---|" * f["passes"]]
     for r in f["rows"]:
         cells = [_speedup(again) + (" apart" if o is False else "")
                  for again, o in zip(r["passes"], r["overlaps"], strict=True)]
-        rows.append(f"| {r['trial']} | {r['precision']} | {_speedup(r['study'])} "
-                    f"({r['study'].get('blocks', 1)}) | " + " | ".join(cells) + " |")
+        rows.append(f"| {r['trial']} | {r['precision']} | {_speedup(r['study'])} | "
+                    + " | ".join(cells) + " |")
     scope = "depth in -> grasp out" if f["scope"] == "end_to_end" else "the network alone"
+    own = len([o for r in f["rows"] for o in r["overlaps_own"] if o is not None])
     return "\n".join([
         f"Study `{f['study']}`: every complete trial's file timed again beside the "
         f"baseline's, as the study timed it ({scope}; {p['runs']} rounds and "
         f"{p['min_seconds']:g} s at least, in {p['blocks']} blocks of fresh sessions, "
         f"{p['threads']} thread), round-robin over the files for {f['passes']} passes, "
-        f"minutes after the study. **{f['overlapping']} of {f['judged']}** re-timed "
-        f"intervals overlap the one the study recorded (the others are marked apart); "
-        f"Spearman's rank correlation between the study's speed-ups and the passes' "
-        f"median: {f['spearman']:.3f}.", "", *rows])
+        f"minutes after the study. The study's controls (each trial re-timed an earlier "
+        f"trial's file) put the drift between timings at ±{100 * f['drift_sd']:.1f} % (SD, "
+        f"from {f['drift_pairs']} re-timings); with it in every interval, as the review "
+        f"shows them, **{f['overlapping']} of {f['judged']}** re-timed intervals overlap "
+        f"the study's (the others are marked apart); with one timing's own intervals, "
+        f"{f['overlapping_own']} of {own}. Spearman's rank correlation between the study's "
+        f"speed-ups and the passes' median: {f['spearman']:.3f}.", "", *rows])
 
 
 def _int8_weight_bits(record: Record) -> str:

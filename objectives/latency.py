@@ -144,7 +144,7 @@ SYNTHESIS_KEYS = ("synthesis_ms", "synthesis_low_ms", "synthesis_high_ms")
 
 #: The paired speed-up a trial records (:func:`speedup_details`).
 SPEEDUP_KEYS = ("speedup", "speedup_low", "speedup_high", "speedup_p", "speedup_rounds",
-                "speedup_blocks")
+                "speedup_blocks", "speedup_log_se")
 
 
 @register_objective
@@ -210,4 +210,5 @@ def speedup_details(speedup: Speedup) -> dict[str, float]:
     """A paired speed-up as a trial's details (and MLflow metrics)."""
     return {"speedup": speedup.value, "speedup_low": speedup.low,
             "speedup_high": speedup.high, "speedup_p": speedup.p_value,
-            "speedup_rounds": float(speedup.rounds), "speedup_blocks": float(speedup.blocks)}
+            "speedup_rounds": float(speedup.rounds), "speedup_blocks": float(speedup.blocks),
+            "speedup_log_se": speedup.log_se}

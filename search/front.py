@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives.latency import LATENCY_KEYS, SYNTHESIS_KEYS
+from search.drift import Drift, study_drift, with_drift
 from search.record import PROMOTED_FROM, RECIPE, is_feasible, values_of
 from search.storage import superseded
 
@@ -55,6 +56,7 @@ def recipe_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[s
     on_front = {f.number: f.number for f in front} | {
         f.user_attrs[PROMOTED_FROM]: f.number for f in front if PROMOTED_FROM in f.user_attrs}
     base = study.user_attrs.get("baseline", {})
+    drift = study_drift(study.get_trials(deepcopy=False))
     rows = []
     for t in study.get_trials(deepcopy=False):
         if RECIPE not in t.user_attrs:
@@ -70,7 +72,7 @@ def recipe_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[s
                 "accuracy_change_pp": 100 * (v["accuracy"] - base.get("accuracy", np.nan)),
                 "accuracy_change_ci_pp": [100 * x for x in _interval(
                     paired and (paired["low"], paired["high"]))],
-                **_speedup(t.user_attrs.get("extra", {}), base, v),
+                **_speedup(t.user_attrs.get("extra", {}), base, v, drift),
                 "size_reduction": base.get("size", np.nan) / v["size"],
                 "feasible": is_feasible(t),
                 "beaten_by": [f.number for f in front
@@ -133,8 +135,10 @@ def _no_costlier(trial: FrozenTrial, objectives: tuple[str, ...],
 def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[str, Any]]:
     """The front as plain data: validation accuracy with its interval, the paired
     difference to the baseline with its interval (pp), size, latency and ratios (the
-    speed-up paired over the timing's blocks, with its interval)."""
+    speed-up paired over the timing's blocks, with its interval widened by the drift
+    between timings that the study's controls measured: search.drift)."""
     base = study.user_attrs.get("baseline", {})
+    drift = study_drift(study.get_trials(deepcopy=False))
     rows = []
     for t in feasible_front(study, objectives):
         v = values_of(t)
@@ -153,7 +157,7 @@ def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[st
             "discordant": [paired.get("better"), paired.get("worse")],
             "accuracy_change_p": paired.get("p_value"),
             "executed_accuracy": stats.get("executed_accuracy"),
-            **_speedup(t.user_attrs.get("extra", {}), base, v),
+            **_speedup(t.user_attrs.get("extra", {}), base, v, drift),
             **synthesis_cost(t.user_attrs.get("extra", {})),
             "size_reduction": base.get("size", np.nan) / v["size"],
             "macs": t.user_attrs.get("extra", {}).get("macs"),
@@ -162,15 +166,16 @@ def front_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[st
 
 
 
-def _speedup(extra: dict[str, Any], base: dict[str, Any], values: dict[str, float]
-             ) -> dict[str, Any]:
-    """The speed-up over the baseline paired over the timing rounds, with its interval and
-    the blocks it is over (1: over rounds); studies from before that protocol: the ratio of
-    the two medians, without one."""
+def _speedup(extra: dict[str, Any], base: dict[str, Any], values: dict[str, float],
+             drift: Drift) -> dict[str, Any]:
+    """The speed-up over the baseline, paired, with its interval widened by the study's
+    drift between timings (``speedup_drift``: the SD it added, log scale) and the blocks it
+    is over (1: over rounds); studies from before that protocol: the ratio of the two
+    medians, without one."""
     if "speedup" in extra:
-        return {"speedup": extra["speedup"],
-                "speedup_ci": [extra["speedup_low"], extra["speedup_high"]],
-                "speedup_blocks": int(extra.get("speedup_blocks", 1))}
+        speedup = with_drift(extra, drift)
+        return {"speedup": speedup.value, "speedup_ci": [speedup.low, speedup.high],
+                "speedup_blocks": speedup.blocks, "speedup_drift": speedup.drift}
     return {"speedup": base.get("latency", np.nan) / values["latency"],
             "speedup_ci": [np.nan, np.nan]}
 

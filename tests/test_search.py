@@ -327,6 +327,14 @@ def test_constraints_mark_trials_infeasible(tmp_path, checkpoint, jacquard_root)
         else:  # too few rounds for a 95 % interval: its ends are left empty, not invented
             assert math.isnan(extra["speedup_low"]) and math.isnan(extra["speedup_high"])
     assert study.user_attrs["config"]["study.paired_latency"] is False
+    # The second trial timed the first one's file again beside the baseline's: its control,
+    # both timings kept (search.drift).
+    first, second = sorted(done, key=lambda t: t.number)
+    assert "control" not in first.user_attrs["extra"]
+    control = second.user_attrs["extra"]["control"]
+    assert control["trial"] == first.number
+    assert control["then"]["speedup"] == first.user_attrs["extra"]["speedup"]
+    assert control["now"]["speedup"] > 0 and second.user_attrs["times"]["control_s"] > 0
     from search.front import feasible_front
 
     assert feasible_front(study, ("accuracy", "size", "latency")) == []

@@ -231,3 +231,40 @@ def test_a_trial_line_says_its_speedup_with_its_interval_or_without_one():
     few = {**details, "speedup_low": float("nan"), "speedup_high": float("nan")}
     assert latency_note(network, few) == " network (end to end 3.60 ms; 5.42x the baseline's speed)"
     assert latency_note(e2e, {}) == " end to end"  # the baseline's own line
+
+
+@pytest.mark.parametrize("sd", [0.0, 0.03])
+def test_the_drift_between_timings_is_recovered_from_pairs_of_timings(sd):
+    """Pairs of timings of one file, each with its own standard error, that move between
+    timings by a known SD: the method of moments finds that SD (and nothing where there is
+    none), whatever the files' speed-ups."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    true = rng.uniform(-1, 2, n)  # log speed-ups of many files
+    se_first, se_again = rng.uniform(0.005, 0.02, n), rng.uniform(0.005, 0.02, n)
+    first = true + rng.normal(0, sd, n) + rng.normal(0, se_first)
+    again = true + rng.normal(0, sd, n) + rng.normal(0, se_again)
+    estimate = timing.drift_sd(list(zip(first, se_first, again, se_again, strict=True)))
+    assert estimate == pytest.approx(sd, abs=0.002)
+    assert timing.drift_sd([(0.1, 0.01, 0.5, 0.01)]) == 0.0  # one pair says nothing
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0.3, 30), st.floats(0.002, 0.1), st.integers(2, 12), st.floats(0.0, 0.1),
+       st.integers(2, 60))
+def test_a_speedup_with_drift_adds_the_drift_in_quadrature_and_its_test_agrees(
+        value, log_se, blocks, sd, pairs):
+    speedup = timing.Speedup(value, value * 0.9, value * 1.1, 0.5, 10 * blocks, 0.95, blocks,
+                             log_se)
+    widened = speedup.with_drift(sd, pairs)
+    if sd == 0:
+        assert widened == speedup
+        return
+    se = np.sqrt(log_se ** 2 + sd ** 2)  # the textbook Welch-Satterthwaite interval
+    df = se ** 4 / (log_se ** 4 / (blocks - 1) + sd ** 4 / (pairs - 1))
+    half = student_t.ppf(0.975, df) * se
+    assert widened.value == value and widened.drift == sd
+    assert np.log(widened.low) == pytest.approx(np.log(value) - half)
+    assert np.log(widened.high) == pytest.approx(np.log(value) + half)
+    if abs(widened.p_value - 0.05) > 1e-9:
+        assert (widened.p_value < 0.05) == (not widened.low <= 1 <= widened.high)

@@ -29,8 +29,8 @@ import numpy as np
 
 __all__ = ["GRASP_OUTPUT", "INPUT_NAME", "MAX_RUNS", "OUTPUT_NAME", "SCOPES", "SIMD_FLAGS",
            "CallMaker", "ExtraTime", "LatencyResult", "Speedup", "TimingError",
-           "block_medians", "blocks_interval", "check_protocol",
-           "cpu_flags", "extra_text", "fingerprint_key", "fixed_input", "host_fingerprint",
+           "block_medians", "blocks_interval", "check_protocol", "cpu_flags", "drift_sd",
+           "extra_text", "fingerprint_key", "fixed_input", "host_fingerprint",
            "joined", "machine_line", "median_interval", "onnx_session", "onnx_timed_call",
            "ratio_text", "scope_of", "summarise", "time_calls", "time_rounds", "time_scopes",
            "without_synthesis"]
@@ -79,10 +79,31 @@ class Speedup(PairedMedian):
     medians, with the t interval over blocks (so drift between sessions is inside it)."""
 
     blocks: int = 1
+    log_se: float = math.nan  # the standard error of log(value)
+    drift: float = 0.0  # the between-timing SD of log(value) this interval includes
 
     def text(self) -> str:
         """``5.42x [5.31, 5.55]``."""
         return ratio_text(self.value, self.low, self.high)
+
+    def with_drift(self, sd: float, pairs: int) -> Speedup:
+        """This speed-up's interval widened by how far speed-ups moved between timings
+        minutes apart on this machine (``sd``, estimated from ``pairs`` re-timings by
+        :func:`drift_sd`): the standard errors add in quadrature and the t quantile takes
+        Satterthwaite's degrees of freedom; its test agrees with it. Unchanged where there
+        is no drift to add or no standard error to add it to."""
+        if not sd > 0 or not math.isfinite(self.log_se) or pairs < 2:
+            return self
+        from scipy.stats import t
+
+        own_df = max(self.blocks if self.blocks > 1 else self.rounds, 2) - 1
+        se = math.sqrt(self.log_se ** 2 + sd ** 2)
+        df = se ** 4 / (self.log_se ** 4 / own_df + sd ** 4 / (pairs - 1))
+        q = float(t.ppf((1 + self.confidence) / 2, df))
+        log_value = math.log(self.value)
+        return Speedup(self.value, math.exp(log_value - q * se), math.exp(log_value + q * se),
+                       float(2 * t.sf(abs(log_value) / se, df)), self.rounds, self.confidence,
+                       self.blocks, se, sd)
 
 
 class ExtraTime(PairedMedian):
@@ -111,6 +132,19 @@ def ratio_text(value: float, low: float | None = None, high: float | None = None
 def extra_text(value: float, low: float | None = None, high: float | None = None) -> str:
     """``+0.48 ms [+0.41, +0.55]``: how every paired extra time is written."""
     return f"{value:+.2f} ms{_interval(low, high, '{:+.2f}')}"
+
+
+def drift_sd(pairs: Sequence[tuple[float, float, float, float]]) -> float:
+    """How far a speed-up moves between timings minutes apart beyond what each timing's own
+    standard error allows: from pairs (log value, its SE; the same file's log value timed
+    again later, its SE), by the method of moments, E[(again - first)^2] = 2 sd^2 +
+    SE_first^2 + SE_again^2. 0 where the pairs move no more than their SEs say."""
+    finite = [p for p in pairs if all(math.isfinite(x) for x in p)]
+    if len(finite) < 2:
+        return 0.0
+    excess = statistics.fmean((again - first) ** 2 - se_first ** 2 - se_again ** 2
+                              for first, se_first, again, se_again in finite)
+    return math.sqrt(excess / 2) if excess > 0 else 0.0
 
 
 def blocks_interval(block_values: Sequence[float], confidence: float = 0.95
@@ -173,9 +207,14 @@ class LatencyResult:
         ratios = np.asarray(self.reference_times) / np.asarray(self.times)
         per_block = block_medians(ratios, self.blocks)
         if len(per_block) > 1:
+            log_se = float(np.std(np.log(per_block), ddof=1) / math.sqrt(len(per_block)))
             return Speedup(*blocks_interval(per_block, confidence), len(ratios), confidence,
-                           len(per_block))
-        return Speedup(*median_interval(ratios, 1.0, confidence), len(ratios), confidence)
+                           len(per_block), log_se)
+        value, low, high, p = median_interval(ratios, 1.0, confidence)
+        # one block: the order-statistic interval read as a normal one
+        log_se = (math.log(high / low) / (2 * 1.959964) if low > 0 and high > 0
+                  else math.nan)
+        return Speedup(value, low, high, p, len(ratios), confidence, 1, log_se)
 
     def extra_over(self, shorter: LatencyResult, confidence: float = 0.95) -> ExtraTime:
         """What this call adds to ``shorter``, timed in the same rounds (end to end over

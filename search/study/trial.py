@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 from rich.console import Console
 from torch import nn
 
@@ -23,6 +24,7 @@ from grasp.evaluation import ImageHits, score_images
 from grasp.train import predict_maps
 from objectives import count_macs, count_params
 from objectives.latency import SPEEDUP_KEYS, fingerprint_key
+from search.drift import CONTROL_KEY
 from search.record import (
     PROMOTED_FROM,
     RECIPE,
@@ -127,6 +129,7 @@ class TrialPipeline:
                     raise
             values, details, hits = self._measure(trial, artifact, folder, times, run_id,
                                                   screen=source is None)
+            control = self._retime_control(trial, times)
             stats = accuracy_stats(c, hits, self.baseline)
             trial.set_user_attr("hits", pack_hits(hits.standard))
             trial.set_user_attr("accuracy_stats", stats)
@@ -143,11 +146,14 @@ class TrialPipeline:
                                                 "latency_ratio", "latency_runs",
                                                 *LATENCY_DETAILS, *SPEEDUP_KEYS,
                                                 *AGENT_COSTS)
-                        if k in details}}
+                        if k in details},
+                     **({CONTROL_KEY: control} if control else {})}
             trial.set_user_attr("extra", extra)
             if run_id:
                 self.tracker.log_metrics(run_id, {METRIC_NAMES[k]: v for k, v in values.items()}
-                                         | accuracy_metrics(stats) | extra | times
+                                         | accuracy_metrics(stats)
+                                         | {k: v for k, v in extra.items() if k != CONTROL_KEY}
+                                         | times
                                          | {"feasible": float(all(v <= 0 for v in violations))})
                 self.tracker.log_file(run_id, artifact.path, TRACKED_FOLDERS["artifact"])
             state = "COMPLETE"
@@ -214,6 +220,31 @@ class TrialPipeline:
             hits = hits.then(self._score_more(artifact, everything[len(hits):], times))
             values["accuracy"] = hits.accuracy
         return values, details, hits
+
+    def _retime_control(self, trial: optuna.Trial, times: dict[str, float]
+                        ) -> dict[str, Any] | None:
+        """The latest earlier trial's file whose speed-up is recorded and whose file is on
+        this disk, timed again beside the baseline's: the pair of its timings, minutes
+        apart, says how far a speed-up moves between timings here (search.drift)."""
+        c = self.setup.config
+        earlier = [t for t in self.study.get_trials(deepcopy=False,
+                                                    states=(TrialState.COMPLETE,))
+                   if t.number != trial.number and "speedup" in t.user_attrs.get("extra", {})
+                   and Path(t.user_attrs.get("artifact", "")).is_file()]
+        if not earlier:
+            return None
+        control = max(earlier, key=lambda t: t.number)
+        artifact = Artifact(Path(control.user_attrs["artifact"]), runtime=c.runtime,
+                            precision=control.user_attrs["precision"],
+                            input_size=c.output_size, device=c.device)
+        start = time.perf_counter()
+        _, details = measure_artifact(self.setup, artifact, None, self.reference,
+                                      self.reference_ms, names=("latency",))
+        times["control_s"] = time.perf_counter() - start
+        first = control.user_attrs["extra"]
+        return {"trial": control.number,
+                "then": {k: first[k] for k in SPEEDUP_KEYS if k in first},
+                "now": {k: details[k] for k in SPEEDUP_KEYS if k in details}}
 
     def _score_more(self, artifact: Artifact, images: Any, times: dict[str, float]
                     ) -> ImageHits:
