@@ -42,6 +42,7 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
     level = study.user_attrs.get("config", {}).get("study.confidence") or 0.95
     rows = front_rows(study, objectives)
     promoted = any(r["promoted_from"] is not None for r in rows)
+    drift = max((r.get("speedup_drift") or 0.0 for r in rows), default=0.0)
     table = Table(title=f"{study.study_name}: feasible Pareto front ({len(study.trials)} "
                         f"trials)", caption=(
         f"validation accuracy on {images} images (GG-CNN's IoU grasp match), "
@@ -50,7 +51,9 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
         f"{1 - level:.2g} exactly when the interval excludes 0). Validation chooses; "
         f"test figures come with `ggopt export` / `ggopt verify`. Speed-up: baseline / "
         f"model, both timed in every round, in blocks of fresh sessions; 95 % interval "
-        f"over the blocks."
+        f"over the blocks"
+        + (f", widened by the drift between timings the study measured (±{100 * drift:.1f} "
+           f"%, search.drift)." if drift > 0 else ".")
         + (" (from N): trial N's recovery continued by promotion." if promoted else "")
         if images else None))
     scope = latency_scope(study)
