@@ -237,10 +237,15 @@ def _sim_trials(record: Record) -> str:
     f = record.figures
     speed = ", ".join(f"{rate:.1f} trials/s with {workers} worker{'s' * (workers != '1')}"
                       for workers, rate in f["trials_per_s"].items())
+    overnight = (f" At {f['seconds_per_scene']:.2f} s a scene with {f['workers']} workers, "
+                 f"the overnight recipe's {f['overnight_scenes']:,} labelled scenes take an "
+                 f"estimated {f['overnight_hours_estimate']:.1f} h (scenes x seconds a "
+                 f"scene; its held-out objects' scenes may cost more or less than these)."
+                 if "seconds_per_scene" in f else "")
     return (f"Labelling {f['scenes']} scenes (scene generation, rendering and the grasp "
-            f"trials, as `ggopt data sim` does): {speed}. On the same scenes, antipodal "
-            f"candidates succeed {_rate(f['success']['antipodal'])} and random grasps on "
-            f"objects {_rate(f['success']['random'])}.")
+            f"trials, as `ggopt data sim` does): {speed}.{overnight} On the same scenes, "
+            f"antipodal candidates succeed {_rate(f['success']['antipodal'])} and random "
+            f"grasps on objects {_rate(f['success']['random'])}.")
 
 
 def _racing_replay(record: Record) -> str:

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from grasp.sim.candidates import antipodal_candidates, random_candidates
 from grasp.sim.evaluate import wilson_interval
-from grasp.sim.generate import generate_dataset
+from grasp.sim.generate import generate_dataset, scene_split
 from grasp.sim.gripper import execute_grasp, pose_from_grasp
 from grasp.sim.scene import connect, generate_scene, load_scene, render
 from search.stats import rate
@@ -48,12 +48,23 @@ def calibration(scenes: int, per_object: int = 4, random_per_scene: int = 8) -> 
     return results
 
 
-def throughput(scenes: int, workers: int) -> float:
+def throughput(scenes: int, workers: int) -> tuple[float, float]:
+    """Trials a second and seconds a labelled scene, labelling ``scenes`` scenes of every
+    split with the default candidates, as the overnight recipe does."""
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         summary = generate_dataset(out, scenes, workers=workers, seed=5, progress=False,
                                    console=Console(quiet=True))
-        return summary["trials"] / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        return summary["trials"] / elapsed, elapsed / max(summary["scenes"], 1)
+
+
+def overnight_scenes() -> int:
+    """How many scenes the overnight data recipe labels (its splits of its scene ranges)."""
+    from search.cli_prepare import RECIPES
+
+    return sum(scene_split(i) in splits for count, splits, _ in RECIPES["overnight"]
+               for i in range(count))
 
 
 def main() -> None:
@@ -66,9 +77,14 @@ def main() -> None:
     table = Table(title="labelling throughput (scene generation + render + trials)")
     table.add_column("workers")
     table.add_column("trials/s", justify="right")
-    rates = {w: throughput(args.scenes, w) for w in sorted({1, args.workers})}
+    measured = {w: throughput(args.scenes, w) for w in sorted({1, args.workers})}
+    rates = {w: per_second for w, (per_second, _) in measured.items()}
     for w, per_second in rates.items():
         table.add_row(str(w), f"{per_second:.1f}")
+    per_scene = measured[args.workers][1]
+    estimate_h = overnight_scenes() * per_scene / 3600
+    console.print(f"{per_scene:.2f} s a scene with {args.workers} workers: the overnight "
+                  f"recipe's {overnight_scenes()} scenes, estimated {estimate_h:.1f} h")
     console.print(table)
     results = calibration(args.scenes)
     table = Table(title="grasp success on the same scenes")
@@ -81,6 +97,8 @@ def main() -> None:
     console.print(table)
     figures = {"scenes": args.scenes, "workers": args.workers,
                "trials_per_s": {str(w): r for w, r in rates.items()},
+               "seconds_per_scene": per_scene, "overnight_scenes": overnight_scenes(),
+               "overnight_hours_estimate": estimate_h,
                "success": {name: rate(np.asarray(outcomes, bool)).to_dict()
                            for name, outcomes in results.items()}}
     console.print(write_record("sim_trials", "Simulated grasp trials: labelling throughput "

@@ -4,7 +4,8 @@ include it.
 One timing's interval covers its own blocks (seconds). On a shared machine the ratio of
 two files' speeds also moves over minutes, as neighbours come and go, by more than that.
 So each trial also times an earlier trial's file again beside the baseline's (its
-*control*); the pairs of timings of one file, minutes apart, give the between-timing SD
+*control*, drawn at random so that the pairs span the study's lags); the pairs of timings
+of one file, seconds to hours apart, give the between-timing SD
 (timing.protocol.drift_sd), and every speed-up the review shows includes it
 (timing.protocol.Speedup.with_drift): an interval that a re-timing later should fall in.
 """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import random
 import shutil
 import tempfile
 import time
@@ -223,9 +224,11 @@ class TrialPipeline:
 
     def _retime_control(self, trial: optuna.Trial, times: dict[str, float]
                         ) -> dict[str, Any] | None:
-        """The latest earlier trial's file whose speed-up is recorded and whose file is on
-        this disk, timed again beside the baseline's: the pair of its timings, minutes
-        apart, says how far a speed-up moves between timings here (search.drift)."""
+        """An earlier trial's file whose speed-up is recorded and whose file is on this
+        disk, timed again beside the baseline's: the pair of its timings says how far a
+        speed-up moves between timings here (search.drift). Drawn at random (seeded by the
+        trial's number), not the latest: a ratio moves further over minutes than over
+        seconds, and the pairs should span the lags between the trials a user compares."""
         c = self.setup.config
         earlier = [t for t in self.study.get_trials(deepcopy=False,
                                                     states=(TrialState.COMPLETE,))
@@ -233,7 +236,8 @@ class TrialPipeline:
                    and Path(t.user_attrs.get("artifact", "")).is_file()]
         if not earlier:
             return None
-        control = max(earlier, key=lambda t: t.number)
+        earlier.sort(key=lambda t: t.number)
+        control = random.Random(trial.number).choice(earlier)
         artifact = Artifact(Path(control.user_attrs["artifact"]), runtime=c.runtime,
                             precision=control.user_attrs["precision"],
                             input_size=c.output_size, device=c.device)
