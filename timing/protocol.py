@@ -328,7 +328,7 @@ def time_scopes(calls: CallMaker, reference: CallMaker | None, threads: int,
         ordered = [file[s] for s in scopes] + ([other[s] for s in scopes] if other else [])
         for pooled, new in zip(times, time_rounds(ordered, **per_block), strict=True):
             pooled += new
-        labels = labels + [block] * (len(times[0]) - len(labels))
+        labels += [block] * (len(times[0]) - len(labels))
     return {s: summarise(times[i], threads, times[len(scopes) + i] if reference else None,
                          labels)
             for i, s in enumerate(scopes)}

@@ -245,6 +245,9 @@ class TrialPipeline:
         _, details = measure_artifact(self.setup, artifact, None, self.reference,
                                       self.reference_ms, names=("latency",))
         times["control_s"] = time.perf_counter() - start
+        if fingerprint_key(details["fingerprint"]) != fingerprint_key(
+                control.user_attrs.get("fingerprint", {})):
+            return None  # timed on other hardware: the pair would measure the machines
         first = control.user_attrs["extra"]
         return {"trial": control.number,
                 "then": {k: first[k] for k in SPEEDUP_KEYS if k in first},
