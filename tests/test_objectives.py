@@ -83,8 +83,8 @@ def test_paired_latency_scores_the_ratio_to_the_reference(artifact, tmp_path):
     assert result.reference_ms > result.median_ms
     # Every run is kept, in order, so other estimators can be computed from the same pairs.
     assert len(result.times) == len(result.reference_times) == 20
-    assert result.ratio == pytest.approx(statistics.median(
-        a / b for a, b in zip(result.times, result.reference_times, strict=True)))
+    assert result.ratio == pytest.approx(1 / statistics.median(
+        b / a for a, b in zip(result.times, result.reference_times, strict=True)))
     same = measure_latency(artifact, warmup=2, runs=20, reference=artifact)
     assert 0.7 < same.ratio < 1.4
     ctx = Context(warmup=2, runs=20, reference=heavy, reference_ms=100.0)
