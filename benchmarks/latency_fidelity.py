@@ -38,17 +38,7 @@ from timing.protocol import ratio_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside this script
 
-from records import current_commit, write_record
-
-
-def overlaps(a: dict, b: dict) -> bool | None:
-    """Whether two speed-up intervals share a point; None where either has no interval."""
-    ends = (a.get("low"), a.get("high"), b.get("low"), b.get("high"))
-    if any(e is None or e != e for e in ends):  # None or NaN
-        return None
-    return a["low"] <= b["high"] and b["low"] <= a["high"]
-
-
+from records import current_commit, overlaps, write_record
 
 
 def main() -> None:

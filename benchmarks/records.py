@@ -115,6 +115,15 @@ def write_record(benchmark: str, title: str, figures: dict[str, Any],
     return path
 
 
+def overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool | None:
+    """Whether two recorded speed-up intervals share a point; None where either has no
+    interval."""
+    ends = (a.get("low"), a.get("high"), b.get("low"), b.get("high"))
+    if any(e is None or e != e for e in ends):  # None or NaN
+        return None
+    return a["low"] <= b["high"] and b["low"] <= a["high"]
+
+
 def read_records() -> list[Record]:
     """Every record, checked against the schema (a record that breaks it names its file)."""
     records = []

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside this script
 
-from records import Record, read_records
+from records import Record, overlaps, read_records
 
 from timing.protocol import extra_text, ratio_text
 
@@ -428,7 +428,7 @@ def _timing_drift(record: Record) -> str:
     values = [t["speedup"]["value"] for t in timings]
     pairs = [(a["speedup"], b["speedup"]) for i, a in enumerate(timings)
              for b in timings[i + 1:]]
-    apart = sum(1 for a, b in pairs if a["low"] > b["high"] or b["low"] > a["high"])
+    apart = sum(1 for a, b in pairs if overlaps(a, b) is False)
     rows = ["| timing | at s | file ms | reference ms | speed-up [95 % CI] |",
             "|---:|---:|---:|---:|---|"]
     rows += [f"| {t['timing']} | {t['at_s']:.0f} | {t['file_ms']:.2f} | "

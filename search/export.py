@@ -108,9 +108,9 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
                 f"builds and measures trial {number}'s file anew from the weights the study "
                 f"kept, with no training.")
     verified, unverified = None, "Not verified on the test images or in simulation."
-    if verify and not sim and too_few_test_images(config):
-        unverified = (f"Not verified: {too_few_test_images(config)}; and no simulated "
-                      f"grasps (--no-sim).")
+    too_few = too_few_test_images(config) if verify and not sim else ""
+    if too_few:
+        unverified = f"Not verified: {too_few}; and no simulated grasps (--no-sim)."
         console.print(unverified)
         verify = False
     if verify:

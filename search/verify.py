@@ -148,9 +148,8 @@ def baseline_artifact(config: StudyConfig, study: optuna.Study) -> Artifact:
                           runtime=config.runtime)
 
 
-def too_few_test_images(config: StudyConfig) -> str:
-    """Why the study's data gives no test figures (fewer than MIN_TEST_IMAGES), or ""."""
-    count = len(config.parts(config.dataset())["test"])
+def _too_few(config: StudyConfig, count: int) -> str:
+    """Why ``count`` test images give no test figures (fewer than MIN_TEST_IMAGES), or ""."""
     if count >= MIN_TEST_IMAGES:
         return ""
     held = (f"{count} test images in {config.data_root}, fewer than {MIN_TEST_IMAGES}"
@@ -159,14 +158,19 @@ def too_few_test_images(config: StudyConfig) -> str:
             f"--recipe quickstart-test --out {config.data_root}`")
 
 
+def too_few_test_images(config: StudyConfig) -> str:
+    """Why the study's data gives no test figures, or ""."""
+    return _too_few(config, len(config.parts(config.dataset())["test"]))
+
+
 def test_images(config: StudyConfig, console: Console) -> tuple[HeldOut | None, str]:
     """The test split of the study's dataset (read here, never by the study), or None and
     why (:func:`too_few_test_images`)."""
-    note = too_few_test_images(config)
-    if note:
-        return None, note
     dataset = config.dataset()
     test = config.parts(dataset)["test"]
+    note = _too_few(config, len(test))
+    if note:
+        return None, note
     return HeldOut.load(dataset.subset(test), "reading the test images", console), ""
 
 
