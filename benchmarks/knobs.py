@@ -1,15 +1,19 @@
 """Latency, size, MACs and parameters of GG-CNN under each knob, side by side in one run.
 
-    python benchmarks/knobs.py [--model ggcnn] [--rounds 5] [--runs 40]
+    python benchmarks/knobs.py [--model ggcnn] [--rounds 1] [--blocks 6] [--runs 30]
                                [--runtimes onnxruntime torch] [--device cpu|cuda]
                                [--study STUDY --steps N]
 
 Every variant is built as its deployable artifact on each runtime first (ONNX file; torch
-.pt2: eager channels_last program, or PT2E int8 compiled by AOTInductor); then all artifacts
-are timed round-robin (interleaved, 1 thread, batch 1, 300x300), so background load hits all
-of them alike. Without ``--study``, untrained weights: speed and size do not depend on them.
-``--device cuda`` times the float variants on the GPU (int8 is built for x86 CPUs, so it is
-left out there).
+.pt2: eager channels_last program, or PT2E int8 compiled by AOTInductor); then every
+artifact is timed beside the exact sub-pixel form of the uncompressed model (the strongest
+exact baseline) by the study's protocol (timing.protocol: both files in every round, 1
+thread, batch 1, 300x300, the network alone, in ``--blocks`` blocks of fresh sessions),
+round-robin over the artifacts ``--rounds`` times, so each speed-up is paired and carries
+its 95 % interval over the blocks. Without ``--study``, untrained weights: speed and size do
+not depend on them. ``--device cuda`` times the float variants on the GPU (int8 is built for
+x86 CPUs, so it is left out there). Writes ``records/knobs.json`` (``knobs_accuracy.json``
+with ``--study``).
 
 ``--study STUDY``: the variants start from the study's trained model instead; each one that
 changes the function is recovered for ``--steps`` steps of the study's recipe (default its
@@ -21,18 +25,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from grasp.artifact import RUNTIMES, check_device
 from grasp.models import get_model
 from objectives import count_macs, count_params, device_fingerprint
-from objectives.latency import measure_latency
+from objectives.latency import LatencyResult, measure_scopes
 from search.config import load_study_config
 from search.recovery import recover
 from search.stats import paired_difference, rate
@@ -45,7 +48,11 @@ from spaces.lowrank import LowRankConfig
 from spaces.precision import PrecisionConfig
 from spaces.prune import PruneConfig
 from spaces.upsample import rewrite_all
-from timing.protocol import machine_line
+from timing.protocol import joined, machine_line, scope_of
+
+sys.path.insert(0, str(Path(__file__).parent))
+from records import current_commit, write_record
+from render import knobs_text
 
 
 def variants(base: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str]]:
@@ -91,13 +98,17 @@ def variants(base: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str]]:
 
 
 EXACT = ("uncompressed", "upsample=subpixel (exact)", "int8", "subpixel + int8", "fp16")
+REFERENCE = "upsample=subpixel (exact)"  # the strongest exact form on every runtime measured
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ggcnn")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="passes round-robin over the artifacts")
+    parser.add_argument("--blocks", type=int, default=6,
+                        help="blocks of fresh sessions per timing (the study default)")
+    parser.add_argument("--runs", type=int, default=30, help="timed rounds per block, at least")
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--study", default=None,
@@ -108,6 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     for runtime in args.runtimes:
         check_device(runtime, args.device)
+    commit = current_commit()
     torch.set_num_threads(1)
     console = Console(width=170)
     setup = None
@@ -123,6 +135,7 @@ def main() -> None:
         _recover(setup, built, args.steps, console)
     precision = get_knob("precision")
     rows = {}
+    scope = scope_of(False)
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, (model, prec)) in enumerate(built.items()):
             if prec == "int8" and args.device != "cpu":
@@ -132,51 +145,52 @@ def main() -> None:
                                            calibration, device=args.device, runtime=runtime)
                 rows[label, runtime] = {"artifact": artifact, "macs": count_macs(model),
                                         "params": count_params(model),
-                                        "size": artifact.size_bytes, "medians": [], "cvs": []}
+                                        "size": artifact.size_bytes, "timings": []}
                 if setup is not None and runtime == args.runtimes[0]:
                     _, details = measure_artifact(setup, artifact, names=("accuracy",))
                     rows[label, runtime]["hits"] = details["hits"].standard
-        for _ in range(args.rounds):  # interleaved: every artifact once per round
-            for row in rows.values():
-                result = measure_latency(row["artifact"], threads=1, warmup=3, runs=args.runs)
-                row["medians"].append(result.median_ms)
-                row["cvs"].append(result.cv)
-    medians = {key: statistics.median(row["medians"]) for key, row in rows.items()}
-    naive = medians["uncompressed", args.runtimes[0]]
-    best_base = min(medians[label, rt] for label in ("uncompressed", "upsample=subpixel (exact)")
-                    for rt in args.runtimes)
-    where = "CPU, 1 thread" if args.device == "cpu" else "GPU"
-    table = Table(title=f"{args.model}: {where}, batch 1, 300x300 ({args.rounds} "
-                        f"interleaved rounds x {args.runs} runs)")
-    columns = ["variant", "runtime", "precision", "median ms", "CV",
-               f"vs uncompressed {args.runtimes[0]}", "vs best exact", "size kB", "MMACs",
-               "params"]
-    if setup is not None:
-        columns += ["val accuracy [95 % CI]", "Δ pp vs uncompressed [95 % CI]"]
-        base_hits = rows["uncompressed", args.runtimes[0]]["hits"]
-    for col in columns:
-        table.add_column(col, justify="left" if col in ("variant", "runtime") else "right")
-    for (label, runtime), row in rows.items():
-        median = medians[label, runtime]
-        cells = [label, runtime, row["artifact"].precision, f"{median:.2f}",
-                 f"{statistics.median(row['cvs']):.1%}", f"{naive / median:.2f}x",
-                 f"{best_base / median:.2f}x", f"{row['size'] / 1e3:.1f}",
-                 f"{row['macs'] / 1e6:.0f}", f"{row['params']:,}"]
-        if setup is not None:
-            cells += _accuracy_cells(row.get("hits"), base_hits)
-        table.add_row(*cells)
-    console.print(table)
-    if setup is not None:
-        steps = setup.config.recovery_steps if args.steps is None else args.steps
-        console.print(f"accuracy: {len(base_hits)} validation images of {args.study}, each "
-                      f"variant that changes the function recovered for {steps} steps of its "
-                      f"recipe; Δ paired with the uncompressed artifact on the same images")
-    console.print(f"best exact baseline: {best_base:.2f} ms (uncompressed, plain or sub-pixel, "
-                  "fastest runtime)")
+        for r in range(args.rounds):  # every artifact beside its runtime's reference
+            for (_, runtime), row in rows.items():
+                row["timings"].append(measure_scopes(
+                    row["artifact"], threads=1, warmup=10, runs=args.runs,
+                    reference=rows[REFERENCE, runtime]["artifact"], scopes=(scope,),
+                    blocks=args.blocks)[scope])
+            console.print(f"timing pass {r + 1}/{args.rounds} done", style="dim")
+    timings: dict = {key: joined(row["timings"]) for key, row in rows.items()}
     fp = device_fingerprint(device=args.device)
+    figures = _figures(args, rows, timings, setup) | {
+        "runtime_versions": f"onnxruntime {fp['runtime_version']}, torch {torch.__version__}"}
+    console.print(knobs_text(figures))
     gpu = f", GPU {fp['gpu']}" if "gpu" in fp else ""
-    console.print(f"machine: {machine_line(fp)}{gpu}, onnxruntime "
-                  f"{fp['runtime_version']}, torch {torch.__version__}")
+    console.print(f"machine: {machine_line(fp)}{gpu}")
+    title = ("The knobs side by side, recovered and scored" if setup is not None
+             else "The knobs side by side")
+    console.print(write_record("knobs", title, figures, commit=commit,
+                               name="knobs_accuracy" if setup is not None else None))
+
+
+def _figures(args, rows: dict, timings: dict[tuple[str, str], LatencyResult], setup) -> dict:
+    """The record: every variant's size, MACs, parameters, median and paired speed-up over
+    the exact sub-pixel form (and with ``--study``, its accuracy paired with the
+    uncompressed model's)."""
+    figures: dict = {"model": args.model, "device": args.device, "runtimes": args.runtimes,
+                     "threads": 1, "runs": args.runs, "blocks": args.blocks,
+                     "rounds": args.rounds, "reference": REFERENCE, "rows": []}
+    if setup is not None:
+        base_hits = rows["uncompressed", args.runtimes[0]]["hits"]
+        figures |= {"study": args.study, "val_images": len(base_hits),
+                    "steps": setup.config.recovery_steps if args.steps is None else args.steps}
+    for (label, runtime), row in rows.items():
+        result = timings[label, runtime]
+        entry = {"variant": label, "runtime": runtime,
+                 "precision": row["artifact"].precision, "network_ms": result.median_ms,
+                 "speedup": result.speedup().to_dict(), "size_bytes": row["size"],
+                 "macs": row["macs"], "params": row["params"]}
+        if row.get("hits") is not None:
+            entry |= {"val": rate(row["hits"]).to_dict(),
+                      "val_diff": paired_difference(row["hits"], base_hits).to_dict()}
+        figures["rows"].append(entry)
+    return figures
 
 
 def _recover(setup, built: dict[str, tuple[torch.nn.Module, str]], steps: int | None,
@@ -193,14 +207,6 @@ def _recover(setup, built: dict[str, tuple[torch.nn.Module, str]], steps: int | 
         console.print(f"recovering {label} ({steps} steps)")
         recover(model.train(), setup.recovery_pool(), steps, recipe, 0, steps)
         model.eval()
-
-
-def _accuracy_cells(hits, base_hits) -> list[str]:
-    if hits is None:
-        return ["", ""]
-    acc, diff = rate(hits), paired_difference(hits, base_hits)
-    return [f"{acc.value:.3f} [{acc.low:.3f}, {acc.high:.3f}]",
-            f"{100 * diff.difference:+.1f} [{100 * diff.low:+.1f}, {100 * diff.high:+.1f}]"]
 
 
 if __name__ == "__main__":

@@ -503,6 +503,81 @@ def _int8_weight_bits(record: Record) -> str:
         f"VNNI the 8th bit can saturate int8 x uint8 pairs summed into int16.", "", *rows])
 
 
+def knobs_text(f: dict) -> str:
+    """knobs.py's table: each variant's size, MACs and speed-up over the exact sub-pixel form,
+    and its paired accuracy where the run recovered and scored the variants."""
+    scored = "val_images" in f
+    rows = ["| variant | runtime | precision | network ms | speed-up over sub-pixel fp32 "
+            "[95 % CI] | kB | MMACs | params |"
+            + (" val accuracy [95 % CI] | Δ vs uncompressed, paired |" if scored else ""),
+            "|---|---|---|---:|---|---:|---:|---:|" + ("---|---|" if scored else "")]
+    for r in f["rows"]:
+        cells = (f" {_rate(r['val'])} | {_paired(r['val_diff'])} |" if scored else "")
+        rows.append(f"| {r['variant']} | {r['runtime']} | {r['precision']} | "
+                    f"{r['network_ms']:.2f} | {_speedup(r['speedup'])} | "
+                    f"{r['size_bytes'] / 1e3:.1f} | {r['macs'] / 1e6:.0f} | "
+                    f"{r['params']:,} |{cells}")
+    where = "CPU, 1 thread" if f["device"] == "cpu" else "GPU"
+    weights = (f"the trained model of study `{f['study']}`, each variant that changes the "
+               f"function recovered for {f['steps']} steps of its recipe and scored (its own "
+               f"grasp) on {f['val_images']} validation images, paired with the uncompressed "
+               f"file on the same images" if scored else
+               "untrained weights (speed and size do not depend on them)")
+    return "\n".join([
+        f"{f['model']}, {weights}. Each variant is built as its deployable artifact "
+        f"(pruning before the sub-pixel rewrite, dilate and group after it, as in a study) "
+        f"and timed beside the exact sub-pixel form of the uncompressed model, the network "
+        f"alone, {where}, batch 1, 300x300, by the study's protocol ({f['blocks']} blocks "
+        f"of fresh sessions, at least {f['runs']} rounds each, {f['rounds']} pass(es) "
+        f"round-robin over the files); {f['runtime_versions']}.", "", *rows])
+
+
+def _knobs(record: Record) -> str:
+    return knobs_text(record.figures)
+
+
+def agent_text(f: dict) -> str:
+    """agent.py's tables: one speed-up timed here and through the agent, and what the agent
+    adds to a trial."""
+    protocol = f["protocol"]
+    rows = ["| scope | int8 / fp32 ms here | there | speed-up here [95 % CI] | there | "
+            "agent ÷ here [95 % CI] | control: here again ÷ here |",
+            "|---|---|---|---|---|---|---|"]
+    for r in f["rows"]:
+        ratios = [ratio_text(x["value"], x["low"], x["high"])
+                  for x in (r["agent_over_local"], r["control"])]
+        rows.append(f"| {r['scope'].replace('_', ' ')} | {r['local_ms']['int8']:.2f} / "
+                    f"{r['local_ms']['fp32']:.2f} | {r['agent_ms']['int8']:.2f} / "
+                    f"{r['agent_ms']['fp32']:.2f} | {_speedup(r['local_speedup'])} | "
+                    f"{_speedup(r['agent_speedup'])} | {ratios[0]} | {ratios[1]} |")
+    cost = ["| workers on the agent | trial timed here, s | through the agent | added | "
+            "upload | waiting for the other worker | timing on the agent |",
+            "|---|---|---|---|---|---|---|"]
+    for c in f["cost"]:
+        cost.append(f"| {c['workers']} | {c['here_s']:.2f} | {c['agent_s']:.2f} | "
+                    f"{c['agent_s'] - c['here_s']:+.2f} | {c['upload_s']:.3f} | "
+                    f"{c['wait_s']:.2f} | {c['timing_s']:.2f} |")
+    sizes = ", ".join(f"{p} {b / 1e3:.0f} kB" for p, b in f["sizes_bytes"].items())
+    return "\n".join([
+        f"The agent ran on the same machine in a subprocess on loopback (`python -m "
+        f"timing.agent`). GG-CNN's int8 file was timed beside its fp32 file (exact "
+        f"sub-pixel form, grasp synthesis inside; {sizes}) by the study's protocol "
+        f"({protocol['threads']} thread, {protocol['warmup']} warm-up runs, at least "
+        f"{protocol['runs']} runs and {protocol['min_seconds']:g} s, {protocol['blocks']} "
+        f"blocks of fresh sessions), here and through the agent in alternation over "
+        f"{f['rounds']} rounds, then here again as a control. Speed-ups join their rounds' "
+        f"blocks; a ratio of two speed-ups has Welch's interval on the blocks' logs.", "",
+        *rows, "",
+        f"What the agent adds to a trial (its file, new to the agent, timed beside the "
+        f"baseline at both scopes; mean of {f['cost'][0]['trials']} trials per worker and row, "
+        f"seconds; with two workers one of each pair waits for the other's timing, as it "
+        f"must: the agent never times two files at once):", "", *cost])
+
+
+def _agent(record: Record) -> str:
+    return agent_text(record.figures)
+
+
 def _sim_trials_cell(record: Record) -> tuple[str, str]:
     s = record.figures["success"]
     return ("Simulated grasp labels",
@@ -549,10 +624,12 @@ def rendered_readme(text: str, records: list[Record]) -> str:
 
 
 #: How each benchmark's figures read, by benchmark name.
-RENDERERS: dict[str, Callable[[Record], str]] = {"baselines": _baselines,
+RENDERERS: dict[str, Callable[[Record], str]] = {"agent": _agent,
+                                                  "baselines": _baselines,
                                                   "best_models": _best_models,
                                                   "end_to_end": _end_to_end,
                                                   "init_forecast": _init_forecast,
+                                                  "knobs": _knobs,
                                                   "int8_weight_bits": _int8_weight_bits,
                                                   "latency_fidelity": _latency_fidelity,
                                                   "quickstart": _quickstart,
