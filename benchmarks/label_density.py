@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import tempfile
 from pathlib import Path
 
@@ -40,6 +41,9 @@ from search.stats import paired_difference, rate
 from search.study import load_study
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.upsample import rewrite_all
+
+sys.path.insert(0, str(Path(__file__).parent))
+from records import current_commit, table_figures, write_record
 
 
 def held_out(root: str, config, part: str, console: Console) -> HeldOut:
@@ -87,6 +91,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="at most this many images")
     parser.add_argument("--storage", default=None)
     args = parser.parse_args()
+    commit = current_commit()
     console = Console(width=160)
     config = load_study_config(args.study, {"storage": args.storage})
     if not Path(args.full).is_dir():
@@ -124,9 +129,12 @@ def main() -> None:
                       f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
     console.print(table)
     both = (base_s & base_f).sum()
-    console.print(f"baseline: {int(base_s.sum())} sparse hits, {int(base_f.sum())} full hits, "
-                  f"{int(both)} both; a sparse hit is a full hit on "
-                  f"{both / max(int(base_s.sum()), 1):.1%} of images")
+    note = (f"baseline: {int(base_s.sum())} sparse hits, {int(base_f.sum())} full hits, "
+            f"{int(both)} both; a sparse hit is a full hit on "
+            f"{both / max(int(base_s.sum()), 1):.1%} of images")
+    console.print(note)
+    console.print(write_record("label_density", "Sparse and full labels on the same scenes",
+                               table_figures([table], [note]), commit=commit))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +38,9 @@ from search.storage import finished
 from search.study import run_study
 from search.verify import verify_trials
 from timing.protocol import machine_line
+
+sys.path.insert(0, str(Path(__file__).parent))
+from records import current_commit, table_figures, write_record
 
 DONE = "benchmark_minutes"  # study user attribute: the arm ran to its clock
 
@@ -55,6 +59,7 @@ def main() -> None:
                              "the study's; the quick start's keeps 4 test images)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    commit = current_commit()
     if min(args.every, args.top, args.steps) < 1 or args.minutes <= 0:
         parser.error("--minutes, --every, --top and --steps must be > 0")
     name = load_study_config(args.study).name
@@ -102,6 +107,8 @@ def main() -> None:
         table.add_row(*row)
     console.print(table)
     console.print(f"[{machine_line(device_fingerprint(None, 1))}; storages in {out}]")
+    console.print(write_record("promotion", "Promotion on and off, same wall-clock time",
+                               table_figures([table]), commit=commit))
 
 
 def _arm(config, folder: Path, minutes: float, console: Console) -> optuna.Study:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +33,9 @@ from spaces.precision import PrecisionConfig, build_artifact
 from spaces.prune import PruneConfig
 from spaces.upsample import rewrite_all
 
+sys.path.insert(0, str(Path(__file__).parent))
+from records import current_commit, table_figures, write_record
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,6 +44,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 5e-4, 2e-3])
     args = parser.parse_args()
+    commit = current_commit()
     config = load_study_config(args.study, {"data_root": args.data})
     setup = prepare(config, Console(stderr=True, quiet=True))
     c = config
@@ -76,7 +81,10 @@ def main() -> None:
                 table.add_row(name, label, str(rate(hits)),
                               str(paired_difference(hits, reference)),
                               f"{seconds:.0f}")
-    Console(width=150).print(table)
+    console = Console(width=150)
+    console.print(table)
+    console.print(write_record("qat", "int8 after training against quantization-aware training",
+                               table_figures([table]), commit=commit))
 
 
 if __name__ == "__main__":

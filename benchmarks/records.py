@@ -115,6 +115,22 @@ def write_record(benchmark: str, title: str, figures: dict[str, Any],
     return path
 
 
+def table_figures(tables: list[Any], notes: list[str] = ()) -> dict[str, Any]:
+    """The figures of a benchmark whose result is the tables it printed (rich Tables): each
+    table's title, column headers and cells as printed, markup stripped, and the lines
+    printed beside them; render.py writes them as Markdown tables."""
+    from rich.text import Text
+
+    def plain(value: Any) -> str:
+        return Text.from_markup(str(value or "")).plain
+
+    return {"tables": [{"title": plain(t.title), "columns": [plain(c.header) for c in t.columns],
+                        "rows": [list(row) for row in zip(*([plain(x) for x in c.cells]
+                                                             for c in t.columns), strict=True)]}
+                       for t in tables],
+            "notes": [plain(n) for n in notes]}
+
+
 def overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool | None:
     """Whether two recorded speed-up intervals share a point; None where either has no
     interval."""

@@ -578,6 +578,42 @@ def _agent(record: Record) -> str:
     return agent_text(record.figures)
 
 
+def _trial_cost(record: Record) -> str:
+    f = record.figures
+    rows = ["| stage | median s | mean s | max s | share of trial time |",
+            "|---|---:|---:|---:|---:|"]
+    for stage, v in [*f["stages"].items(), ("**trial**", f["trial_s"])]:
+        rows.append(f"| {stage} | {v['median_s']:.2f} | {v['mean_s']:.2f} | "
+                    f"{v['max_s']:.2f} | {v['share']:.0%} |")
+    setup = ("" if f["trials_per_hour_with_setup"] is None else
+             f", {f['trials_per_hour_with_setup']:.0f} with the study's setup included "
+             f"({f['setup_s']:.0f} s: data check, baseline)")
+    source = ("the study's own trials, read from its storage" if f["existing"] else
+              "a fresh run of the study file into scratch storage")
+    return "\n".join([
+        f"Study `{f['study']}`, {source}: {f['trials']} trials ({f['complete']} complete, "
+        f"{f['gate_stopped']} stopped at the gate, {f['screened_out']} after the first "
+        f"scoring pass); **{f['trials_per_hour']:.0f} trials an hour** while optimising"
+        f"{setup}. Stages as each trial records them (control: the re-timing of an earlier "
+        f"trial that measures the drift between timings; other: sampling, tracking, "
+        f"storage).", "", *rows])
+
+
+def _tables(record: Record) -> str:
+    """A record of the tables a benchmark printed (records.table_figures), as Markdown."""
+    out = []
+    for table in record.figures["tables"]:
+        if table["title"]:
+            out += [f"{table['title']}:", ""]
+        out += ["| " + " | ".join(table["columns"]) + " |",
+                "|" + "---|" * len(table["columns"])]
+        out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+                for row in table["rows"]]
+        out.append("")
+    out += [f"- {note}" for note in record.figures["notes"]]
+    return "\n".join(out).rstrip("\n")
+
+
 def _sim_trials_cell(record: Record) -> tuple[str, str]:
     s = record.figures["success"]
     return ("Simulated grasp labels",
@@ -636,15 +672,18 @@ RENDERERS: dict[str, Callable[[Record], str]] = {"agent": _agent,
                                                   "racing_replay": _racing_replay,
                                                   "sim_trials": _sim_trials,
                                                   "study_front": _study_front,
-                                                  "timing_drift": _timing_drift}
+                                                  "timing_drift": _timing_drift,
+                                                  "trial_cost": _trial_cost}
 
 
 def section(record: Record) -> str:
-    if record.benchmark not in RENDERERS:
+    renderer = RENDERERS.get(record.benchmark,
+                             _tables if "tables" in record.figures else None)
+    if renderer is None:
         raise SystemExit(f"benchmarks/records/{record.stem}.json: render.py has no "
                          f"renderer for it (add one to RENDERERS)")
     return "\n".join([BEGIN.format(name=record.stem), f"## {record.title}", "",
-                      _provenance(record), "", RENDERERS[record.benchmark](record),
+                      _provenance(record), "", renderer(record),
                       END.format(name=record.stem)])
 
 

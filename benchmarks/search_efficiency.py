@@ -22,7 +22,8 @@ and latency relative to each study's baseline, against the fixed reference point
 budget: median and interquartile range over seeds, and a one-sided Mann-Whitney U test
 (scipy) that the sampler's hypervolume is greater than random search's at the same budget;
 and for the study default (TPE), the test that its 50-trial hypervolume is greater than
-random's 100-trial one (issue 33's target: p < 0.05). Writes a plot.
+random's 100-trial one (p < 0.05: the default needs half the trials). Writes a plot and
+``records/search_efficiency_<study>.json``.
 
 ``--sensitivity SCAN`` (a ``ggopt sensitivity`` scan's records of the study's model): each
 sampler runs twice per seed, as it is and with its choices narrowed by the scan (``[search]
@@ -42,7 +43,9 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import re
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -62,6 +65,9 @@ from search.config import SAMPLERS, load_study_config
 from search.front import hypervolume_history
 from search.study import run_study
 from timing.protocol import machine_line
+
+sys.path.insert(0, str(Path(__file__).parent))
+from records import current_commit, table_figures, write_record
 
 MARKS = (25, 50, 100)
 DEFAULT = "tpe"
@@ -94,6 +100,7 @@ def main() -> None:
     parser.add_argument("--sensitivity", default=None,
                         help="a sensitivity scan's records: also run each sampler narrowed")
     args = parser.parse_args()
+    commit = current_commit()
     if args.trials < 1 or args.jobs < 1:
         parser.error("--trials and --jobs must be >= 1")
     check = {**_overrides(args, "check", 0, Path(".")), "name": None}  # the file's name
@@ -117,12 +124,15 @@ def main() -> None:
     histories = {s: {seed: h for seed in args.seeds
                      if (h := _read(out, s, seed, args.objectives))}
                  for s in _arms(args)}
-    _report(console, {s: histories[s] for s in args.samplers}, args)
+    tables = [_report(console, {s: histories[s] for s in args.samplers}, args)]
     if args.sensitivity:
-        _report_narrowing(console, histories, args)
+        tables.append(_report_narrowing(console, histories, args))
     _plot(histories, Path(args.plot), _over(args))
     console.print(f"[{machine_line(device_fingerprint(None, 1))}; storages in {out}; "
                   f"{(time.perf_counter() - started) / 60:.0f} min]\nplot: {args.plot}")
+    console.print(write_record("search_efficiency", f"Search efficiency: study `{base}`",
+                               table_figures(tables), commit=commit,
+                               name="search_efficiency_" + re.sub(r"\W", "_", base.lower())))
 
 
 def _arms(args: argparse.Namespace) -> list[str]:
@@ -183,7 +193,7 @@ def _reached(runs: dict[int, list[float]], k: int) -> list[float]:
 
 
 def _report(console: Console, histories: dict[str, dict[int, list[float]]],
-            args: argparse.Namespace) -> None:
+            args: argparse.Namespace) -> Table:
     steps = "the file's recovery" if args.steps is None else f"{args.steps} recovery steps"
     marks = _marks(args)
     table = Table(title=f"hypervolume of the feasible front{_over(args)}: median "
@@ -210,10 +220,11 @@ def _report(console: Console, histories: dict[str, dict[int, list[float]]],
                           f"{len(ours)} studies) against random after 100 "
                           f"({statistics.median(theirs):.4f}, {len(theirs)}): one-sided "
                           f"Mann-Whitney U p = {_p(ours, theirs)} (target: p < 0.05)")
+    return table
 
 
 def _report_narrowing(console: Console, histories: dict[str, dict[int, list[float]]],
-                      args: argparse.Namespace) -> None:
+                      args: argparse.Namespace) -> Table:
     """Narrowed against plain, sampler by sampler: is the narrowed hypervolume greater?"""
     marks = _marks(args)
     table = Table(title=f"narrowed by {args.sensitivity} against plain: "
@@ -232,6 +243,7 @@ def _report_narrowing(console: Console, histories: dict[str, dict[int, list[floa
             cells += [_summary(plain), _summary(narrowed), _p(narrowed, plain)]
         table.add_row(sampler, *cells)
     console.print(table)
+    return table
 
 
 def _over(args: argparse.Namespace) -> str:

@@ -11,19 +11,23 @@ running new ones: the per-stage cost of an overnight study without spending anot
 Stages, as each trial records them: apply (the structural knobs), recovery (distillation,
 with the gate), export (ONNX), calibration (int8 calibration and quantization), accuracy
 (both passes on a large validation split, search/study/screening.py), size, latency (both
-figures, end to end and network); "other" is the rest of the trial's wall time (sampling,
-tracking, storage).
+figures, end to end and network), control (the re-timing of an earlier trial beside the
+baseline that measures the drift between timings); "other" is the rest of the trial's wall
+time (sampling, tracking, storage).
 Trials per hour counts finished trials over the optimisation's wall time, and again with
-the one-off setup (data check, baseline measurement) included. Target (issue 7): >= 60
-trials/hour for the quick-start study on 2 cores.
+the one-off setup (data check, baseline measurement) included. Writes
+``records/trial_cost_<study>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 from optuna.trial import TrialState
 from rich.console import Console
@@ -35,8 +39,11 @@ from search.review.table import front_table
 from search.study import load_study, run_study
 from timing.protocol import machine_line
 
+sys.path.insert(0, str(Path(__file__).parent))
+from records import current_commit, write_record
+
 STAGES = ("apply_s", "recovery_s", "export_s", "calibration_s", "accuracy_s", "size_s",
-          "latency_s")
+          "latency_s", "control_s")
 
 
 def main() -> None:
@@ -48,6 +55,7 @@ def main() -> None:
                         help="report the study's own trials (its storage) instead of running")
     parser.add_argument("--storage", default=None, help="with --existing: the study's storage")
     args = parser.parse_args()
+    commit = current_commit()
     console = Console(width=130)
     if args.existing:
         config = load_study_config(args.study, {"storage": args.storage})
@@ -58,7 +66,10 @@ def main() -> None:
         TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
     if not trials:
         raise SystemExit(f"{config.name}: no finished trials to report.")
-    _report(console, config, study, trials, total)
+    figures = _report(console, config, study, trials, total)
+    console.print(write_record("trial_cost", f"What a trial costs: study `{config.name}`",
+                               figures | {"existing": args.existing}, commit=commit,
+                               name="trial_cost_" + re.sub(r"\W", "_", config.name.lower())))
 
 
 def _run(args: argparse.Namespace):
@@ -81,7 +92,7 @@ def _pruned(trials, mark: str) -> int:
     return sum(mark in t.user_attrs for t in pruned)
 
 
-def _report(console: Console, config, study, trials, total: float | None) -> None:
+def _report(console: Console, config, study, trials, total: float | None) -> dict:
     walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
     first = min(t.datetime_start for t in trials)
     last = max(t.datetime_complete for t in trials)
@@ -95,14 +106,17 @@ def _report(console: Console, config, study, trials, total: float | None) -> Non
         table.add_column(column, justify="left" if column == "stage" else "right")
     whole = sum(walls)
     accounted = 0.0
+    stages = {}
     for stage in STAGES:
         values = [t.user_attrs.get("times", {}).get(stage, 0.0) for t in trials]
         accounted += sum(values)
+        stages[stage.removesuffix("_s")] = _summary(values, whole)
         table.add_row(stage.removesuffix("_s"), f"{statistics.median(values):.2f}",
                       f"{statistics.fmean(values):.2f}", f"{max(values):.2f}",
                       f"{sum(values) / whole:.0%}")
     other = [w - sum(t.user_attrs.get("times", {}).get(s, 0.0) for s in STAGES)
              for w, t in zip(walls, trials, strict=True)]
+    stages["other"] = _summary(other, whole)
     table.add_row("other", f"{statistics.median(other):.2f}", f"{statistics.fmean(other):.2f}",
                   f"{max(other):.2f}", f"{(whole - accounted) / whole:.0%}")
     table.add_row("[bold]trial[/]", f"{statistics.median(walls):.2f}",
@@ -122,6 +136,21 @@ def _report(console: Console, config, study, trials, total: float | None) -> Non
     console.print(f"trials/hour: {len(trials) / optimise * 3600:.0f} while optimising{setup}"
                   f"   [{machine_line(fp)}, {config.threads} thread(s) for "
                   f"latency]")
+    return {"study": config.name, "trials": len(trials),
+            "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+            "gate_stopped": _pruned(trials, "gate_accuracy"),
+            "screened_out": _pruned(trials, "screened"), "stages": stages,
+            "trial_s": _summary(walls, whole), "optimising_s": optimise,
+            "trials_per_hour": len(trials) / optimise * 3600,
+            "trials_per_hour_with_setup": None if total is None else len(trials) / total * 3600,
+            "setup_s": None if total is None else total - optimise,
+            "images": images, "threads": config.threads}
+
+
+def _summary(values: list[float], whole: float) -> dict[str, float]:
+    """A stage's seconds per trial (median, mean, max) and its share of all trials' time."""
+    return {"median_s": statistics.median(values), "mean_s": statistics.fmean(values),
+            "max_s": max(values), "share": sum(values) / whole}
 
 
 if __name__ == "__main__":

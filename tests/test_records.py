@@ -155,3 +155,59 @@ def test_the_readme_table_has_a_row_per_record_linked_to_its_section():
                         "and-measured) |")
     assert len(table) == 5  # the markers, the header, one row
 
+
+
+def test_a_printed_table_is_recorded_and_rendered_cell_for_cell():
+    """records.table_figures keeps what the console showed (markup stripped, a pipe in a
+    cell escaped), and a record of tables renders without a renderer of its own."""
+    from records import table_figures
+    from rich.table import Table
+
+    table = Table(title="[bold]hypervolume[/] after 25 trials")
+    for column in ("sampler", "median [IQR]"):
+        table.add_column(column)
+    table.add_row("tpe", "0.84 [0.83, 0.85]")
+    table.add_row("[dim]random[/]", "a|b")
+    figures = table_figures([table], ["[red]3 seeds[/] each"])
+    assert figures == {"tables": [{"title": "hypervolume after 25 trials",
+                                   "columns": ["sampler", "median [IQR]"],
+                                   "rows": [["tpe", "0.84 [0.83, 0.85]"], ["random", "a|b"]]}],
+                       "notes": ["3 seeds each"]}
+    record = Record(benchmark="search_efficiency", title="Samplers",
+                    command="python benchmarks/search_efficiency.py s.toml",
+                    commit="0123456789", date="2026-12-07", machine=EXAMPLE["machine"],
+                    figures=figures)
+    text = rendered("# Results\n", [record])
+    assert ("hypervolume after 25 trials:\n\n| sampler | median [IQR] |\n|---|---|\n"
+            "| tpe | 0.84 [0.83, 0.85] |\n| random | a\\|b |\n\n- 3 seeds each\n") in text
+
+
+def test_every_link_into_the_results_names_a_section_there():
+    """A section removed with its record leaves no dangling link in the README or docs."""
+    import re
+
+    from render import _anchor
+
+    root = BENCHMARKS.parent
+    results = (BENCHMARKS / "RESULTS.md").read_text()
+    anchors = {_anchor(h) for h in re.findall(r"^#+ (.*)$", results, re.MULTILINE)}
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for anchor in re.findall(r"RESULTS\.md#([\w-]+)\)", page.read_text()):
+            assert anchor in anchors, f"{page.name}: RESULTS.md#{anchor} is not a section"
+
+
+def test_a_trial_cost_record_renders_each_stage_and_the_rate():
+    stage = {"median_s": 1.5, "mean_s": 2.0, "max_s": 4.0, "share": 0.25}
+    record = Record(benchmark="trial_cost", name="trial_cost_qs", title="What a trial costs",
+                    command="python benchmarks/trial_cost.py studies/quickstart.toml",
+                    commit="0123456789", date="2026-12-07", machine=EXAMPLE["machine"],
+                    figures={"study": "qs", "trials": 12, "complete": 10, "gate_stopped": 2,
+                             "screened_out": 0, "stages": {"recovery": stage},
+                             "trial_s": {**stage, "share": 1.0}, "optimising_s": 240.0,
+                             "trials_per_hour": 180.0, "trials_per_hour_with_setup": 150.0,
+                             "setup_s": 48.0, "images": 207, "threads": 1,
+                             "existing": False})
+    text = rendered("# Results\n", [record])
+    assert "| recovery | 1.50 | 2.00 | 4.00 | 25% |" in text
+    assert "| **trial** | 1.50 | 2.00 | 4.00 | 100% |" in text
+    assert "**180 trials an hour** while optimising, 150 with the study's setup" in text
