@@ -312,16 +312,19 @@ def _study_front(record: Record) -> str:
                 if t.get("train_seconds") else "")
     verified = ["| trial | test accuracy | baseline | paired difference | simulated grasp "
                 "success | baseline | paired difference |", "|---|---|---|---|---|---|---|"]
+    notes = []
     for number, v in f["verified"].items():
-        n, scenes = v["test_images"], v.get("sim_scenes")
+        n, scenes = v.get("test_images"), v.get("sim_scenes")
         sim = (f"{v['sim_success'] * 100:.1f} %{_percent(v['sim_success_ci'])} of {scenes} | "
                f"{v['baseline_sim_success'] * 100:.1f} %"
                f"{_percent(v['baseline_sim_success_ci'])} | {_paired(v['sim_success_diff'])}"
                if scenes else "- | - | -")
-        verified.append(
-            f"| {number} | {v['test_accuracy'] * 100:.1f} %{_percent(v['test_accuracy_ci'])} "
-            f"of {n} | {v['baseline_test_accuracy'] * 100:.1f} % | "
-            f"{_paired(v['test_accuracy_diff'])} | {sim} |")
+        test = (f"{v['test_accuracy'] * 100:.1f} %{_percent(v['test_accuracy_ci'])} of {n} | "
+                f"{v['baseline_test_accuracy'] * 100:.1f} % | "
+                f"{_paired(v['test_accuracy_diff'])}" if n else "- | - | -")
+        verified.append(f"| {number} | {test} | {sim} |")
+        if not n and v.get("test_note"):
+            notes.append(f"Trial {number}: {v['test_note']}")
     note = f"{f['note']} " if f.get("note") else ""
     return "\n".join([
         f"{training}{note}The study (`{f['model']}`, objectives {', '.join(f['objectives'])}; "
@@ -335,7 +338,7 @@ def _study_front(record: Record) -> str:
         f"{_speedup_protocol(f['front'])}):", "", *_front_table(base, f["front"]), "",
         "The front trials a user would most likely pick, on data the study never saw "
         "(test images; simulated grasps on held-out scenes), each paired with the baseline "
-        "on the same images and scenes:", "", *verified])
+        "on the same images and scenes:", "", *verified, *(["", *notes] if notes else [])])
 
 
 def _pp(diff: dict) -> str:

@@ -211,3 +211,19 @@ def test_a_trial_cost_record_renders_each_stage_and_the_rate():
     assert "| recovery | 1.50 | 2.00 | 4.00 | 25% |" in text
     assert "| **trial** | 1.50 | 2.00 | 4.00 | 100% |" in text
     assert "**180 trials an hour** while optimising, 150 with the study's setup" in text
+
+
+def test_a_front_verified_without_test_images_says_so_instead_of_failing():
+    """A study whose data has too few test images is verified by simulated grasps alone:
+    its record renders dashes for the test figures and the reason, not a KeyError."""
+    committed = Record.model_validate_json((BENCHMARKS / "records" /
+                                            "grconvnet_study.json").read_text())
+    figures = json.loads(json.dumps(committed.figures))
+    number, first = next(iter(figures["verified"].items()))
+    for key in ("test_accuracy", "test_accuracy_ci", "test_images", "baseline_test_accuracy",
+                "test_accuracy_diff"):
+        first.pop(key)
+    first["test_note"] = "no test images in data/sim"
+    text = rendered("# Results\n", [committed.model_copy(update={"figures": figures})])
+    assert f"| {number} | - | - | - | " in text
+    assert f"Trial {number}: no test images in data/sim" in text
