@@ -602,6 +602,37 @@ def _trial_cost(record: Record) -> str:
         f"storage).", "", *rows])
 
 
+def recovery_compute_text(f: dict) -> str:
+    """recovery_compute.py's table: each compute's seconds a step and accuracy, paired with
+    the fp32 recovery of the same variant."""
+    computes = [c for c in f["rows"][0] if c != "variant"]
+    rows = ["| variant | " + " | ".join(f"{c}: ms a step (speed-up) | {c}: val accuracy, "
+                                        f"Δ vs fp32" for c in computes) + " |",
+            "|---|" + "---|---|" * len(computes)]
+    for r in f["rows"]:
+        cells = []
+        for c in computes:
+            x = r[c]
+            diff = "" if c == "fp32" else f", {_paired(x['val_diff'])}"
+            cells.append(f"{x['step_ms']:.0f} ({x['speedup']:.2f}x) | {_rate(x['val'])}{diff}")
+        rows.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+    pooled = [f"{c}: {ratio_text(v['speedup'], *(v['speedup_ci'] or [None, None]))} the "
+              f"speed of fp32 (geometric mean over variants, t interval), accuracy "
+              f"{_paired(v['val_diff'])} over every (variant, image) pair"
+              for c, v in f["pooled"].items()]
+    return "\n".join([
+        f"Study `{f['study']}` ({f['model']}): each variant recovered {f['steps']} steps from "
+        f"the same start, pool, recipe and seed once per compute (batch {f['batch_size']}, "
+        f"{f['crop'] or 'whole'}-px crops, 1 thread), the computes' order rotated between "
+        f"variants; each recovered model exported (fp32 ONNX) and its own grasp scored on "
+        f"{f['val_images']} validation images, paired with the fp32 recovery of the same "
+        f"variant.", "", *rows, "", *[f"- {line}" for line in pooled]])
+
+
+def _recovery_compute(record: Record) -> str:
+    return recovery_compute_text(record.figures)
+
+
 def _tables(record: Record) -> str:
     """A record of the tables a benchmark printed (records.table_figures), as Markdown."""
     out = []
@@ -673,6 +704,7 @@ RENDERERS: dict[str, Callable[[Record], str]] = {"agent": _agent,
                                                   "latency_fidelity": _latency_fidelity,
                                                   "quickstart": _quickstart,
                                                   "racing_replay": _racing_replay,
+                                                  "recovery_compute": _recovery_compute,
                                                   "sim_trials": _sim_trials,
                                                   "study_front": _study_front,
                                                   "timing_drift": _timing_drift,

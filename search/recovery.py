@@ -11,16 +11,22 @@ crops, so the student still learns exactly what the teacher does on its input.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from grasp.train import LR_SCHEDULES, distillation_loss, ggcnn_loss, predict_maps, random_crops
 
-__all__ = ["Recipe", "RecoveryPool", "recover", "recover_graph"]
+__all__ = ["COMPUTES", "Recipe", "RecoveryPool", "recover", "recover_graph"]
+
+#: How recovery computes: ``fp32`` as the model ships; ``channels_last`` the same arithmetic
+#: in the NHWC layout oneDNN's CPU convolutions prefer; ``bf16`` that layout with the
+#: forward pass under bfloat16 autocast (weights, optimizer and losses stay fp32).
+COMPUTES = ("fp32", "channels_last", "bf16")
 
 #: Most samples a study's pool holds: 256 crops of 144 px are ~190 MB; within a trial's few
 #: hundred steps more gives little.
@@ -40,11 +46,15 @@ class Recipe:
     pos_weight: float = 1.0
     seed: int = 0
     lr_schedule: str = "constant"
+    compute: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"recovery lr_schedule: must be one of {LR_SCHEDULES}, "
                              f"got {self.lr_schedule!r}")
+        if self.compute not in COMPUTES:
+            raise ValueError(f"recovery compute: must be one of {COMPUTES}, "
+                             f"got {self.compute!r}")
 
 
 @dataclass
@@ -113,6 +123,13 @@ def recover(model: nn.Module, pool: RecoveryPool, steps: int, recipe: Recipe, st
         optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * (start + i) / total)))
         if recipe.lr_schedule == "cosine" else None)
     freeze_batch_norm(model.train())
+    inputs, forward = pool.x, contextlib.nullcontext
+    if recipe.compute != "fp32":
+        model.to(memory_format=torch.channels_last)
+        inputs = pool.x.contiguous(memory_format=torch.channels_last)
+    if recipe.compute == "bf16":
+        def forward() -> contextlib.AbstractContextManager:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
     order = torch.randperm(len(pool), generator=generator)
     at, batch_size, w = 0, recipe.batch_size, recipe.distill_weight
     for step in range(steps):
@@ -120,7 +137,8 @@ def recover(model: nn.Module, pool: RecoveryPool, steps: int, recipe: Recipe, st
             order, at = torch.randperm(len(pool), generator=generator), 0
         index = order[at:at + batch_size]
         at += batch_size
-        pred = model(pool.x[index])
+        with forward():
+            pred = tuple(p.float() for p in model(inputs[index]))
         loss = ((1 - w) * ggcnn_loss(pred, pool.y[index], recipe.pos_weight)
                 + w * distillation_loss(pred, pool.taught[index].split(1, dim=1),
                                         recipe.pos_weight))
@@ -131,6 +149,8 @@ def recover(model: nn.Module, pool: RecoveryPool, steps: int, recipe: Recipe, st
             schedule.step()
         if on_step is not None:
             on_step(step + 1)
+    if recipe.compute != "fp32":
+        model.to(memory_format=torch.contiguous_format)
     return model.eval()
 
 
@@ -153,5 +173,6 @@ class _FourMaps(nn.Module):
 
 def recover_graph(graph: nn.Module, pool: RecoveryPool, steps: int, recipe: Recipe) -> None:
     """:func:`recover` for an exported deployable graph, in place: what quantization-aware
-    training of an int8 graph (fake-quantize nodes in it) runs."""
-    recover(_FourMaps(graph), pool, steps, recipe)
+    training of an int8 graph (fake-quantize nodes in it) runs; in fp32 (its fake-quantize
+    nodes are not measured under another layout or autocast)."""
+    recover(_FourMaps(graph), pool, steps, replace(recipe, compute="fp32"))
