@@ -130,6 +130,7 @@ class StudyConfig:
     recovery_crop: int
     recovery_lr: float
     recovery_lr_schedule: str
+    recovery_compute: str
     distill_weight: float
     gate_steps: int
     gate_margin: float
@@ -343,7 +344,8 @@ def _flat(path: Path, study: StudyFile, model: str) -> StudyConfig:
         data_objects=d.objects, skip_nan_rectangles=d.skip_nan_rectangles,
         knobs=tuple(x for x in KNOBS if x in k.enabled), knob_options=_knob_options(k),
         recovery_steps=r.steps, recovery_batch_size=r.batch_size, recovery_crop=r.crop,
-        recovery_lr=r.lr, recovery_lr_schedule=r.lr_schedule, distill_weight=r.distill_weight,
+        recovery_lr=r.lr, recovery_lr_schedule=r.lr_schedule, recovery_compute=r.compute,
+        distill_weight=r.distill_weight,
         gate_steps=r.gate_steps, gate_margin=r.gate_margin, objectives=tuple(o.names),
         constraints=tuple(_parse_constraint(path, c) for c in study.constraints),
         confidence=o.confidence, end_to_end=o.latency == "end_to_end", runtime=rt.name,

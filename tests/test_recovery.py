@@ -95,3 +95,40 @@ def test_recovery_keeps_a_batch_norm_networks_statistics_and_trains_its_scale(tr
     assert torch.equal(bn.num_batches_tracked, batches)
     assert not torch.equal(bn.weight, scale)
     assert not student.training and not bn.training
+
+
+def test_channels_last_recovery_is_fp32_recovery_in_another_layout(train_data):
+    """channels_last changes where numbers sit, not what is computed: the recovered weights
+    match fp32's to float rounding (far below what the steps moved them), and the model is
+    handed back in the default layout, as the exporters expect."""
+    teacher, student = teacher_and_shaken_student()
+    pool = RecoveryPool.build(train_data, teacher, samples=8, seed=0)
+    start = copy.deepcopy(student)
+    recipe = Recipe(batch_size=4, lr=1e-3, distill_weight=1.0)
+    plain = recover(copy.deepcopy(student), pool, 5, recipe)
+    laid_out = []
+    nhwc = recover(student, pool, 5, Recipe(batch_size=4, lr=1e-3, distill_weight=1.0,
+                                            compute="channels_last"),
+                   on_step=lambda _: laid_out.append(student.conv2.weight.is_contiguous(
+                       memory_format=torch.channels_last)))
+    assert laid_out == [True] * 5  # the steps ran in that layout
+    for a, b, s in zip(nhwc.parameters(), plain.parameters(), start.parameters(), strict=True):
+        assert (a - b).abs().max() < 1e-2 * max((b - s).abs().max().item(), 1e-6)
+        assert a.is_contiguous()
+
+
+def test_bf16_recovery_trains_in_fp32_weights_and_hands_back_an_fp32_model(train_data):
+    teacher, student = teacher_and_shaken_student()
+    pool = RecoveryPool.build(train_data, teacher, samples=8, seed=0)
+
+    def gap() -> float:
+        with torch.no_grad():
+            return distillation_loss(student(pool.x), pool.taught.split(1, dim=1)).item()
+
+    before = gap()
+    recover(student, pool, 15, Recipe(batch_size=4, lr=1e-3, distill_weight=1.0,
+                                      compute="bf16"))
+    assert gap() < 0.7 * before
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in student.parameters())
+    with pytest.raises(ValueError, match=r"compute: must be one of .*got 'fp16'"):
+        Recipe(batch_size=4, lr=1e-2, distill_weight=1.0, compute="fp16")

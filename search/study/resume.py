@@ -177,7 +177,9 @@ def _recipe(config: StudyConfig) -> str:
     """The recovery settings besides its steps, as one readable string."""
     return (f"batch_size={config.recovery_batch_size} crop={config.recovery_crop} "
             f"lr={config.recovery_lr:g} lr_schedule={config.recovery_lr_schedule} "
-            f"distill_weight={config.distill_weight:g}")
+            f"distill_weight={config.distill_weight:g}"
+            + ("" if config.recovery_compute == "fp32" else
+               f" compute={config.recovery_compute}"))
 
 
 

@@ -70,7 +70,8 @@ class StudySetup:
         """The study's recovery recipe, at peak rate ``lr`` (default: the study's)."""
         c = self.config
         return Recipe(c.recovery_batch_size, c.recovery_lr if lr is None else lr,
-                      c.distill_weight, self.pos_weight, c.seed, c.recovery_lr_schedule)
+                      c.distill_weight, self.pos_weight, c.seed, c.recovery_lr_schedule,
+                      c.recovery_compute)
 
 
 
