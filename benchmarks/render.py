@@ -532,7 +532,8 @@ def knobs_text(f: dict) -> str:
         f"and timed beside the exact sub-pixel form of the uncompressed model, the network "
         f"alone, {where}, batch 1, 300x300, by the study's protocol ({f['blocks']} blocks "
         f"of fresh sessions, at least {f['runs']} rounds each, {f['rounds']} pass(es) "
-        f"round-robin over the files); {f['runtime_versions']}.", "", *rows])
+        f"round-robin over the files); {f['runtime_versions']}."
+        + (f" {f['note']}" if f.get("note") else ""), "", *rows])
 
 
 def _knobs(record: Record) -> str:
