@@ -181,9 +181,10 @@ class RecoveryTable(Table):
         "constant", f"must be one of {', '.join(LR_SCHEDULES)}")
     distill_weight: float = key(0.5, "must be in [0, 1]", ge=0, le=1)
     compute: Literal["fp32", "channels_last", "bf16"] = key(
-        "fp32", "must be fp32, channels_last (the same arithmetic in the layout CPU "
-                "convolutions prefer) or bf16 (that layout under bfloat16 autocast; pays on "
-                "CPUs with AVX-512 BF16 or AMX)")
+        "channels_last", "must be channels_last (fp32 arithmetic in the layout CPU "
+                         "convolutions prefer), fp32 (the model's own layout) or bf16 (that "
+                         "layout under bfloat16 autocast; pays on CPUs with AVX-512 BF16 or "
+                         "AMX, not on every layer)")
     gate_steps: int = key(0, "must be an integer >= 0 and < steps", ge=0)
     gate_margin: float = key(0.2, "must be in [0, 1]", ge=0, le=1)
 

@@ -178,8 +178,9 @@ def _recipe(config: StudyConfig) -> str:
     return (f"batch_size={config.recovery_batch_size} crop={config.recovery_crop} "
             f"lr={config.recovery_lr:g} lr_schedule={config.recovery_lr_schedule} "
             f"distill_weight={config.distill_weight:g}"
-            + ("" if config.recovery_compute == "fp32" else
-               f" compute={config.recovery_compute}"))
+            # bf16 computes otherwise; the two fp32 layouts differ by rounding only, so a
+            # study begun in one resumes in the other
+            + (" compute=bf16" if config.recovery_compute == "bf16" else ""))
 
 
 
