@@ -43,19 +43,21 @@ def teacher_and_shaken_student():
     return teacher, student
 
 
+def gap(student, pool) -> float:
+    """How far the student's maps are from the teacher's on the pool."""
+    with torch.no_grad():
+        return distillation_loss(student(pool.x), pool.taught.split(1, dim=1)).item()
+
+
 def test_recovery_moves_the_student_towards_the_teacher(train_data):
     teacher, student = teacher_and_shaken_student()
     pool = RecoveryPool.build(train_data, teacher, samples=8, seed=0)
 
-    def gap() -> float:
-        with torch.no_grad():
-            return distillation_loss(student(pool.x), pool.taught.split(1, dim=1)).item()
-
-    before = gap()
+    before = gap(student, pool)
     done = []
     recover(student, pool, 15, Recipe(batch_size=4, lr=1e-3, distill_weight=1.0),
             on_step=done.append)
-    assert gap() < 0.7 * before
+    assert gap(student, pool) < 0.7 * before
     assert not student.training
     assert done == list(range(1, 16))  # what a progress bar is driven by
 
@@ -121,14 +123,10 @@ def test_bf16_recovery_trains_in_fp32_weights_and_hands_back_an_fp32_model(train
     teacher, student = teacher_and_shaken_student()
     pool = RecoveryPool.build(train_data, teacher, samples=8, seed=0)
 
-    def gap() -> float:
-        with torch.no_grad():
-            return distillation_loss(student(pool.x), pool.taught.split(1, dim=1)).item()
-
-    before = gap()
+    before = gap(student, pool)
     recover(student, pool, 15, Recipe(batch_size=4, lr=1e-3, distill_weight=1.0,
                                       compute="bf16"))
-    assert gap() < 0.7 * before
+    assert gap(student, pool) < 0.7 * before
     assert all(p.dtype == torch.float32 and p.is_contiguous() for p in student.parameters())
     with pytest.raises(ValueError, match=r"compute: must be one of .*got 'fp16'"):
         Recipe(batch_size=4, lr=1e-2, distill_weight=1.0, compute="fp16")
