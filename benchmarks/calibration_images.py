@@ -8,9 +8,9 @@ through the model and histograms every activation; it is a fifth of a quick-star
 For the uncompressed model (sub-pixel form) and each complete int8 trial of the study (its
 knobs rebuilt, its kept fp32 weights loaded), an int8 file is built from the first N of
 the study's calibration images for each N in ``--counts``; each file's own grasp is scored
-on the study's validation images and paired with the file calibrated on the most images
-(the study's default, 32, unless ``--counts`` says more); the pooled row pairs every
-(model, image). Seconds: the calibration and quantization alone, as a trial records them.
+on the study's validation images and paired with the file calibrated on the largest N
+(at most the study's training images); the pooled row pairs every (model, image).
+Seconds: the calibration and quantization alone, as a trial records them.
 Writes ``records/calibration_images.json``.
 """
 
