@@ -47,7 +47,7 @@ from objectives.latency import LatencyResult, measure_scopes
 from spaces.precision import PrecisionConfig, build_artifact
 from spaces.upsample import rewrite_all
 from timing.client import AgentClient, AgentUnavailable
-from timing.protocol import SCOPES, block_medians, joined
+from timing.protocol import SCOPES, joined
 
 sys.path.insert(0, str(Path(__file__).parent))
 from records import current_commit, write_record
@@ -106,8 +106,7 @@ def ratio_of_speedups(numerator: LatencyResult, denominator: LatencyResult) -> d
     """How many times ``numerator``'s speed-up is ``denominator``'s: the ratio of the two
     geometric means of block medians, with Welch's 95 % interval and test on the blocks'
     log speed-ups (the blocks of two timings are independent samples)."""
-    logs = [np.log(block_medians(np.asarray(r.reference_times) / np.asarray(r.times),
-                                 r.blocks)) for r in (numerator, denominator)]
+    logs = [np.log(r.block_speedups()) for r in (numerator, denominator)]
     test = stats.ttest_ind(*logs, equal_var=False)
     interval = test.confidence_interval(0.95)
     return {"value": float(np.exp(logs[0].mean() - logs[1].mean())),

@@ -536,10 +536,6 @@ def knobs_text(f: dict) -> str:
         + (f" {f['note']}" if f.get("note") else ""), "", *rows])
 
 
-def _knobs(record: Record) -> str:
-    return knobs_text(record.figures)
-
-
 def agent_text(f: dict) -> str:
     """agent.py's tables: one speed-up timed here and through the agent, and what the agent
     adds to a trial."""
@@ -548,8 +544,7 @@ def agent_text(f: dict) -> str:
             "agent ÷ here [95 % CI] | control: here again ÷ here |",
             "|---|---|---|---|---|---|---|"]
     for r in f["rows"]:
-        ratios = [ratio_text(x["value"], x["low"], x["high"])
-                  for x in (r["agent_over_local"], r["control"])]
+        ratios = [_speedup(x) for x in (r["agent_over_local"], r["control"])]
         rows.append(f"| {r['scope'].replace('_', ' ')} | {r['local_ms']['int8']:.2f} / "
                     f"{r['local_ms']['fp32']:.2f} | {r['agent_ms']['int8']:.2f} / "
                     f"{r['agent_ms']['fp32']:.2f} | {_speedup(r['local_speedup'])} | "
@@ -576,10 +571,6 @@ def agent_text(f: dict) -> str:
         f"baseline at both scopes; mean of {f['cost'][0]['trials']} trials per worker and row, "
         f"seconds; with two workers one of each pair waits for the other's timing, as it "
         f"must: the agent never times two files at once):", "", *cost])
-
-
-def _agent(record: Record) -> str:
-    return agent_text(record.figures)
 
 
 def _trial_cost(record: Record) -> str:
@@ -628,10 +619,6 @@ def recovery_compute_text(f: dict) -> str:
         f"variants; each recovered model exported (fp32 ONNX) and its own grasp scored on "
         f"{f['val_images']} validation images, paired with the fp32 recovery of the same "
         f"variant.", "", *rows, "", *[f"- {line}" for line in pooled]])
-
-
-def _recovery_compute(record: Record) -> str:
-    return recovery_compute_text(record.figures)
 
 
 def _tables(record: Record) -> str:
@@ -694,18 +681,25 @@ def rendered_readme(text: str, records: list[Record]) -> str:
     return block.sub(lambda _: readme_table(records), text)
 
 
+def _of_figures(text: Callable[[dict], str]) -> Callable[[Record], str]:
+    """A renderer from a text function of the figures alone (which its benchmark also
+    prints to the console)."""
+    return lambda record: text(record.figures)
+
+
 #: How each benchmark's figures read, by benchmark name.
-RENDERERS: dict[str, Callable[[Record], str]] = {"agent": _agent,
+RENDERERS: dict[str, Callable[[Record], str]] = {"agent": _of_figures(agent_text),
                                                   "baselines": _baselines,
                                                   "best_models": _best_models,
                                                   "end_to_end": _end_to_end,
                                                   "init_forecast": _init_forecast,
-                                                  "knobs": _knobs,
                                                   "int8_weight_bits": _int8_weight_bits,
+                                                  "knobs": _of_figures(knobs_text),
                                                   "latency_fidelity": _latency_fidelity,
                                                   "quickstart": _quickstart,
                                                   "racing_replay": _racing_replay,
-                                                  "recovery_compute": _recovery_compute,
+                                                  "recovery_compute": _of_figures(
+                                                      recovery_compute_text),
                                                   "sim_trials": _sim_trials,
                                                   "study_front": _study_front,
                                                   "timing_drift": _timing_drift,

@@ -105,22 +105,15 @@ def _report(console: Console, config, study, trials, total: float | None) -> dic
     for column in ("stage", "median s", "mean s", "max s", "share of trial time"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     whole = sum(walls)
-    accounted = 0.0
-    stages = {}
-    for stage in STAGES:
-        values = [t.user_attrs.get("times", {}).get(stage, 0.0) for t in trials]
-        accounted += sum(values)
-        stages[stage.removesuffix("_s")] = _summary(values, whole)
-        table.add_row(stage.removesuffix("_s"), f"{statistics.median(values):.2f}",
-                      f"{statistics.fmean(values):.2f}", f"{max(values):.2f}",
-                      f"{sum(values) / whole:.0%}")
-    other = [w - sum(t.user_attrs.get("times", {}).get(s, 0.0) for s in STAGES)
-             for w, t in zip(walls, trials, strict=True)]
-    stages["other"] = _summary(other, whole)
-    table.add_row("other", f"{statistics.median(other):.2f}", f"{statistics.fmean(other):.2f}",
-                  f"{max(other):.2f}", f"{(whole - accounted) / whole:.0%}")
-    table.add_row("[bold]trial[/]", f"{statistics.median(walls):.2f}",
-                  f"{statistics.fmean(walls):.2f}", f"{max(walls):.2f}", "100%")
+    stages = {stage.removesuffix("_s"): _summary(
+        [t.user_attrs.get("times", {}).get(stage, 0.0) for t in trials], whole)
+        for stage in STAGES}
+    stages["other"] = _summary([w - sum(t.user_attrs.get("times", {}).get(s, 0.0)
+                                        for s in STAGES)
+                                for w, t in zip(walls, trials, strict=True)], whole)
+    for stage, v in [*stages.items(), ("[bold]trial[/]", _summary(walls, whole))]:
+        table.add_row(stage, f"{v['median_s']:.2f}", f"{v['mean_s']:.2f}", f"{v['max_s']:.2f}",
+                      f"{v['share']:.0%}")
     console.print(table)
     images = study.user_attrs.get("baseline", {}).get("accuracy_images")
     scored = [t.user_attrs["times"]["accuracy_s"] for t in trials

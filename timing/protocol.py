@@ -205,7 +205,7 @@ class LatencyResult:
         if not self.reference_times:
             return None
         ratios = np.asarray(self.reference_times) / np.asarray(self.times)
-        per_block = block_medians(ratios, self.blocks)
+        per_block = self.block_speedups()
         if len(per_block) > 1:
             log_se = float(np.std(np.log(per_block), ddof=1) / math.sqrt(len(per_block)))
             return Speedup(*blocks_interval(per_block, confidence), len(ratios), confidence,
@@ -215,6 +215,12 @@ class LatencyResult:
         log_se = (math.log(high / low) / (2 * 1.959964) if low > 0 and high > 0
                   else math.nan)
         return Speedup(value, low, high, p, len(ratios), confidence, 1, log_se)
+
+    def block_speedups(self) -> list[float]:
+        """Each block's median of reference / file over its rounds (one value where the
+        rounds ran in one block): what :meth:`speedup` pools."""
+        return block_medians(np.asarray(self.reference_times) / np.asarray(self.times),
+                             self.blocks)
 
     def extra_over(self, shorter: LatencyResult, confidence: float = 0.95) -> ExtraTime:
         """What this call adds to ``shorter``, timed in the same rounds (end to end over
