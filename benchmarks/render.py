@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -585,13 +586,36 @@ def _trial_cost(record: Record) -> str:
              f"({f['setup_s']:.0f} s: data check, baseline)")
     source = ("the study's own trials, read from its storage" if f["existing"] else
               "a fresh run of the study file into scratch storage")
-    return "\n".join([
+    text = "\n".join([
         f"Study `{f['study']}`, {source}: {f['trials']} trials ({f['complete']} complete, "
         f"{f['gate_stopped']} stopped at the gate, {f['screened_out']} after the first "
         f"scoring pass); **{f['trials_per_hour']:.0f} trials an hour** while optimising"
         f"{setup}. Stages as each trial records them (control: the re-timing of an earlier "
         f"trial that measures the drift between timings; other: sampling, tracking, "
         f"storage).", "", *rows])
+    return text if "before" not in f else text + "\n\n" + _trial_cost_before(f)
+
+
+def _trial_cost_before(f: dict) -> str:
+    """The same study run first with some settings changed, in the same run: both runs'
+    mean stage seconds and trials an hour, and the trials sampled alike, paired."""
+    b = f["before"]
+    changed = ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in f["before_changes"].items())
+    rows = ["| stage | mean s before | mean s after |", "|---|---:|---:|"]
+    pairs = [(stage, b["stages"][stage], v) for stage, v in f["stages"].items()]
+    for stage, was, now in [*pairs, ("**trial**", b["trial_s"], f["trial_s"])]:
+        rows.append(f"| {stage} | {was['mean_s']:.2f} | {now['mean_s']:.2f} |")
+    p = f["paired"]
+    paired = ("" if p["ratio"] is None else
+              f" The {p['trials']} trials both runs sampled alike took "
+              f"{ratio_text(p['ratio'], p['low'], p['high'])} as long before as after "
+              f"(geometric mean, t interval over those trials).")
+    return "\n".join([
+        f"Before, in the same run on the same machine: the same study with {changed}: "
+        f"{b['trials']} trials ({b['complete']} complete, {b['gate_stopped']} stopped at "
+        f"the gate, {b['screened_out']} after the first scoring pass), "
+        f"**{b['trials_per_hour']:.0f} trials an hour** while optimising.{paired}", "",
+        *rows])
 
 
 def recovery_compute_text(f: dict) -> str:

@@ -7,6 +7,11 @@ is touched).
 
 ``--existing`` reads the trials a study already ran, from its own storage, instead of
 running new ones: the per-stage cost of an overnight study without spending another night.
+``--before FIELD=VALUE ...`` first runs the study with those settings changed (for example
+``first_pass_images=0 recovery_compute=fp32``: no racing, recovery in the model's own
+layout), then as its file says, in one run on one machine, and records both: each one's
+trials an hour and stages, and the trials both sampled alike (same number, same choices)
+paired, with the geometric mean of their time ratios and its t interval.
 
 Stages, as each trial records them: apply (the structural knobs), recovery (distillation,
 with the gate), export (ONNX), calibration (int8 calibration and quantization), accuracy
@@ -27,6 +32,8 @@ import statistics
 import sys
 import tempfile
 import time
+import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 from optuna.trial import TrialState
@@ -37,7 +44,7 @@ from objectives import device_fingerprint
 from search.config import load_study_config
 from search.review.table import front_table
 from search.study import load_study, run_study
-from timing.protocol import machine_line
+from timing.protocol import blocks_interval, machine_line
 
 sys.path.insert(0, str(Path(__file__).parent))
 from records import current_commit, write_record
@@ -54,33 +61,100 @@ def main() -> None:
     parser.add_argument("--existing", action="store_true",
                         help="report the study's own trials (its storage) instead of running")
     parser.add_argument("--storage", default=None, help="with --existing: the study's storage")
+    parser.add_argument("--before", nargs="+", default=None, metavar="FIELD=VALUE",
+                        help="first run the study with these settings changed (a study "
+                             "setting's field, a TOML value), then as its file says; record both")
     args = parser.parse_args()
+    if args.existing and args.before:
+        parser.error("--before runs the study twice; it does not go with --existing")
+    changes = _changes(parser, args.before or [])
     commit = current_commit()
     console = Console(width=130)
+    before = None
     if args.existing:
         config = load_study_config(args.study, {"storage": args.storage})
         study, total = load_study(config), None
     else:
-        config, study, total = _run(args)
-    trials = [t for t in study.trials if t.state in (
-        TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+        if changes:
+            console.print(f"[bold]before[/]: {_changes_text(changes)}")
+            config, study, total = _run(args, changes)
+            before = (study, _report(console, config, study, _finished(study), total))
+            console.print("[bold]after[/]: the study file as it is")
+        config, study, total = _run(args, {})
+    trials = _finished(study)
     if not trials:
         raise SystemExit(f"{config.name}: no finished trials to report.")
-    figures = _report(console, config, study, trials, total)
+    figures = _report(console, config, study, trials, total) | {"existing": args.existing}
+    if before is not None:
+        figures |= {"before": before[1], "before_changes": changes,
+                    "paired": _paired_walls(before[0], study)}
+        paired = figures["paired"]
+        if paired["trials"] >= 2:
+            console.print(f"{paired['trials']} trials sampled alike in both runs took "
+                          f"{paired['ratio']:.2f}x [{paired['low']:.2f}, {paired['high']:.2f}]"
+                          f" as long before as after (geometric mean, t interval)")
     console.print(write_record("trial_cost", f"What a trial costs: study `{config.name}`",
-                               figures | {"existing": args.existing}, commit=commit,
+                               figures, commit=commit,
                                name="trial_cost_" + re.sub(r"\W", "_", config.name.lower())))
 
 
-def _run(args: argparse.Namespace):
+def _changes(parser: argparse.ArgumentParser, pairs: list[str]) -> dict:
+    """``FIELD=VALUE`` pairs as settings: each value read as TOML (0, "fp32", false), a
+    bare word as text."""
+    changes = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep or not field:
+            parser.error(f"--before {pair!r}: expected FIELD=VALUE, e.g. first_pass_images=0")
+        try:
+            changes[field] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            changes[field] = value
+    return changes
+
+
+def _changes_text(changes: dict) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in changes.items())
+
+
+def _finished(study) -> list:
+    return [t for t in study.trials if t.state in (
+        TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+
+
+def _run(args: argparse.Namespace, changes: dict):
     with tempfile.TemporaryDirectory() as tmp:
         config = load_study_config(args.study, {
             "n_trials": args.trials, "data_root": args.data,
             "storage": f"sqlite:///{tmp}/optuna.db", "artifacts_dir": f"{tmp}/artifacts",
             "tracking_uri": f"sqlite:///{tmp}/mlflow.db", "timeout": None})
+        unknown = sorted(set(changes) - set(vars(config)))
+        if unknown:
+            raise SystemExit(f"--before: {', '.join(unknown)} is not a study setting; "
+                             f"settings: {', '.join(sorted(vars(config)))}")
+        config = replace(config, **changes)
         start = time.perf_counter()
         study = run_study(config, Console(stderr=True, quiet=True))
         return config, study, time.perf_counter() - start
+
+
+def _paired_walls(before, after) -> dict:
+    """The trials both runs sampled alike (same number, same choices), their wall times
+    paired: the geometric mean of before / after and its t interval over those trials."""
+    after_by_number = {t.number: t for t in _finished(after)}
+    ratios = []
+    for t in _finished(before):
+        twin = after_by_number.get(t.number)
+        if twin is not None and twin.params == t.params:
+            ratios.append(_wall(t) / _wall(twin))
+    if len(ratios) < 2:
+        return {"trials": len(ratios), "ratio": None, "low": None, "high": None}
+    ratio, low, high, _ = blocks_interval(ratios)
+    return {"trials": len(ratios), "ratio": ratio, "low": low, "high": high}
+
+
+def _wall(trial) -> float:
+    return (trial.datetime_complete - trial.datetime_start).total_seconds()
 
 
 def _pruned(trials, mark: str) -> int:
@@ -93,7 +167,7 @@ def _pruned(trials, mark: str) -> int:
 
 
 def _report(console: Console, config, study, trials, total: float | None) -> dict:
-    walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
+    walls = [_wall(t) for t in trials]
     first = min(t.datetime_start for t in trials)
     last = max(t.datetime_complete for t in trials)
     optimise = (last - first).total_seconds()
