@@ -1,12 +1,15 @@
-"""The overnight data recipe, measured: runs the command a user runs the night before the
-first study, from an empty folder, and records its wall time and what it made.
+"""The overnight data recipe, measured: makes its splits as a user does the night before
+the first study, from an empty folder, and records each split's wall time and what it made.
 
-    python benchmarks/overnight_data.py /tmp/overnight [--workers 2]
+    python benchmarks/overnight_data.py /tmp/overnight [--workers 2] [--splits train,val,test]
 
-Runs ``ggopt data sim --recipe overnight --out OUT --workers N``, then counts the scenes
-and the labelled images (scenes with at least one robust grasp) of each split; writes
-records/overnight_data.json. Run it on an idle machine: the seconds are a timing. A folder
-that already holds scenes is refused (a resumed run would time only its remainder).
+Runs ``ggopt data sim --scenes N --splits S --candidates-per-object K --out OUT --workers W``
+once per split, with the recipe's N and K (``ggopt data sim --recipe overnight`` makes the
+same scenes), then counts the scenes and the labelled images (scenes with at least one
+robust grasp) of each; writes records/overnight_data.json, or overnight_data_<splits>.json
+for some of them. Run it on an idle machine: the seconds are a timing. A folder that
+already holds scenes of a split to make is refused (a resumed run would time only what
+was left).
 """
 
 from __future__ import annotations
@@ -35,31 +38,48 @@ def split_counts(out: Path) -> dict[str, dict[str, int]]:
     return counts
 
 
+def recipe_runs() -> dict[str, tuple[int, int]]:
+    """Each split of the overnight recipe: (scenes to go through, candidates per object)."""
+    from search.cli_prepare import RECIPES
+
+    return {split: (scenes, per_object) for scenes, splits, per_object in RECIPES["overnight"]
+            for split in splits}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", help="an empty or new folder for the dataset")
+    parser.add_argument("out", help="a folder holding no scenes of the splits to make")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--splits", default="train,val,test",
+                        help="the recipe's splits to make and time, in this order")
     args = parser.parse_args()
-    out = Path(args.out)
-    if any(out.glob("*/scene*/scene.json")):
-        parser.error(f"{out} already holds scenes; give an empty or new folder (a resumed "
-                     f"run would time only what was left).")
+    out, runs = Path(args.out), recipe_runs()
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    if not splits or set(splits) - set(runs):
+        parser.error(f"--splits {args.splits!r}: give some of {','.join(runs)}")
+    made = [s for s in splits if any(out.glob(f"{s}/scene*/scene.json"))]
+    if made:
+        parser.error(f"{out} already holds {', '.join(made)} scenes; give a folder without "
+                     f"them (a resumed run would time only what was left).")
     commit = current_commit()
-    command = ["ggopt", "data", "sim", "--recipe", "overnight", "--out", str(out),
-               "--workers", str(args.workers)]
-    started = time.perf_counter()
-    subprocess.run(command, check=True)
-    seconds = time.perf_counter() - started
+    seconds = {}
+    for split in splits:
+        scenes, per_object = runs[split]
+        started = time.perf_counter()
+        subprocess.run(["ggopt", "data", "sim", "--scenes", str(scenes), "--splits", split,
+                        "--candidates-per-object", str(per_object), "--out", str(out),
+                        "--workers", str(args.workers)], check=True)
+        seconds[split] = time.perf_counter() - started
     counts = split_counts(out)
-    scenes = sum(c["scenes"] for c in counts.values())
-    figures = {"workers": args.workers, "seconds": seconds, "hours": seconds / 3600,
-               "seconds_per_scene": seconds / max(scenes, 1), "splits": counts}
+    figures = {"workers": args.workers, "seconds": sum(seconds.values()),
+               "splits": {s: counts[s] | {"seconds": seconds[s],
+                                          "per_object": runs[s][1]} for s in splits}}
+    whole = splits == list(runs)
     path = write_record("overnight_data", "The overnight data recipe, timed", figures,
-                        command=f"python benchmarks/overnight_data.py OUT --workers "
-                                f"{args.workers}", commit=commit)
-    print(f"{seconds / 3600:.2f} h for {scenes} scenes; "
-          + ", ".join(f"{split} {c['images']} images" for split, c in counts.items())
-          + f"; {path}")
+                        name=None if whole else "overnight_data_" + "_".join(splits),
+                        commit=commit)
+    print(", ".join(f"{s}: {counts[s]['images']} images in {seconds[s] / 60:.0f} min"
+                    for s in splits) + f"; {path}")
 
 
 if __name__ == "__main__":
