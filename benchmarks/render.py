@@ -249,6 +249,22 @@ def _sim_trials(record: Record) -> str:
             f"grasps on objects {_rate(f['success']['random'])}.")
 
 
+def _overnight_data(record: Record) -> str:
+    f = record.figures
+    rows = ["| split | candidates per object | scenes | labelled images | robust grasps | "
+            "grasp trials | wall time |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for split, c in f["splits"].items():
+        rows.append(f"| {split} | {c['per_object']} | {c['scenes']:,} | {c['images']:,} | "
+                    f"{c['grasps']:,} | {c['trials']:,} | {c['seconds'] / 60:.0f} min |")
+    missing = [s for s in ("train", "val", "test") if s not in f["splits"]]
+    left = f" This run did not make {' or '.join(missing)}." if missing else ""
+    return "\n".join([
+        f"`ggopt data sim` with the overnight recipe's scenes and labelling, split by split "
+        f"into an empty folder with {f['workers']} workers: **{f['seconds'] / 3600:.2f} h** "
+        f"for {', '.join(f['splits'])}.{left} A labelled image is a scene with at least "
+        f"one robust grasp.", "", *rows])
+
+
 def _racing_replay(record: Record) -> str:
     f = record.figures
     rows = ["| study | complete trials | validation images | looks after | images a trial, "
@@ -720,6 +736,7 @@ RENDERERS: dict[str, Callable[[Record], str]] = {"agent": _of_figures(agent_text
                                                   "int8_weight_bits": _int8_weight_bits,
                                                   "knobs": _of_figures(knobs_text),
                                                   "latency_fidelity": _latency_fidelity,
+                                                  "overnight_data": _overnight_data,
                                                   "quickstart": _quickstart,
                                                   "racing_replay": _racing_replay,
                                                   "recovery_compute": _of_figures(
