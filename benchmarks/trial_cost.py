@@ -61,6 +61,9 @@ def main() -> None:
     parser.add_argument("--existing", action="store_true",
                         help="report the study's own trials (its storage) instead of running")
     parser.add_argument("--storage", default=None, help="with --existing: the study's storage")
+    parser.add_argument("--scratch", default=None,
+                        help="keep the runs (storage, artifacts, MLflow store) under this "
+                             "folder's before/ and after/ instead of a temporary folder")
     parser.add_argument("--before", nargs="+", default=None, metavar="FIELD=VALUE",
                         help="first run the study with these settings changed (a study "
                              "setting's field, a TOML value), then as its file says; record both")
@@ -77,10 +80,10 @@ def main() -> None:
     else:
         if changes:
             console.print(f"[bold]before[/]: {_changes_text(changes)}")
-            config, study, total = _run(args, changes)
+            config, study, total = _run(args, changes, "before")
             before = (study, _report(console, config, study, _finished(study), total))
             console.print("[bold]after[/]: the study file as it is")
-        config, study, total = _run(args, {})
+        config, study, total = _run(args, {}, "after")
     trials = _finished(study)
     if not trials:
         raise SystemExit(f"{config.name}: no finished trials to report.")
@@ -122,8 +125,12 @@ def _finished(study) -> list:
         TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
 
 
-def _run(args: argparse.Namespace, changes: dict):
-    with tempfile.TemporaryDirectory() as tmp:
+def _run(args: argparse.Namespace, changes: dict, run: str):
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(args.scratch or scratch) / run
+        if (tmp / "optuna.db").exists():
+            raise SystemExit(f"--scratch: {tmp} holds a study already; give a new folder.")
+        tmp.mkdir(parents=True, exist_ok=True)
         config = load_study_config(args.study, {
             "n_trials": args.trials, "data_root": args.data,
             "storage": f"sqlite:///{tmp}/optuna.db", "artifacts_dir": f"{tmp}/artifacts",
