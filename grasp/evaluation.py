@@ -77,11 +77,12 @@ class HeldOut:
                            console=console or Console(stderr=True), transient=True,
                            disable=len(subset.indices) < 200):
             x, grasps = dataset.example(index)
-            inputs.append(torch.from_numpy(x)[None])
+            inputs.append(torch.from_numpy(x))
             truths.append(grasps)
             names.append(image_name(dataset, index))
-        stacked = torch.stack(inputs) if inputs else torch.zeros(0, 1, dataset.output_size,
-                                                                  dataset.output_size)
+        channels = 4 if dataset.input == "rgbd" else 1
+        stacked = torch.stack(inputs) if inputs else torch.zeros(
+            0, channels, dataset.output_size, dataset.output_size)
         return cls(stacked, truths, names)
 
     def __len__(self) -> int:

@@ -241,8 +241,8 @@ def test_a_full_disk_names_the_scene_and_leaves_no_part_of_it(tmp_path, monkeypa
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(generate.tifffile, "imwrite", full)
-    labels = SceneLabels(3, np.ones((8, 8), np.float32), np.zeros((8, 8), bool), [], [], 0, 0,
-                         0, {})
+    labels = SceneLabels(3, np.ones((8, 8), np.float32), np.zeros((8, 8), bool),
+                         np.zeros((8, 8, 3), np.uint8), [], [], 0, 0, 0, {})
     with pytest.raises(OSError, match="No space left") as info:
         write_scene(tmp_path, labels)
     assert info.value.filename == str(tmp_path / "train" / "scene000003")

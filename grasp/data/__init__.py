@@ -4,6 +4,7 @@ from pathlib import Path
 
 from grasp.data.base import (
     INPUT_CONTRACT,
+    INPUTS,
     TEST_FRACTION,
     VAL_FRACTION,
     DatasetFileError,
@@ -23,6 +24,7 @@ from grasp.data.jacquard import JacquardDataset, read_jacquard_grasps
 
 __all__ = [
     "DATASET_FORMATS",
+    "INPUTS",
     "INPUT_CONTRACT",
     "TEST_FRACTION",
     "VAL_FRACTION",
@@ -48,10 +50,11 @@ DATASET_FORMATS = {"cornell": CornellDataset, "jacquard": JacquardDataset}
 
 
 def load_dataset(fmt: str, root: str | Path, output_size: int = 300,
-                 objects: str | Path | None = None, skip_nan_rectangles: bool = False
-                 ) -> GraspDataset:
-    """A dataset by format name (``cornell`` or ``jacquard``; the simulator writes Jacquard).
-    Cornell only: ``objects``, its image -> object table (object-wise splits), and
+                 objects: str | Path | None = None, skip_nan_rectangles: bool = False,
+                 input: str = "depth") -> GraspDataset:
+    """A dataset by format name (``cornell`` or ``jacquard``; the simulator writes Jacquard),
+    read as ``input`` (depth, or rgbd: depth then its colour image). Cornell only:
+    ``objects``, its image -> object table (object-wise splits), and
     ``skip_nan_rectangles`` (the real dataset's rectangles with NaN corners)."""
     try:
         cls = DATASET_FORMATS[fmt]
@@ -63,6 +66,6 @@ def load_dataset(fmt: str, root: str | Path, output_size: int = 300,
         if objects or skip_nan_rectangles:
             raise ValueError(f"an object table and skipping NaN rectangles apply to Cornell "
                              f"only, not to {fmt!r} (a Jacquard object is its folder).")
-        return cls(root, output_size=output_size)
+        return cls(root, output_size=output_size, input=input)
     return cls(root, output_size=output_size, objects_file=objects,
-               strict=not skip_nan_rectangles)
+               strict=not skip_nan_rectangles, input=input)

@@ -8,7 +8,7 @@ parsed when the dataset is built, so a malformed file stops the run before train
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from grasp.rectangles import Grasp, grasp_maps
 
 __all__ = [
+    "INPUTS",
     "INPUT_CONTRACT",
     "MAX_MEDIAN_DEPTH_M",
     "SPLIT_KINDS",
@@ -39,8 +40,11 @@ __all__ = [
     "has_preset_split",
     "image_digests",
     "image_name",
+    "input_channels",
     "network_input",
+    "normalise_colour",
     "normalise_depth",
+    "read_colour",
     "read_depth",
     "read_grasp_lines",
     "split",
@@ -48,6 +52,9 @@ __all__ = [
 
 
 SPLIT_KINDS = ("image", "object", "preset")
+#: What a network reads: depth alone, or depth then the colour image's red, green and blue
+#: (GR-ConvNet's RGB-D input, in its order).
+INPUTS = ("depth", "rgbd")
 #: The held-out shares of an image-wise or object-wise split, for studies and training alike.
 VAL_FRACTION = TEST_FRACTION = 0.1
 
@@ -64,13 +71,15 @@ class DatasetFileError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One image of a dataset: its depth file, its ground-truth grasps and its object."""
+    """One image of a dataset: its depth file, its ground-truth grasps and its object, and
+    where its layout keeps the colour image of the same view (read for RGB-D input only)."""
 
     depth_path: Path
     grasp_path: Path
     grasps: tuple[Grasp, ...]
     object_id: str | None
     preset_split: str | None = None
+    colour_path: Path | None = None
 
 
 #: A median depth above this many metres is not a tabletop seen in metres: millimetres.
@@ -125,6 +134,41 @@ def read_depth(path: Path) -> np.ndarray:
                                      f"and a table {median:g} m away is not one; millimetres? "
                                      f"write depth / 1000")
     return fill_holes(depth)
+
+
+def read_colour(path: Path) -> np.ndarray:
+    """A colour image as float32 red, green and blue in [0, 255], [H, W, 3] (an alpha
+    channel dropped)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.float32)
+    except FileNotFoundError:
+        raise DatasetFileError(path, "colour image not found") from None
+    except Exception as exc:  # Pillow raises several types for a corrupt file
+        raise DatasetFileError(path, f"cannot read colour image ({exc})") from None
+
+
+def check_colour(sample: Sample) -> None:
+    """From the files' headers: the colour image of an RGB-D sample is there, readable and
+    the same size as its depth image (the same picture, framed alike)."""
+    from PIL import Image
+
+    path = sample.colour_path
+    if path is None or not path.is_file():
+        raise DatasetFileError(path or sample.depth_path,
+                               "colour image not found (an RGB-D network reads one beside "
+                               "each depth image)")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception as exc:  # Pillow raises several types for a corrupt file
+        raise DatasetFileError(path, f"cannot read colour image ({exc})") from None
+    depth = depth_header(sample.depth_path)
+    if (height, width) != depth:
+        raise DatasetFileError(path, f"colour image is {height}x{width}, its depth image "
+                                     f"{depth[0]}x{depth[1]}: they must be the same view")
 
 
 def check_depth_type(path: Path, dtype: np.dtype) -> None:
@@ -197,59 +241,103 @@ def normalise_depth(depth: np.ndarray) -> np.ndarray:
     return np.clip(depth - depth.mean(), -1.0, 1.0).astype(np.float32)
 
 
-def _rotate(depth: np.ndarray, grasps: Sequence[Grasp], k: int) -> tuple[np.ndarray, list[Grasp]]:
-    """Rotates image and grasps by ``k`` quarter turns counter-clockwise (exact, no resampling)."""
-    size = depth.shape[0]
+def normalise_colour(colour: np.ndarray) -> np.ndarray:
+    """GR-ConvNet's colour normalisation: [0, 255] to [0, 1], less the image's mean."""
+    colour = np.asarray(colour, dtype=np.float32) / 255.0
+    return colour - colour.mean()
+
+
+def input_channels(image: np.ndarray) -> np.ndarray:
+    """A framed image ([S, S] depth, or [S, S, 4]: depth then red, green, blue) as the
+    network's normalised input channels, [C, S, S]."""
+    if image.ndim == 2:
+        return normalise_depth(image)[None]
+    colour = normalise_colour(image[..., 1:]).transpose(2, 0, 1)
+    return np.concatenate([normalise_depth(image[..., 0])[None], colour])
+
+
+def _rotate(image: np.ndarray, grasps: Sequence[Grasp], k: int
+            ) -> tuple[np.ndarray, list[Grasp]]:
+    """Rotates image (every channel) and grasps by ``k`` quarter turns counter-clockwise
+    (exact, no resampling)."""
+    size = image.shape[0]
     out = list(grasps)
     for _ in range(k % 4):
         out = [Grasp((size - 1 - g.center[1], g.center[0]), g.angle + math.pi / 2, g.length,
                      g.width) for g in out]
-    return np.ascontiguousarray(np.rot90(depth, k)), out
+    return np.ascontiguousarray(np.rot90(image, k)), out
 
 
-def _zoom(depth: np.ndarray, grasps: Sequence[Grasp], zoom: float
+def _zoom(image: np.ndarray, grasps: Sequence[Grasp], zoom: float
           ) -> tuple[np.ndarray, list[Grasp]]:
     """Zooms in on the centre: keeps the central ``zoom`` fraction and scales it back up."""
-    size = depth.shape[0]
+    size = image.shape[0]
     crop = max(1, round(size * zoom))
     if crop == size:
-        return depth, list(grasps)
+        return image, list(grasps)
     top = (size - crop) // 2
     scale = size / crop
-    depth = resize(depth[top:top + crop, top:top + crop], (size, size), order=1,
-                   preserve_range=True, anti_aliasing=False).astype(np.float32)
+    image = resize(image[top:top + crop, top:top + crop], (size, size, *image.shape[2:]),
+                   order=1, preserve_range=True, anti_aliasing=False).astype(np.float32)
     out = [Grasp(((g.center[0] - top) * scale, (g.center[1] - top) * scale), g.angle,
                  g.length * scale, g.width * scale) for g in grasps]
-    return depth, out
+    return image, out
 
 
 class GraspDataset(Dataset):
-    """Base class: subclasses find their samples and frame each image to ``output_size``.
+    """Base class: subclasses find their samples and say how each image is framed to
+    ``output_size`` (:meth:`framing`).
 
-    Items are ``(x, y, index)``: ``x`` the normalised depth [1, S, S], ``y`` the four target
-    maps [4, S, S]. Use :meth:`subset` for augmented training views and held-out views.
+    Items are ``(x, y, index)``: ``x`` the normalised input [C, S, S] (depth alone, C = 1;
+    depth then colour for ``input = "rgbd"``, C = 4), ``y`` the four target maps [4, S, S].
+    Use :meth:`subset` for augmented training views and held-out views.
     """
 
-    def __init__(self, samples: Sequence[Sample], output_size: int = 300) -> None:
+    def __init__(self, samples: Sequence[Sample], output_size: int = 300,
+                 input: str = "depth") -> None:
         if output_size < 8:
             raise ValueError(f"`output_size >= 8` must hold, but got {output_size=}.")
+        if input not in INPUTS:
+            raise ValueError(f"input must be {' or '.join(INPUTS)}, got {input!r}")
         self.samples = list(samples)
         self.output_size = output_size
+        self.input = input
+        if input == "rgbd":
+            for sample in self.samples:
+                check_colour(sample)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def frame(self, index: int) -> tuple[np.ndarray, list[Grasp]]:
-        """Depth in metres and grasps, both in the S x S input frame (subclass rule)."""
+    def framing(self, index: int, shape: tuple[int, ...]
+                ) -> tuple[Callable[[np.ndarray], np.ndarray], list[Grasp]]:
+        """How the image ``index`` (of ``shape``: height, width) becomes the S x S input
+        frame: a function that frames any picture of that view (depth, colour), and the
+        grasps in that frame (subclass rule)."""
         raise NotImplementedError
+
+    def frame(self, index: int) -> tuple[np.ndarray, list[Grasp]]:
+        """Depth in metres and grasps, both in the S x S input frame."""
+        depth = read_depth(self.samples[index].depth_path)
+        framed, grasps = self.framing(index, depth.shape)
+        return framed(depth), grasps
+
+    def frame_colour(self, index: int) -> np.ndarray:
+        """The colour image of the same view, [S, S, 3] in [0, 255], framed as its depth."""
+        colour = read_colour(self.samples[index].colour_path)
+        framed, _ = self.framing(index, colour.shape[:2])
+        return framed(colour)
 
     def example(self, index: int, rotation: int = 0, zoom: float = 1.0
                 ) -> tuple[np.ndarray, list[Grasp]]:
-        """The normalised input and its grasps after an optional rotation and zoom."""
-        depth, grasps = self.frame(index)
-        depth, grasps = _rotate(depth, grasps, rotation)
-        depth, grasps = _zoom(depth, grasps, zoom)
-        return normalise_depth(depth), grasps
+        """The normalised input [C, S, S] and its grasps after an optional rotation and
+        zoom (of every channel alike)."""
+        image, grasps = self.frame(index)
+        if self.input == "rgbd":
+            image = np.dstack([image, self.frame_colour(index)])
+        image, grasps = _rotate(image, grasps, rotation)
+        image, grasps = _zoom(image, grasps, zoom)
+        return input_channels(image), grasps
 
     def ground_truth(self, index: int) -> list[Grasp]:
         """Grasps of an image in the un-augmented input frame, for evaluation."""
@@ -257,8 +345,8 @@ class GraspDataset(Dataset):
 
     def item(self, index: int, rotation: int = 0, zoom: float = 1.0):
         x, grasps = self.example(index, rotation, zoom)
-        y = grasp_maps(grasps, x.shape)
-        return torch.from_numpy(x)[None], torch.from_numpy(y), index
+        y = grasp_maps(grasps, x.shape[1:])
+        return torch.from_numpy(x), torch.from_numpy(y), index
 
     def __getitem__(self, index: int):
         return self.item(index)
@@ -274,16 +362,17 @@ MAX_DEPTH_HOLES = 4
 
 
 def _sensor_effects(x: torch.Tensor) -> torch.Tensor:
-    """Noise and holes (set to the mean depth, as after inpainting) on a normalised input."""
-    x = x + DEPTH_NOISE_M * torch.randn_like(x)
+    """Noise and holes (set to the mean depth, as after inpainting) on a normalised input's
+    depth channel (the first); colour channels pass unchanged."""
+    depth = x[:1] + DEPTH_NOISE_M * torch.randn_like(x[:1])
     size = x.shape[-1]
     rows = torch.arange(size)[:, None]
     cols = torch.arange(size)[None, :]
     for _ in range(int(torch.randint(0, MAX_DEPTH_HOLES + 1, ()).item())):
         r, c = torch.randint(0, size, (2,)).tolist()
         radius = size * (0.01 + 0.03 * float(torch.rand(()).item()))
-        x[..., (rows - r) ** 2 + (cols - c) ** 2 <= radius**2] = 0.0
-    return x.clamp_(-1.0, 1.0)
+        depth[..., (rows - r) ** 2 + (cols - c) ** 2 <= radius**2] = 0.0
+    return torch.cat([depth.clamp_(-1.0, 1.0), x[1:]])
 
 
 class GraspSubset(Dataset):

@@ -1,6 +1,6 @@
 """The Cornell grasping dataset: ``*/pcdNNNNcpos.txt`` rectangles, and depth from the
 dataset's own point clouds ``pcdNNNN.txt`` (grasp.data.pcd) or from ``pcdNNNNd.tiff`` where
-another tool converted them.
+another tool converted them; colour (RGB-D input) from ``pcdNNNNr.png``.
 
 A rectangle is four lines ``x y`` (column, row), the first edge along the gripper opening.
 Each 640x480 image is cropped to ``output_size`` around the centre of its grasps, as GG-CNN
@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,6 @@ from grasp.data.base import (
     GraspDataset,
     Sample,
     checked_image,
-    read_depth,
     read_grasp_lines,
 )
 from grasp.data.pcd import cached_depth
@@ -98,7 +98,7 @@ class CornellDataset(GraspDataset):
     """Cornell images under ``root``; ``objects_file`` enables object-wise splits."""
 
     def __init__(self, root: str | Path, output_size: int = 300, strict: bool = True,
-                 objects_file: str | Path | None = None) -> None:
+                 objects_file: str | Path | None = None, input: str = "depth") -> None:
         root = Path(root)
         if not root.is_dir():
             raise DatasetFileError(root, "dataset folder not found")
@@ -118,20 +118,23 @@ class CornellDataset(GraspDataset):
             grasps = tuple(read_cornell_grasps(grasp_path, strict))
             checked_image(depth_path, grasp_path, grasps, output_size,
                           f"the {output_size}px crop")
-            samples.append(Sample(depth_path, grasp_path, grasps, object_id))
-        super().__init__(samples, output_size)
+            colour = grasp_path.with_name(grasp_path.name.replace("cpos.txt", "r.png"))
+            samples.append(Sample(depth_path, grasp_path, grasps, object_id, None, colour))
+        super().__init__(samples, output_size, input)
 
-    def frame(self, index: int) -> tuple[np.ndarray, list[Grasp]]:
+    def framing(self, index: int, shape: tuple[int, ...]
+                ) -> tuple[Callable[[np.ndarray], np.ndarray], list[Grasp]]:
+        """An S x S crop centred on the image's grasps (kept inside the image)."""
         sample = self.samples[index]
-        depth = read_depth(sample.depth_path)
         size = self.output_size
-        height, width = depth.shape
+        height, width = shape[:2]
         if height < size or width < size:
             raise DatasetFileError(sample.depth_path,
-                                   f"image {depth.shape} is smaller than the {size}px crop")
+                                   f"image {tuple(shape[:2])} is smaller than the {size}px "
+                                   f"crop")
         centre = np.mean([g.center for g in sample.grasps], axis=0)
         top = int(np.clip(round(centre[0]) - size // 2, 0, height - size))
         left = int(np.clip(round(centre[1]) - size // 2, 0, width - size))
         grasps = [Grasp((g.center[0] - top, g.center[1] - left), g.angle, g.length, g.width)
                   for g in sample.grasps]
-        return depth[top:top + size, left:left + size].copy(), grasps
+        return lambda image: image[top:top + size, left:left + size].copy(), grasps

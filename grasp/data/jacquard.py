@@ -1,6 +1,7 @@
 """The Jacquard dataset layout, also written by ggopt's simulator.
 
-Each image is ``<name>_perfect_depth.tiff`` beside ``<name>_grasps.txt``, whose lines are
+Each image is ``<name>_perfect_depth.tiff`` beside ``<name>_grasps.txt`` (and its colour,
+``<name>_RGB.png``, which RGB-D input reads), whose lines are
 ``x;y;theta;w;h``: centre (column, row) in pixels, angle in degrees (clockwise on screen,
 so it is negated here), opening ``w`` and jaw size ``h``. Images (1024x1024 in the real
 dataset) are rescaled to ``output_size``. The object of an image is its folder, as in
@@ -11,6 +12,7 @@ Jacquard, where every folder holds the views of one object. Images under top-lev
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +23,17 @@ from grasp.data.base import (
     GraspDataset,
     Sample,
     checked_image,
-    read_depth,
     read_grasp_lines,
 )
 from grasp.rectangles import Grasp
 
-__all__ = ["DEPTH_SUFFIX", "GRASPS_SUFFIX", "JacquardDataset", "read_jacquard_grasps"]
+__all__ = ["COLOUR_SUFFIX", "DEPTH_SUFFIX", "GRASPS_SUFFIX", "JacquardDataset",
+           "read_jacquard_grasps"]
 
 GRASPS_SUFFIX = "_grasps.txt"
 PRESET = {("train",), ("val",), ("test",)}
 DEPTH_SUFFIX = "_perfect_depth.tiff"
+COLOUR_SUFFIX = "_RGB.png"
 
 
 def read_jacquard_grasps(path: Path) -> list[Grasp]:
@@ -71,7 +74,7 @@ def _check_image(depth_path: Path, grasp_path: Path, grasps: tuple[Grasp, ...],
 class JacquardDataset(GraspDataset):
     """Every ``*_grasps.txt`` under ``root`` (recursively) with its perfect depth image."""
 
-    def __init__(self, root: str | Path, output_size: int = 300) -> None:
+    def __init__(self, root: str | Path, output_size: int = 300, input: str = "depth") -> None:
         root = Path(root)
         if not root.is_dir():
             raise DatasetFileError(root, "dataset folder not found")
@@ -88,18 +91,24 @@ class JacquardDataset(GraspDataset):
             preset = relative.parts[0] if relative.parts[:1] in PRESET else None
             grasps = tuple(read_jacquard_grasps(grasp_path))
             _check_image(depth_path, grasp_path, grasps, output_size)
-            samples.append(Sample(depth_path, grasp_path, grasps, str(relative), preset))
-        super().__init__(samples, output_size)
+            samples.append(Sample(depth_path, grasp_path, grasps, str(relative), preset,
+                                  grasp_path.with_name(stem + COLOUR_SUFFIX)))
+        super().__init__(samples, output_size, input)
 
-    def frame(self, index: int) -> tuple[np.ndarray, list[Grasp]]:
+    def framing(self, index: int, shape: tuple[int, ...]
+                ) -> tuple[Callable[[np.ndarray], np.ndarray], list[Grasp]]:
+        """The whole view, resized to S x S."""
         sample = self.samples[index]
-        depth = read_depth(sample.depth_path)
-        height, width = depth.shape
+        height, width = shape[:2]
         if height != width:  # the header said square; the pixels must agree
             raise DatasetFileError(sample.depth_path,
                                    f"Jacquard images are square, got {height}x{width}")
-        scale = self.output_size / height
-        if scale != 1.0:
-            depth = resize(depth, (self.output_size,) * 2, order=1, preserve_range=True,
-                           anti_aliasing=scale < 1).astype(np.float32)
-        return depth, [g.scaled(scale) for g in sample.grasps]
+        size, scale = self.output_size, self.output_size / height
+
+        def framed(image: np.ndarray) -> np.ndarray:
+            if scale == 1.0:
+                return image
+            return resize(image, (size, size, *image.shape[2:]), order=1, preserve_range=True,
+                          anti_aliasing=scale < 1).astype(np.float32)
+
+        return framed, [g.scaled(scale) for g in sample.grasps]

@@ -24,14 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from grasp.data.jacquard import DEPTH_SUFFIX, GRASPS_SUFFIX
+from grasp.data.jacquard import COLOUR_SUFFIX, DEPTH_SUFFIX, GRASPS_SUFFIX
 from grasp.rectangles import Grasp
 from grasp.sim.candidates import antipodal_candidates
 from grasp.sim.gripper import execute_grasp, pose_from_grasp
-from grasp.sim.scene import connect, generate_scene, load_scene, render
+from grasp.sim.scene import connect, generate_scene, load_scene, render_view
 
 __all__ = ["SPLITS", "SceneLabels", "generate_dataset", "label_scene", "scene_split", "summarise"]
 
@@ -65,6 +66,7 @@ class SceneLabels:
     index: int
     depth: np.ndarray
     mask: np.ndarray
+    colour: np.ndarray
     good: list[Grasp]
     failed: list[Grasp]
     candidates: int
@@ -84,7 +86,7 @@ def label_scene(client: int, seed: int, index: int, per_object: int = 8) -> Scen
     split = scene_split(index)
     scene = generate_scene(client, scene_seed(seed, index), split)
     load_scene(client, scene)
-    depth, mask = render(client)
+    depth, mask, colour = render_view(client)
     rng = np.random.default_rng(scene_seed(seed, index) + 1)
     good, failed = [], []
     trials = successes = 0
@@ -100,8 +102,8 @@ def label_scene(client: int, seed: int, index: int, per_object: int = 8) -> Scen
                     ok = False
                     break
             (good if ok else failed).append(grasp)
-    return SceneLabels(index, depth, mask, good, failed, len(good) + len(failed), successes,
-                       trials, scene.to_dict())
+    return SceneLabels(index, depth, mask, colour, good, failed, len(good) + len(failed),
+                       successes, trials, scene.to_dict())
 
 
 def _jacquard_lines(grasps: list[Grasp]) -> str:
@@ -144,6 +146,7 @@ def _write_scene(final: Path, labels: SceneLabels) -> Path:
     stem = tmp / f"0_{final.name}"
     tifffile.imwrite(f"{stem}{DEPTH_SUFFIX}", labels.depth)
     tifffile.imwrite(f"{stem}_mask.tiff", labels.mask.astype(np.int16))
+    Image.fromarray(labels.colour).save(f"{stem}{COLOUR_SUFFIX}")
     if labels.good:  # Jacquard files always hold at least one grasp
         Path(f"{stem}{GRASPS_SUFFIX}").write_text(_jacquard_lines(labels.good))
     Path(f"{stem}_grasps_failed.txt").write_text(_jacquard_lines(labels.failed))

@@ -197,14 +197,24 @@ def generate_scene(client: int, seed: int, split: str, max_objects: int = 5,
 def render(client: int, camera: Camera = CAMERA) -> tuple[np.ndarray, np.ndarray]:
     """Metric depth (metres along the optical axis, float32) and the segmentation mask
     (pybullet body id per pixel; 0 is the plane, -1 nothing)."""
+    depth, mask, _ = render_view(client, camera)
+    return depth, mask
+
+
+def render_view(client: int, camera: Camera = CAMERA
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`render`'s depth and mask, and the colour image of the same view (red, green,
+    blue, uint8 [S, S, 3]) from the same call."""
     view = pb.computeViewMatrix([0, 0, camera.height], [0, 0, 0], [0, 1, 0])
     proj = pb.computeProjectionMatrixFOV(camera.fov_deg, 1.0, camera.near, camera.far)
-    _, _, _, buffer, seg = pb.getCameraImage(
+    _, _, rgba, buffer, seg = pb.getCameraImage(
         camera.size, camera.size, view, proj, renderer=pb.ER_TINY_RENDERER,
         physicsClientId=client)
-    buffer = np.asarray(buffer, dtype=np.float64).reshape(camera.size, camera.size)
+    size = camera.size
+    buffer = np.asarray(buffer, dtype=np.float64).reshape(size, size)
     # OpenGL's non-linear depth buffer -> metric distance along the optical axis.
     near, far = camera.near, camera.far
     depth = far * near / (far - (far - near) * buffer)
-    return depth.astype(np.float32), np.asarray(seg, dtype=np.int32).reshape(camera.size,
-                                                                             camera.size)
+    colour = np.asarray(rgba, dtype=np.uint8).reshape(size, size, 4)[..., :3]
+    return (depth.astype(np.float32), np.asarray(seg, dtype=np.int32).reshape(size, size),
+            np.ascontiguousarray(colour))
