@@ -40,10 +40,10 @@ __all__ = [
     "has_preset_split",
     "image_digests",
     "image_name",
-    "input_channels",
     "network_input",
     "normalise_colour",
     "normalise_depth",
+    "normalised_input",
     "read_colour",
     "read_depth",
     "read_grasp_lines",
@@ -247,7 +247,7 @@ def normalise_colour(colour: np.ndarray) -> np.ndarray:
     return colour - colour.mean()
 
 
-def input_channels(image: np.ndarray) -> np.ndarray:
+def normalised_input(image: np.ndarray) -> np.ndarray:
     """A framed image ([S, S] depth, or [S, S, 4]: depth then red, green, blue) as the
     network's normalised input channels, [C, S, S]."""
     if image.ndim == 2:
@@ -337,7 +337,7 @@ class GraspDataset(Dataset):
             image = np.dstack([image, self.frame_colour(index)])
         image, grasps = _rotate(image, grasps, rotation)
         image, grasps = _zoom(image, grasps, zoom)
-        return input_channels(image), grasps
+        return normalised_input(image), grasps
 
     def ground_truth(self, index: int) -> list[Grasp]:
         """Grasps of an image in the un-augmented input frame, for evaluation."""
