@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--splits", default="train,val,test",
                         help="the recipe's splits to make and time, in this order")
+    parser.add_argument("--beside", default=None,
+                        help="what else ran on the machine meanwhile, said in the record")
     args = parser.parse_args()
     out, runs = Path(args.out), recipe_runs()
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
@@ -71,7 +73,7 @@ def main() -> None:
                         "--workers", str(args.workers)], check=True)
         seconds[split] = time.perf_counter() - started
     counts = split_counts(out)
-    figures = {"workers": args.workers, "seconds": sum(seconds.values()),
+    figures = {"workers": args.workers, "seconds": sum(seconds.values()), "beside": args.beside,
                "splits": {s: counts[s] | {"seconds": seconds[s],
                                           "per_object": runs[s][1]} for s in splits}}
     whole = splits == list(runs)

@@ -238,11 +238,9 @@ def _sim_trials(record: Record) -> str:
     f = record.figures
     speed = ", ".join(f"{rate:.1f} trials/s with {workers} worker{'s' * (workers != '1')}"
                       for workers, rate in f["trials_per_s"].items())
-    overnight = (f" At {f['seconds_per_scene']:.2f} s a scene with {f['workers']} workers, "
-                 f"the overnight recipe's {f['overnight_scenes']:,} labelled scenes take an "
-                 f"estimated {f['overnight_hours_estimate']:.1f} h (scenes x seconds a "
-                 f"scene; its held-out objects' scenes may cost more or less than these)."
-                 if "seconds_per_scene" in f else "")
+    overnight = (f" {f['seconds_per_scene']:.2f} s a scene with {f['workers']} workers on "
+                 f"these scenes; the overnight recipe is timed in "
+                 f"[its own section](#the-overnight-data-recipe-timed).")
     return (f"Labelling {f['scenes']} scenes (scene generation, rendering and the grasp "
             f"trials, as `ggopt data sim` does): {speed}.{overnight} On the same scenes, "
             f"antipodal candidates succeed {_rate(f['success']['antipodal'])} and random "
@@ -258,6 +256,8 @@ def _overnight_data(record: Record) -> str:
                     f"{c['grasps']:,} | {c['trials']:,} | {c['seconds'] / 60:.0f} min |")
     missing = [s for s in ("train", "val", "test") if s not in f["splits"]]
     left = f" This run did not make {' or '.join(missing)}." if missing else ""
+    if f.get("beside"):
+        left += f" Beside it: {f['beside']}."
     return "\n".join([
         f"`ggopt data sim` with the overnight recipe's scenes and labelling, split by split "
         f"into an empty folder with {f['workers']} workers: **{f['seconds'] / 3600:.2f} h** "

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from grasp.sim.candidates import antipodal_candidates, random_candidates
 from grasp.sim.evaluate import wilson_interval
-from grasp.sim.generate import generate_dataset, scene_split
+from grasp.sim.generate import generate_dataset
 from grasp.sim.gripper import execute_grasp, pose_from_grasp
 from grasp.sim.scene import connect, generate_scene, load_scene, render
 from search.stats import rate
@@ -59,14 +59,6 @@ def throughput(scenes: int, workers: int) -> tuple[float, float]:
         return summary["trials"] / elapsed, elapsed / max(summary["scenes"], 1)
 
 
-def overnight_scenes() -> int:
-    """How many scenes the overnight data recipe labels (its splits of its scene ranges)."""
-    from search.cli_prepare import RECIPES
-
-    return sum(scene_split(i) in splits for count, splits, _ in RECIPES["overnight"]
-               for i in range(count))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=10)
@@ -82,9 +74,7 @@ def main() -> None:
     for w, per_second in rates.items():
         table.add_row(str(w), f"{per_second:.1f}")
     per_scene = measured[args.workers][1]
-    estimate_h = overnight_scenes() * per_scene / 3600
-    console.print(f"{per_scene:.2f} s a scene with {args.workers} workers: the overnight "
-                  f"recipe's {overnight_scenes()} scenes, estimated {estimate_h:.1f} h")
+    console.print(f"{per_scene:.2f} s a scene with {args.workers} workers")
     console.print(table)
     results = calibration(args.scenes)
     table = Table(title="grasp success on the same scenes")
@@ -97,8 +87,7 @@ def main() -> None:
     console.print(table)
     figures = {"scenes": args.scenes, "workers": args.workers,
                "trials_per_s": {str(w): r for w, r in rates.items()},
-               "seconds_per_scene": per_scene, "overnight_scenes": overnight_scenes(),
-               "overnight_hours_estimate": estimate_h,
+               "seconds_per_scene": per_scene,
                "success": {name: rate(np.asarray(outcomes, bool)).to_dict()
                            for name, outcomes in results.items()}}
     console.print(write_record("sim_trials", "Simulated grasp trials: labelling throughput "
