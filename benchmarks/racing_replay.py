@@ -108,8 +108,10 @@ def main() -> None:
                       f"({r['saving']:.2f}x fewer), stops {r['stopped']}; front "
                       f"{r['front']}, lost {sorted(r['front_lost']) or 'none'}")
     figures = {"first_pass": args.first_pass, "confidence": RACE_CONFIDENCE, "studies": rows}
-    console.print(write_record("racing_replay", "Racing replayed on completed studies",
-                               figures, commit=commit, name=args.name))
+    title = "Racing replayed on completed studies"
+    if args.name:  # a record of its own: a section of its own
+        title += f" ({', '.join(r['study'] for r in rows)}, {rows[0]['images']} images)"
+    console.print(write_record("racing_replay", title, figures, commit=commit, name=args.name))
 
 
 if __name__ == "__main__":

@@ -432,13 +432,19 @@ def _baselines_cell(record: Record) -> tuple[str, str]:
             f"grasp success on {f['sim_scenes']} held-out scenes: {sims}")
 
 
+def _span(values: list[float]) -> str:
+    """``1.01-1.24``, or one value where they are all alike."""
+    low, high = f"{min(values):.2f}", f"{max(values):.2f}"
+    return low if low == high else f"{low}-{high}"
+
+
 def _racing_cell(record: Record) -> tuple[str, str]:
     f = record.figures
     savings = [s["saving"] for s in f["studies"]]
     lost = sum(len(s["front_lost"]) for s in f["studies"])
     front = sum(len(s["front"]) for s in f["studies"])
     return ("Racing, replayed on completed studies",
-            f"{min(savings):.2f}-{max(savings):.2f}x fewer images scored; {lost} of {front} "
+            f"{_span(savings)}x fewer images scored; {lost} of {front} "
             f"front trials lost")
 
 
@@ -705,8 +711,12 @@ def readme_table(records: list[Record]) -> str:
     """The README's results table, a row per record that has a cell, linked to its section."""
     order = list(README_CELLS)
     rows = ["| what | result | measured |", "|---|---|---|"]
+    shown = set()  # a row per benchmark: its first record; the rest are in RESULTS.md
     for record in sorted((r for r in records if r.benchmark in README_CELLS),
                          key=lambda r: (order.index(r.benchmark), r.stem)):
+        if record.benchmark in shown:
+            continue
+        shown.add(record.benchmark)
         what, result = README_CELLS[record.benchmark](record)
         rows.append(f"| {what} | {result} | [{record.date}]"
                     f"(benchmarks/RESULTS.md#{_anchor(record.title)}) |")
