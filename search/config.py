@@ -79,7 +79,9 @@ class Recipe:
     compression a user could apply without a search (search.study.recipes builds it)."""
 
     name: str | None = None
-    upsample: str | None = None  # None: sub-pixel where the upsample knob is on
+    # None: sub-pixel where the upsample knob is on; "baseline": the form the baseline
+    # was measured on (the faster exact one: search.study.baseline)
+    upsample: str | None = None
     prune: float = 0.0
     depthwise: bool = False
     precision: str = "int8"
@@ -94,12 +96,13 @@ class Recipe:
             ["low-resolution last decoder"] if self.upsample == "lowres" else []) + (
             [self.precision] if self.precision != "fp32" else [])
         if not parts:
-            parts = ["uncompressed" if self.upsample == "keep" else "sub-pixel decoders"]
+            parts = [{"baseline": "uncompressed", "keep": "published decoders"}.get(
+                self.upsample or "", "sub-pixel decoders")]
         return " + ".join(parts)
 
 
 #: The recipes a study runs first when its file names none.
-DEFAULT_RECIPES = (Recipe(upsample="keep", precision="fp32"), Recipe(), Recipe(prune=0.5),
+DEFAULT_RECIPES = (Recipe(upsample="baseline", precision="fp32"), Recipe(), Recipe(prune=0.5),
                    Recipe(upsample="lowres"), Recipe(depthwise=True),
                    Recipe(depthwise=True, prune=0.25))
 

@@ -32,18 +32,31 @@ def _dominates(a: dict[str, float], b: dict[str, float], objectives: tuple[str, 
 def feasible_front(study: optuna.Study, objectives: tuple[str, ...]) -> list[FrozenTrial]:
     """Complete, feasible, non-dominated trials, fastest first; a promoted trial's
     continuation stands for it (search.study.promotion). A trial the uncompressed baseline
-    dominates (no more accurate, no smaller, no faster) is no choice: the user has the
-    baseline already."""
+    dominates (no smaller, no faster, and not more accurate beyond doubt: its paired
+    interval against the baseline reaches zero) is no choice: the user has the baseline
+    already."""
     trials = study.get_trials(deepcopy=False)
     replaced = superseded(trials)
     done = [t for t in trials if t.state == TrialState.COMPLETE and "values" in t.user_attrs
             and is_feasible(t) and t.number not in replaced]
     base = study.user_attrs.get("baseline", {})
     if all(base.get(o) is not None for o in objectives):
-        done = [t for t in done if not _dominates(base, values_of(t), objectives)]
+        done = [t for t in done if not _dominates(base, _against_baseline(t, base), objectives)]
     front = [t for t in done if not any(_dominates(values_of(o), values_of(t), objectives)
                                         for o in done if o is not t)]
     return sorted(front, key=lambda t: values_of(t)["latency"])
+
+
+
+def _against_baseline(trial: FrozenTrial, base: dict[str, float]) -> dict[str, float]:
+    """The trial's values as a comparison with the baseline reads them: an accuracy the
+    paired test cannot tell above the baseline's counts as the baseline's."""
+    values = values_of(trial)
+    paired = trial.user_attrs.get("accuracy_stats", {}).get("paired")
+    if paired and base.get("accuracy") is not None and \
+            paired["low"] <= 0 < values["accuracy"] - base["accuracy"]:
+        values = {**values, "accuracy": base["accuracy"]}
+    return values
 
 
 

@@ -234,22 +234,23 @@ class Promote(Table):
     steps: int = Field(ge=1)
 
 
-RECIPES_RULE = ("must be a list of tables, each {name = TEXT, upsample = \"keep\" | "
-                "\"subpixel\" | \"lowres\", prune = a multiple of 0.05 from 0 to 0.9, depthwise = "
-                f"true | false, precision = {' | '.join(PRECISIONS)}}}, every key optional "
-                "(defaults: sub-pixel decoders where the upsample knob is on, else the model's "
-                "own; no pruning; int8): hand recipes the study runs "
-                "first, with its own recovery, so that its front is measured against them "
-                "(default: the uncompressed model, int8, 50 % pruning, a low-resolution last "
-                "decoder, depthwise everywhere, and that with 25 % pruning, all int8 but the "
-                "first)")
+RECIPES_RULE = ("must be a list of tables, each {name = TEXT, upsample = \"baseline\" | "
+                "\"keep\" | \"subpixel\" | \"lowres\", prune = a multiple of 0.05 from 0 "
+                f"to 0.9, depthwise = true | false, precision = {' | '.join(PRECISIONS)}}}, "
+                "every key optional (defaults: sub-pixel decoders where the upsample knob is "
+                "on, else the model's own, \"baseline\": the form the baseline was measured "
+                "on; no pruning; int8): hand recipes the study runs first, with its own "
+                "recovery, so that its front is measured against them (default: the "
+                "uncompressed model on the baseline's form, int8, 50 % pruning, a "
+                "low-resolution last decoder, depthwise everywhere, and that with 25 % "
+                "pruning, all int8 but the first)")
 
 
 class RecipeTable(Table):
     """One hand recipe of ``[search] recipes``."""
 
     name: Annotated[str, _holds(bool)] | None = None
-    upsample: Literal["keep", "subpixel", "lowres"] | None = None
+    upsample: Literal["baseline", "keep", "subpixel", "lowres"] | None = None
     prune: Annotated[float, _holds(lambda v: abs(v * 20 - round(v * 20)) < 1e-9)] = Field(
         0.0, ge=0, le=0.9)
     depthwise: bool = False

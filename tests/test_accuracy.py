@@ -545,12 +545,13 @@ def test_data_sim_needs_scenes_or_one_recipe(args, message, tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
-def _finished(study, accuracy_hits, size, latency, feasible=True):
+def _finished(study, accuracy_hits, size, latency, feasible=True, paired_low=None):
     values = {"accuracy": float(accuracy_hits.mean()), "size": size, "latency": latency}
+    stats = {} if paired_low is None else {"accuracy_stats": {"paired": {"low": paired_low}}}
     study.add_trial(optuna.trial.create_trial(
         values=list(values.values()),
         user_attrs={"values": values, "hits": pack_hits(accuracy_hits),
-                    "constraints": [-0.1 if feasible else 0.1]}))
+                    "constraints": [-0.1 if feasible else 0.1], **stats}))
 
 
 def test_a_trial_is_raced_out_only_by_a_rival_that_beats_it_beyond_doubt():
@@ -634,6 +635,16 @@ def test_a_trial_the_baseline_dominates_is_not_on_the_front():
     more = hits.copy()
     more[80:100] = True  # 0.500: more accurate than the baseline
     _finished(study, more, 300e3, 30.0)  # 3: larger and slower, but more accurate
+    # 3 has no paired figures (a study from before them): its point estimate counts.
     assert sorted(t.number for t in feasible_front(study, objectives)) == [0, 2, 3]
     study.set_user_attr("baseline", {"size": 270e3})  # no full baseline figures: all count
     assert sorted(t.number for t in feasible_front(study, objectives)) == [0, 1, 2, 3]
+    # Judged by the paired test: more accurate beyond doubt stays; more accurate by the point
+    # estimate alone, larger and slower, is the baseline at a higher cost.
+    paired = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    paired.set_user_attr("baseline", {"accuracy": 0.435, "size": 270e3, "latency": 8.0})
+    _finished(paired, hits, 46e3, 1.4)  # 0
+    _finished(paired, more, 300e3, 31.0, paired_low=0.02)  # 1: more accurate beyond doubt
+    _finished(paired, more, 300e3, 30.0, paired_low=-0.01)  # 2: only by its point estimate
+    _finished(paired, hits, 300e3, 29.0, paired_low=-0.01)  # 3: less accurate
+    assert sorted(t.number for t in feasible_front(paired, objectives)) == [0, 1]

@@ -44,6 +44,13 @@ def test_the_default_recipes_in_order_each_setting_every_layer():
                             "25 % pruning + depthwise everywhere + int8"]
     assert trials["uncompressed"]["precision"] == "fp32"
     assert set(trials["uncompressed"].values()) - {"fp32", "l2", 1} == {"keep", 0.0}
+    # Once the baseline is measured, the uncompressed recipe ships its form: with sub-pixel
+    # decoders when those ran faster (an exact rewrite), never a slower copy of it.
+    measured = dict(recipe_trials(setup, "subpixel"))
+    ups = {v for k, v in measured["uncompressed"].items() if k.startswith("upsample.")}
+    assert ups == {"subpixel"} and measured["uncompressed"]["precision"] == "fp32"
+    assert dict(recipe_trials(setup, "plain"))["uncompressed"] == trials["uncompressed"]
+    assert list(measured) == list(trials)
     layers = [k for k in trials["depthwise everywhere + int8"] if k.startswith("depthwise.")]
     assert layers and all(trials["depthwise everywhere + int8"][k] is True for k in layers)
     pruned = trials["25 % pruning + depthwise everywhere + int8"]

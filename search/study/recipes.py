@@ -20,12 +20,15 @@ class RecipeError(ValueError):
     """A recipe this study's knobs or model cannot express."""
 
 
-def recipe_params(setup: StudySetup, recipe: Recipe) -> dict[str, Any]:
+def recipe_params(setup: StudySetup, recipe: Recipe, baseline_variant: str | None = None
+                  ) -> dict[str, Any]:
     """The trial parameters of ``recipe`` in this study's space: every enabled knob set, the
-    layers each knob sees after the knobs before it (the order trials build in). Raises
-    RecipeError naming what the study's space lacks."""
+    layers each knob sees after the knobs before it (the order trials build in). An
+    upsample of "baseline" takes the form the baseline was measured on (``baseline_variant``:
+    "subpixel" where the knob can express it, else the published form). Raises RecipeError
+    naming what the study's space lacks."""
     needs = {"prune": recipe.prune > 0, "depthwise": recipe.depthwise,
-             "upsample": recipe.upsample not in (None, "keep"),
+             "upsample": recipe.upsample not in (None, "keep", "baseline"),
              "precision": recipe.precision != "fp32"}
     missing = [name for name, needed in needs.items() if needed and name not in setup.knobs]
     if missing:
@@ -38,6 +41,8 @@ def recipe_params(setup: StudySetup, recipe: Recipe) -> dict[str, Any]:
             continue
         if name == "upsample":
             last, mode = knob.last_layer(model), recipe.upsample or "subpixel"
+            if mode == "baseline":
+                mode = "subpixel" if baseline_variant == "subpixel" else "keep"
             wanted = {layer: (mode if mode != "lowres" or layer == last else "subpixel")
                       for layer in knob.layers(model)}
             for layer, chosen in wanted.items():
@@ -69,16 +74,18 @@ def recipe_params(setup: StudySetup, recipe: Recipe) -> dict[str, Any]:
     return out
 
 
-def recipe_trials(setup: StudySetup) -> list[tuple[str, dict[str, Any]]]:
+def recipe_trials(setup: StudySetup, baseline_variant: str | None = None
+                  ) -> list[tuple[str, dict[str, Any]]]:
     """Each recipe's label and parameters, in order, once each (two recipes this space
     makes the same trial run once, under the first one's label). The study file's own
     recipes must all be expressible (a clear error before any work); the default ones the
-    study cannot express are left out."""
+    study cannot express are left out. ``baseline_variant``: the form the study's baseline
+    was measured on, once it is (:func:`recipe_params`)."""
     given = setup.config.recipes
     trials: list[tuple[str, dict[str, Any]]] = []
     for recipe in DEFAULT_RECIPES if given is None else given:
         try:
-            params = recipe_params(setup, recipe)
+            params = recipe_params(setup, recipe, baseline_variant)
         except RecipeError as error:
             if given is None:
                 continue

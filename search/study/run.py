@@ -81,10 +81,10 @@ def _run(config: StudyConfig, setup: StudySetup, storage: RDBStorage, console: C
     with setup_lock(storage, config.name):
         study = load_study(config, create=True, storage=storage)
         if "baseline" not in study.user_attrs:
-            recipes = recipe_trials(setup)  # a recipe the space cannot express fails here
+            recipe_trials(setup)  # a recipe the space cannot express fails here
             study.set_user_attr("baseline", measure_baseline(setup, folder, console))
             study.set_user_attr("config", attrs)
-            for label, params in recipes:
+            for label, params in recipe_trials(setup, study.user_attrs["baseline"]["variant"]):
                 study.enqueue_trial(params, user_attrs={RECIPE: label}, skip_if_exists=True)
         check_same_device(config, study.user_attrs["baseline"], console)
         check_eval_set(config, setup, study.user_attrs["baseline"])
