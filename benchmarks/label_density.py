@@ -1,7 +1,7 @@
 """Does sparse labelling change what a study concludes? The baseline and a study's front,
 scored on the same held-out scenes labelled sparsely and fully.
 
-    python benchmarks/label_density.py STUDY --full DIR [--split val] [--limit N]
+    python benchmarks/label_density.py STUDY --full DIR [--split val] [--limit N] [--all-trials]
 
 The quick start (and docs/datasets.md's large validation set) labels held-out scenes with
 3 antipodal candidates per object instead of 8, 2-3x cheaper per scene. A scene is the same
@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 from scipy import stats as scipy_stats
@@ -90,6 +91,9 @@ def main() -> None:
     parser.add_argument("--split", default="val", choices=("val", "test"))
     parser.add_argument("--limit", type=int, default=None, help="at most this many images")
     parser.add_argument("--storage", default=None)
+    parser.add_argument("--all-trials", action="store_true",
+                        help="every complete trial with its file, not the front alone: "
+                             "models that lost accuracy show how the labels move a loss")
     args = parser.parse_args()
     commit = current_commit()
     console = Console(width=160)
@@ -104,7 +108,10 @@ def main() -> None:
         models = {"baseline (sub-pixel, fp32)": build_artifact(
             rewrite_all(base), PrecisionConfig("fp32"), Path(tmp) / "base", (),
             config.output_size, config.device, runtime=config.runtime)}
-        for t in feasible_front(load_study(config), config.objectives):
+        study = load_study(config)
+        chosen = (study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if args.all_trials else feasible_front(study, config.objectives))
+        for t in chosen:
             path = Path(t.user_attrs.get("artifact", ""))
             if path.is_file():
                 models[f"trial {t.number} ({t.user_attrs['precision']})"] = Artifact(
