@@ -7,6 +7,7 @@ the front is the same whichever sampler ran the study.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -32,39 +33,42 @@ def _dominates(a: dict[str, float], b: dict[str, float], objectives: tuple[str, 
 def feasible_front(study: optuna.Study, objectives: tuple[str, ...]) -> list[FrozenTrial]:
     """Complete, feasible, non-dominated trials, fastest first; a promoted trial's
     continuation stands for it (search.study.promotion). A trial the uncompressed baseline
-    dominates (no smaller, no faster, and not more accurate beyond doubt: its paired
-    interval against the baseline reaches zero) is no choice: the user has the baseline
-    already."""
+    covers (no smaller, not faster and not more accurate beyond doubt: its paired intervals
+    reach 1x and 0 pp) is no choice: the user has the baseline already."""
     trials = study.get_trials(deepcopy=False)
     replaced = superseded(trials)
     done = [t for t in trials if t.state == TrialState.COMPLETE and "values" in t.user_attrs
             and is_feasible(t) and t.number not in replaced]
     base = study.user_attrs.get("baseline", {})
     if all(base.get(o) is not None for o in objectives):
-        done = [t for t in done if not _dominates(base, _against_baseline(t, base), objectives)]
+        done = [t for t in done if not _baseline_covers(base, t, objectives)]
     front = [t for t in done if not any(_dominates(values_of(o), values_of(t), objectives)
                                         for o in done if o is not t)]
     return sorted(front, key=lambda t: values_of(t)["latency"])
 
 
 
-def _against_baseline(trial: FrozenTrial, base: dict[str, float]) -> dict[str, float]:
-    """The trial's values as a comparison with the baseline reads them: an accuracy the
-    paired test cannot tell above the baseline's counts as the baseline's."""
-    values = values_of(trial)
+def _baseline_covers(base: dict[str, float], trial: FrozenTrial,
+                     objectives: tuple[str, ...]) -> bool:
+    """Whether the baseline is at least as good as ``trial`` on every objective, each read
+    as the paired comparisons read it: an accuracy the paired test cannot tell above the
+    baseline's, or a speed-up whose interval reaches 1, counts as the baseline's own."""
+    values = dict(values_of(trial))
     paired = trial.user_attrs.get("accuracy_stats", {}).get("paired")
-    if paired and base.get("accuracy") is not None and \
-            paired["low"] <= 0 < values["accuracy"] - base["accuracy"]:
-        values = {**values, "accuracy": base["accuracy"]}
-    return values
+    if paired and base.get("accuracy") is not None and paired["low"] <= 0:
+        values["accuracy"] = min(values["accuracy"], base["accuracy"])
+    if base.get("latency") is not None and \
+            trial.user_attrs.get("extra", {}).get("speedup_low", math.inf) <= 1:
+        values["latency"] = max(values["latency"], base["latency"])
+    return all(SIGN[o] * base[o] <= SIGN[o] * values[o] for o in objectives)
 
 
 
 def recipe_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[str, Any]]:
     """Each hand recipe's trial against the front: on it (``on_front_as``: itself, or the
     promotion that continues it), or which front trials beat it (at least as good on every
-    objective and better on one, as the study measured them), or why it stopped before
-    being measured whole."""
+    objective and better on one, as the study measured them), whether the baseline covers
+    it (:func:`feasible_front`), or why it stopped before being measured whole."""
     front = feasible_front(study, objectives)
     on_front = {f.number: f.number for f in front} | {
         f.user_attrs[PROMOTED_FROM]: f.number for f in front if PROMOTED_FROM in f.user_attrs}
@@ -88,6 +92,8 @@ def recipe_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[s
                 **_speedup(t.user_attrs.get("extra", {}), base, v, drift),
                 "size_reduction": base.get("size", np.nan) / v["size"],
                 "feasible": is_feasible(t),
+                "baseline_covers": all(base.get(o) is not None for o in objectives)
+                and _baseline_covers(base, t, objectives),
                 "beaten_by": [f.number for f in front
                               if _dominates(values_of(f), v, objectives)]})
         else:

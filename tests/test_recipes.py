@@ -105,8 +105,12 @@ def test_each_recipe_is_on_the_front_beaten_by_named_trials_or_stopped():
     study.add_trial(_trial((0.7, 10.0, 1.0), "infeasible", constraints=[0.1]))
     study.add_trial(_trial((0.3, 40.0, 4.0), "raced", state=TrialState.PRUNED,
                            stop_reason="raced out: trial 0 is more accurate"))
+    # The baseline as a trial: the same figures, a speed-up whose interval reaches 1x.
+    study.add_trial(_trial((0.55, 100.0, 9.9), "uncompressed",
+                           extra={"speedup": 1.01, "speedup_low": 0.98}))
     rows = {r["recipe"]: r for r in recipe_rows(study, ("accuracy", "size", "latency"))}
-    assert [r["trial"] for r in rows.values()] == [2, 3, 4, 5]
+    assert [r["trial"] for r in rows.values()] == [2, 3, 4, 5, 6]
+    assert recipe_verdict(rows["uncompressed"]) == "no better than the baseline"
     assert rows["int8"]["beaten_by"] == [1, 0]  # front order: fastest first
     assert recipe_verdict(rows["int8"]) == "beaten by trials 1, 0"
     assert recipe_verdict(rows["50 % pruning + int8"]) == "on the front"

@@ -86,12 +86,15 @@ def front_table(study: optuna.Study, objectives: tuple[str, ...]) -> Table:
 
 
 def recipe_verdict(row: dict[str, Any]) -> str:
-    """``on the front``, ``beaten by trials 7, 12``, ``not beaten``, or why it stopped."""
+    """``on the front``, ``no better than the baseline``, ``beaten by trials 7, 12``, ``not
+    beaten``, or why it stopped."""
     if row["why"] is not None:
         return f"stopped: {row['why']}"
     if row["on_front_as"] is not None:
         return ("on the front" if row["on_front_as"] == row["trial"]
                 else f"on the front (continued as trial {row['on_front_as']})")
+    if row.get("baseline_covers"):
+        return "no better than the baseline"
     if row["beaten_by"]:
         return "beaten by trial" + "s" * (len(row["beaten_by"]) > 1) + " " + ", ".join(
             map(str, row["beaten_by"]))
