@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from grasp.models import HEAD_NAMES, GraspHeads
+from grasp.models import HEAD_NAMES, GraspHeads, example_input
 from grasp.synthesis import GraspSynthesis
 from timing.protocol import (
     GRASP_OUTPUT,
@@ -48,15 +48,18 @@ from timing.protocol import (
     without_synthesis,
 )
 
-__all__ = ["PRECISIONS", "RUNTIMES", "SUFFIXES", "Artifact", "ArtifactError", "check_device",
-           "check_readable",
-           "compact_onnx", "cuda_graph", "deployable", "export_onnx", "export_torch",
-           "save_program"]
+__all__ = ["CHANNELS_METADATA", "PRECISIONS", "RUNTIMES", "SUFFIXES", "Artifact",
+           "ArtifactError", "check_device", "check_readable", "compact_onnx", "cuda_graph",
+           "deployable", "export_onnx", "export_torch", "save_program"]
 
 RUNTIMES = ("onnxruntime", "torch")
 #: The artifact file's suffix on each runtime.
 SUFFIXES = {"onnxruntime": ".onnx", "torch": ".pt2"}
 PRECISIONS = ("fp32", "fp16", "int8")
+
+
+#: An int8 AOTInductor package's metadata key for its input channels (1 depth, 4 RGB-D).
+CHANNELS_METADATA = "ggopt_input_channels"
 
 
 class ArtifactError(ValueError):
@@ -201,7 +204,7 @@ def export_torch(model: nn.Module, path: str | Path, input_size: int = 300,
     net = deployable(model).to(device=device, memory_format=torch.channels_last)
     if half:
         net = _Half(net)
-    example = torch.zeros(1, 1, input_size, input_size, device=device)
+    example = example_input(model, input_size, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.export.export(net, (example,))
@@ -292,7 +295,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int = 300) -> Pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            deployable(model, taps=True), (torch.zeros(1, 1, input_size, input_size),), str(tmp),
+            deployable(model, taps=True), (example_input(model, input_size),), str(tmp),
             dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=17,
         )
@@ -400,6 +403,13 @@ def _onnx_outputs(path: str, mtime_ns: int) -> tuple[str, ...]:
     return tuple(o.name for o in _read_onnx(Path(path)).graph.output)
 
 
+@functools.lru_cache(maxsize=32)
+def _onnx_channels(path: str, mtime_ns: int) -> int:
+    """The channels of an ONNX file's input (fixed at export; only the batch is dynamic)."""
+    dims = _read_onnx(Path(path)).graph.input[0].type.tensor_type.shape.dim
+    return dims[1].dim_value if len(dims) == 4 and dims[1].dim_value else 1
+
+
 def _read_onnx(path: Path):  # -> onnx.ModelProto
     import onnx
 
@@ -453,6 +463,17 @@ class Artifact:
     @property
     def size_bytes(self) -> int:
         return Path(self.path).stat().st_size
+
+    @property
+    def input_channels(self) -> int:
+        """What the file reads: 1 (depth) or 4 (RGB-D), from the file itself."""
+        if self.runtime == "onnxruntime":
+            return _onnx_channels(str(self.path), Path(self.path).stat().st_mtime_ns)
+        module = self.module()
+        if self.precision == "int8":  # an AOTInductor package: its metadata says
+            return int(module.get_metadata().get(CHANNELS_METADATA, 1))
+        return int(next(node.meta["val"].shape[1] for node in module.graph.nodes
+                        if node.op == "placeholder" and "val" in node.meta))
 
     @property
     def returns_grasp(self) -> bool:
@@ -534,8 +555,8 @@ class Artifact:
         times; ``end_to_end``: depth in, grasp out (the network and grasp synthesis), else
         the network alone. The input is converted once, outside the call; a torch caller
         sets the thread count around its loop (:func:`torch_threads`)."""
-        image = fixed_input(self.input_size, seed)
         if self.runtime == "torch":
+            image = fixed_input(self.input_size, seed, self.input_channels)
             module, x = self.module(), torch.from_numpy(image).to(self.device)
             synthesis = GraspSynthesis(self.input_size).to(self.device) if end_to_end else None
             if self.device == "cuda":

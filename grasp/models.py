@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["CONTRACT", "GGCNN", "GGCNN2", "HEAD_NAMES", "GRConvNet", "GraspHeads",
-           "ModelContractError", "check_contract", "first_conv", "get_model", "list_models",
-           "register_factory", "register_model"]
+           "ModelContractError", "check_contract", "example_input", "first_conv", "get_model",
+           "input_channels", "list_models", "model_input", "register_factory",
+           "register_model"]
 
 #: The four output heads, in output order. They stay 1-channel: compression never touches them.
 HEAD_NAMES = ("pos_output", "cos_output", "sin_output", "width_output")
@@ -171,8 +172,12 @@ class ModelContractError(ValueError):
 
 
 #: What a network must do to be compressed: the built-in ones do it.
-CONTRACT = ("its forward takes depth [B, 1, H, W] and returns the four maps (grasp quality, "
-            "cos 2θ, sin 2θ, width), each [B, 1, H, W] at the input's resolution")
+CONTRACT = ("its forward takes depth [B, 1, H, W] (or RGB-D [B, 4, H, W]: depth, then red, "
+            "green, blue) and returns the four maps (grasp quality, cos 2θ, sin 2θ, width), "
+            "each [B, 1, H, W] at the input's resolution")
+
+#: What a model reads, by its first convolution's input channels (grasp.data.INPUTS).
+INPUT_OF_CHANNELS = {1: "depth", 4: "rgbd"}
 
 
 def register_factory(spec: str, options: dict | None = None,
@@ -215,31 +220,48 @@ def first_conv(model: nn.Module) -> nn.Conv2d | nn.ConvTranspose2d | None:
                 None)
 
 
+def input_channels(model: nn.Module) -> int:
+    """The channels the model reads: its first convolution's (1: depth, 4: RGB-D)."""
+    first = first_conv(model)
+    return first.in_channels if first is not None else 1
+
+
+def model_input(model: nn.Module) -> str:
+    """What the model reads, as the data layer names it: "depth" or "rgbd"."""
+    return INPUT_OF_CHANNELS.get(input_channels(model), "depth")
+
+
+def example_input(model: nn.Module, size: int, batch: int = 1, device: str = "cpu"
+                  ) -> torch.Tensor:
+    """Zeros of the model's input shape, [batch, channels, size, size]: what exports trace."""
+    return torch.zeros(batch, input_channels(model), size, size, device=device)
+
+
 def check_contract(model: nn.Module, name: str, size: int = 96) -> None:
-    """Runs ``model`` once on a ``size`` x ``size`` depth image and names what breaks the
-    contract (:data:`CONTRACT`)."""
+    """Runs ``model`` once on a ``size`` x ``size`` depth (or RGB-D) image and names what
+    breaks the contract (:data:`CONTRACT`)."""
     if not isinstance(model, nn.Module):
         raise ModelContractError(f"{name} built a {type(model).__name__}, not a torch "
                                  f"nn.Module")
     first = first_conv(model)
     if first is None:
         raise ModelContractError(f"{name} has no convolution to compress")
-    if first.in_channels != 1:
+    if first.in_channels not in INPUT_OF_CHANNELS:
         raise ModelContractError(f"{name} takes {first.in_channels} input channels; ggopt "
-                                 f"feeds it depth alone (1 channel): {CONTRACT}")
+                                 f"feeds it depth (1 channel) or RGB-D (4): {CONTRACT}")
+    shape = f"[1, {first.in_channels}, {size}, {size}] {model_input(model)} image"
     model.eval()
     with torch.no_grad():
         try:
-            out = model(torch.zeros(1, 1, size, size))
+            out = model(example_input(model, size))
         except Exception as error:  # the user's forward: any error, named
-            raise ModelContractError(f"{name} fails on a [1, 1, {size}, {size}] depth image "
-                                     f"({type(error).__name__}: {error}); {CONTRACT}") from None
+            raise ModelContractError(f"{name} fails on a {shape} ({type(error).__name__}: "
+                                     f"{error}); {CONTRACT}") from None
     shapes = ([tuple(t.shape) for t in out] if isinstance(out, tuple | list)
               and all(isinstance(t, torch.Tensor) for t in out) else None)
     if shapes != [(1, 1, size, size)] * 4:
         got = shapes if shapes is not None else type(out).__name__
-        raise ModelContractError(f"{name} returns {got} for a [1, 1, {size}, {size}] depth "
-                                 f"image; {CONTRACT}")
+        raise ModelContractError(f"{name} returns {got} for a {shape}; {CONTRACT}")
 
 
 def list_models() -> list[str]:

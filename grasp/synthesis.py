@@ -109,7 +109,8 @@ class GraspSynthesis(nn.Module):
                 line: torch.Tensor | None = None,
                 chosen: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """``maps``: the network's output for ``depth`` ([N, 1, size, size], its input).
+        """``maps``: the network's output for ``depth`` ([N, 1, size, size], its input; an
+        RGB-D input [N, 4, size, size] is read at its depth channel, the first).
         ``line``: 0, 1 .. size - 1, from which every index and band matrix is computed; the
         exported graph takes it as an input that attach_to_onnx turns into a Range op.
 
@@ -175,7 +176,7 @@ class GraspSynthesis(nn.Module):
                              flat.gather(1, pixel[:, None])[:, 0], peak.float()], 1)
         # No grasp from an image with NaN or infinite values or no relief at all (a sensor
         # that returned nothing): row and col -1, everything else 0.
-        image = depth.flatten(1)
+        image = depth[:, :1].flatten(1)  # the depth channel (an RGB-D input's first)
         usable = torch.isfinite(image.sum(1)) & (image.amax(1) > image.amin(1))  # NaN, inf
         return torch.where(usable[:, None], grasp, NO_GRASP)
 

@@ -328,7 +328,7 @@ def train_baseline(job: BaselineJob, config: TrainConfig, console: Console | Non
 
     from grasp.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
     from grasp.data import has_preset_split, image_digests, load_dataset, split
-    from grasp.models import get_model
+    from grasp.models import get_model, model_input
     from grasp.urls import redact_url
 
     console = console or Console(stderr=True)
@@ -345,7 +345,7 @@ def train_baseline(job: BaselineJob, config: TrainConfig, console: Console | Non
         model.load_state_dict(start.model.state_dict())
         seen = start.config.get(TRAIN_IMAGES)
     dataset = load_dataset(job.dataset_format, job.dataset, job.output_size, job.objects,
-                           job.skip_nan_rectangles)
+                           job.skip_nan_rectangles, input=model_input(model))
     if job.split_by == "auto":  # as a study splits the same folder by default
         job = replace(job, split_by="preset" if has_preset_split(dataset) else "object")
     parts = split(dataset, job.split_by, job.val_fraction, job.test_fraction, config.seed)

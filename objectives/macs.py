@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from grasp.models import example_input
+
 __all__ = ["count_macs", "count_params"]
 
 
@@ -28,7 +30,7 @@ def count_macs(model: nn.Module, input_size: int = 300) -> int:
                if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, 1, input_size, input_size))
+            model.eval()(example_input(model, input_size))
     finally:
         for h in handles:
             h.remove()

@@ -40,6 +40,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", help="dataset folder")
     dataset_args(p)
     p.add_argument("--model", default="ggcnn", help="registered model name (default: ggcnn)")
+    p.add_argument("--factory", default=None, metavar="MODULE:FUNCTION",
+                   help="a function that builds your own network, instead of --model (e.g. "
+                        "grasp.models:GRConvNet with --option input_channels=4: GR-ConvNet "
+                        "on RGB-D); its checkpoint enters a study with the same [model] "
+                        "factory and options")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword argument of --factory, its value in TOML; repeat for more")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -71,7 +78,16 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from grasp.models import register_factory
     from grasp.train import BaselineJob, TrainConfig, train_baseline
+
+    if args.option and not args.factory:
+        raise ValueError("--option: keyword arguments are for --factory, which is not given.")
+    model = args.model
+    if args.factory:
+        model = register_factory(args.factory, _options(args.option), Path.cwd())
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          distill_weight=args.distill_weight, max_steps=args.max_steps,
@@ -79,12 +95,13 @@ def _run_train(args: argparse.Namespace) -> None:
                          pos_weight=args.pos_weight, crop=args.crop,
                          lr_schedule=args.lr_schedule)
     job = BaselineJob(
-        dataset=args.dataset, dataset_format=args.dataset_format, model=args.model,
+        dataset=args.dataset, dataset_format=args.dataset_format, model=model,
         split_by=args.split_by, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, output_size=args.output_size, objects=args.objects,
         skip_nan_rectangles=args.skip_nan_rectangles, teacher=args.teacher,
         init=args.init,
-        out=args.out or f"checkpoints/{args.model}.pt", tracking_uri=args.tracking_uri,
+        out=args.out or f"checkpoints/{model.rpartition(':')[2]}.pt",
+        tracking_uri=args.tracking_uri,
         experiment=args.experiment)
     train_baseline(job, config, console=console)
 

@@ -173,12 +173,21 @@ class StudyConfig:
         return baseline_path(self.model) if self.checkpoint == "baseline" else Path(
             self.checkpoint)
 
+    @property
+    def model_input(self) -> str:
+        """What the study's model reads ("depth" or "rgbd"): its first convolution says."""
+        from grasp.models import get_model, model_input
+
+        return model_input(get_model(self.model))
+
     def dataset(self) -> Any:
-        """The study's dataset, as its ``[data]`` table reads it."""
+        """The study's dataset, as its ``[data]`` table reads it, for what its model reads
+        (an RGB-D model's colour images are checked against their depth here)."""
         from grasp.data import load_dataset
 
         return load_dataset(self.data_format, self.data_root, self.output_size,
-                            self.data_objects, self.skip_nan_rectangles)
+                            self.data_objects, self.skip_nan_rectangles,
+                            input=self.model_input)
 
     def parts(self, dataset: Any) -> dict[str, list[int]]:
         """The study's train / val / test image indices of ``dataset``: one rule for the

@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial
 from rich.console import Console
 
-from grasp.data import INPUT_CONTRACT
+from grasp.data import COLOUR_CONTRACT, INPUT_CONTRACT
 from objectives.latency import LATENCY_KEYS, synthesis_text
 from search.config import StudyConfig
 from search.drift import Drift, study_drift, with_drift
@@ -163,17 +163,21 @@ def export_trial(study: optuna.Study, config: StudyConfig, number: int, out: Pat
                  "timing rounds, 95 % CI) | "
                  + " | ".join(synthesis_text(d) if "synthesis_ms" in d else "n/a"
                               for d in (*speedups, base)) + " |")
+    rgbd = config.model_input == "rgbd"
     card = [
         f"# {study.study_name} — {title}", "",
         f"Model `{config.model}` compressed by ggopt; file `{model_path.name}` for "
         f"{config.runtime} ({trial.user_attrs.get('precision')}, input `depth` "
-        f"[B,1,{config.output_size},{config.output_size}], output `maps` [B,4,...]: "
+        f"[B,{4 if rgbd else 1},{config.output_size},{config.output_size}], output `maps` "
+        "[B,4,...]: "
         "quality, cos 2θ, sin 2θ, width/150"
         + (", and `grasp` [B,6]: row, col, angle, opening, quality, peak: depth in, grasp "
            "out, see ggopt's docs/robot.md)." if model_path.suffix == ".onnx" else
            "; GG-CNN's post-processing runs after it: `grasp.synthesis.GraspSynthesis`)."),
-        "", f"Input `depth`: {INPUT_CONTRACT} (`grasp.data.network_input` computes it; "
-        f"{config.output_size}x{config.output_size} here).", "", *table, "",
+        "", f"Input `depth`: {INPUT_CONTRACT}"
+        + (f"; then, channels 1-3, {COLOUR_CONTRACT}" if rgbd else "")
+        + f" (`grasp.data.network_input` computes it; {config.output_size}x"
+        f"{config.output_size} here).", "", *table, "",
         *([*verified.lines(), "", "Test images and simulated scenes were never seen by the "
            "study: it chose on validation images only. Intervals are 95 % (Wilson for rates; "
            "Tango's paired score interval over the same images or scenes for differences, "

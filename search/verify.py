@@ -206,8 +206,8 @@ def verify_trials(study: optuna.Study, config: StudyConfig, numbers: list[int],
     if sim:
         from grasp.sim.evaluate import artifact_policy, evaluate_policies_in_sim
 
-        policies = {key: artifact_policy(a.grasp_predictor(config.threads), config.output_size)
-                    for key, a in artifacts.items()}
+        policies = {key: artifact_policy(a.grasp_predictor(config.threads), config.output_size,
+                                         a.input_channels) for key, a in artifacts.items()}
         console.print(f"simulated grasps: {scenes} held-out scenes, {len(policies)} models "
                       f"(about {0.1 * scenes + 0.17 * scenes * len(policies):.0f} s)")
         outcomes = evaluate_policies_in_sim(policies, scenes, console=console, progress=True)

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from grasp.artifact import (
+    CHANNELS_METADATA,
     INPUT_NAME,
     PRECISIONS,
     RUNTIMES,
@@ -58,6 +59,7 @@ from grasp.artifact import (
     export_onnx,
     export_torch,
 )
+from grasp.models import example_input
 from grasp.synthesis import MIN_DISTANCE, attach_to_onnx
 from spaces.base import KnobConfig, KnobError, register_knob
 
@@ -86,7 +88,7 @@ WEIGHTS_ON_7_BITS = True
 
 
 def _batch_of_one(image: torch.Tensor) -> torch.Tensor:
-    return image.reshape(1, 1, *image.shape[-2:]).float()
+    return image.reshape(1, -1, *image.shape[-2:]).float()  # [C, H, W] or [H, W]
 
 
 class _Calibration:
@@ -142,14 +144,14 @@ def quantize_pt2e(model: nn.Module, calibration: Sequence[torch.Tensor],
     quantizer.set_global(ao.x86.get_default_x86_inductor_quantization_config(
         is_qat=finetune is not None))
     if finetune is None:
-        example = torch.zeros(1, 1, input_size, input_size)
+        example = example_input(model, input_size)
         prepared = ao.prepare(torch.export.export(net, (example,)).module(), quantizer)
     else:
         # Any batch and any square side that is a multiple of 12 (GG-CNN's total stride):
         # training runs on the recovery pool's crops, the artifact on full images.
         side = 12 * torch.export.Dim("side_in_12s", min=2, max=1000)
         shapes = ({0: torch.export.Dim("batch", min=1, max=4096), 2: side, 3: side},)
-        example = torch.zeros(2, 1, 12 * max(2, input_size // 12), 12 * max(2, input_size // 12))
+        example = example_input(model, 12 * max(2, input_size // 12), batch=2)
         graph = torch.export.export(net, (example,), dynamic_shapes=shapes).module()
         prepared = ao.prepare_qat(graph, quantizer)
     with torch.no_grad():
@@ -183,8 +185,13 @@ def compile_int8(program: torch.export.ExportedProgram, path: Path) -> Path:
     tmp = path.with_suffix(".tmp.pt2")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        channels = next(node.meta["val"].shape[1] for node in program.graph.nodes
+                        if node.op == "placeholder" and node.name in program.graph_signature
+                        .user_inputs)
         torch._inductor.aoti_compile_and_package(program, package_path=str(tmp),
-                                                 inductor_configs=AOTI_CONFIGS)
+                                                 inductor_configs={**AOTI_CONFIGS, (
+                                                     "aot_inductor.metadata"): {
+                                                     CHANNELS_METADATA: str(channels)}})
     os.replace(tmp, path)
     return path
 
@@ -223,7 +230,7 @@ def build_artifact(model: nn.Module, config: PrecisionConfig, path: str | Path,
         if config.precision == "int8":
             start = time.perf_counter()
             quantized = quantize_pt2e(model, calibration, input_size, finetune)
-            example = torch.zeros(1, 1, input_size, input_size)
+            example = example_input(model, input_size)
             compile_int8(torch.export.export(quantized, (example,)), path)
             if timings is not None:
                 timings["calibration_s"] = time.perf_counter() - start

@@ -130,9 +130,9 @@ class Block(nn.Module):
 
 
 class MyGraspNet(nn.Module):
-    def __init__(self, width):
+    def __init__(self, width, channels=1):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 5, padding=2), nn.BatchNorm2d(width),
+        self.stem = nn.Sequential(nn.Conv2d(channels, width, 5, padding=2), nn.BatchNorm2d(width),
                                   nn.ReLU(), nn.Conv2d(width, 2 * width, 4, 2, 1))
         self.blocks = nn.Sequential(Block(2 * width), Block(2 * width))
         self.up = nn.ConvTranspose2d(2 * width, width, 4, 2, 1)
@@ -144,8 +144,8 @@ class MyGraspNet(nn.Module):
         return self.quality(x), self.cos(x), self.sin(x), self.width(x)
 
 
-def build(width=16):
-    return MyGraspNet(width)
+def build(width=16, channels=1):
+    return MyGraspNet(width, channels)
 
 
 def broken(width=16):
@@ -153,7 +153,9 @@ def broken(width=16):
 '''
 
 
-def _own_study(tmp_path, jacquard_root, factory='factory = "mynet:build"\noptions = {width = 8}'):
+def _own_study(tmp_path, jacquard_root, factory='factory = "mynet:build"\noptions = {width = 8}',
+               options=None):
+    """A study of mynet (``options``: its keyword arguments, written as the factory's)."""
     import importlib
     import sys
 
@@ -165,7 +167,11 @@ def _own_study(tmp_path, jacquard_root, factory='factory = "mynet:build"\noption
         mynet = importlib.import_module("mynet")
         torch.manual_seed(0)
         weights = tmp_path / "mynet_statedict.pt"
-        torch.save(mynet.build(width=8).state_dict(), weights)  # as the user's training does
+        options = options or {"width": 8}
+        torch.save(mynet.build(**options).state_dict(), weights)  # as the user's training does
+        factory = factory if options == {"width": 8} else (
+            'factory = "mynet:build"\noptions = {' + ", ".join(
+                f"{k} = {v}" for k, v in options.items()) + "}")
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("mynet", None)

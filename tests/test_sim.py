@@ -75,7 +75,7 @@ def test_labelled_grasps_beat_random_grasps_in_simulation():
     trial_client = connect()
     good = {}
 
-    def labelled(depth, mask):
+    def labelled(depth, mask, colour):
         # The first antipodal candidate that succeeds when tried: a ground-truth label.
         index = len(good)
         scene = held_out_scene(trial_client, index)

@@ -186,19 +186,24 @@ def test_the_attached_graph_finds_the_reference_grasp_on_every_hard_case(tmp_pat
     from grasp.synthesis import attach_to_onnx
 
     maps = _cases(300)
-    spec = ["batch", 4, 300, 300]
+    # The input: a depth image with relief (channel 0, which the synthesis reads), then the
+    # maps that the "network" passes on.
+    relief = np.linspace(0, 1, 300 * 300, dtype=np.float32).reshape(1, 1, 300, 300)
+    inputs = np.concatenate([np.repeat(relief, len(maps), 0), maps], 1)
+    bounds = [helper.make_tensor(name, TensorProto.INT64, [1], [value])
+              for name, value in (("first", 1), ("last", 5), ("axis", 1))]
     network = helper.make_model(helper.make_graph(
-        [helper.make_node("Identity", ["depth"], ["maps"])], "pass",
-        [helper.make_tensor_value_info("depth", TensorProto.FLOAT, spec)],
-        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, spec)]),
-        opset_imports=[helper.make_opsetid("", 17)])
+        [helper.make_node("Slice", ["depth", "first", "last", "axis"], ["maps"])], "pass",
+        [helper.make_tensor_value_info("depth", TensorProto.FLOAT, ["batch", 5, 300, 300])],
+        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["batch", 4, 300, 300])],
+        bounds), opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "pass.onnx"
     onnx.save(network, str(path))
     attach_to_onnx(path, 300)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     reference = _reference(maps)
-    _check(session.run(["grasp"], {"depth": maps})[0], reference)  # the If's exact branch
-    alone = [session.run(["grasp"], {"depth": maps[i:i + 1]})[0] for i in range(len(maps))]
+    _check(session.run(["grasp"], {"depth": inputs})[0], reference)  # the If's exact branch
+    alone = [session.run(["grasp"], {"depth": inputs[i:i + 1]})[0] for i in range(len(maps))]
     _check(np.concatenate(alone), reference)  # mostly its proven branch
 
 

@@ -409,10 +409,11 @@ def fingerprint_key(fingerprint: dict[str, Any]) -> str:
     return "|".join([str(fingerprint.get(k)) for k in keys] + gpu)
 
 
-def fixed_input(size: int, seed: int = 0) -> np.ndarray:
-    """The one depth image every latency is timed on: [1, 1, size, size] float32."""
+def fixed_input(size: int, seed: int = 0, channels: int = 1) -> np.ndarray:
+    """The one image every latency is timed on: [1, channels, size, size] float32 (depth,
+    or RGB-D); its depth channel is the same whatever the channels."""
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((1, 1, size, size)).astype(np.float32) * 0.01
+    return rng.standard_normal((1, channels, size, size)).astype(np.float32) * 0.01
 
 
 def without_synthesis(model: bytes) -> bytes:
@@ -457,7 +458,9 @@ def onnx_timed_call(session, size: int, end_to_end: bool, seed: int = 0
     output = GRASP_OUTPUT if end_to_end else OUTPUT_NAME
     if output not in names:
         raise TimingError(f"has no {output!r} output to time (outputs: {sorted(names)}).")
-    feed = {INPUT_NAME: fixed_input(size, seed)}
+    shape = session.get_inputs()[0].shape  # [batch, channels, size, size]
+    channels = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else 1
+    feed = {INPUT_NAME: fixed_input(size, seed, channels)}
 
     def run() -> None:
         session.run([output], feed)

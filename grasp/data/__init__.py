@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from grasp.data.base import (
+    COLOUR_CONTRACT,
     INPUT_CONTRACT,
     INPUTS,
     TEST_FRACTION,
@@ -23,6 +24,7 @@ from grasp.data.cornell import CornellDataset, read_cornell_grasps
 from grasp.data.jacquard import JacquardDataset, read_jacquard_grasps
 
 __all__ = [
+    "COLOUR_CONTRACT",
     "DATASET_FORMATS",
     "INPUTS",
     "INPUT_CONTRACT",

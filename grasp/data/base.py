@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from grasp.rectangles import Grasp, grasp_maps
 
 __all__ = [
+    "COLOUR_CONTRACT",
     "INPUTS",
     "INPUT_CONTRACT",
     "MAX_MEDIAN_DEPTH_M",
@@ -108,9 +109,20 @@ def fill_holes(depth: np.ndarray) -> np.ndarray:
     return depth[tuple(nearest)].astype(np.float32)
 
 
-def network_input(depth: np.ndarray) -> np.ndarray:
-    """:data:`INPUT_CONTRACT` on a framed depth image: holes filled, then normalised."""
-    return normalise_depth(fill_holes(np.asarray(depth, dtype=np.float32)))
+#: An RGB-D network's channels 1-3, after the depth (:data:`INPUT_CONTRACT`).
+COLOUR_CONTRACT = ("the colour image of the same view, red, green, blue (0-255), framed "
+                   "exactly as the depth, divided by 255, less its mean over all three "
+                   "channels")
+
+
+def network_input(depth: np.ndarray, colour: np.ndarray | None = None) -> np.ndarray:
+    """:data:`INPUT_CONTRACT` on a framed depth image: holes filled, then normalised, [S, S];
+    with its framed ``colour`` ([S, S, 3], an RGB-D network's): [4, S, S], depth first
+    (:data:`COLOUR_CONTRACT`)."""
+    filled = normalise_depth(fill_holes(np.asarray(depth, dtype=np.float32)))
+    if colour is None:
+        return filled
+    return np.concatenate([filled[None], normalise_colour(colour).transpose(2, 0, 1)])
 
 
 def read_depth(path: Path) -> np.ndarray:

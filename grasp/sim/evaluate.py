@@ -18,19 +18,20 @@ from rich.progress import Progress
 from skimage.transform import resize
 from statsmodels.stats.proportion import proportion_confint
 
-from grasp.data.base import normalise_depth
+from grasp.data.base import normalised_input
 from grasp.rectangles import Grasp, scored_grasps
 from grasp.sim.candidates import random_candidates
 from grasp.sim.generate import EVAL_SEED, scene_seed
 from grasp.sim.gripper import execute_grasp, pose_from_grasp
-from grasp.sim.scene import Scene, connect, generate_scene, load_scene, render
+from grasp.sim.scene import Scene, connect, generate_scene, load_scene, render_view
 from grasp.synthesis import as_grasp
 
 __all__ = ["SimResult", "artifact_policy", "evaluate_in_sim", "evaluate_policies_in_sim",
            "model_policy", "random_policy", "wilson_interval"]
 
-#: A policy sees the metric depth image (and the mask, for baselines) and picks one grasp.
-Policy = Callable[[np.ndarray, np.ndarray], Grasp | None]
+#: A policy sees the metric depth image, the mask (for baselines) and the colour image of the
+#: same view (for RGB-D models), and picks one grasp.
+Policy = Callable[[np.ndarray, np.ndarray, np.ndarray], Grasp | None]
 
 
 @dataclass(frozen=True)
@@ -64,29 +65,34 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95
 
 
 def model_policy(predict: Callable[[torch.Tensor], torch.Tensor],
-                 input_size: int | None = None) -> Policy:
-    """The grasp a robot executes from a predictor's maps ([1, 1, S, S] normalised depth ->
-    [1, 4, S, S]): the best peak, or the quality map's maximum. A predictor built for
-    another ``input_size`` than the camera's sees the image resized, and its grasp is
+                 input_size: int | None = None, channels: int = 1) -> Policy:
+    """The grasp a robot executes from a predictor's maps ([1, C, S, S] normalised depth or
+    RGB-D -> [1, 4, S, S]): the best peak, or the quality map's maximum. A predictor built
+    for another ``input_size`` than the camera's sees the image resized, and its grasp is
     scaled back to the camera's pixels."""
-    return _policy(lambda x: scored_grasps(predict(x).float().cpu().numpy()[0])[1], input_size)
+    return _policy(lambda x: scored_grasps(predict(x).float().cpu().numpy()[0])[1], input_size,
+                   channels)
 
 
 def artifact_policy(predict_grasps: Callable[[torch.Tensor], np.ndarray],
-                    input_size: int | None = None) -> Policy:
+                    input_size: int | None = None, channels: int = 1) -> Policy:
     """The grasp an artifact returns itself (``Artifact.grasp_predictor``: [1, 6], see
     grasp.synthesis), executed whether or not it cleared GG-CNN's 0.2, as a robot would."""
-    return _policy(lambda x: as_grasp(predict_grasps(x)[0]), input_size)
+    return _policy(lambda x: as_grasp(predict_grasps(x)[0]), input_size, channels)
 
 
-def _policy(grasp_of: Callable[[torch.Tensor], Grasp], input_size: int | None) -> Policy:
-    def policy(depth: np.ndarray, mask: np.ndarray) -> Grasp | None:
+def _policy(grasp_of: Callable[[torch.Tensor], Grasp], input_size: int | None,
+            channels: int) -> Policy:
+    """The network's input from the view, as its data layer frames it: depth alone, or
+    depth then the colour image (``channels`` 4), resized alike and normalised."""
+    def policy(depth: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> Grasp | None:
         size = input_size or depth.shape[0]
         scale = depth.shape[0] / size
+        image = depth if channels == 1 else np.dstack([depth, colour]).astype(np.float32)
         if size != depth.shape[0]:
-            depth = resize(depth, (size, size), order=1, preserve_range=True,
+            image = resize(image, (size, size), order=1, preserve_range=True,
                            anti_aliasing=True).astype(np.float32)
-        grasp = grasp_of(torch.from_numpy(normalise_depth(depth))[None, None])
+        grasp = grasp_of(torch.from_numpy(normalised_input(image))[None])
         return grasp.scaled(scale) if scale != 1 else grasp
 
     return policy
@@ -96,7 +102,7 @@ def random_policy(seed: int = 0) -> Policy:
     """A random grasp on some object: the floor a model must clear."""
     rng = np.random.default_rng(seed)
 
-    def policy(depth: np.ndarray, mask: np.ndarray) -> Grasp | None:
+    def policy(depth: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> Grasp | None:
         found = random_candidates(mask, rng, 1)
         return found[0] if found else None
 
@@ -136,9 +142,9 @@ def evaluate_policies_in_sim(policies: dict[str, Policy], scenes: int = 100,
             for index in range(scenes):
                 scene = held_out_scene(client, index, split)
                 load_scene(client, scene)
-                depth, mask = render(client)
+                depth, mask, colour = render_view(client)
                 for name, policy in policies.items():
-                    grasp = policy(depth, mask)
+                    grasp = policy(depth, mask, colour)
                     if grasp is not None:
                         outcomes[name][index] = execute_grasp(client, scene,
                                                               pose_from_grasp(grasp, depth))
