@@ -1,13 +1,17 @@
 """Promotion on and off, for the same wall-clock time: the front and the model a user picks.
 
     python benchmarks/promotion.py STUDY.toml [--minutes 30] [--every 8] [--top 2]
-        [--steps 240] [--seed 0] [--scenes 0] [--test-data DIR] [--out DIR]
+        [--steps 240] [--short-steps N] [--arms off,on] [--seed 0] [--scenes 0]
+        [--test-data DIR] [--out DIR]
 
 Runs the study twice one after the other, same sampler and seed, each for ``--minutes``
 (the file's ``n_trials`` lifted so the clock decides): once as it is, once with
-``[search] promote = {every, top, steps}``. Each arm's storage is kept under ``--out``
-(default ``benchmarks/out/promotion/<study name>``); an arm that finished is read back, an
-arm cut off is run again from scratch (a timed arm cannot be resumed fairly).
+``[search] promote = {every, top, steps}``. ``--short-steps N`` makes the second arm
+multi-fidelity: every trial recovers N steps (its gate scaled alike) and the likely picks
+continue ``--steps`` more. Each arm's storage is kept under ``--out`` (default
+``benchmarks/out/promotion/<study name>``); an arm that finished is read back, an arm cut
+off is run again from scratch (a timed arm cannot be resumed fairly), so the arms can run
+on different days (``--arms off`` then ``--arms on``; the table needs both).
 
 Per arm: trials run (sampled, promoted), the feasible front's size and hypervolume
 (search.front), and the recommended model (the knee, search.front.study_picks): its
@@ -52,6 +56,10 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=8)
     parser.add_argument("--top", type=int, default=2)
     parser.add_argument("--steps", type=int, default=240)
+    parser.add_argument("--short-steps", type=int, default=None,
+                        help="recovery steps of every trial in the 'on' arm (default: the "
+                             "study's)")
+    parser.add_argument("--arms", default="off,on", help="the arms to run now")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scenes", type=int, default=0, help="simulated scenes (0: none)")
     parser.add_argument("--test-data", default=None,
@@ -62,22 +70,39 @@ def main() -> None:
     commit = current_commit()
     if min(args.every, args.top, args.steps) < 1 or args.minutes <= 0:
         parser.error("--minutes, --every, --top and --steps must be > 0")
-    name = load_study_config(args.study).name
-    out = Path(args.out or f"benchmarks/out/promotion/{name}")
+    base = load_study_config(args.study)
+    if args.short_steps is not None and not 0 < args.short_steps <= base.recovery_steps:
+        parser.error(f"--short-steps: must be in 1..{base.recovery_steps} (the study's "
+                     f"steps), got {args.short_steps}")
+    wanted = {a.strip() for a in args.arms.split(",") if a.strip()}
+    if not wanted or wanted - {"off", "on"}:
+        parser.error(f"--arms {args.arms!r}: give off, on or both")
+    out = Path(args.out or f"benchmarks/out/promotion/{base.name}")
     console = Console(width=130)
     arms = {}
     for arm in ("off", "on"):
         promote = Promotion(args.every, args.top, args.steps) if arm == "on" else None
+        steps = args.short_steps if arm == "on" and args.short_steps else base.recovery_steps
         (out / arm).mkdir(parents=True, exist_ok=True)
         config = load_study_config(args.study, {
             "name": f"promotion-{arm}", "seed": args.seed, "n_trials": 100_000,
-            "timeout": args.minutes * 60, "promote": promote,
+            "timeout": args.minutes * 60, "promote": promote, "recovery_steps": steps,
+            "gate_steps": base.gate_steps * steps // base.recovery_steps,
             "storage": f"sqlite:///{(out / arm).resolve()}/optuna.db",
             "artifacts_dir": str((out / arm).resolve() / "artifacts"),
             "tracking_uri": f"sqlite:///{(out / arm).resolve()}/mlflow.db"})
-        arms[arm] = (config, _arm(config, out / arm, args.minutes, console))
+        if arm in wanted:
+            arms[arm] = (config, _arm(config, out / arm, args.minutes, console))
+        elif (done := _finished_arm(config, out / arm, args.minutes)) is not None:
+            arms[arm] = (config, done)
+    if len(arms) < 2:
+        console.print(f"arms run so far: {sorted(arms)}; the table needs both (run the other "
+                      f"with --arms and the same --out)")
+        return
+    short = (f"every trial recovers {args.short_steps} steps (off: {base.recovery_steps}) and "
+             if args.short_steps else "")
     table = Table(title=f"promotion off / on, {args.minutes:g} min each, seed {args.seed}; "
-                        f"on: every {args.every} trials the top {args.top} continue "
+                        f"on: {short}every {args.every} trials the top {args.top} continue "
                         f"{args.steps} steps")
     for column in ("arm", "trials (promoted)", "front", "hypervolume", "knee",
                    "val accuracy", "test accuracy", "test Δ vs baseline (pp)",
@@ -111,14 +136,25 @@ def main() -> None:
                                table_figures([table]), commit=commit))
 
 
+def _finished_arm(config, folder: Path, minutes: float) -> optuna.Study | None:
+    """The arm's study when it ran to its clock before (same minutes), else None."""
+    if not (folder / "optuna.db").is_file():
+        return None
+    try:
+        study = optuna.load_study(study_name=config.name,
+                                  storage=f"sqlite:///{folder.resolve()}/optuna.db")
+    except KeyError:  # cut off before the study was made
+        return None
+    return study if study.user_attrs.get(DONE) == minutes else None
+
+
 def _arm(config, folder: Path, minutes: float, console: Console) -> optuna.Study:
     """One arm: read back when it ran to its clock before, else run from scratch."""
-    storage = f"sqlite:///{folder.resolve()}/optuna.db"
-    if (folder / "optuna.db").is_file():
-        study = optuna.load_study(study_name=config.name, storage=storage)
-        if study.user_attrs.get(DONE) == minutes:
-            console.print(f"{config.name}: read back ({len(study.trials)} trials)")
-            return study
+    study = _finished_arm(config, folder, minutes)
+    if study is not None:
+        console.print(f"{config.name}: read back ({len(study.trials)} trials)")
+        return study
+    if folder.exists():
         shutil.rmtree(folder)  # cut off before its clock ran out: again, from scratch
     folder.mkdir(parents=True, exist_ok=True)
     console.print(f"{config.name}: running for {minutes:g} min")

@@ -248,21 +248,53 @@ def _sim_trials(record: Record) -> str:
 
 
 def _overnight_data(record: Record) -> str:
-    f = record.figures
+    """The recipe split by split, each split from the newest run that made it as the recipe
+    now labels it (runs on other days add up: :func:`joined_runs`)."""
+    from search.cli_prepare import RECIPES
+
+    labelling = {split: k for _, splits, k in RECIPES["overnight"] for split in splits}
+    runs = [*record.figures.get("earlier", []), {**record.figures, "commit": record.commit,
+                                                  "date": record.date}]
+    made = {}
+    for run in runs:  # oldest first: a newer run of a split replaces an older one
+        made.update({split: (c, run) for split, c in run["splits"].items()
+                     if c["per_object"] == labelling.get(split)})
     rows = ["| split | candidates per object | scenes | labelled images | robust grasps | "
-            "grasp trials | wall time |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for split, c in f["splits"].items():
+            "grasp trials | wall time | run |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for split in [s for s in ("train", "val", "test") if s in made]:
+        c, run = made[split]
         rows.append(f"| {split} | {c['per_object']} | {c['scenes']:,} | {c['images']:,} | "
-                    f"{c['grasps']:,} | {c['trials']:,} | {c['seconds'] / 60:.0f} min |")
-    missing = [s for s in ("train", "val", "test") if s not in f["splits"]]
-    left = f" This run did not make {' or '.join(missing)}." if missing else ""
-    if f.get("beside"):
-        left += f" Beside it: {f['beside']}."
+                    f"{c['grasps']:,} | {c['trials']:,} | {c['seconds'] / 60:.0f} min | "
+                    f"{run['commit'][:7]}, {run['date']}, {run['workers']} workers |")
+    missing = [s for s in labelling if s not in made]
+    left = f" Not yet timed: {' or '.join(missing)}." if missing else ""
+    beside = [f"{run['commit'][:7]}: {run['beside']}" for run in runs if run.get("beside")
+              and any(r is run for _, r in made.values())]
+    if beside:
+        left += f" Beside the runs: {'; '.join(beside)}."
+    total = sum(c["seconds"] for c, _ in made.values())
+    older = "; ".join(f"{run['command']} (commit {run['commit'][:7]}, {run['machine']})"
+                      for run in runs[:-1] if any(r is run for _, r in made.values()))
     return "\n".join([
         f"`ggopt data sim` with the overnight recipe's scenes and labelling, split by split "
-        f"into an empty folder with {f['workers']} workers: **{f['seconds'] / 3600:.2f} h** "
-        f"for {', '.join(f['splits'])}.{left} A labelled image is a scene with at least "
-        f"one robust grasp.", "", *rows])
+        f"into an empty folder: **{total / 3600:.2f} h** for {', '.join(made)}, each split "
+        f"from the newest run that made it as the recipe labels it now"
+        + (f" (earlier runs: {older})" if older else "") + f".{left} A labelled image is a "
+        f"scene with at least one robust grasp.", "", *rows])
+
+
+def joined_runs(records: list[Record]) -> list[Record]:
+    """Records whose runs add up to one measurement (``overnight_data``: splits timed on
+    different days) as one: the newest, holding the older ones' figures as ``earlier``."""
+    parts = sorted((r for r in records if r.benchmark == "overnight_data"),
+                   key=lambda r: (r.date, r.stem))
+    if len(parts) < 2:
+        return records
+    earlier = [{**r.figures, "commit": r.commit, "date": r.date, "command": r.command,
+                "machine": r.machine.line()} for r in parts[:-1]]
+    newest = parts[-1].model_copy(update={"figures": {**parts[-1].figures,
+                                                      "earlier": earlier}})
+    return [newest if r is parts[-1] else r for r in records if r not in parts[:-1]]
 
 
 def _racing_replay(record: Record) -> str:
@@ -792,7 +824,7 @@ def main() -> None:
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 where RESULTS.md differs from its records")
     args = parser.parse_args()
-    records = read_records()
+    records = joined_runs(read_records())
     pages = {RESULTS: rendered(RESULTS.read_text(), records),
              README: rendered_readme(README.read_text(), records)}
     if args.check:
