@@ -40,8 +40,7 @@ def feasible_front(study: optuna.Study, objectives: tuple[str, ...]) -> list[Fro
     done = [t for t in trials if t.state == TrialState.COMPLETE and "values" in t.user_attrs
             and is_feasible(t) and t.number not in replaced]
     base = study.user_attrs.get("baseline", {})
-    if all(base.get(o) is not None for o in objectives):
-        done = [t for t in done if not _baseline_covers(base, t, objectives)]
+    done = [t for t in done if not _baseline_covers(base, t, objectives)]
     front = [t for t in done if not any(_dominates(values_of(o), values_of(t), objectives)
                                         for o in done if o is not t)]
     return sorted(front, key=lambda t: values_of(t)["latency"])
@@ -52,7 +51,10 @@ def _baseline_covers(base: dict[str, float], trial: FrozenTrial,
                      objectives: tuple[str, ...]) -> bool:
     """Whether the baseline is at least as good as ``trial`` on every objective, each read
     as the paired comparisons read it: an accuracy the paired test cannot tell above the
-    baseline's, or a speed-up whose interval reaches 1, counts as the baseline's own."""
+    baseline's, or a speed-up whose interval reaches 1, counts as the baseline's own. A
+    baseline without a figure for every objective covers nothing."""
+    if any(base.get(o) is None for o in objectives):
+        return False
     values = dict(values_of(trial))
     paired = trial.user_attrs.get("accuracy_stats", {}).get("paired")
     if paired and base.get("accuracy") is not None and paired["low"] <= 0:
@@ -92,8 +94,7 @@ def recipe_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[dict[s
                 **_speedup(t.user_attrs.get("extra", {}), base, v, drift),
                 "size_reduction": base.get("size", np.nan) / v["size"],
                 "feasible": is_feasible(t),
-                "baseline_covers": all(base.get(o) is not None for o in objectives)
-                and _baseline_covers(base, t, objectives),
+                "baseline_covers": _baseline_covers(base, t, objectives),
                 "beaten_by": [f.number for f in front
                               if _dominates(values_of(f), v, objectives)]})
         else:
